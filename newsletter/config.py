@@ -1,0 +1,256 @@
+"""Typed configuration: ``config.yaml`` parsed and validated once, at start, plus ``NEWSLETTER_*`` overrides.
+
+``load_config(path)`` is the only way in. It returns a frozen :class:`Config` or raises
+:class:`~newsletter.errors.ConfigError` with one line naming the file, the key and what is allowed.
+Relative paths in the file are resolved against the folder the file is in, so a command gives the same
+result from any working directory.
+
+Environment variables (secrets never go in the file):
+
+- ``NEWSLETTER_CONFIG``: the config file when ``--config`` is not given.
+- ``NEWSLETTER_DATABASE_URL``: replaces ``database.url``.
+- ``NEWSLETTER_SECRET_KEY``: signs the tokens in unsubscribe links (see :mod:`newsletter.tokens`).
+- ``NEWSLETTER_SMTP_PASSWORD``: the SMTP backend's login password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from newsletter.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "config.yaml"
+DEFAULT_DATABASE_URL = "sqlite:///subscribers/newsletter.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_line_breaks(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must be a single line (it goes into mail headers)")
+    return value.strip()
+
+
+class NewsletterSection(_Section):
+    """Who sends the newsletter and what every email must carry."""
+
+    name: str = Field(min_length=1, max_length=100)
+    sender: str
+    reply_to: str | None = None
+    postal_address: str = Field(min_length=5)
+    site_url: str
+    unsubscribe_mailto: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_single_line(cls, value: str) -> str:
+        return _no_line_breaks(value)
+
+    @field_validator("sender", "reply_to", "unsubscribe_mailto")
+    @classmethod
+    def _valid_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = _no_line_breaks(value)
+        _display, address = parseaddr(value)
+        try:
+            validate_email(address, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"{value!r} is not a valid address ({exc}); use 'Name <you@example.org>'") from None
+        return value
+
+    @field_validator("site_url")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} must be an absolute http(s) URL such as https://example.org")
+        return value.rstrip("/")
+
+    @property
+    def sender_address(self) -> str:
+        """The bare address of ``sender``, for the SMTP envelope."""
+        return parseaddr(self.sender)[1]
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender_address.rpartition("@")[2].lower()
+
+    @property
+    def unsubscribe_address(self) -> str:
+        """Where ``mailto:`` unsubscribe requests go: ``unsubscribe_mailto`` or unsubscribe@<sender domain>."""
+        if self.unsubscribe_mailto:
+            return parseaddr(self.unsubscribe_mailto)[1]
+        return f"unsubscribe@{self.sender_domain}"
+
+    @property
+    def list_id(self) -> str:
+        """RFC 2919 list identifier, e.g. ``research-weekly.example.org``."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or "newsletter"
+        return f"{slug}.{self.sender_domain}"
+
+
+class DatabaseSection(_Section):
+    url: str = DEFAULT_DATABASE_URL
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql(\+\w+)?)://", value):
+            raise ValueError(f"{value!r} must start with sqlite:/// or postgresql+psycopg://")
+        return value
+
+
+class ScheduleSection(_Section):
+    cron: str = "0 8 * * mon"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA timezone name such as Europe/London") from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not a 5-field cron expression such as '0 8 * * mon' ({exc})"
+            ) from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class BackendSection(_Section):
+    name: str = "file"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(_Section):
+    """The whole configuration. ``base_dir`` is the folder of the config file."""
+
+    newsletter: NewsletterSection
+    database: DatabaseSection = DatabaseSection()
+    templates: str = "templates"
+    schedule: ScheduleSection = ScheduleSection()
+    backend: BackendSection = BackendSection()
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    source: str = Field(default="<defaults>", exclude=True)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.resolve(self.templates)
+
+    def resolve(self, path: str | Path) -> Path:
+        """An absolute path for a path written in the config file (relative to the file's folder)."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def database_url(self) -> str:
+        """``database.url`` with a relative SQLite path made absolute against ``base_dir``."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+            return prefix + str(self.resolve(url[len(prefix):]))
+        return url
+
+
+def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) -> Config:
+    """Validate an already-parsed mapping (the YAML document) into a :class:`Config`."""
+    data = dict(data)
+    database_url = os.environ.get("NEWSLETTER_DATABASE_URL")
+    if database_url:
+        data["database"] = {**(data.get("database") or {}), "url": database_url}
+    try:
+        config = Config.model_validate({**data, "base_dir": base_dir, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    _check_backend(config)
+    return config
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate the config file.
+
+    ``path`` defaults to ``$NEWSLETTER_CONFIG``, then ``./config.yaml``. Raises ConfigError when the file is
+    missing, is not YAML, or has an unknown key or a bad value.
+    """
+    chosen = Path(path or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)
+    if not chosen.is_file():
+        raise ConfigError(
+            f"{chosen}: config file not found; pass --config PATH or copy config.yaml from the project"
+        )
+    try:
+        data = yaml.safe_load(chosen.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{chosen}:{mark.line + 1}" if mark else str(chosen)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML ({problem}); check indentation and quoting") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{chosen}: not UTF-8 text; save the file as UTF-8") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{chosen}: expected a mapping of settings at the top level, see config.yaml")
+    return config_from_mapping(data, base_dir=chosen.resolve().parent, source=str(chosen))
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    """One line for the first problem pydantic found, naming the dotted key and what is allowed."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        return f"{source}: unknown key '{key}'; allowed here: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{source}: missing required key '{key}'; see the documented config.yaml"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{source}: {key}: {message}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return [name for name, field in model.model_fields.items() if not field.exclude]
+
+
+def _check_backend(config: Config) -> None:
+    """Fail at start, not at send time, when the backend name or its options are wrong."""
+    from newsletter.backends import backend_class  # late import: backends import this module
+
+    cls = backend_class(config.backend.name, source=config.source)
+    try:
+        cls.Options.model_validate(config.backend.options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(["backend", "options", *(str(p) for p in error["loc"])])
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(cls.Options.model_fields)
+            raise ConfigError(
+                f"{config.source}: unknown key '{key}'; the {config.backend.name} backend allows: {allowed}"
+            ) from None
+        raise ConfigError(f"{config.source}: {key}: {error['msg'].removeprefix('Value error, ')}") from None

@@ -1,0 +1,72 @@
+"""Database engine and schema upgrades.
+
+``open_database(config)`` returns an engine whose schema is at the newest Alembic revision; call it once
+per process and pass the engine on (no global engine). SQLite connections get WAL mode, a busy timeout and
+foreign keys; a relative SQLite path is created under the config file's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from newsletter.config import Config
+from newsletter.errors import NewsletterError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; for SQLite, creates the parent folder and sets the connection pragmas."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration. Existing data is kept; safe to call on every start."""
+    alembic_config = AlembicConfig()
+    alembic_config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        alembic_config.attributes["connection"] = connection
+        command.upgrade(alembic_config, "head")
+
+
+def open_database(config: Config) -> Engine:
+    """The configured database, migrated to the current schema. Raises NewsletterError if unreachable."""
+    engine = make_engine(config.database_url)
+    try:
+        upgrade(engine)
+    except OperationalError as exc:
+        raise NewsletterError(
+            f"cannot open the database {config.database.url!r} ({exc.orig}); check database.url in "
+            f"{config.source} or NEWSLETTER_DATABASE_URL"
+        ) from None
+    return engine
+
+
+def session(engine: Engine) -> Session:
+    """A session whose objects stay readable after commit (results are handed back to callers)."""
+    return Session(engine, expire_on_commit=False)

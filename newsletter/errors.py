@@ -1,0 +1,39 @@
+"""The exceptions newsletter raises for problems a user can fix.
+
+Every message is written for the person at the keyboard: what went wrong, where (file, line, key), and
+what to do. The CLI prints it on one line and exits non-zero; nothing else catches these silently.
+"""
+
+
+class NewsletterError(Exception):
+    """Root of every error a user can act on. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(NewsletterError, ValueError):
+    """The configuration file or an environment override is missing, malformed or has a bad value."""
+
+    exit_code = 2
+
+
+class InvalidAddress(NewsletterError, ValueError):
+    """An email address that does not validate."""
+
+
+class IngestError(NewsletterError, ValueError):
+    """A summary file that cannot be read; the whole file is rejected."""
+
+
+class TemplateError(NewsletterError):
+    """A template that is missing, does not render, or does not compile to HTML."""
+
+
+class DeliveryError(NewsletterError):
+    """Sending cannot start or go on (no prepared issue, backend cannot connect, ...)."""
+
+
+class BackendNotFound(NewsletterError, LookupError):
+    """The configured backend name is not registered under the ``newsletter.backends`` entry points."""
+
+    exit_code = 2

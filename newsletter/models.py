@@ -1,0 +1,161 @@
+"""The records newsletter keeps, as SQLModel tables (see DESIGN.md, "Records").
+
+Times are timezone-aware UTC (``utcnow()``); convert to the configured timezone only for display and for
+computing periods. Status columns hold the enum's lowercase value in a plain string column. Schema changes go through an Alembic migration in ``newsletter/migrations``.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, func
+from sqlalchemy import Enum as SAEnum
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Now, in UTC: what every timestamp column holds."""
+    return datetime.now(UTC)
+
+
+def _status_column(enum_class: type[enum.StrEnum], *, index: bool = False) -> Any:
+    """A VARCHAR column storing the enum's value (no database-native enum type to migrate)."""
+    return Field(
+        default=next(iter(enum_class)),
+        sa_column=Column(
+            SAEnum(enum_class, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e]),
+            nullable=False,
+            index=index,
+        ),
+    )
+
+
+def new_token() -> str:
+    """An opaque random identifier for a subscriber's links; reveals neither email nor row id."""
+    return secrets.token_urlsafe(18)
+
+
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class IssueStatus(enum.StrEnum):
+    PREPARED = "prepared"
+    SENDING = "sending"
+    SENT = "sent"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class EventKind(enum.StrEnum):
+    SUBSCRIBED = "subscribed"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCE_HARD = "bounce_hard"
+    BOUNCE_SOFT = "bounce_soft"
+    COMPLAINT = "complaint"
+
+
+class Summary(SQLModel, table=True):
+    """One summarised paper or article. ``issue_id`` is NULL until a digest includes it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    uid: str = Field(unique=True, index=True, max_length=512)
+    title: str
+    url: str | None = None
+    source: str | None = None
+    category: str | None = Field(default=None, index=True)
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    summary: str
+    body: str | None = None
+    key_points: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    image_url: str | None = None
+    image_alt: str | None = None
+    published_at: datetime | None = None
+    ingested_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+    origin: str = ""
+    issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+
+
+class Subscriber(SQLModel, table=True):
+    """A person on the list. Only ``active`` subscribers receive digests."""
+
+    __table_args__ = (Index("ix_subscriber_email_lower", func.lower(Column("email")), unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320)
+    name: str | None = None
+    status: SubscriberStatus = _status_column(SubscriberStatus, index=True)
+    topics: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    token: str = Field(default_factory=new_token, unique=True, max_length=64)
+    consent_source: str | None = None
+    consent_at: datetime | None = None
+    consent_ip: str | None = None
+    consent_user_agent: str | None = None
+    bounce_score: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    confirmed_at: datetime | None = None
+    unsubscribed_at: datetime | None = None
+
+
+class Issue(SQLModel, table=True):
+    """One digest. ``period_key`` (e.g. ``2026-W47``) is unique: one issue per period, whatever happens."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    number: int = Field(unique=True)
+    period_key: str = Field(unique=True, max_length=32)
+    period_start: datetime
+    period_end: datetime
+    subject: str
+    status: IssueStatus = _status_column(IssueStatus, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    scheduled_at: datetime | None = None
+    sent_at: datetime | None = None
+
+
+class Delivery(SQLModel, table=True):
+    """The ledger: one row per (issue, subscriber), so sending can always resume where it stopped."""
+
+    __table_args__ = (
+        UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
+        Index("ix_delivery_issue_status", "issue_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id")
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    status: DeliveryStatus = _status_column(DeliveryStatus)
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    message_id: str | None = None
+    sent_at: datetime | None = None
+    claimed_by: str | None = None
+    lease_expires_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    """Append-only history of what happened to a subscriber (what a data export returns)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
+    kind: EventKind = _status_column(EventKind)
+    at: datetime = Field(default_factory=utcnow)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

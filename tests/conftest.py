@@ -1,0 +1,111 @@
+"""Shared fixtures: a real SQLite file per test, the project's config, and a real SMTP server."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import Engine
+
+from newsletter.config import Config, config_from_mapping
+from newsletter.db import open_database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_config(base_dir: Path, **overrides: Any) -> Config:
+    """A valid configuration rooted at ``base_dir``; ``overrides`` replace whole top-level sections."""
+    data: dict[str, Any] = {
+        "newsletter": {
+            "name": "Research Weekly",
+            "sender": "Research Weekly <digest@example.org>",
+            "postal_address": "Research Weekly, 1 Example Street, 12345 Example City, Country",
+            "site_url": "https://news.example.org",
+        },
+        "database": {"url": "sqlite:///newsletter.db"},
+        "templates": str(ROOT / "templates"),
+        "schedule": {"cron": "0 8 * * mon", "timezone": "Europe/Berlin"},
+        "backend": {"name": "file", "options": {"outbox": "outbox"}},
+    }
+    data.update(overrides)
+    return config_from_mapping(data, base_dir=base_dir, source=str(base_dir / "config.yaml"))
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "test-secret-key")
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+def engine(config: Config) -> Iterator[Engine]:
+    engine = open_database(config)
+    yield engine
+    engine.dispose()
+
+
+@dataclass
+class ReceivedMessage:
+    envelope_from: str
+    recipients: list[str]
+    data: bytes
+
+    def parsed(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class RecordingHandler:
+    """An aiosmtpd handler that keeps every message; ``reject`` maps a recipient to an SMTP reply."""
+
+    messages: list[ReceivedMessage] = field(default_factory=list)
+    reject: dict[str, str] = field(default_factory=dict)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address in self.reject:
+            return self.reject[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(ReceivedMessage(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted"
+
+
+@dataclass
+class SmtpServer:
+    host: str
+    port: int
+    handler: RecordingHandler
+
+    @property
+    def messages(self) -> list[ReceivedMessage]:
+        return self.handler.messages
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on loopback, recording what it receives."""
+    handler = RecordingHandler()
+    port = _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield SmtpServer("127.0.0.1", port, handler)
+    finally:
+        controller.stop()

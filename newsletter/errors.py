@@ -33,7 +33,5 @@ class DeliveryError(NewsletterError):
     """Sending cannot start or go on (no prepared issue, backend cannot connect, ...)."""
 
 
-class BackendNotFound(NewsletterError, LookupError):
+class BackendNotFound(ConfigError, LookupError):
     """The configured backend name is not registered under the ``newsletter.backends`` entry points."""
-
-    exit_code = 2

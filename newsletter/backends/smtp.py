@@ -1,7 +1,283 @@
-"""The SMTP backend (being written)."""
+"""The SMTP backend: hands each message to a mail server (a relay or a provider's submission port).
 
-from newsletter.backends.base import Backend
+One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over a connection that is opened by
+:meth:`SmtpBackend.open`, kept for up to ``max_messages_per_connection`` messages and then replaced.
+Per-message outcomes are results, never exceptions:
+
+- accepted → SENT, detail = the server's reply (often carries its queue id);
+- recipient or message refused with 5xx → FAILED, 4xx → RETRY, detail = ``"550 5.1.1 No such user"``;
+- envelope sender refused → RETRY whatever the code: it is a configuration problem, not the
+  recipient's, and must not count as a bounce;
+- connection lost → reconnect once and resend; if reconnecting fails (or the fresh connection is lost
+  too) that message and the rest of the batch are RETRY with the error as detail.
+
+A message whose connection dropped after the final ``.`` may have been delivered already; resending it
+is the same ambiguity as any retry, and its deterministic Message-ID makes the copy recognisable.
+
+The password never goes in the config file: it is read from ``NEWSLETTER_SMTP_PASSWORD`` when
+``username`` is set. :meth:`~SmtpBackend.open` raises :class:`~newsletter.errors.DeliveryError` with a
+one-line message when the server cannot be reached, TLS fails, or the login is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from newsletter.backends.base import Backend, OutgoingMessage, SendResult, SendStatus
+from newsletter.errors import DeliveryError
+
+if TYPE_CHECKING:
+    from newsletter.config import Config
+
+log = logging.getLogger(__name__)
+
+PASSWORD_VARIABLE = "NEWSLETTER_SMTP_PASSWORD"
+
+
+class SmtpOptions(BaseModel):
+    """``backend.options`` for ``backend.name: smtp``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    # starttls: plain connect, then upgrade (port 587); tls: TLS from the first byte (port 465);
+    # none: no encryption, for a relay on localhost or a trusted network only.
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = Field(default=None, min_length=1)  # password: $NEWSLETTER_SMTP_PASSWORD
+    timeout: float = Field(default=30, gt=0)  # seconds, for connecting and for each server reply
+    max_messages_per_connection: int = Field(default=100, ge=1)
+    # A PEM file of CA certificates to trust instead of the system's, for a relay with a private CA.
+    # Relative to the config file's folder.
+    ca_file: str | None = None
 
 
 class SmtpBackend(Backend):
-    pass
+    """Sends through an SMTP server with the standard library's :mod:`smtplib` (synchronously).
+
+    Status mapping: 2xx → SENT; 4xx, a refused envelope sender, or a connection that cannot be
+    re-established → RETRY; 5xx for the recipient or the message → FAILED. ``send`` never raises.
+    """
+
+    Options = SmtpOptions
+    options: SmtpOptions
+
+    def __init__(self, options: BaseModel, *, config: Config) -> None:
+        super().__init__(options, config=config)
+        self._smtp: smtplib.SMTP | None = None
+        self._messages_on_connection = 0
+        self._tls_context: ssl.SSLContext | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.options.host}:{self.options.port}"
+
+    def describe(self) -> str:
+        return f"smtp {self.address} ({self.options.security})"
+
+    def open(self) -> None:
+        """Connect, secure and log in; raises DeliveryError naming host:port and what to check."""
+        self.close()
+        self._session()
+
+    def close(self) -> None:
+        """Say QUIT; a connection that is already dead is just closed."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+    def send(self, batch: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """One result per message, in order; see the module docstring for the status mapping."""
+        results: list[SendResult] = []
+        for position, message in enumerate(batch):
+            try:
+                results.append(self._send_one(message))
+            except DeliveryError as exc:
+                remaining = batch[position:]
+                log.warning("%s; %d message(s) left for retry", exc, len(remaining))
+                results.extend(SendResult(m.delivery_id, SendStatus.RETRY, str(exc)) for m in remaining)
+                break
+        return results
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _send_one(self, message: OutgoingMessage) -> SendResult:
+        """Send one message, reconnecting once if the connection was lost; DeliveryError if that fails."""
+        try:
+            return self._transaction(message)
+        except OSError as exc:  # SMTPServerDisconnected, resets, timeouts; refusals are results already
+            log.warning("lost the connection to %s (%s); reconnecting", self.address, exc)
+            self._drop()
+        try:
+            return self._transaction(message)
+        except OSError as exc:
+            self._drop()
+            raise DeliveryError(
+                f"lost the connection to {self.address} again right after reconnecting ({exc})"
+            ) from None
+
+    def _transaction(self, message: OutgoingMessage) -> SendResult:
+        """MAIL, RCPT and DATA for one message. Refusals become results; a lost connection raises OSError."""
+        smtp = self._session()
+        self._messages_on_connection += 1
+        mail_options = [f"SIZE={len(message.data)}"] if smtp.has_extn("size") else []
+        if not (message.envelope_from + message.recipient).isascii():
+            if not smtp.has_extn("smtputf8"):
+                return SendResult(
+                    message.delivery_id,
+                    SendStatus.FAILED,
+                    f"{message.recipient}: non-ASCII address, but {self.address} does not offer SMTPUTF8",
+                )
+            mail_options.append("SMTPUTF8")
+
+        code, reply = smtp.mail(message.envelope_from, mail_options)
+        if code != 250:
+            return self._refused(smtp, message, code, reply, f"envelope sender {message.envelope_from} refused: ")
+        code, reply = smtp.rcpt(message.recipient)
+        if code not in (250, 251):
+            return self._refused(smtp, message, code, reply)
+        try:
+            code, reply = smtp.data(message.data)
+        except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
+            code, reply = exc.smtp_code, exc.smtp_error
+        if code != 250:
+            return self._refused(smtp, message, code, reply)
+        return SendResult(message.delivery_id, SendStatus.SENT, _reply_text(code, reply))
+
+    def _refused(
+        self, smtp: smtplib.SMTP, message: OutgoingMessage, code: int, reply: bytes, sender: str = ""
+    ) -> SendResult:
+        """The result for a refusal, leaving the connection ready for the next message."""
+        if code == 421:  # the server is closing the connection; the next message reconnects
+            self._drop()
+        else:
+            try:
+                smtp.rset()
+            except (smtplib.SMTPException, OSError):
+                self._drop()
+        if sender or not 500 <= code < 600:
+            status = SendStatus.RETRY
+        else:
+            status = SendStatus.FAILED
+        detail = sender + _reply_text(code, reply)
+        log.info("%s for %s: %s", status.value, message.recipient, detail)
+        return SendResult(message.delivery_id, status, detail)
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    def _session(self) -> smtplib.SMTP:
+        """The current connection, replaced when missing or when it has carried its share of messages."""
+        if self._smtp is None or self._messages_on_connection >= self.options.max_messages_per_connection:
+            self.close()
+            self._smtp = self._connect()
+            self._messages_on_connection = 0
+        return self._smtp
+
+    def _drop(self) -> None:
+        """Forget a connection that is broken, without talking to the server."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+
+    def _connect(self) -> smtplib.SMTP:
+        options = self.options
+        password = self._password() if options.username else ""
+        context = self._context() if options.security != "none" else None
+        try:
+            if options.security == "tls":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    options.host, options.port, timeout=options.timeout, context=context
+                )
+            else:
+                smtp = smtplib.SMTP(options.host, options.port, timeout=options.timeout)
+            try:
+                smtp.ehlo_or_helo_if_needed()
+                if options.security == "starttls":
+                    smtp.starttls(context=context)
+                    smtp.ehlo_or_helo_if_needed()
+                if options.username:
+                    smtp.login(options.username, password)
+            except BaseException:
+                smtp.close()
+                raise
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(self._explain(exc)) from None
+        log.info("connected to %s (%s)", self.address, options.security)
+        return smtp
+
+    def _password(self) -> str:
+        password = os.environ.get(PASSWORD_VARIABLE, "")
+        if not password:
+            raise DeliveryError(
+                f"backend.options.username is set in {self.config.source} but {PASSWORD_VARIABLE} is not; "
+                f"set {PASSWORD_VARIABLE} to the SMTP password (it never goes in the config file)"
+            )
+        return password
+
+    def _context(self) -> ssl.SSLContext:
+        """The default, verifying context; trusting only ``ca_file`` when it is set."""
+        if self._tls_context is None:
+            ca_file = self.config.resolve(self.options.ca_file) if self.options.ca_file else None
+            try:
+                self._tls_context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise DeliveryError(
+                    f"cannot load backend.options.ca_file {ca_file} ({reason}); "
+                    f"point it at the PEM file of the CA that signed the server's certificate"
+                ) from None
+        return self._tls_context
+
+    def _explain(self, exc: Exception) -> str:
+        """One line for a failure to connect, secure or log in: what happened and what to check."""
+        where, source = self.address, self.config.source
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return (
+                f"{where} refused the login as {self.options.username!r} "
+                f"({_reply_text(exc.smtp_code, exc.smtp_error)}); "
+                f"check backend.options.username in {source} and {PASSWORD_VARIABLE}"
+            )
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (
+                f"cannot verify the TLS certificate of {where} ({exc.verify_message}); "
+                f"check backend.options.host, or set backend.options.ca_file in {source} for a private CA"
+            )
+        if isinstance(exc, ssl.SSLError):
+            return (
+                f"TLS with {where} failed ({exc.reason or exc}); check backend.options.security in "
+                f"{source} (tls for port 465, starttls for port 587)"
+            )
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve {self.options.host!r} ({exc.strerror}); check backend.options.host in {source}"
+        if isinstance(exc, TimeoutError):
+            return (
+                f"no answer from {where} within {self.options.timeout:g} s; check backend.options.host, "
+                f"port and security in {source} (port 465 needs security: tls)"
+            )
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return (
+                f"{where} refused the session ({_reply_text(exc.smtp_code, exc.smtp_error)}); "
+                f"check backend.options in {source}"
+            )
+        if isinstance(exc, smtplib.SMTPException) and not isinstance(exc, smtplib.SMTPServerDisconnected):
+            return f"{where}: {exc}; check backend.options.security and username in {source}"
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        return f"cannot connect to {where} ({reason}); check backend.options.host/port in {source}"
+
+
+def _reply_text(code: int, reply: bytes | str) -> str:
+    """``550 5.1.1 No such user``: the code and the server's text on one line."""
+    text = reply.decode("utf-8", errors="replace") if isinstance(reply, bytes) else reply
+    return f"{code} {' '.join(text.split())}".strip()

@@ -1,0 +1,313 @@
+"""The ``newsletter`` command: parses arguments, calls a stage, presents the result.
+
+A :class:`~newsletter.errors.NewsletterError` becomes one line on stderr and its exit code (2 for
+configuration mistakes, 1 otherwise); nothing a user can fix ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import Engine
+from typer.core import TyperGroup
+
+from newsletter.backends import create_backend
+from newsletter.config import Config, load_config
+from newsletter.db import open_database, session
+from newsletter.delivery import send_issue, write_preview
+from newsletter.digest import delivery_counts, find_issue, prepare_issue
+from newsletter.errors import NewsletterError
+from newsletter.ingest import ingest_paths
+from newsletter.models import Issue, SubscriberStatus
+from newsletter.schedule import run_scheduler
+from newsletter import subscribers as subscriber_list
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class _Group(TyperGroup):
+    """Turns NewsletterError anywhere below into one line on stderr and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NewsletterError as exc:
+            errors.print(Text(f"error: {exc}"), soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+def _app(help_text: str, **kwargs: Any) -> typer.Typer:
+    return typer.Typer(
+        help=help_text, cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False,
+        rich_markup_mode="rich", **kwargs,
+    )
+
+
+app = _app(
+    "Turn a week of research summaries into an email digest.\n\n"
+    "Example: [bold]newsletter demo[/bold], then [bold]newsletter --help[/bold] for the rest.",
+)
+subscribers_app = _app("Manage the subscriber list.\n\nExample: newsletter subscribers import subscribers/example.csv")
+digest_app = _app("Prepare, render and send the weekly digest.\n\nExample: newsletter digest prepare && newsletter digest send")
+app.add_typer(subscribers_app, name="subscribers")
+app.add_typer(digest_app, name="digest")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="The config file (default: $NEWSLETTER_CONFIG, then ./config.yaml).",
+        show_default=False, dir_okay=False,
+    ),
+]
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@contextmanager
+def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
+    config = load_config(config_path)
+    engine = open_database(config)
+    try:
+        yield config, engine
+    finally:
+        engine.dispose()
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f}/s" if task.speed else "–/s", style="progress.data.speed")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=False,
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders of .md, .json and .jsonl summaries.")],
+    config: ConfigOption = None,
+) -> None:
+    """Read summaries into the database; re-ingesting an item updates it, never duplicates it.
+
+    Example: newsletter ingest summaries/ extra/paper.md
+    """
+    with _opened(config) as (_config, engine), _progress() as bar:
+        task = bar.add_task("ingesting", total=None)
+        report = ingest_paths(engine, paths, on_file=lambda _path: bar.advance(task))
+        bar.update(task, total=bar.tasks[0].completed)
+    for rejection in report.rejected:
+        errors.print(Text(f"rejected {rejection.path}: {rejection.message}"), soft_wrap=True)
+    console.print(report.summary_line())
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@subscribers_app.command("add")
+def subscribers_add(
+    email: Annotated[str, typer.Argument(help="The address to add.")],
+    name: Annotated[str | None, typer.Option(help="The subscriber's name.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add an active subscriber (or update an existing one's name).
+
+    Example: newsletter subscribers add ada@example.org --name "Ada Lovelace"
+    """
+    with _opened(config) as (_config, engine):
+        subscriber = subscriber_list.add_subscriber(engine, email, name)
+    console.print(f"{subscriber.email} is {subscriber.status.value}")
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    file: Annotated[Path, typer.Argument(help="A CSV file with an 'email' column and optionally 'name'.")],
+    config: ConfigOption = None,
+) -> None:
+    """Import a CSV list; bad rows are reported by line, unsubscribed addresses are never reactivated.
+
+    Example: newsletter subscribers import subscribers/example.csv
+    """
+    with _opened(config) as (_config, engine):
+        report = subscriber_list.import_csv(engine, file)
+    for line, problem in report.bad_rows:
+        errors.print(Text(f"{file}:{line}: {problem}"), soft_wrap=True)
+    console.print(report.summary_line())
+    if report.bad_rows:
+        raise typer.Exit(1)
+
+
+StatusOption = Annotated[SubscriberStatus | None, typer.Option("--status", help="Only subscribers in this state.")]
+
+
+@subscribers_app.command("list")
+def subscribers_list(status: StatusOption = None, config: ConfigOption = None) -> None:
+    """Show the subscribers as a table.
+
+    Example: newsletter subscribers list --status active
+    """
+    with _opened(config) as (_config, engine):
+        rows = subscriber_list.list_subscribers(engine, status)
+    table = Table("email", "name", "status", "since")
+    for s in rows:
+        table.add_row(s.email, s.name or "", s.status.value, s.created_at.date().isoformat())
+    console.print(table)
+    console.print(f"{len(rows)} subscribers")
+
+
+@subscribers_app.command("remove")
+def subscribers_remove(
+    email: Annotated[str, typer.Argument(help="The address to unsubscribe.")],
+    config: ConfigOption = None,
+) -> None:
+    """Unsubscribe an address; it stays on file as unsubscribed so no import adds it back.
+
+    Example: newsletter subscribers remove ada@example.org
+    """
+    with _opened(config) as (_config, engine):
+        subscriber = subscriber_list.remove_subscriber(engine, email)
+    console.print(f"{subscriber.email} is {subscriber.status.value}")
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    status: StatusOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the list as CSV.
+
+    Example: newsletter subscribers export --out list.csv
+    """
+    with _opened(config) as (_config, engine):
+        if out is None:
+            subscriber_list.export_csv(engine, sys.stdout, status)
+            return
+        with out.open("w", newline="", encoding="utf-8") as handle:
+            count = subscriber_list.export_csv(engine, handle, status)
+    errors.print(f"wrote {count} subscribers to {out}")
+
+
+@digest_app.command("prepare")
+def digest_prepare(config: ConfigOption = None) -> None:
+    """Create this period's issue from the summaries not yet sent; running it twice changes nothing.
+
+    Example: newsletter digest prepare
+    """
+    with _opened(config) as (loaded, engine):
+        result = prepare_issue(engine, loaded)
+    console.print(result.message())
+
+
+IssueOption = Annotated[int | None, typer.Option("--issue", "-i", help="Issue number (default: see above).")]
+
+
+@digest_app.command("render")
+def digest_render(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for issue.html, issue.txt and sample.eml.")],
+    issue: IssueOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write an issue's HTML, text and one sample .eml exactly as it would be sent (default: the newest
+    issue, or a draft of the next one when none was prepared yet).
+
+    Example: newsletter digest render --out preview/
+    """
+    with _opened(config) as (loaded, engine):
+        files = write_preview(engine, loaded, out, issue)
+    console.print(f"{files.description}:\n  {files.html}\n  {files.text}\n  {files.eml}")
+
+
+@digest_app.command("send")
+def digest_send(
+    issue: IssueOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Messages per claimed batch.")] = 100,
+    config: ConfigOption = None,
+) -> None:
+    """Send the prepared issue (default: the oldest unfinished one) through the configured backend.
+    Already-sent deliveries are never sent again, so it is safe to run after an interruption.
+
+    Example: newsletter digest send
+    """
+    with _opened(config) as (loaded, engine):
+        backend = create_backend(loaded)
+        with _progress() as bar:
+            task = bar.add_task("sending", total=None)
+            report = send_issue(
+                engine, loaded, backend, issue, batch_size=batch_size,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    console.print(f"{report.summary_line()} (via {backend.describe()})")
+
+
+@digest_app.command("status")
+def digest_status(
+    issue: Annotated[int | None, typer.Argument(help="Issue number (default: the newest).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show an issue's deliveries by state.
+
+    Example: newsletter digest status 3
+    """
+    with _opened(config) as (_config, engine), session(engine) as db:
+        found: Issue = find_issue(db, issue)
+        counts = delivery_counts(db, found)
+    console.print(f"issue #{found.number} ({found.period_key}) \"{found.subject}\": {found.status.value}")
+    console.print(", ".join(f"{status.value} {count}" for status, count in counts.items()))
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run the scheduler: prepare and send the digest at the configured cron time, until Ctrl-C/SIGTERM.
+
+    Example: newsletter run --config /etc/newsletter/config.yaml
+    """
+    logging.getLogger().setLevel(logging.INFO)
+    with _opened(config) as (loaded, engine):
+        run_scheduler(engine, loaded)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo writes its database, outbox and HTML.")] = Path(
+        "newsletter-demo"
+    ),
+) -> None:
+    """Run the whole pipeline on bundled samples: ingest, subscribe, prepare, render and send to a file outbox.
+
+    Example: newsletter demo --dir /tmp/newsletter-demo
+    """
+    from newsletter.demo import run_demo
+
+    result = run_demo(directory)
+    console.print(result.report())
+
+
+def main() -> None:
+    app()

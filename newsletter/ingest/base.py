@@ -1,0 +1,265 @@
+"""What every reader produces (:class:`SummaryIn`), the :class:`Reader` contract, and reader lookup.
+
+Readers register in the ``newsletter.readers`` entry-point group, built-ins exactly like plugins::
+
+    [project.entry-points."newsletter.readers"]
+    myformat = "my_package.module:MyReader"
+
+and are chosen by file extension, so the core never branches on a format's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import UTC, date, datetime, time
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from newsletter.errors import IngestError
+
+log = logging.getLogger(__name__)
+
+GROUP = "newsletter.readers"
+MAX_UID_LENGTH = 512  # the width of Summary.uid
+
+
+def _aliases(name: str, *others: str, **field: Any) -> Any:
+    """A field filled from ``name`` or any of ``others``; optional (None) unless told otherwise."""
+    if "default_factory" not in field:
+        field.setdefault("default", None)
+    return Field(validation_alias=AliasChoices(name, *others), **field)
+
+
+class SummaryIn(BaseModel):
+    """One incoming summary, validated. Unknown keys are rejected so a typo is reported, not dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    title: str = Field(min_length=1)
+    summary: str = Field(min_length=1)
+    url: str | None = _aliases("url", "link")
+    source: str | None = _aliases("source", "journal", "publication")
+    category: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    body: str | None = None
+    key_points: list[str] = _aliases("key_points", "key_findings", "findings", default_factory=list)
+    image_url: str | None = _aliases("image_url", "image")
+    image_alt: str | None = None
+    published_at: datetime | None = _aliases("published_at", "date")
+    uid: str | None = _aliases("uid", "id", "guid", max_length=MAX_UID_LENGTH)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_per_field(cls, data: Any) -> Any:
+        # pydantic would call the second spelling an unknown field, which misleads the user.
+        if isinstance(data, dict):
+            for name in cls.model_fields:
+                given = [key for key in input_names(name) if key in data]
+                if len(given) > 1:
+                    raise ValueError(f"fields {' and '.join(repr(k) for k in given)} mean the same; keep one")
+        return data
+
+    @field_validator("url", "source", "category", "body", "image_url", "image_alt", "uid", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # numeric ids from exports
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [tag.strip() for tag in value.split(",") if tag.strip()]
+        return value
+
+    @field_validator("key_points", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @field_validator("tags", "key_points")
+    @classmethod
+    def _drop_blank_entries(cls, value: list[str]) -> list[str]:
+        return [entry.strip() for entry in value if entry.strip()]
+
+    @field_validator("url", "image_url")
+    @classmethod
+    def _absolute_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc or re.search(r"\s", value):
+            raise ValueError(f"{value!r} must be an absolute http(s) URL such as https://example.org/paper")
+        return value
+
+    @field_validator("published_at", mode="before")
+    @classmethod
+    def _iso_date(cls, value: Any) -> Any:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime.combine(value, time(), tzinfo=UTC)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.strip())  # a bare date becomes midnight
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an ISO date; write 2026-11-03 or 2026-11-03T09:30:00+01:00"
+                ) from None
+        return value
+
+    @field_validator("published_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def input_names(field: str) -> tuple[str, ...]:
+    """Every key that fills ``field`` in the input: its name first, then its aliases."""
+    alias = SummaryIn.model_fields[field].validation_alias
+    return tuple(str(choice) for choice in alias.choices) if isinstance(alias, AliasChoices) else (field,)
+
+
+def allowed_fields() -> str:
+    """The accepted keys for messages, e.g. ``title, summary, url (or link), ...``."""
+    described = []
+    for field in SummaryIn.model_fields:
+        name, *aliases = input_names(field)
+        described.append(f"{name} (or {', '.join(aliases)})" if aliases else name)
+    return ", ".join(described)
+
+
+def validate_item(data: Any, *, where: str) -> SummaryIn:
+    """``data`` as a :class:`SummaryIn`; raises IngestError starting with ``where`` and naming the field."""
+    if not isinstance(data, dict):
+        raise IngestError(
+            f"{where}: expected an object of fields (title, summary, ...), got {type(data).__name__}"
+        )
+    try:
+        return SummaryIn.model_validate(data)
+    except ValidationError as exc:
+        raise IngestError(f"{where}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = error["loc"]
+    field = str(loc[0]) if loc else ""
+    key = field + "".join(f"[{part}]" for part in loc[1:])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"unknown field {field!r}; allowed fields: {allowed_fields()}"
+    if error["type"] == "missing":
+        return f"field {field!r} is required"
+    if error["type"] == "string_too_short":
+        return f"field {field!r} is empty; give it a value"
+    return f"field {key!r}: {message}" if key else message
+
+
+def canonical_url(url: str) -> str:
+    """``url`` with lower-case scheme and host, no fragment, no trailing slash and no ``utm_*`` parameters."""
+    parts = urlsplit(url.strip())
+    query = [
+        (key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        if not key.lower().startswith("utm_")
+    ]
+    return urlunsplit(
+        (parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), urlencode(query, doseq=True), "")
+    )
+
+
+def compute_uid(item: SummaryIn) -> str:
+    """The key a summary is deduplicated by: its explicit uid, else its canonical url, else a content hash.
+
+    The hash covers the normalised title, source and publication date, so the same paper summarised
+    twice without a url is still recognised.
+    """
+    if item.uid:
+        return item.uid
+    if item.url:
+        url = canonical_url(item.url)
+        return url if len(url) <= MAX_UID_LENGTH else "sha256:" + hashlib.sha256(url.encode()).hexdigest()
+    day = item.published_at.date().isoformat() if item.published_at else ""
+    normalised = "\n".join(" ".join(part.lower().split()) for part in (item.title, item.source or "", day))
+    return "sha256:" + hashlib.sha256(normalised.encode()).hexdigest()
+
+
+def read_text(path: Path) -> str:
+    """The file's text (UTF-8, a BOM is dropped); raises IngestError if it cannot be read or decoded."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read ({exc.strerror}); check the path and its permissions") from None
+
+
+class Reader:
+    """Base class for ingest formats.
+
+    Contract:
+
+    - ``file_extensions`` lists the lower-case extensions handled, with the dot (``(".md",)``).
+    - ``read(path)`` returns every summary in the file as :class:`SummaryIn` (build them with
+      :func:`validate_item`), or raises :class:`~newsletter.errors.IngestError` whose message starts with
+      the file (and line, where there is one) and says what to fix. One bad item rejects the whole file.
+    - A reader only reads: it never touches the database. Instances take no arguments.
+    """
+
+    file_extensions: ClassVar[tuple[str, ...]] = ()
+
+    def read(self, path: Path) -> list[SummaryIn]:
+        raise NotImplementedError(f"{type(self).__name__}.read")
+
+
+def readers_by_extension() -> dict[str, type[Reader]]:
+    """Every registered reader, keyed by lower-case extension. Raises IngestError for a broken plugin."""
+    found: dict[str, type[Reader]] = {}
+    for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
+        try:
+            cls = entry_point.load()
+        except ImportError as exc:
+            raise IngestError(
+                f"the {entry_point.name!r} reader ({entry_point.value}) could not be imported ({exc}); "
+                f"reinstall the package that provides it"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, Reader)):
+            raise IngestError(
+                f"the {entry_point.name!r} reader ({entry_point.value}) is not a newsletter.ingest.Reader subclass"
+            )
+        for extension in cls.file_extensions:
+            if extension.lower() in found:
+                log.warning("%s: already read by %s; ignoring %s", extension, found[extension.lower()], cls)
+                continue
+            found[extension.lower()] = cls
+    return found
+
+
+def reader_for(path: Path, readers: dict[str, type[Reader]]) -> Reader:
+    """A reader for ``path`` by its extension; raises IngestError listing the supported extensions."""
+    cls = readers.get(path.suffix.lower())
+    if cls is None:
+        kind = f"'{path.suffix}' files" if path.suffix else "files without an extension"
+        supported = ", ".join(sorted(readers)) or "none (is newsletter installed with pip?)"
+        raise IngestError(f"{path}: no reader for {kind}; supported extensions: {supported}")
+    return cls()

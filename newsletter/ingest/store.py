@@ -1,0 +1,162 @@
+"""Writing summaries: find the files, read each with its reader, upsert its items in one transaction.
+
+A file is all or nothing: one bad item rejects the whole file and nothing of it is written, while the
+other files of the run still go in. Summaries are matched by :func:`~newsletter.ingest.base.compute_uid`,
+so ingesting the same file again updates rows instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from newsletter.db import session
+from newsletter.errors import IngestError
+from newsletter.ingest.base import SummaryIn, compute_uid, reader_for, readers_by_extension
+from newsletter.models import Summary, utcnow
+
+log = logging.getLogger(__name__)
+
+# The Summary columns an ingested item sets (uid is the key); ingested_at, issue_id ... are ours.
+CONTENT_FIELDS = frozenset(SummaryIn.model_fields) - {"uid"}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A file that was not ingested, and the user-facing reason."""
+
+    path: Path
+    message: str
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: summaries counted once each, and the files rejected whole."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        """E.g. ``added 3, updated 1, unchanged 2, rejected 1`` (rejected counts files)."""
+        return (
+            f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"rejected {len(self.rejected)}"
+        )
+
+    def add(self, other: IngestReport) -> None:
+        """Fold ``other`` into this report."""
+        self.added += other.added
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.rejected.extend(other.rejected)
+
+
+def find_files(paths: Iterable[Path]) -> list[Path]:
+    """The files ``ingest_paths`` will handle, in order: each folder expanded recursively and sorted.
+
+    Inside folders, hidden files and folders and files no reader handles are skipped; a path given
+    directly is kept whatever it is (a missing or unsupported one becomes a rejection). Duplicates are
+    dropped. Use the length of this list as the total for ``on_file`` progress.
+    """
+    extensions = set(readers_by_extension())
+    found: dict[Path, None] = {}
+    for path in paths:
+        if not path.is_dir():
+            found.setdefault(path)
+            continue
+        for candidate in sorted(path.rglob("*")):
+            relative = candidate.relative_to(path).parts
+            if candidate.is_file() and candidate.suffix.lower() in extensions:
+                if not any(part.startswith(".") for part in relative):
+                    found.setdefault(candidate)
+    return list(found)
+
+
+def ingest_paths(
+    engine: Engine, paths: Sequence[Path], *, on_file: Callable[[Path], None] | None = None
+) -> IngestReport:
+    """Ingest files and folders of summaries, one transaction per file; ``on_file`` runs after each file.
+
+    Never raises for a bad, missing or unsupported file: it is reported in ``rejected``. Raises
+    IngestError only if a registered reader plugin cannot be loaded.
+    """
+    readers = readers_by_extension()
+    report = IngestReport()
+    for path in find_files(paths):
+        try:
+            if not path.exists():
+                raise IngestError(f"{path}: no such file or folder; check the path")
+            items = reader_for(path, readers).read(path)
+            result = ingest_items(engine, items, origin=str(path))
+            log.info("%s: %s", path, result.summary_line())
+            report.add(result)
+        except IngestError as exc:
+            log.warning("rejected %s", exc)
+            report.rejected.append(Rejection(path, str(exc)))
+        if on_file is not None:
+            on_file(path)
+    return report
+
+
+def ingest_items(engine: Engine, items: Sequence[SummaryIn], *, origin: str) -> IngestReport:
+    """Upsert ``items`` by uid in one transaction; ``origin`` (e.g. the file) is recorded on new or changed rows.
+
+    A changed item updates its row's content and ``updated_at``; ``ingested_at`` and ``issue_id`` are
+    never touched, so a summary already sent stays attached to its issue. Of several items with one uid,
+    the last wins.
+    """
+    latest = {compute_uid(item): item for item in items}
+    try:
+        return _upsert(engine, latest, origin)
+    except IntegrityError:
+        # Another process inserted one of these uids since we looked; now they exist, so update instead.
+        log.info("%s: concurrent insert of the same summaries; retrying once", origin)
+        return _upsert(engine, latest, origin)
+
+
+def _upsert(engine: Engine, latest: dict[str, SummaryIn], origin: str) -> IngestReport:
+    report = IngestReport()
+    now = utcnow()
+    with session(engine) as db, db.begin():
+        existing = _rows_by_uid(db, list(latest))
+        for uid, item in latest.items():
+            values = item.model_dump(include=CONTENT_FIELDS)
+            row = existing.get(uid)
+            if row is None:
+                db.add(Summary(uid=uid, origin=origin, ingested_at=now, updated_at=now, **values))
+                report.added += 1
+            elif _same_content(row, values):
+                report.unchanged += 1
+            else:
+                for name, value in values.items():
+                    setattr(row, name, value)
+                row.origin = origin
+                row.updated_at = now
+                report.updated += 1
+    return report
+
+
+def _rows_by_uid(db: Session, uids: list[str]) -> dict[str, Summary]:
+    rows = db.exec(select(Summary).where(Summary.uid.in_(uids))) if uids else []  # type: ignore[attr-defined]
+    return {row.uid: row for row in rows}
+
+
+def _same_content(row: Summary, values: dict[str, Any]) -> bool:
+    return all(_as_utc(getattr(row, name)) == value for name, value in values.items())
+
+
+def _as_utc(value: Any) -> Any:
+    # SQLite hands datetimes back without their timezone; everything we store is UTC.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value

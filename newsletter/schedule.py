@@ -1,0 +1,92 @@
+"""The weekly job on APScheduler: prepare the period's issue, then send what is unfinished.
+
+``weekly_digest`` is the job and is exactly what ``newsletter digest prepare`` followed by
+``newsletter digest send`` do by hand. ``run_scheduler`` blocks until Ctrl-C or SIGTERM, then waits for a
+running job to finish its current batch loop and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import Engine
+
+from newsletter.backends import create_backend
+from newsletter.config import Config
+from newsletter.db import session
+from newsletter.delivery import send_issue
+from newsletter.digest import PrepareOutcome, prepare_issue, unfinished_issues
+from newsletter.errors import NewsletterError
+from newsletter.models import utcnow
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "weekly-digest"
+
+
+def digest_trigger(config: Config) -> CronTrigger:
+    """The configured cron expression, evaluated in the configured timezone."""
+    return CronTrigger.from_crontab(config.schedule.cron, timezone=config.schedule.zone)
+
+
+def next_run_time(config: Config, after: datetime | None = None) -> datetime:
+    """When the weekly job fires next after ``after`` (default: now), in the configured timezone."""
+    moment = (after or utcnow()).astimezone(config.schedule.zone)
+    fire = digest_trigger(config).get_next_fire_time(None, moment)
+    assert fire is not None  # a valid crontab always fires again
+    return fire
+
+
+def weekly_digest(engine: Engine, config: Config, *, now: datetime | None = None) -> None:
+    """Prepare this period's issue and send every unfinished issue. Errors are logged, never raised,
+    so one bad week does not stop the scheduler."""
+    try:
+        result = prepare_issue(engine, config, now=now)
+        log.info(result.message())
+        with session(engine) as db:
+            pending = [issue.number for issue in unfinished_issues(db)]
+        for number in pending:
+            report = send_issue(engine, config, create_backend(config), number)
+            log.info(report.summary_line())
+        if not pending and result.outcome is PrepareOutcome.EMPTY:
+            log.info("nothing to send this time")
+    except NewsletterError as exc:
+        log.error("weekly digest failed: %s", exc)
+
+
+def run_scheduler(engine: Engine, config: Config) -> None:
+    """Run the weekly job on schedule until interrupted (Ctrl-C or SIGTERM)."""
+    scheduler = BlockingScheduler(timezone=config.schedule.zone)
+    scheduler.add_job(
+        weekly_digest,
+        digest_trigger(config),
+        args=(engine, config),
+        id=JOB_ID,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=3600,
+    )
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping after the running job", signal.Signals(signum).name)
+        scheduler.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    upcoming = next_run_time(config)
+    log.info(
+        "scheduler started: next digest at %s (%s UTC), cron '%s' in %s",
+        upcoming.isoformat(timespec="minutes"),
+        upcoming.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
+        config.schedule.cron,
+        config.schedule.timezone,
+    )
+    try:
+        scheduler.start()
+    except KeyboardInterrupt:
+        log.info("interrupted, stopping")
+    log.info("scheduler stopped")

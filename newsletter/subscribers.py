@@ -1,0 +1,222 @@
+"""The subscriber list: add, import, list, remove and export.
+
+Addresses are normalised with email-validator and unique case-insensitively. Nothing here ever moves an
+``unsubscribed``, ``bounced`` or ``complained`` address back to ``active``: only the subscriber can do
+that, by subscribing again.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from newsletter.db import session
+from newsletter.errors import InvalidAddress, NewsletterError
+from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+EXPORT_COLUMNS = ["email", "name", "status", "topics", "created_at", "confirmed_at", "unsubscribed_at"]
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def normalise_address(raw: str) -> str:
+    """The canonical form of an address; raises InvalidAddress saying why it is not one."""
+    try:
+        return validate_email(raw.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InvalidAddress(f"{raw.strip()!r} is not a valid email address: {exc}") from None
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A display name with control characters (CR/LF included) removed, or None when empty."""
+    if raw is None:
+        return None
+    name = _CONTROL_CHARACTERS.sub(" ", raw).strip()
+    return name[:200] or None
+
+
+def find_subscriber(db: Session, address: str) -> Subscriber | None:
+    return db.exec(select(Subscriber).where(func.lower(Subscriber.email) == address.lower())).first()
+
+
+def add_subscriber(engine: Engine, raw_address: str, name: str | None = None, *, source: str = "cli") -> Subscriber:
+    """Add an active subscriber, or update the name of an existing one.
+
+    Raises InvalidAddress for a bad address and NewsletterError for an address that left the list.
+    """
+    address = normalise_address(raw_address)
+    with session(engine) as db:
+        existing = find_subscriber(db, address)
+        if existing is not None:
+            if existing.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+                raise NewsletterError(
+                    f"{address} is {existing.status.value}; only the subscriber can rejoin, by subscribing again"
+                )
+            existing.name = clean_name(name) or existing.name
+            existing.updated_at = utcnow()
+            db.add(existing)
+            db.commit()
+            return existing
+        subscriber = _new_subscriber(address, clean_name(name), source)
+        db.add(subscriber)
+        db.flush()
+        db.add(Event(subscriber_id=subscriber.id, kind=EventKind.SUBSCRIBED, detail={"source": source}))
+        db.commit()
+        return subscriber
+
+
+def _new_subscriber(address: str, name: str | None, source: str) -> Subscriber:
+    now = utcnow()
+    return Subscriber(
+        email=address,
+        name=name,
+        status=SubscriberStatus.ACTIVE,
+        consent_source=source,
+        consent_at=now,
+        confirmed_at=now,
+    )
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    left_list: int = 0  # unsubscribed / bounced / complained: kept as they are
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (line number, problem)
+
+    def summary_line(self) -> str:
+        return (
+            f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"not reactivated {self.left_list}, bad rows {len(self.bad_rows)}"
+        )
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    address: str
+    name: str | None
+
+
+def import_csv(engine: Engine, path: Path, *, source: str | None = None) -> ImportReport:
+    """Upsert the subscribers of a CSV file with an ``email`` column (and optionally ``name``).
+
+    Every row is validated first; bad rows are reported by line number and the rest are written in one
+    transaction. Raises NewsletterError when the file cannot be read or has no ``email`` column.
+    """
+    report = ImportReport()
+    rows = list(_read_rows(path, report))
+    latest: dict[str, _Row] = {row.address.lower(): row for row in rows}  # a repeated address: last row wins
+    with session(engine) as db:
+        existing = _existing_by_address(db, list(latest))
+        for key, row in latest.items():
+            subscriber = existing.get(key)
+            if subscriber is None:
+                subscriber = _new_subscriber(row.address, row.name, source or f"import:{path.name}")
+                db.add(subscriber)
+                db.flush()
+                db.add(Event(subscriber_id=subscriber.id, kind=EventKind.SUBSCRIBED, detail={"source": path.name}))
+                report.added += 1
+            elif subscriber.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+                report.left_list += 1
+            elif row.name and row.name != subscriber.name:
+                subscriber.name = row.name
+                subscriber.updated_at = utcnow()
+                db.add(subscriber)
+                report.updated += 1
+            else:
+                report.unchanged += 1
+        db.commit()
+    return report
+
+
+def _read_rows(path: Path, report: ImportReport) -> Iterator[_Row]:
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise NewsletterError(f"{path}: cannot read the file ({exc.strerror})") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        try:
+            columns = [name.strip().lower() for name in reader.fieldnames or []]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise NewsletterError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+        if "email" not in columns:
+            raise NewsletterError(f"{path}: the first line must name the columns, including 'email' (and 'name')")
+        reader.fieldnames = columns
+        try:
+            for record in reader:
+                line = reader.line_num
+                try:
+                    address = normalise_address(record.get("email") or "")
+                except InvalidAddress as exc:
+                    report.bad_rows.append((line, str(exc)))
+                    continue
+                yield _Row(line, address, clean_name(record.get("name")))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise NewsletterError(f"{path}:{reader.line_num}: cannot parse this line ({exc})") from None
+
+
+def _existing_by_address(db: Session, keys: Sequence[str]) -> dict[str, Subscriber]:
+    found: dict[str, Subscriber] = {}
+    chunk = 500  # stay under the database's bound-parameter limit
+    for start in range(0, len(keys), chunk):
+        query = select(Subscriber).where(func.lower(Subscriber.email).in_(keys[start : start + chunk]))
+        for subscriber in db.exec(query):
+            found[subscriber.email.lower()] = subscriber
+    return found
+
+
+def list_subscribers(engine: Engine, status: SubscriberStatus | None = None) -> list[Subscriber]:
+    with session(engine) as db:
+        query = select(Subscriber).order_by(col(Subscriber.id))
+        if status is not None:
+            query = query.where(Subscriber.status == status)
+        return list(db.exec(query))
+
+
+def remove_subscriber(engine: Engine, raw_address: str, *, reason: str = "removed by operator") -> Subscriber:
+    """Unsubscribe an address (kept as ``unsubscribed`` so no later import adds it back)."""
+    address = normalise_address(raw_address)
+    with session(engine) as db:
+        subscriber = find_subscriber(db, address)
+        if subscriber is None:
+            raise NewsletterError(f"{address} is not on the list; `newsletter subscribers list` shows who is")
+        if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
+            subscriber.status = SubscriberStatus.UNSUBSCRIBED
+            subscriber.unsubscribed_at = subscriber.updated_at = utcnow()
+            db.add(subscriber)
+            db.add(Event(subscriber_id=subscriber.id, kind=EventKind.UNSUBSCRIBED, detail={"reason": reason}))
+            db.commit()
+        return subscriber
+
+
+def export_csv(engine: Engine, out: TextIO, status: SubscriberStatus | None = None) -> int:
+    """Write the list as CSV (a header, then one row per subscriber); returns the number of rows."""
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_COLUMNS)
+    subscribers = list_subscribers(engine, status)
+    for s in subscribers:
+        writer.writerow(
+            [
+                s.email,
+                s.name or "",
+                s.status.value,
+                ";".join(s.topics),
+                s.created_at.isoformat(),
+                s.confirmed_at.isoformat() if s.confirmed_at else "",
+                s.unsubscribed_at.isoformat() if s.unsubscribed_at else "",
+            ]
+        )
+    return len(subscribers)

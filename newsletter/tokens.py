@@ -1,0 +1,74 @@
+"""Signed, opaque tokens for the links in emails.
+
+A link carries the subscriber's random ``token`` (never the email or a row id), signed with itsdangerous
+under a salt per purpose, so a token made for one purpose is useless for another and a tampered one is
+rejected.
+
+The signing secret is ``NEWSLETTER_SECRET_KEY``. It may hold several keys separated by commas for
+rotation: the last one signs, all of them verify. Without it, a random key is generated once into
+``subscribers/.secret-key`` beside the config file (fine for trying newsletter out; set the variable in
+production so links survive a move to another machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from newsletter.config import Config
+from newsletter.errors import NewsletterError
+
+log = logging.getLogger(__name__)
+
+UNSUBSCRIBE = "unsubscribe"
+KEY_FILE = "subscribers/.secret-key"
+
+
+class InvalidToken(NewsletterError, ValueError):
+    """A link token that was tampered with or signed for another purpose."""
+
+
+def secret_keys(config: Config) -> list[str]:
+    """The signing keys, oldest first (the last one signs)."""
+    configured = os.environ.get("NEWSLETTER_SECRET_KEY", "")
+    keys = [key.strip() for key in configured.split(",") if key.strip()]
+    if keys:
+        return keys
+    return [_generated_key(config.resolve(KEY_FILE))]
+
+
+def _generated_key(path: Path) -> str:
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(key, encoding="utf-8")
+    log.warning("generated a signing key in %s; set NEWSLETTER_SECRET_KEY in production", path)
+    return key
+
+
+class LinkSigner:
+    """Signs and verifies link tokens; build one per run, not one per message."""
+
+    def __init__(self, config: Config) -> None:
+        self.site_url = config.newsletter.site_url
+        self._keys = secret_keys(config)
+
+    def sign(self, purpose: str, value: str) -> str:
+        return URLSafeSerializer(self._keys, salt=purpose).dumps(value)
+
+    def verify(self, purpose: str, token: str) -> str:
+        """The value signed into ``token``; raises InvalidToken if altered or made for another purpose."""
+        try:
+            return URLSafeSerializer(self._keys, salt=purpose).loads(token)
+        except BadSignature:
+            raise InvalidToken("this link is not valid; it may have been cut short when copied") from None
+
+    def unsubscribe_url(self, subscriber_token: str) -> str:
+        """The one-click unsubscribe URL for a subscriber (also used in the List-Unsubscribe header)."""
+        return f"{self.site_url}/unsubscribe/{self.sign(UNSUBSCRIBE, subscriber_token)}"

@@ -1,0 +1,92 @@
+"""Configuration: the committed config.yaml is valid, and every mistake names the key and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import load_config
+from newsletter.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+VALID = """
+newsletter:
+  name: Research Weekly
+  sender: Research Weekly <digest@example.org>
+  postal_address: 1 Example Street, Example City
+  site_url: https://news.example.org/
+"""
+
+
+def test_committed_config_is_valid_and_resolves_paths_against_its_folder(monkeypatch):
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    config = load_config(ROOT / "config.yaml")
+    assert config.database_url == f"sqlite:///{ROOT}/subscribers/newsletter.db"
+    assert config.templates_dir == ROOT / "templates"
+    assert config.schedule.cron == "0 8 * * mon"
+    assert config.backend.name == "file"
+
+
+def test_defaults_fill_everything_but_the_newsletter_section(tmp_path):
+    config = load_config(write(tmp_path, VALID))
+    assert config.newsletter.site_url == "https://news.example.org"
+    assert config.newsletter.sender_address == "digest@example.org"
+    assert config.newsletter.list_id == "research-weekly.example.org"
+    assert config.newsletter.unsubscribe_address == "unsubscribe@example.org"
+    assert config.database_url == f"sqlite:///{tmp_path}/subscribers/newsletter.db"
+    assert (config.schedule.cron, config.backend.name) == ("0 8 * * mon", "file")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("  nmae: X\n", "unknown key 'newsletter.nmae'; allowed here: name, sender,"),
+        ("schedule:\n  timezone: Mars/Olympus\n", "schedule.timezone: 'Mars/Olympus' is not an IANA timezone"),
+        ("schedule:\n  cron: every monday\n", "schedule.cron: 'every monday' is not a 5-field cron expression"),
+        ("backend:\n  name: pigeon\n", "backend.name: no backend called 'pigeon'; installed backends: console, file, smtp"),
+        ("backend:\n  name: file\n  options:\n    outbx: x\n", "unknown key 'backend.options.outbx'; the file backend allows: outbox"),
+        ("database:\n  url: mysql://x\n", "database.url: 'mysql://x' must start with sqlite:/// or postgresql"),
+        ("colour: blue\n", "unknown key 'colour'; allowed here: newsletter, database, templates, schedule, backend"),
+    ],
+)
+def test_a_wrong_key_or_value_names_the_file_the_key_and_what_is_allowed(tmp_path, extra, expected):
+    path = write(tmp_path, VALID + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert expected in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_bad_addresses_and_urls_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="newsletter.sender: 'nobody' is not a valid address"):
+        load_config(write(tmp_path, VALID.replace("Research Weekly <digest@example.org>", "nobody")))
+    with pytest.raises(ConfigError, match="newsletter.site_url: 'news.example.org' must be an absolute"):
+        load_config(write(tmp_path, VALID.replace("https://news.example.org/", "news.example.org")))
+
+
+def test_a_missing_required_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="missing required key 'newsletter.postal_address'"):
+        load_config(write(tmp_path, VALID.replace("  postal_address: 1 Example Street, Example City\n", "")))
+
+
+def test_yaml_syntax_errors_give_the_line(tmp_path):
+    path = write(tmp_path, VALID + "schedule:\n  cron: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_missing_file_says_how_to_fix_it(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found; pass --config PATH"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_environment_overrides_the_database_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path}/other.db")
+    assert load_config(write(tmp_path, VALID)).database_url == f"sqlite:///{tmp_path}/other.db"

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
@@ -27,7 +26,7 @@ from newsletter.db import open_database, session
 from newsletter.delivery import send_issue, write_preview
 from newsletter.digest import delivery_counts, find_issue, prepare_issue
 from newsletter.errors import NewsletterError
-from newsletter.ingest import ingest_paths
+from newsletter.ingest import find_files, ingest_paths
 from newsletter.models import Issue, SubscriberStatus
 from newsletter.schedule import run_scheduler
 from newsletter import subscribers as subscriber_list
@@ -39,7 +38,7 @@ errors = Console(stderr=True)
 class _Group(TyperGroup):
     """Turns NewsletterError anywhere below into one line on stderr and the error's exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
@@ -120,11 +119,10 @@ def ingest(
     Example: newsletter ingest summaries/ extra/paper.md
     """
     with _opened(config) as (_config, engine), _progress() as bar:
-        task = bar.add_task("ingesting", total=None)
+        task = bar.add_task("ingesting", total=len(find_files(paths)))
         report = ingest_paths(engine, paths, on_file=lambda _path: bar.advance(task))
-        bar.update(task, total=bar.tasks[0].completed)
     for rejection in report.rejected:
-        errors.print(Text(f"rejected {rejection.path}: {rejection.message}"), soft_wrap=True)
+        errors.print(Text(f"rejected: {rejection.message}"), soft_wrap=True)
     console.print(report.summary_line())
     if report.rejected:
         raise typer.Exit(1)

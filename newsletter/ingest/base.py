@@ -161,7 +161,9 @@ def validate_item(data: Any, *, where: str) -> SummaryIn:
 
 
 def _describe(exc: ValidationError) -> str:
-    error = exc.errors()[0]
+    errors = exc.errors()
+    # A typo'd key also makes its real field "missing"; the unknown key is the message that helps.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = error["loc"]
     field = str(loc[0]) if loc else ""
     key = field + "".join(f"[{part}]" for part in loc[1:])
@@ -211,7 +213,9 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except OSError as exc:
-        raise IngestError(f"{path}: cannot be read ({exc.strerror}); check the path and its permissions") from None
+        raise IngestError(
+            f"{path}: cannot be read ({exc.strerror}); check the path and its permissions"
+        ) from None
 
 
 class Reader:
@@ -245,7 +249,8 @@ def readers_by_extension() -> dict[str, type[Reader]]:
             ) from None
         if not (isinstance(cls, type) and issubclass(cls, Reader)):
             raise IngestError(
-                f"the {entry_point.name!r} reader ({entry_point.value}) is not a newsletter.ingest.Reader subclass"
+                f"the {entry_point.name!r} reader ({entry_point.value}) is not a subclass of "
+                f"newsletter.ingest.Reader"
             )
         for extension in cls.file_extensions:
             if extension.lower() in found:

@@ -35,7 +35,7 @@ _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
 class MarkdownReader(Reader):
-    """One summary per ``.md`` / ``.markdown`` file. Raises IngestError for missing or invalid front matter."""
+    """One summary per ``.md`` or ``.markdown`` file; IngestError for missing or invalid front matter."""
 
     file_extensions = (".md", ".markdown")
 
@@ -74,7 +74,9 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 2}" if mark else str(path)  # +2: 0-based, after the opening '---'
         problem = getattr(exc, "problem", None) or str(exc)
-        raise IngestError(f"{where}: front matter is not valid YAML ({problem}); check indentation and quoting") from None
+        raise IngestError(
+            f"{where}: front matter is not valid YAML ({problem}); check indentation and quoting"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -26,7 +26,7 @@ from newsletter.models import Summary, utcnow
 log = logging.getLogger(__name__)
 
 # The Summary columns an ingested item sets (uid is the key); ingested_at, issue_id ... are ours.
-CONTENT_FIELDS = frozenset(SummaryIn.model_fields) - {"uid"}
+CONTENT_FIELDS = set(SummaryIn.model_fields) - {"uid"}
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,9 @@ def find_files(paths: Iterable[Path]) -> list[Path]:
             found.setdefault(path)
             continue
         for candidate in sorted(path.rglob("*")):
-            relative = candidate.relative_to(path).parts
-            if candidate.is_file() and candidate.suffix.lower() in extensions:
-                if not any(part.startswith(".") for part in relative):
-                    found.setdefault(candidate)
+            hidden = any(part.startswith(".") for part in candidate.relative_to(path).parts)
+            if not hidden and candidate.is_file() and candidate.suffix.lower() in extensions:
+                found.setdefault(candidate)
     return list(found)
 
 
@@ -109,7 +108,7 @@ def ingest_paths(
 
 
 def ingest_items(engine: Engine, items: Sequence[SummaryIn], *, origin: str) -> IngestReport:
-    """Upsert ``items`` by uid in one transaction; ``origin`` (e.g. the file) is recorded on new or changed rows.
+    """Upsert ``items`` by uid in one transaction, recording ``origin`` (e.g. a file) on new and changed rows.
 
     A changed item updates its row's content and ``updated_at``; ``ingested_at`` and ``issue_id`` are
     never touched, so a summary already sent stays attached to its issue. Of several items with one uid,
@@ -147,7 +146,9 @@ def _upsert(engine: Engine, latest: dict[str, SummaryIn], origin: str) -> Ingest
 
 
 def _rows_by_uid(db: Session, uids: list[str]) -> dict[str, Summary]:
-    rows = db.exec(select(Summary).where(Summary.uid.in_(uids))) if uids else []  # type: ignore[attr-defined]
+    if not uids:
+        return {}
+    rows = db.exec(select(Summary).where(Summary.uid.in_(uids)))  # type: ignore[attr-defined]
     return {row.uid: row for row in rows}
 
 

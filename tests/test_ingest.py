@@ -1,0 +1,417 @@
+"""The ingest stage: readers, validation messages, and the per-file upsert into the Summary table."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from newsletter.db import session
+from newsletter.errors import IngestError
+from newsletter.ingest import (
+    IngestReport,
+    Rejection,
+    SummaryIn,
+    compute_uid,
+    find_files,
+    ingest_items,
+    ingest_paths,
+    validate_item,
+)
+from newsletter.ingest.jsonfile import JsonLinesReader, JsonReader
+from newsletter.ingest.markdown import MarkdownReader
+from newsletter.models import Issue, Summary
+from newsletter.resources import sample_summaries_dir
+
+PAPER_MD = """\
+---
+title: Sleep spindles predict recall
+source: Journal of Sleep
+category: Neuroscience
+tags: [sleep, memory]
+url: https://example.org/papers/spindles
+summary: Older adults with more spindles remembered more.
+key_points:
+  - Spindle density tracks recall
+  - Sleep time does not explain it
+image_url: https://example.org/img/spindles.png
+image_alt: An EEG trace with spindles highlighted
+published_at: 2026-11-09T07:30:00+01:00
+uid: paper-42
+---
+Longer discussion of the methods.
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dedent(text), encoding="utf-8")
+    return path
+
+
+def jsonl(*records: dict[str, Any]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+def item(title: str, **fields: Any) -> dict[str, Any]:
+    return {"title": title, "summary": f"About {title}.", **fields}
+
+
+def all_rows(engine: Engine) -> list[Summary]:
+    with session(engine) as db:
+        return list(db.exec(select(Summary).order_by(Summary.title)))
+
+
+def only_message(report: IngestReport) -> str:
+    assert len(report.rejected) == 1, report.rejected
+    return report.rejected[0].message
+
+
+# --- readers -------------------------------------------------------------------------------------
+
+
+def test_markdown_reader_takes_every_field_from_front_matter(tmp_path: Path) -> None:
+    [summary] = MarkdownReader().read(write(tmp_path, "paper.md", PAPER_MD))
+
+    assert summary.title == "Sleep spindles predict recall"
+    assert summary.source == "Journal of Sleep"
+    assert summary.category == "Neuroscience"
+    assert summary.tags == ["sleep", "memory"]
+    assert summary.url == "https://example.org/papers/spindles"
+    assert summary.summary == "Older adults with more spindles remembered more."
+    assert summary.key_points == ["Spindle density tracks recall", "Sleep time does not explain it"]
+    assert summary.image_url == "https://example.org/img/spindles.png"
+    assert summary.image_alt == "An EEG trace with spindles highlighted"
+    assert summary.published_at == datetime(2026, 11, 9, 6, 30, tzinfo=UTC)
+    assert summary.uid == "paper-42"
+    assert summary.body == "Longer discussion of the methods."
+
+
+def test_markdown_body_supplies_summary_and_key_findings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "paper.markdown",
+        """\
+        ---
+        title: Fibre and glucose
+        ---
+        # Fibre and glucose
+
+        Fermentable fibre lowered glucose peaks
+        after breakfast and lunch.
+
+        ## KEY FINDINGS
+
+        - Peaks fell by 1.1 mmol/L,
+          on average
+        * Meal order mattered little
+
+        ## Caveats
+
+        Short trial.
+        """,
+    )
+    [summary] = MarkdownReader().read(path)
+
+    assert summary.summary == "Fermentable fibre lowered glucose peaks after breakfast and lunch."
+    assert summary.key_points == ["Peaks fell by 1.1 mmol/L, on average", "Meal order mattered little"]
+    assert summary.body == "# Fibre and glucose\n\n## Caveats\n\nShort trial."
+
+
+def test_markdown_front_matter_wins_over_the_body(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "paper.md",
+        """\
+        ---
+        title: Peatlands
+        summary: From the front matter.
+        key_findings: [Front-matter finding]
+        ---
+        A paragraph that stays in the body.
+
+        ## Key points
+        - Body bullet
+        """,
+    )
+    [summary] = MarkdownReader().read(path)
+
+    assert summary.summary == "From the front matter."
+    assert summary.key_points == ["Front-matter finding"]
+    assert summary.body == "A paragraph that stays in the body.\n\n## Key points\n- Body bullet"
+
+
+def test_json_reader_reads_one_object_or_an_array(tmp_path: Path) -> None:
+    one = write(tmp_path, "one.json", json.dumps(item("Single")))
+    many = write(tmp_path, "many.json", json.dumps([item("First"), item("Second", category="Climate")]))
+
+    assert [s.title for s in JsonReader().read(one)] == ["Single"]
+    assert [(s.title, s.category) for s in JsonReader().read(many)] == [
+        ("First", None),
+        ("Second", "Climate"),
+    ]
+
+
+def test_json_lines_reader_reads_one_object_per_line_and_skips_blank_lines(tmp_path: Path) -> None:
+    text = jsonl(item("First")) + "\n   \n" + jsonl(item("Second", tags="a, b ,c"))
+    summaries = JsonLinesReader().read(write(tmp_path, "notes.jsonl", text))
+
+    assert [s.title for s in summaries] == ["First", "Second"]
+    assert summaries[1].tags == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("alias", "value", "field", "expected"),
+    [
+        ("link", "https://example.org/a", "url", "https://example.org/a"),
+        ("journal", "Nature Example", "source", "Nature Example"),
+        ("publication", "Example Weekly", "source", "Example Weekly"),
+        ("key_findings", ["one"], "key_points", ["one"]),
+        ("findings", ["two"], "key_points", ["two"]),
+        ("image", "https://example.org/a.png", "image_url", "https://example.org/a.png"),
+        ("date", "2026-11-03", "published_at", datetime(2026, 11, 3, tzinfo=UTC)),
+        ("id", 1234, "uid", "1234"),
+        ("guid", "urn:x:1", "uid", "urn:x:1"),
+    ],
+)
+def test_aliases_fill_the_canonical_field(alias: str, value: Any, field: str, expected: Any) -> None:
+    summary = validate_item(item("T", **{alias: value}), where="notes.jsonl:1")
+    assert getattr(summary, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-03", datetime(2026, 11, 3, 0, 0, tzinfo=UTC)),
+        ("2026-11-03T10:15:00", datetime(2026, 11, 3, 10, 15, tzinfo=UTC)),
+        ("2026-11-03T10:15:00Z", datetime(2026, 11, 3, 10, 15, tzinfo=UTC)),
+        ("2026-11-03T10:15:00-05:00", datetime(2026, 11, 3, 15, 15, tzinfo=UTC)),
+    ],
+)
+def test_dates_are_stored_as_utc(value: str, expected: datetime) -> None:
+    published = validate_item(item("T", date=value), where="x").published_at
+    assert published == expected
+    assert published is not None and published.utcoffset() is not None
+
+
+def test_a_field_given_under_two_names_is_rejected() -> None:
+    with pytest.raises(IngestError, match=r"x: fields 'url' and 'link' mean the same; keep one"):
+        validate_item(item("T", url="https://example.org/a", link="https://example.org/b"), where="x")
+
+
+def test_same_paper_gets_the_same_uid_whatever_the_url_decoration() -> None:
+    plain = SummaryIn(title="A", summary="s", url="https://example.org/papers/a?page=2")
+    decorated = SummaryIn(
+        title="B",
+        summary="s",
+        url="HTTPS://Example.ORG/papers/a/?utm_source=mail&page=2&utm_medium=x#results",
+    )
+    assert compute_uid(plain) == compute_uid(decorated) == "https://example.org/papers/a?page=2"
+    assert compute_uid(SummaryIn(title="A", summary="s", url="https://example.org/a", uid="doi:1")) == "doi:1"
+
+
+def test_without_url_the_uid_is_a_hash_of_title_source_and_date() -> None:
+    def uid(title: str, **fields: Any) -> str:
+        return compute_uid(validate_item(item(title, **fields), where="x"))
+
+    base = uid(title="Sleep  and Memory", source="J", date="2026-11-03")
+    assert base.startswith("sha256:")
+    assert base == uid(title="sleep and memory ", source="j", date="2026-11-03T18:00:00Z")
+    assert base != uid(title="Sleep and Memory", source="J", date="2026-11-04")
+    assert base != uid(title="Sleep and Mood", source="J", date="2026-11-03")
+
+
+# --- storing -------------------------------------------------------------------------------------
+
+
+def test_ingest_stores_every_field_and_the_origin(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, "paper.md", PAPER_MD)
+    report = ingest_paths(engine, [path])
+
+    assert (report.added, report.rejected) == (1, [])
+    [row] = all_rows(engine)
+    assert row.uid == "paper-42"
+    assert row.origin == str(path)
+    assert row.tags == ["sleep", "memory"]
+    assert row.key_points == ["Spindle density tracks recall", "Sleep time does not explain it"]
+    assert row.image_alt == "An EEG trace with spindles highlighted"
+    assert row.issue_id is None
+
+
+def test_reingesting_an_unchanged_file_changes_nothing(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, "notes.jsonl", jsonl(item("A", date="2026-11-03"), item("B")))
+    ingest_paths(engine, [path])
+    before = {row.uid: row.updated_at for row in all_rows(engine)}
+
+    report = ingest_paths(engine, [path])
+
+    assert report.summary_line() == "added 0, updated 0, unchanged 2, rejected 0"
+    assert {row.uid: row.updated_at for row in all_rows(engine)} == before
+
+
+def test_editing_a_file_updates_rows_without_duplicating(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, "notes.jsonl", jsonl(item("A", url="https://example.org/a"), item("B")))
+    ingest_paths(engine, [path])
+    [first_a, _] = all_rows(engine)
+
+    revised = jsonl(item("A, revised", url="https://example.org/a/"), item("B"), item("C"))
+    write(tmp_path, "notes.jsonl", revised)
+    report = ingest_paths(engine, [path])
+
+    assert (report.added, report.updated, report.unchanged) == (1, 1, 1)
+    rows = all_rows(engine)
+    assert [row.title for row in rows] == ["A, revised", "B", "C"]
+    assert rows[0].id == first_a.id
+    assert rows[0].ingested_at == first_a.ingested_at
+    assert rows[0].updated_at > first_a.updated_at
+
+
+def test_a_summary_already_in_an_issue_stays_attached_when_updated(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, "paper.md", PAPER_MD)
+    ingest_paths(engine, [path])
+    with session(engine) as db, db.begin():
+        issue = Issue(
+            number=1,
+            period_key="2026-W46",
+            period_start=datetime(2026, 11, 9, tzinfo=UTC),
+            period_end=datetime(2026, 11, 16, tzinfo=UTC),
+            subject="Research Weekly #1",
+        )
+        db.add(issue)
+        db.flush()
+        db.exec(select(Summary)).one().issue_id = issue.id
+
+    write(tmp_path, "paper.md", PAPER_MD.replace("remembered more", "recalled more word pairs"))
+    report = ingest_paths(engine, [path])
+
+    [row] = all_rows(engine)
+    assert report.updated == 1
+    assert row.summary == "Older adults with more spindles recalled more word pairs."
+    assert row.issue_id == issue.id
+
+
+def test_the_last_of_two_items_with_one_uid_wins(engine: Engine, tmp_path: Path) -> None:
+    text = jsonl(item("Draft", id="p1"), item("Final", id="p1"))
+    report = ingest_paths(engine, [write(tmp_path, "notes.jsonl", text)])
+
+    assert report.added == 1
+    assert [row.title for row in all_rows(engine)] == ["Final"]
+
+
+def test_a_bad_file_is_rejected_whole_and_the_good_ones_go_in(engine: Engine, tmp_path: Path) -> None:
+    write(tmp_path, "a-good.md", PAPER_MD)
+    write(tmp_path, "b-bad.jsonl", jsonl(item("Valid first line"), {"summary": "no title"}))
+    write(tmp_path, "c-good.json", json.dumps([item("Good JSON")]))
+
+    report = ingest_paths(engine, [tmp_path])
+
+    assert report.summary_line() == "added 2, updated 0, unchanged 0, rejected 1"
+    assert report.rejected[0].path == tmp_path / "b-bad.jsonl"
+    assert [row.title for row in all_rows(engine)] == ["Good JSON", "Sleep spindles predict recall"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (
+            "notes.jsonl",
+            jsonl(item("A"), item("B")) + json.dumps({"tilte": "C", "summary": "s"}) + "\n",
+            "notes.jsonl:3: unknown field 'tilte'; allowed fields: title, summary, url (or link), ",
+        ),
+        ("notes.jsonl", jsonl(item("A"), {"summary": "s"}), "notes.jsonl:2: field 'title' is required"),
+        ("notes.jsonl", jsonl(item("A")) + '{"title": "B",\n', "notes.jsonl:2: not valid JSON"),
+        ("notes.jsonl", jsonl(item("A", url="example.org/a")), "notes.jsonl:1: field 'url': 'example.org/a'"),
+        ("notes.jsonl", jsonl(item("A", tags=["ok", 3])), "notes.jsonl:1: field 'tags[1]': "),
+        ("notes.jsonl", jsonl(item("")), "notes.jsonl:1: field 'title' is empty"),
+        ("list.json", '[\n  {"title": "A",\n   "summary": }\n]', "list.json:3: not valid JSON"),
+        ("list.json", json.dumps([item("A"), {"title": "B"}]), "list.json: item at index 1: field 'summary'"),
+        ("list.json", json.dumps(item("A", date="next week")), "list.json: field 'date': 'next week' is not"),
+        ("paper.md", "---\ntitle: A\nsource: J: K\n---\n", "paper.md:3: front matter is not valid YAML"),
+        ("paper.md", "Just a paragraph.\n", "paper.md:1: no front matter"),
+        ("paper.md", "---\ntitle: A\n", "paper.md: the front matter is not closed"),
+        ("paper.md", "---\nsource: J\n---\nA paragraph.\n", "paper.md: field 'title' is required"),
+        ("paper.md", "---\ntitle: A\n---\n## Only a heading\n", "paper.md: no summary; add 'summary:'"),
+    ],
+)
+def test_rejections_name_the_file_the_line_and_the_field(
+    engine: Engine, tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    path = write(tmp_path, name, text)
+    message = only_message(ingest_paths(engine, [path]))
+
+    assert message.startswith(str(tmp_path) + "/")
+    assert expected in message
+    assert all_rows(engine) == []
+
+
+def test_a_file_that_is_not_utf8_is_rejected(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(item("Müller"), ensure_ascii=False).encode("latin-1"))
+
+    assert "latin1.jsonl: not UTF-8 text" in only_message(ingest_paths(engine, [path]))
+
+
+def test_an_unknown_extension_is_rejected_with_the_supported_ones(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, "notes.txt", "title: A\n")
+    message = only_message(ingest_paths(engine, [path]))
+
+    supported = ".json, .jsonl, .markdown, .md"
+    assert message == f"{path}: no reader for '.txt' files; supported extensions: {supported}"
+
+
+def test_a_missing_path_is_a_rejection_and_the_rest_still_goes_in(engine: Engine, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.md"
+    good = write(tmp_path, "good.jsonl", jsonl(item("A")))
+
+    report = ingest_paths(engine, [missing, good])
+
+    assert report.rejected == [Rejection(missing, f"{missing}: no such file or folder; check the path")]
+    assert report.added == 1
+
+
+def test_folders_are_walked_in_order_skipping_hidden_and_unsupported_files(
+    engine: Engine, tmp_path: Path
+) -> None:
+    write(tmp_path, "b.jsonl", jsonl(item("B")))
+    write(tmp_path, "sub/a.JSON", json.dumps(item("A")))
+    write(tmp_path, "a.md", PAPER_MD)
+    write(tmp_path, "README.txt", "not a summary")
+    write(tmp_path, ".draft.md", "not even front matter")
+    write(tmp_path, ".git/notes.jsonl", "{broken")
+    seen: list[Path] = []
+
+    report = ingest_paths(engine, [tmp_path], on_file=seen.append)
+
+    expected = [tmp_path / "a.md", tmp_path / "b.jsonl", tmp_path / "sub" / "a.JSON"]
+    assert seen == expected == find_files([tmp_path])
+    assert report.summary_line() == "added 3, updated 0, unchanged 0, rejected 0"
+
+
+def test_ingest_items_is_the_same_upsert_for_other_sources(engine: Engine) -> None:
+    items = [SummaryIn(title="From the API", summary="s", url="https://example.org/api")]
+
+    assert ingest_items(engine, items, origin="api").added == 1
+    assert ingest_items(engine, items, origin="api").unchanged == 1
+    [row] = all_rows(engine)
+    assert (row.origin, row.uid) == ("api", "https://example.org/api")
+
+
+def test_the_bundled_samples_ingest_cleanly(engine: Engine) -> None:
+    report = ingest_paths(engine, [sample_summaries_dir()])
+
+    assert report.rejected == []
+    rows = all_rows(engine)
+    assert report.added == len(rows) >= 10
+    assert len({row.category for row in rows}) >= 3
+    assert sum(row.category == "From the blog" for row in rows) == 2
+    assert any(row.image_url and row.image_alt for row in rows)
+    assert all(row.summary and row.url and row.published_at for row in rows)
+    assert any(not text.isascii() for row in rows for text in (row.title, row.summary, row.body or ""))
+    assert ingest_paths(engine, [sample_summaries_dir()]).unchanged == len(rows)

@@ -217,7 +217,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def _describe(exc: ValidationError, source: str) -> str:
     """One line for the first problem pydantic found, naming the dotted key and what is allowed."""
-    error = exc.errors()[0]
+    error = _first_error(exc)
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(error["loc"][:-1])
@@ -226,6 +226,12 @@ def _describe(exc: ValidationError, source: str) -> str:
         return f"{source}: missing required key '{key}'; see the documented config.yaml"
     message = error["msg"].removeprefix("Value error, ")
     return f"{source}: {key}: {message}"
+
+
+def _first_error(exc: ValidationError) -> Any:
+    """An unknown key first: a typo'd key also makes the key it should have been look missing."""
+    errors = exc.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -246,7 +252,7 @@ def _check_backend(config: Config) -> None:
     try:
         cls.Options.model_validate(config.backend.options)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        error = _first_error(exc)
         key = ".".join(["backend", "options", *(str(p) for p in error["loc"])])
         if error["type"] == "extra_forbidden":
             allowed = ", ".join(cls.Options.model_fields)

@@ -2,17 +2,18 @@
 
 ``weekly_digest`` is the job and is exactly what ``newsletter digest prepare`` followed by
 ``newsletter digest send`` do by hand. ``run_scheduler`` blocks until Ctrl-C or SIGTERM, then waits for a
-running job to finish its current batch loop and exits.
+running job to finish and returns.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 from datetime import UTC, datetime
 from types import FrameType
 
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine
 
@@ -59,9 +60,21 @@ def weekly_digest(engine: Engine, config: Config, *, now: datetime | None = None
         log.error("weekly digest failed: %s", exc)
 
 
-def run_scheduler(engine: Engine, config: Config) -> None:
-    """Run the weekly job on schedule until interrupted (Ctrl-C or SIGTERM)."""
-    scheduler = BlockingScheduler(timezone=config.schedule.zone)
+def run_scheduler(engine: Engine, config: Config, *, stop: threading.Event | None = None) -> None:
+    """Run the weekly job on schedule until Ctrl-C, SIGTERM, or ``stop`` is set.
+
+    The signal handlers only set the event; the scheduler is shut down from this thread, after the job
+    that is running (if any) has finished.
+    """
+    stop = stop or threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping after the running job", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
+    scheduler = BackgroundScheduler(timezone=config.schedule.zone)
     scheduler.add_job(
         weekly_digest,
         digest_trigger(config),
@@ -71,12 +84,7 @@ def run_scheduler(engine: Engine, config: Config) -> None:
         max_instances=1,
         misfire_grace_time=3600,
     )
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, stopping after the running job", signal.Signals(signum).name)
-        scheduler.shutdown(wait=True)
-
-    signal.signal(signal.SIGTERM, stop)
+    scheduler.start()
     upcoming = next_run_time(config)
     log.info(
         "scheduler started: next digest at %s (%s UTC), cron '%s' in %s",
@@ -85,8 +93,6 @@ def run_scheduler(engine: Engine, config: Config) -> None:
         config.schedule.cron,
         config.schedule.timezone,
     )
-    try:
-        scheduler.start()
-    except KeyboardInterrupt:
-        log.info("interrupted, stopping")
+    stop.wait()
+    scheduler.shutdown(wait=True)
     log.info("scheduler stopped")

@@ -6,8 +6,9 @@ Per-message outcomes are results, never exceptions:
 
 - accepted → SENT, detail = the server's reply (often carries its queue id);
 - recipient or message refused with 5xx → FAILED, 4xx → RETRY, detail = ``"550 5.1.1 No such user"``;
-- envelope sender refused → RETRY whatever the code: it is a configuration problem, not the
-  recipient's, and must not count as a bounce;
+- refused at MAIL FROM (the envelope sender, or the declared SIZE) → RETRY whatever the code: that is
+  about our configuration or message, not the recipient, and must not count as a bounce;
+- a non-ASCII address when the server does not offer SMTPUTF8 → FAILED;
 - connection lost → reconnect once and resend; if reconnecting fails (or the fresh connection is lost
   too) that message and the rest of the batch are RETRY with the error as detail.
 
@@ -29,7 +30,7 @@ import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from newsletter.backends.base import Backend, OutgoingMessage, SendResult, SendStatus
 from newsletter.errors import DeliveryError
@@ -59,12 +60,22 @@ class SmtpOptions(BaseModel):
     # Relative to the config file's folder.
     ca_file: str | None = None
 
+    @model_validator(mode="after")
+    def _no_plaintext_password(self) -> SmtpOptions:
+        loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
+        if self.username and self.security == "none" and not loopback:
+            raise ValueError(
+                f"a username with security 'none' would send the password unencrypted to {self.host}; "
+                "use security: starttls or tls"
+            )
+        return self
+
 
 class SmtpBackend(Backend):
     """Sends through an SMTP server with the standard library's :mod:`smtplib` (synchronously).
 
-    Status mapping: 2xx → SENT; 4xx, a refused envelope sender, or a connection that cannot be
-    re-established → RETRY; 5xx for the recipient or the message → FAILED. ``send`` never raises.
+    Status mapping: 2xx → SENT; 4xx, a refusal at MAIL FROM, or a connection that cannot be
+    re-established → RETRY; 5xx at RCPT TO or DATA → FAILED. ``send`` never raises.
     """
 
     Options = SmtpOptions
@@ -144,7 +155,7 @@ class SmtpBackend(Backend):
 
         code, reply = smtp.mail(message.envelope_from, mail_options)
         if code != 250:
-            return self._refused(smtp, message, code, reply, f"envelope sender {message.envelope_from} refused: ")
+            return self._refused(smtp, message, code, reply, sender=True)
         code, reply = smtp.rcpt(message.recipient)
         if code not in (250, 251):
             return self._refused(smtp, message, code, reply)
@@ -157,9 +168,13 @@ class SmtpBackend(Backend):
         return SendResult(message.delivery_id, SendStatus.SENT, _reply_text(code, reply))
 
     def _refused(
-        self, smtp: smtplib.SMTP, message: OutgoingMessage, code: int, reply: bytes, sender: str = ""
+        self, smtp: smtplib.SMTP, message: OutgoingMessage, code: int, reply: bytes, *, sender: bool = False
     ) -> SendResult:
-        """The result for a refusal, leaving the connection ready for the next message."""
+        """The result for a refusal, leaving the connection ready for the next message.
+
+        A refusal at MAIL FROM is RETRY whatever the code: it is about our sender or message size, not
+        the recipient, and must not count as a bounce.
+        """
         if code == 421:  # the server is closing the connection; the next message reconnects
             self._drop()
         else:
@@ -167,11 +182,10 @@ class SmtpBackend(Backend):
                 smtp.rset()
             except (smtplib.SMTPException, OSError):
                 self._drop()
-        if sender or not 500 <= code < 600:
-            status = SendStatus.RETRY
-        else:
-            status = SendStatus.FAILED
-        detail = sender + _reply_text(code, reply)
+        status = SendStatus.FAILED if 500 <= code < 600 and not sender else SendStatus.RETRY
+        detail = _reply_text(code, reply)
+        if sender:
+            detail = f"envelope sender {message.envelope_from} refused: {detail}"
         log.info("%s for %s: %s", status.value, message.recipient, detail)
         return SendResult(message.delivery_id, status, detail)
 
@@ -260,8 +274,12 @@ class SmtpBackend(Backend):
                 f"{source} (tls for port 465, starttls for port 587)"
             )
         if isinstance(exc, socket.gaierror):
-            return f"cannot resolve {self.options.host!r} ({exc.strerror}); check backend.options.host in {source}"
-        if isinstance(exc, TimeoutError):
+            return (
+                f"cannot resolve {self.options.host!r} ({exc.strerror}); "
+                f"check backend.options.host in {source}"
+            )
+        # smtplib reports a reply that never came as SMTPServerDisconnected raised from the timeout.
+        if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
             return (
                 f"no answer from {where} within {self.options.timeout:g} s; check backend.options.host, "
                 f"port and security in {source} (port 465 needs security: tls)"

@@ -1,0 +1,478 @@
+"""Sending backends against real things: aiosmtpd servers on loopback, a temporary outbox, stdout."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from newsletter.backends import OutgoingMessage, SendStatus, backend_class, create_backend
+from newsletter.backends.console import ConsoleBackend
+from newsletter.backends.file import FileBackend
+from newsletter.backends.smtp import SmtpBackend
+from newsletter.config import Config
+from newsletter.errors import BackendNotFound, ConfigError, DeliveryError
+from tests.conftest import RecordingHandler, SmtpServer, make_config
+
+SENDER = "bounces@example.org"
+PASSWORD = "correct horse battery staple"
+
+
+def outgoing(number: int, recipient: str | None = None, body: str = "") -> OutgoingMessage:
+    """A complete CRLF message; its body has a line starting with "." and non-ASCII text on purpose."""
+    recipient = recipient or f"reader{number}@example.net"
+    message = EmailMessage(policy=SMTP_POLICY)
+    message["From"] = "Research Weekly <digest@example.org>"
+    message["To"] = recipient
+    message["Subject"] = f"Issue {number}"
+    message["Message-ID"] = f"<issue-1.{number}@example.org>"
+    message.set_content(body or f"Hello reader {number} – grüße.\n.leading dot stays\n", cte="8bit")
+    return OutgoingMessage(number, SENDER, recipient, message["Message-ID"], message.as_bytes())
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def smtp_config(base_dir: Path, **options: Any) -> Config:
+    return make_config(base_dir, backend={"name": "smtp", "options": options})
+
+
+def smtp_backend(base_dir: Path, server: SmtpServer, **options: Any) -> SmtpBackend:
+    """The backend as the application builds it: by name from the config."""
+    options = {"host": server.host, "port": server.port, "security": "none", **options}
+    backend = create_backend(smtp_config(base_dir, **options))
+    assert isinstance(backend, SmtpBackend)
+    return backend
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionHandler(RecordingHandler):
+    """Also remembers the SMTP session (one per connection) of each message, and can drop a connection."""
+
+    sessions: list[Any] = field(default_factory=list)
+    drop_next_mail: bool = False
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.drop_next_mail:  # like a server closing an idle connection
+            self.drop_next_mail = False
+            server.transport.close()
+            return "421 4.4.2 Connection dropped"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.sessions.append(session)
+        return await super().handle_DATA(server, session, envelope)
+
+    def connections_per_message(self) -> list[int]:
+        """For each received message, the number of the connection that carried it (1, 1, 2, ...)."""
+        numbers: dict[int, int] = {}
+        return [numbers.setdefault(id(session), len(numbers) + 1) for session in self.sessions]
+
+
+@dataclass
+class RunningServer(SmtpServer):
+    controller: Controller
+    running: bool = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.controller.stop()
+            self.running = False
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., RunningServer]]:
+    """Start aiosmtpd servers with a SessionHandler; ``kwargs`` go to aiosmtpd's Controller."""
+    servers: list[RunningServer] = []
+
+    def start(**kwargs: Any) -> RunningServer:
+        handler = SessionHandler()
+        controller = Controller(handler, hostname="127.0.0.1", port=unused_port(), **kwargs)
+        controller.start()
+        servers.append(RunningServer("127.0.0.1", controller.port, handler, controller))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    """The test CA as a PEM file next to the config, named relative to it as a user would."""
+    ca.cert_pem.write_to_path(str(tmp_path / "relay-ca.pem"))
+    return "relay-ca.pem"
+
+
+@pytest.fixture
+def tls_server(ca: trustme.CA, start_server: Callable[..., RunningServer]) -> Callable[..., RunningServer]:
+    """A server with a certificate for 127.0.0.1; ``implicit=True`` speaks TLS from the first byte."""
+
+    def start(implicit: bool = False, **kwargs: Any) -> RunningServer:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        if implicit:
+            return start_server(ssl_context=context, **kwargs)
+        return start_server(tls_context=context, require_starttls=True, **kwargs)
+
+    return start
+
+
+@dataclass
+class Authenticator:
+    """Accepts alice with PASSWORD and remembers every attempt as (mechanism, login)."""
+
+    attempts: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        self.attempts.append((mechanism, data.login.decode()))
+        # handled=False: aiosmtpd sends the 235 / 535 reply itself.
+        accepted = (data.login, data.password) == (b"alice", PASSWORD.encode())
+        return AuthResult(success=accepted, handled=False)
+
+
+def auth_server(tls_server: Callable[..., RunningServer], authenticator: Authenticator) -> RunningServer:
+    """STARTTLS required, then AUTH LOGIN (PLAIN switched off) required before MAIL."""
+    return tls_server(
+        authenticator=authenticator,
+        auth_required=True,
+        auth_require_tls=True,
+        auth_exclude_mechanism=["PLAIN"],
+    )
+
+
+# -- SMTP: delivery -----------------------------------------------------------------------------
+
+
+def test_smtp_delivers_each_message_with_its_envelope_and_exact_bytes(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    batch = [outgoing(n) for n in (1, 2, 3)]
+    with smtp_backend(tmp_path, smtp_server) as backend:
+        results = backend.send(batch)
+
+    assert [(r.delivery_id, r.status) for r in results] == [(n, SendStatus.SENT) for n in (1, 2, 3)]
+    assert all(r.detail.startswith("250 ") for r in results)
+    assert [(m.envelope_from, m.recipients) for m in smtp_server.messages] == [
+        (SENDER, [f"reader{n}@example.net"]) for n in (1, 2, 3)
+    ]
+    # aiosmtpd's envelope.content is the DATA payload with the terminating ".\r\n" removed and
+    # dot-stuffing undone. Our messages already end in CRLF, so smtplib adds nothing: the bytes received
+    # must equal the bytes sent, including the 8-bit text and the line that starts with ".".
+    for sent, received in zip(batch, smtp_server.messages):
+        assert sent.data.endswith(b"\r\n")
+        assert received.data == sent.data
+    assert smtp_server.messages[0].parsed()["Subject"] == "Issue 1"
+
+
+def test_smtp_permanent_refusal_fails_only_that_recipient(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    server.handler.reject["reader2@example.net"] = "550 5.1.1 No such user"
+    with smtp_backend(tmp_path, server) as backend:
+        results = backend.send([outgoing(1), outgoing(2), outgoing(3)])
+
+    assert [r.status for r in results] == [SendStatus.SENT, SendStatus.FAILED, SendStatus.SENT]
+    assert results[1].detail == "550 5.1.1 No such user"
+    assert [m.recipients for m in server.messages] == [["reader1@example.net"], ["reader3@example.net"]]
+    assert server.handler.connections_per_message() == [1, 1]  # the refusal did not cost the connection
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 Mailbox busy, try later", "421 4.3.2 Service shutting down"])
+def test_smtp_temporary_refusal_is_retried_and_the_batch_goes_on(
+    tmp_path: Path, smtp_server: SmtpServer, reply: str
+) -> None:
+    smtp_server.handler.reject["reader1@example.net"] = reply
+    with smtp_backend(tmp_path, smtp_server) as backend:
+        results = backend.send([outgoing(1), outgoing(2)])
+
+    assert (results[0].status, results[0].detail) == (SendStatus.RETRY, reply)
+    assert results[1].status is SendStatus.SENT
+    assert [m.recipients for m in smtp_server.messages] == [["reader2@example.net"]]
+
+
+def test_smtp_reconnects_after_max_messages_per_connection(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    with smtp_backend(tmp_path, server, max_messages_per_connection=2) as backend:
+        results = backend.send([outgoing(n) for n in range(1, 6)])
+
+    assert [r.status for r in results] == [SendStatus.SENT] * 5
+    assert [m.recipients[0] for m in server.messages] == [f"reader{n}@example.net" for n in range(1, 6)]
+    assert server.handler.connections_per_message() == [1, 1, 2, 2, 3]
+
+
+def test_smtp_reconnects_when_the_server_dropped_the_connection(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    with smtp_backend(tmp_path, server) as backend:
+        first = backend.send([outgoing(1)])
+        server.handler.drop_next_mail = True
+        second = backend.send([outgoing(2), outgoing(3)])
+
+    assert [r.status for r in first + second] == [SendStatus.SENT] * 3
+    assert [m.recipients[0] for m in server.messages] == [f"reader{n}@example.net" for n in (1, 2, 3)]
+    assert server.handler.connections_per_message() == [1, 2, 2]
+
+
+def test_smtp_batch_is_left_for_retry_when_the_server_is_gone(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    with smtp_backend(tmp_path, server, timeout=5) as backend:
+        server.stop()  # closes our connection; reconnecting is refused
+        results = backend.send([outgoing(1), outgoing(2)])
+
+    assert [r.status for r in results] == [SendStatus.RETRY, SendStatus.RETRY]
+    assert all(f"cannot connect to 127.0.0.1:{server.port}" in r.detail for r in results)
+
+
+def test_smtp_non_ascii_address_uses_smtputf8_when_offered(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server(enable_SMTPUTF8=True)
+    with smtp_backend(tmp_path, server) as backend:
+        results = backend.send([outgoing(1, "jörg@example.net")])
+
+    assert results[0].status is SendStatus.SENT
+    assert server.messages[0].recipients == ["jörg@example.net"]
+
+
+def test_smtp_non_ascii_address_without_smtputf8_fails_that_message_only(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server(enable_SMTPUTF8=False)
+    with smtp_backend(tmp_path, server) as backend:
+        results = backend.send([outgoing(1, "jörg@example.net"), outgoing(2)])
+
+    assert results[0].status is SendStatus.FAILED
+    assert "does not offer SMTPUTF8" in results[0].detail
+    assert results[1].status is SendStatus.SENT
+    assert [m.recipients for m in server.messages] == [["reader2@example.net"]]
+
+
+def test_smtp_describe_and_defaults(tmp_path: Path) -> None:
+    backend = create_backend(smtp_config(tmp_path, host="smtp.example.org"))
+    assert backend.describe() == "smtp smtp.example.org:587 (starttls)"
+
+
+# -- SMTP: connecting, TLS and login ------------------------------------------------------------
+
+
+def test_smtp_unreachable_server_fails_at_open_naming_host_and_port(tmp_path: Path) -> None:
+    port = unused_port()
+    backend = create_backend(smtp_config(tmp_path, host="127.0.0.1", port=port, security="none"))
+    with pytest.raises(DeliveryError) as raised:
+        backend.open()
+    message = str(raised.value)
+    assert f"cannot connect to 127.0.0.1:{port} (Connection refused)" in message
+    assert "backend.options.host/port" in message
+
+
+def test_smtp_starttls_against_an_implicit_tls_port_times_out_with_a_hint(
+    tmp_path: Path, tls_server: Callable[..., RunningServer]
+) -> None:
+    server = tls_server(implicit=True)  # waits for a TLS hello while the client waits for a greeting
+    backend = smtp_backend(tmp_path, server, security="starttls", timeout=0.5)
+    with pytest.raises(DeliveryError) as raised:
+        backend.open()
+    assert f"no answer from 127.0.0.1:{server.port} within 0.5 s" in str(raised.value)
+    assert "port 465 needs security: tls" in str(raised.value)
+
+
+def test_smtp_implicit_tls_against_a_plain_port_names_the_security_option(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    backend = smtp_backend(tmp_path, smtp_server, security="tls")
+    with pytest.raises(DeliveryError) as raised:
+        backend.open()
+    assert f"TLS with 127.0.0.1:{smtp_server.port} failed" in str(raised.value)
+    assert "check backend.options.security" in str(raised.value)
+
+
+def test_smtp_starttls_and_login_deliver(
+    tmp_path: Path,
+    tls_server: Callable[..., RunningServer],
+    ca_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", PASSWORD)
+    authenticator = Authenticator()
+    server = auth_server(tls_server, authenticator)
+    options = {"security": "starttls", "username": "alice", "ca_file": ca_file}
+    with smtp_backend(tmp_path, server, **options) as backend:
+        results = backend.send([outgoing(1)])
+
+    # The server refuses MAIL before STARTTLS and before AUTH, so arriving proves both happened.
+    assert results[0].status is SendStatus.SENT
+    assert server.messages[0].data == outgoing(1).data
+    assert authenticator.attempts == [("LOGIN", "alice")]
+
+
+def test_smtp_implicit_tls_delivers(
+    tmp_path: Path, tls_server: Callable[..., RunningServer], ca_file: str
+) -> None:
+    server = tls_server(implicit=True)
+    with smtp_backend(tmp_path, server, security="tls", ca_file=ca_file) as backend:
+        results = backend.send([outgoing(1)])
+
+    assert results[0].status is SendStatus.SENT
+    assert server.messages[0].data == outgoing(1).data
+
+
+def test_smtp_wrong_password_fails_at_open(
+    tmp_path: Path,
+    tls_server: Callable[..., RunningServer],
+    ca_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "wrong")
+    server = auth_server(tls_server, Authenticator())
+    backend = smtp_backend(tmp_path, server, security="starttls", username="alice", ca_file=ca_file)
+    with pytest.raises(DeliveryError) as raised:
+        backend.open()
+    message = str(raised.value)
+    assert f"127.0.0.1:{server.port} refused the login as 'alice' (535" in message
+    assert "NEWSLETTER_SMTP_PASSWORD" in message
+
+
+def test_smtp_missing_password_variable_fails_at_open(
+    tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NEWSLETTER_SMTP_PASSWORD", raising=False)
+    backend = smtp_backend(tmp_path, smtp_server, username="alice")
+    with pytest.raises(DeliveryError, match="set NEWSLETTER_SMTP_PASSWORD"):
+        backend.open()
+
+
+def test_smtp_certificate_from_an_unknown_ca_is_refused(
+    tmp_path: Path, tls_server: Callable[..., RunningServer]
+) -> None:
+    server = tls_server()
+    backend = smtp_backend(tmp_path, server, security="starttls")  # no ca_file: system CAs only
+    with pytest.raises(DeliveryError) as raised:
+        backend.open()
+    assert f"cannot verify the TLS certificate of 127.0.0.1:{server.port}" in str(raised.value)
+    assert "backend.options.ca_file" in str(raised.value)
+    assert server.messages == []
+
+
+# -- file ---------------------------------------------------------------------------------------
+
+
+def test_file_backend_writes_one_eml_per_message_and_overwrites_on_resend(tmp_path: Path) -> None:
+    backend = create_backend(make_config(tmp_path, backend={"name": "file", "options": {"outbox": "out"}}))
+    outbox = tmp_path / "out"
+    with backend:
+        results = backend.send([outgoing(1), outgoing(2)])
+        resent = outgoing(1, body="Corrected text.\n")
+        again = backend.send([resent])
+
+    assert [r.status for r in results + again] == [SendStatus.SENT] * 3
+    first, second = outbox / "issue-1.1_example.org.eml", outbox / "issue-1.2_example.org.eml"
+    assert sorted(outbox.iterdir()) == [first, second]  # no duplicate, no .tmp left behind
+    assert first.read_bytes() == resent.data
+    assert second.read_bytes() == outgoing(2).data
+    assert again[0].detail == str(first)
+
+
+def test_file_backend_unusable_outbox_fails_at_open(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    config = make_config(tmp_path, backend={"name": "file", "options": {"outbox": "not-a-folder/out"}})
+    with pytest.raises(DeliveryError) as raised:
+        create_backend(config).open()
+    assert f"cannot create the outbox {tmp_path / 'not-a-folder' / 'out'}" in str(raised.value)
+    assert "check backend.options.outbox" in str(raised.value)
+
+
+# -- console ------------------------------------------------------------------------------------
+
+
+def test_console_backend_prints_recipient_and_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = create_backend(make_config(tmp_path, backend={"name": "console"}))
+    with backend:
+        results = backend.send([outgoing(1), outgoing(2)])
+
+    out = capsys.readouterr().out
+    assert [r.status for r in results] == [SendStatus.SENT] * 2
+    assert "to reader1@example.net" in out and "to reader2@example.net" in out
+    assert "Subject: Issue 1" in out
+    assert "Hello reader 2 – grüße." in out
+    assert "\r" not in out
+
+
+# -- loading by name ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("console", ConsoleBackend), ("file", FileBackend), ("smtp", SmtpBackend)]
+)
+def test_backend_class_finds_builtins_by_name(name: str, cls: type) -> None:
+    assert backend_class(name) is cls
+
+
+def test_unknown_backend_lists_the_installed_ones(tmp_path: Path) -> None:
+    with pytest.raises(BackendNotFound, match=r"'carrier-pigeon'.*installed backends: console, file, smtp"):
+        make_config(tmp_path, backend={"name": "carrier-pigeon"})
+
+
+def test_misspelt_smtp_option_names_the_key_and_the_allowed_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        smtp_config(tmp_path, host="smtp.example.org", prot=465)
+    message = str(raised.value)
+    assert "unknown key 'backend.options.prot'" in message
+    assert "host, port, security, username, timeout, max_messages_per_connection, ca_file" in message
+
+
+def test_misspelt_required_smtp_option_is_named_rather_than_reported_missing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'backend\.options\.hots'.*allows: host, port"):
+        smtp_config(tmp_path, hots="smtp.example.org")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"host": "x", "security": "ssl"}, "backend.options.security: Input should be 'starttls', 'tls' or 'none'"),
+        ({"host": "x", "port": 0}, "backend.options.port: Input should be greater than or equal to 1"),
+        ({"host": "x", "port": 70000}, "backend.options.port: Input should be less than or equal to 65535"),
+        ({"port": 25}, "backend.options.host: Field required"),
+        (
+            {"host": "smtp.example.org", "security": "none", "username": "u"},
+            "backend.options: a username with security 'none' would send the password unencrypted",
+        ),
+    ],
+)
+def test_bad_smtp_option_values_fail_at_config_load(
+    tmp_path: Path, options: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        smtp_config(tmp_path, **options)

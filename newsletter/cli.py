@@ -31,8 +31,8 @@ from newsletter.models import Issue, SubscriberStatus
 from newsletter.schedule import run_scheduler
 from newsletter import subscribers as subscriber_list
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 class _Group(TyperGroup):
@@ -296,14 +296,19 @@ def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo writes its database, outbox and HTML.")] = Path(
         "newsletter-demo"
     ),
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Use this config's newsletter details and templates (the demo "
+                     "always keeps its own database and outbox).", dir_okay=False),
+    ] = None,
 ) -> None:
     """Run the whole pipeline on bundled samples: ingest, subscribe, prepare, render and send to a file outbox.
 
-    Example: newsletter demo --dir /tmp/newsletter-demo
+    Example: newsletter demo --dir /tmp/newsletter-demo --config config.yaml
     """
     from newsletter.demo import run_demo
 
-    result = run_demo(directory)
+    result = run_demo(directory, load_config(config) if config else None)
     console.print(result.report())
 
 

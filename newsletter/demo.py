@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,7 +65,20 @@ class DemoResult:
         )
 
 
-def run_demo(directory: Path) -> DemoResult:
+def demo_settings(user_config: Config | None) -> dict[str, Any]:
+    """The demo's settings: built-in ones, or the user's newsletter details and templates with the demo's
+    own database and file outbox (so trying the demo never touches real subscribers)."""
+    if user_config is None:
+        return DEMO_SETTINGS
+    return {
+        **DEMO_SETTINGS,
+        "newsletter": user_config.newsletter.model_dump(exclude_none=True),
+        "templates": str(user_config.templates_dir),
+        "schedule": user_config.schedule.model_dump(),
+    }
+
+
+def run_demo(directory: Path, user_config: Config | None = None) -> DemoResult:
     """Run the pipeline end to end in ``directory`` (created if needed; its earlier demo data is replaced)."""
     directory = directory.resolve()
     config_path = directory / "config.yaml"
@@ -74,7 +88,7 @@ def run_demo(directory: Path) -> DemoResult:
             stale.unlink()
         config_path.write_text(
             "# Written by `newsletter demo`; see config.yaml in the project for every setting.\n"
-            + yaml.safe_dump(DEMO_SETTINGS, sort_keys=False, allow_unicode=True),
+            + yaml.safe_dump(demo_settings(user_config), sort_keys=False, allow_unicode=True),
             encoding="utf-8",
         )
     except OSError as exc:

@@ -1,0 +1,116 @@
+"""The command line: every command has --help with an example, and user mistakes give one line, no
+traceback, and the right exit code."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from newsletter.cli import app
+from tests.conftest import ROOT
+
+runner = CliRunner()
+
+
+def config_file(tmp_path: Path, **extra: str) -> Path:
+    path = tmp_path / "config.yaml"
+    text = (ROOT / "config.yaml").read_text(encoding="utf-8")
+    text = text.replace("templates: templates", f"templates: {ROOT / 'templates'}")
+    for old, new in extra.items():
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], env={"NEWSLETTER_SECRET_KEY": "k", "COLUMNS": "200"})
+
+
+COMMANDS = [
+    [], ["ingest"], ["run"], ["demo"], ["subscribers"], ["subscribers", "add"], ["subscribers", "import"],
+    ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["digest"],
+    ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "newsletter")
+def test_every_command_has_help_with_an_example(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output
+    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"]):
+        assert "--config" in result.output
+
+
+def test_a_config_mistake_is_one_line_and_exit_code_2(tmp_path):
+    path = config_file(tmp_path, **{"timezone: Europe/London": "timezone: Europe/Londn"})
+    result = invoke("subscribers", "list", "--config", path)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {path}: schedule.timezone: 'Europe/Londn' is not an IANA timezone name such as Europe/London"
+    ]
+
+
+def test_the_whole_path_through_the_cli(tmp_path):
+    path = config_file(tmp_path)
+    good = tmp_path / "in" / "good.jsonl"
+    good.parent.mkdir()
+    good.write_text(
+        '{"title": "A paper", "summary": "It found things.", "url": "https://example.org/a"}\n'
+        '{"title": "Another", "summary": "It found more.", "url": "https://example.org/b"}\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "in" / "bad.json").write_text('{"title": "No closing brace"', encoding="utf-8")
+
+    result = invoke("ingest", tmp_path / "in", "--config", path)
+    assert result.exit_code == 1  # one file was rejected, and says so
+    assert "bad.json" in result.output and "added 2, updated 0, unchanged 0, rejected 1" in result.output
+    assert "Traceback" not in result.output
+
+    assert invoke("subscribers", "add", "ada@example.org", "--name", "Ada", "--config", path).exit_code == 0
+    bad_address = invoke("subscribers", "add", "not-an-address", "--config", path)
+    assert bad_address.exit_code == 1 and "is not a valid email address" in bad_address.output
+    imported = invoke("subscribers", "import", ROOT / "subscribers" / "example.csv", "--config", path)
+    assert imported.exit_code == 0 and "added 6" in imported.output
+    assert "ada@example.org" in invoke("subscribers", "list", "--config", path).output
+
+    preview = invoke("digest", "render", "--out", tmp_path / "draft", "--config", path)
+    assert preview.exit_code == 0 and "draft of issue #1" in preview.output
+    assert "A paper" in (tmp_path / "draft" / "issue.html").read_text(encoding="utf-8")
+
+    prepared = invoke("digest", "prepare", "--config", path)
+    assert prepared.exit_code == 0 and "prepared issue #1" in prepared.output and "7 subscribers" in prepared.output
+    assert "already prepared" in invoke("digest", "prepare", "--config", path).output
+
+    sent = invoke("digest", "send", "--config", path)
+    assert sent.exit_code == 0 and "sent 7" in sent.output and "finished" in sent.output
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 7
+    status = invoke("digest", "status", "--config", path)
+    assert "sent 7" in status.output and ": sent" in status.output
+
+    again = invoke("digest", "send", "--config", path)
+    assert again.exit_code == 1 and "already sent" in again.output
+
+    exported = invoke("subscribers", "export", "--config", path)
+    assert exported.output.splitlines()[0].startswith("email,name,status")
+    assert invoke("subscribers", "remove", "ada@example.org", "--config", path).output.strip() == (
+        "ada@example.org is unsubscribed"
+    )
+
+
+def test_demo_with_a_config_uses_its_newsletter_and_templates_but_its_own_database(tmp_path):
+    templates = tmp_path / "my-templates"
+    templates.mkdir()
+    (templates / "subject.txt.j2").write_text("{{ newsletter.name }} weekly letter", encoding="utf-8")
+    path = config_file(
+        tmp_path,
+        **{"name: Research Weekly": "name: Lab Notes", f"templates: {ROOT / 'templates'}": "templates: my-templates"},
+    )
+    result = invoke("demo", "--dir", tmp_path / "demo", "--config", path)
+    assert result.exit_code == 0, result.output
+    assert '"Lab Notes weekly letter"' in result.output
+    assert not (tmp_path / "subscribers" / "newsletter.db").exists()  # the user's database is untouched
+    assert (tmp_path / "demo" / "newsletter.db").exists()
+    messages = list((tmp_path / "demo" / "outbox").glob("*.eml"))
+    assert len(messages) == 6
+    assert b"Subject: Lab Notes weekly letter" in messages[0].read_bytes()

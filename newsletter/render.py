@@ -1,0 +1,466 @@
+"""The render stage: an issue's summaries through Jinja2 templates into a subject, HTML and a text part.
+
+MJML is compiled once per issue. Per-subscriber values never reach the template engine: the context's
+``recipient`` holds unique placeholder markers, and :meth:`RenderedIssue.personalise` substitutes the real
+values into the compiled output (HTML-escaped into the HTML, verbatim into the text).
+
+Templates are looked up in the user's templates folder first, then in the packaged defaults, so a user
+file overrides the default of the same name. ``*.txt.j2`` templates are not autoescaped; every other
+template (``*.mjml.j2``, ``*.html.j2``) is.
+
+Any problem with a template (syntax, undefined variable, missing file, MJML that does not compile) raises
+:class:`~newsletter.errors.TemplateError` naming the file, the line and what to do.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import secrets
+import textwrap
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+)
+from mjml import mjml2html
+
+from newsletter.config import Config
+from newsletter.errors import TemplateError
+from newsletter.models import Issue, Summary
+from newsletter.resources import packaged_templates_dir
+
+log = logging.getLogger(__name__)
+
+SUBJECT_TEMPLATE = "subject.txt.j2"
+DIGEST_MJML_TEMPLATE = "digest.mjml.j2"
+DIGEST_TEXT_TEMPLATE = "digest.txt.j2"
+
+DEFAULT_SECTION = "More research"  # the section for summaries without a category
+MAX_KEY_POINTS = 5
+PREHEADER_LIMIT = 150
+TEXT_WIDTH = 72
+
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+_MJML_DOCS = "https://documentation.mjml.io"
+_JINJA_DOCS = "https://jinja.palletsprojects.com/en/stable/templates/"
+
+
+@dataclass(frozen=True)
+class RecipientValues:
+    """One subscriber's values for personalisation; ``name`` is "" when unknown."""
+
+    email: str
+    name: str
+    unsubscribe_url: str
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    """An issue compiled once: ``html`` and ``text`` still hold the ``markers`` for per-subscriber values."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    markers: RecipientValues
+
+    def personalise(self, values: RecipientValues) -> tuple[str, str]:
+        """(html, text) for one subscriber: values HTML-escaped (quotes too) into the HTML, raw into the text."""
+        html_part, text_part = self.html, self.text
+        for marker, value in _pairs(self.markers, values):
+            html_part = html_part.replace(marker, html.escape(value, quote=True))
+            text_part = text_part.replace(marker, value)
+        return html_part, text_part
+
+
+def _pairs(markers: RecipientValues, values: RecipientValues) -> list[tuple[str, str]]:
+    return [
+        (markers.email, values.email),
+        (markers.name, values.name or ""),
+        (markers.unsubscribe_url, values.unsubscribe_url),
+    ]
+
+
+def new_markers() -> RecipientValues:
+    """Placeholders unique to one render: letters and digits only, so HTML escaping and MJML keep them."""
+    nonce = secrets.token_hex(8).upper()
+    return RecipientValues(
+        email=f"NLP{nonce}EMAILX", name=f"NLP{nonce}NAMEX", unsubscribe_url=f"NLP{nonce}UNSUBSCRIBEURLX"
+    )
+
+
+# -- the template context ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewsletterInfo:
+    name: str
+    postal_address: str
+    site_url: str
+
+
+@dataclass(frozen=True)
+class IssueInfo:
+    """``period_end`` is the last day included (the stored end is exclusive)."""
+
+    number: int
+    period_key: str
+    period_start: date
+    period_end: date
+    date_range: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One summary as templates see it; ``ref`` is its link's number in the text part (None: no link)."""
+
+    title: str
+    url: str | None
+    source: str | None
+    category: str
+    published: date | None
+    published_label: str
+    summary: str
+    body: str | None
+    key_points: tuple[str, ...]
+    tags: tuple[str, ...]
+    image_url: str | None
+    image_alt: str
+    ref: int | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class LinkRef:
+    number: int
+    url: str
+
+
+def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipient: RecipientValues) -> dict[str, Any]:
+    """The variables every digest template sees (documented in the README's template section).
+
+    Sections are ordered by their first appearance in ``items``, with uncategorised summaries last under
+    :data:`DEFAULT_SECTION`; ``items`` is the same summaries flat, in that display order.
+    """
+    sections = _number_links(_sections([_item(summary, config) for summary in items]))
+    flat = [item for section in sections for item in section.items]
+    links = list({item.url: LinkRef(item.ref, item.url) for item in flat if item.url and item.ref}.values())
+    start = _local(issue.period_start, config).date()
+    end = (_local(issue.period_end, config) - timedelta(microseconds=1)).date()
+    end = max(start, end)
+    return {
+        "newsletter": NewsletterInfo(
+            config.newsletter.name, config.newsletter.postal_address, config.newsletter.site_url
+        ),
+        "issue": IssueInfo(issue.number, issue.period_key, start, end, format_date_range(start, end)),
+        "sections": sections,
+        "items": flat,
+        "item_count": len(flat),
+        "links": links,
+        "recipient": recipient,
+        "preheader": make_preheader(flat),
+    }
+
+
+def _local(moment: datetime, config: Config) -> datetime:
+    """``moment`` in the configured zone; naive values are UTC (SQLite drops the offset)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(config.schedule.zone)
+
+
+def _item(summary: Summary, config: Config) -> Item:
+    published = _local(summary.published_at, config).date() if summary.published_at else None
+    image_url = _web_url(summary.image_url)
+    return Item(
+        title=" ".join(summary.title.split()),
+        url=_web_url(summary.url),
+        source=(summary.source or "").strip() or None,
+        category=" ".join((summary.category or "").split()) or DEFAULT_SECTION,
+        published=published,
+        published_label=format_date(published) if published else "",
+        summary=summary.summary.strip(),
+        body=summary.body,
+        key_points=tuple(p.strip() for p in summary.key_points if p and p.strip())[:MAX_KEY_POINTS],
+        tags=tuple(summary.tags),
+        image_url=image_url,
+        image_alt=" ".join((summary.image_alt or summary.title).split()) if image_url else "",
+    )
+
+
+def _web_url(url: str | None) -> str | None:
+    """``url`` if it is an http(s) link; anything else (``javascript:``, blanks) is dropped."""
+    url = (url or "").strip()
+    if re.match(r"^https?://[^\s]+$", url, re.IGNORECASE):
+        return url
+    if url:
+        log.warning("ignoring a link that is not http(s): %.80r", url)
+    return None
+
+
+def _sections(items: list[Item]) -> list[Section]:
+    """Items grouped by category (case-insensitively, first spelling wins), uncategorised last."""
+    groups: dict[str, list[Item]] = {}
+    titles: dict[str, str] = {}
+    for item in items:
+        key = item.category.casefold()
+        titles.setdefault(key, item.category)
+        groups.setdefault(key, []).append(item)
+    keys = sorted(groups, key=lambda key: key == DEFAULT_SECTION.casefold())  # stable: keeps first appearance
+    return [Section(titles[key], tuple(groups[key])) for key in keys]
+
+
+def _number_links(sections: list[Section]) -> list[Section]:
+    """Give every distinct link a number, in display order (the same URL keeps its number)."""
+    numbers: dict[str, int] = {}
+    numbered = []
+    for section in sections:
+        items = []
+        for item in section.items:
+            if item.url:
+                numbers.setdefault(item.url, len(numbers) + 1)
+                item = replace(item, ref=numbers[item.url])
+            items.append(item)
+        numbered.append(Section(section.title, tuple(items)))
+    return numbered
+
+
+def format_date(day: date) -> str:
+    """``16 November 2026`` (English month names whatever the locale)."""
+    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
+
+
+def format_date_range(start: date, end: date) -> str:
+    """``16–22 November 2026``, ``30 November – 6 December 2026``, ``29 December 2026 – 4 January 2027``."""
+    if start == end:
+        return format_date(start)
+    if start.year != end.year:
+        return f"{format_date(start)} – {format_date(end)}"
+    if start.month != end.month:
+        return f"{start.day} {_MONTHS[start.month - 1]} – {format_date(end)}"
+    return f"{start.day}–{format_date(end)}"
+
+
+def make_preheader(items: Sequence[Item], limit: int = PREHEADER_LIMIT) -> str:
+    """The first titles joined by `` · ``, at most ``limit`` characters, cut at a word with an ellipsis."""
+    text = ""
+    for item in items:
+        candidate = f"{text} · {item.title}" if text else item.title
+        if len(candidate) > limit:
+            if not text:
+                text = candidate[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:·") + "…"
+            break
+        text = candidate
+    return text
+
+
+# -- the Jinja environment --------------------------------------------------------------------------------
+
+
+def template_dirs(config: Config) -> list[Path]:
+    """Where templates are looked up, first match wins: the user's folder (if it exists), then the defaults."""
+    dirs = [config.templates_dir] if config.templates_dir.is_dir() else []
+    packaged = packaged_templates_dir()
+    if packaged.resolve() not in {d.resolve() for d in dirs}:
+        dirs.append(packaged)
+    return dirs
+
+
+def template_environment(config: Config) -> Environment:
+    """A Jinja2 environment over :func:`template_dirs`: strict undefined, autoescape except ``*.txt.j2``."""
+    env = Environment(
+        loader=ChoiceLoader([FileSystemLoader(str(d)) for d in template_dirs(config)]),
+        undefined=StrictUndefined,
+        autoescape=_autoescape,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["wrap"] = wrap_text
+    env.filters["paragraphs"] = paragraphs
+    return env
+
+
+def _autoescape(template_name: str | None) -> bool:
+    """Escape everything but plain-text templates: a forgotten extension errs on the safe side."""
+    return not (template_name or "").lower().endswith((".txt.j2", ".txt"))
+
+
+def wrap_text(text: str, width: int = TEXT_WIDTH, indent: str = "", subsequent_indent: str | None = None) -> str:
+    """The ``wrap`` filter: each paragraph (blank-line separated) filled to ``width``; long URLs stay whole."""
+    paragraphs_ = [" ".join(p.split()) for p in re.split(r"\n\s*\n", str(text))]
+    later = indent if subsequent_indent is None else subsequent_indent
+    return "\n\n".join(
+        textwrap.fill(
+            p, width, initial_indent=indent, subsequent_indent=later,
+            break_long_words=False, break_on_hyphens=False,
+        )
+        for p in paragraphs_
+        if p
+    )  # fmt: skip
+
+
+def paragraphs(text: str) -> list[str]:
+    """The ``paragraphs`` filter: ``text`` split at blank lines, whitespace inside each collapsed."""
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", str(text)) if p.strip()]
+
+
+# -- rendering --------------------------------------------------------------------------------------------
+
+
+def render_issue(
+    config: Config,
+    issue: Issue,
+    items: Sequence[Summary],
+    *,
+    compile_mjml: Callable[[str], str] | None = None,
+) -> RenderedIssue:
+    """Render ``issue`` with ``items`` (in the order the digest chose) once; personalise per subscriber after.
+
+    ``compile_mjml`` replaces the MJML compiler (default: mjml-python's ``mjml2html``). The subject template
+    sees no ``recipient`` (a subject is the same for everyone). Raises TemplateError.
+    """
+    env = template_environment(config)
+    markers = new_markers()
+    context = issue_context(config, issue, items, markers)
+    subject_context = {key: value for key, value in context.items() if key != "recipient"}
+    subject = " ".join(_render(env, SUBJECT_TEMPLATE, subject_context).split())
+    if not subject:
+        raise TemplateError(f"{_describe_name(env, SUBJECT_TEMPLATE)}: renders an empty subject; write one line")
+    context["subject"] = subject
+    mjml_source = _render(env, DIGEST_MJML_TEMPLATE, context)
+    html_part = _compile(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE), compile_mjml)
+    text_part = tidy_text(_render(env, DIGEST_TEXT_TEMPLATE, context))
+    for part, content in (("HTML", html_part), ("text", text_part)):
+        if markers.unsubscribe_url not in content:
+            log.warning("issue %s: the %s part has no unsubscribe link (recipient.unsubscribe_url)", issue.number, part)
+    log.info("rendered issue %s: %d items, %d bytes of HTML", issue.number, len(context["items"]), len(html_part))
+    return RenderedIssue(subject, context["preheader"], html_part, text_part, markers)
+
+
+def render_mjml(
+    config: Config,
+    template_name: str,
+    context: Mapping[str, Any],
+    *,
+    compile_mjml: Callable[[str], str] | None = None,
+) -> str:
+    """Render an MJML template with ``context`` and compile it to HTML. Raises TemplateError."""
+    env = template_environment(config)
+    return _compile(_render(env, template_name, context), _describe_name(env, template_name), compile_mjml)
+
+
+def render_text(config: Config, template_name: str, context: Mapping[str, Any]) -> str:
+    """Render a plain-text template with ``context``, tidied (no trailing spaces or runs of blank lines)."""
+    return tidy_text(_render(template_environment(config), template_name, context))
+
+
+def tidy_text(text: str) -> str:
+    """Trailing spaces removed, at most two blank lines in a row, exactly one final newline."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    return re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines)).strip("\n") + "\n"
+
+
+def _render(env: Environment, name: str, context: Mapping[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except Exception as exc:  # template code is user-editable: any failure is theirs to fix
+        raise _template_error(exc, env, name, context) from exc
+
+
+def compile_mjml_source(source: str) -> str:
+    """MJML to HTML with mjml-python; ``fonts={}`` so no web font is fetched from Google (privacy, speed)."""
+    return mjml2html(source, fonts={})  # the module global is looked up per call, so tests can count calls
+
+
+def _compile(source: str, name: str, compile_mjml: Callable[[str], str] | None) -> str:
+    compiler = compile_mjml or compile_mjml_source
+    try:
+        compiled = compiler(source)
+    except Exception as exc:
+        raise TemplateError(
+            f"{name}: the rendered MJML does not compile ({exc}){_near(source, str(exc))}; check that every "
+            f"<mj-...> element is closed and nested as {_MJML_DOCS} describes"
+        ) from exc
+    unknown = re.search(r"<(mj-[a-z0-9-]+)", compiled)
+    if unknown:
+        raise TemplateError(
+            f"{name}: <{unknown.group(1)}> is not an MJML element, so it reached the HTML unchanged; "
+            f"fix its name or use <mj-raw> (see {_MJML_DOCS})"
+        )
+    return compiled
+
+
+def _near(source: str, message: str) -> str:
+    """Where in the rendered MJML a compiler message with ``at position START:END`` points."""
+    match = re.search(r"at position (\d+)", message)
+    if not match:
+        return ""
+    offset = len(source.encode()[: int(match.group(1))].decode(errors="ignore"))
+    line_number = source.count("\n", 0, offset) + 1
+    line = source.splitlines()[line_number - 1].strip() if source else ""
+    return f" at line {line_number} of the rendered MJML: {line[:100]!r}"
+
+
+def _template_error(exc: Exception, env: Environment, name: str, context: Mapping[str, Any]) -> TemplateError:
+    """A user-facing TemplateError: ``file:line: problem; what to do``."""
+    where = _describe_name(env, name)
+    frame = _innermost_template_frame(exc, env)
+    if frame:
+        where = f"{frame[0]}:{frame[1]}"
+    if isinstance(exc, TemplateSyntaxError):
+        where = f"{exc.filename or exc.name or where}:{exc.lineno}"
+        problem = (exc.message or "").rstrip(". ")
+        return TemplateError(f"{where}: template syntax error: {problem}; fix the syntax (see {_JINJA_DOCS})")
+    if isinstance(exc, TemplateNotFound):
+        dirs = " or ".join(str(d) for d in _search_dirs(env))
+        return TemplateError(f"{where}: template {exc.name!r} not found in {dirs}; create it there or correct the name")
+    if isinstance(exc, UndefinedError):
+        known = ", ".join(sorted(context))
+        return TemplateError(f"{where}: {exc.message}; the variables available here are: {known}")
+    return TemplateError(f"{where}: {type(exc).__name__}: {exc}; fix the expression on that line")
+
+
+def _search_dirs(env: Environment) -> list[str]:
+    loaders = env.loader.loaders if isinstance(env.loader, ChoiceLoader) else [env.loader]
+    return [str(p) for loader in loaders if isinstance(loader, FileSystemLoader) for p in loader.searchpath]
+
+
+def _describe_name(env: Environment, name: str) -> str:
+    """The file ``name`` resolves to, or the bare name when it cannot be found."""
+    for directory in _search_dirs(env):
+        path = Path(directory) / name
+        if path.is_file():
+            return str(path)
+    return name
+
+
+def _innermost_template_frame(exc: Exception, env: Environment) -> tuple[str, int] | None:
+    """(file, line) of the deepest traceback frame inside a template file (Jinja rewrites them so)."""
+    roots = [Path(d).resolve() for d in _search_dirs(env)]
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename)
+        if frame.lineno and any(path.is_relative_to(root) for root in roots) and path.is_file():
+            found = (frame.filename, frame.lineno)
+    return found

@@ -1,0 +1,191 @@
+"""One subscriber's message: MIME structure, exact headers, line limits, header injection, Message-IDs."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import Config
+from newsletter.errors import InvalidAddress
+from newsletter.message import build_message, make_message_id
+from newsletter.render import RecipientValues, RenderedIssue, new_markers, render_issue
+from tests.conftest import make_config
+from tests.test_render import make_issue, make_summaries
+
+SENT_AT = datetime(2026, 11, 23, 8, 0, 5, tzinfo=UTC)
+UNSUBSCRIBE = "https://news.example.org/unsubscribe/eyJzIjoiYWJjIn0.ZmFrZS1zaWduYXR1cmU"
+ZOE = RecipientValues(email="zoe@example.org", name="Zoë O'Brien, PhD", unsubscribe_url=UNSUBSCRIBE)
+MESSAGE_ID = "<issue-12.0123456789abcdef0123@example.org>"
+
+
+def sample_rendered(subject: str = "Research Weekly #12: Sleep spindles and 3 more") -> RenderedIssue:
+    """A small rendered issue whose HTML has one very long line, as compiled MJML does."""
+    markers = new_markers()
+    html = (
+        "<!doctype html><html><body>"
+        + "<p>Zusammenfassung über Schlaf &amp; Gedächtnis.</p>" * 200
+        + f"<p>Hello {markers.name}, this went to {markers.email}.</p>"
+        + f'<a href="{markers.unsubscribe_url}">Unsubscribe</a></body></html>'
+    )
+    text = f"Hello {markers.name}\n\nÜber Schlaf & Gedächtnis.\n\nUnsubscribe:\n{markers.unsubscribe_url}\n"
+    return RenderedIssue(subject=subject, preheader="Sleep spindles", html=html, text=text, markers=markers)
+
+
+def parse(data: bytes) -> EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def build(config: Config, values: RecipientValues = ZOE, rendered: RenderedIssue | None = None) -> bytes:
+    return build_message(config, rendered or sample_rendered(), values, message_id=MESSAGE_ID, date=SENT_AT)
+
+
+def test_multipart_alternative_with_text_first_and_html_last(config: Config) -> None:
+    message = parse(build(config))
+    assert message.get_content_type() == "multipart/alternative"
+    parts = list(message.iter_parts())
+    assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+    for part in parts:
+        assert part.get_content_charset() == "utf-8"
+        assert part["Content-Transfer-Encoding"] in ("quoted-printable", "base64")
+        assert "MIME-Version" not in part
+    text, html = (part.get_content() for part in parts)
+    assert "Hello Zoë O'Brien, PhD" in text and "Über Schlaf & Gedächtnis." in text
+    assert UNSUBSCRIBE in text
+    assert "Hello Zoë O&#x27;Brien, PhD, this went to zoe@example.org." in html
+    assert f'<a href="{UNSUBSCRIBE}">Unsubscribe</a>' in html
+
+
+def test_headers_are_exact(config: Config) -> None:
+    message = parse(build(config))
+    assert message["From"] == "Research Weekly <digest@example.org>"
+    assert message["To"] == '"Zoë O\'Brien, PhD" <zoe@example.org>'
+    (to,) = message["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Zoë O'Brien, PhD", "zoe@example.org")
+    assert message["Subject"] == "Research Weekly #12: Sleep spindles and 3 more"
+    assert message["Date"] == "Mon, 23 Nov 2026 08:00:05 +0000"
+    assert message["Message-ID"] == MESSAGE_ID
+    assert message["List-Id"] == "Research Weekly <research-weekly.example.org>"
+    assert message["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>, <mailto:unsubscribe@example.org?subject=unsubscribe>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["MIME-Version"] == "1.0"
+    assert "Reply-To" not in message
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe"):
+        assert len(message.get_all(name) or []) == 1, name
+
+
+def test_reply_to_and_unsubscribe_mailto_come_from_the_config(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        newsletter={
+            "name": "Research Weekly",
+            "sender": "Research Weekly <digest@example.org>",
+            "reply_to": "Editors <editors@example.org>",
+            "unsubscribe_mailto": "leave@lists.example.org",
+            "postal_address": "Research Weekly, 1 Example Street, 12345 Example City, Country",
+            "site_url": "https://news.example.org",
+        },
+    )
+    message = parse(build(config))
+    assert message["Reply-To"] == "Editors <editors@example.org>"
+    assert message["List-Unsubscribe"].endswith("<mailto:leave@lists.example.org?subject=unsubscribe>")
+
+
+def test_a_name_is_optional(config: Config) -> None:
+    message = parse(build(config, RecipientValues("bob@example.org", "", UNSUBSCRIBE)))
+    assert message["To"] == "bob@example.org"
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Hello , this went to bob@example.org." in html
+
+
+def test_lines_end_in_crlf_and_stay_under_998_octets(config: Config) -> None:
+    long_url = UNSUBSCRIBE + "x" * 300
+    data = build(config, RecipientValues("zoe@example.org", "Zoë " * 100, long_url))
+    assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    assert data.endswith(b"\r\n")
+
+
+def test_a_long_unsubscribe_url_is_not_mangled_into_encoded_words(config: Config) -> None:
+    long_url = UNSUBSCRIBE + "x" * 200
+    data = build(config, RecipientValues("zoe@example.org", "", long_url))
+    header_block = data.split(b"\r\n\r\n", 1)[0]
+    assert f"List-Unsubscribe: <{long_url}>,\r\n <mailto:".encode() in header_block
+    assert parse(data)["List-Unsubscribe"].startswith(f"<{long_url}>")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Eve\r\nBcc: victim@example.com", "Eve\nBcc: victim@example.com", "Eve\rBcc: victim@example.com",
+     "Eve\u2028Bcc: victim@example.com", "Eve\x00\x1b[31m\r\n\r\nInjected body"],
+)  # fmt: skip
+def test_a_name_cannot_inject_headers(config: Config, name: str) -> None:
+    data = build(config, RecipientValues("eve@example.org", name, UNSUBSCRIBE))
+    header_block = data.split(b"\r\n\r\n", 1)[0]
+    assert not re.search(rb"^Bcc:", header_block, re.MULTILINE | re.IGNORECASE)
+    message = parse(data)
+    assert "Bcc" not in message
+    assert [a.addr_spec for a in message["To"].addresses] == ["eve@example.org"]
+    assert "\n" not in message["To"] and "\x00" not in message["To"]
+
+
+def test_a_subject_cannot_inject_headers(config: Config) -> None:
+    message = parse(build(config, rendered=sample_rendered("Weekly\r\nBcc: victim@example.com")))
+    assert message["Subject"] == "Weekly Bcc: victim@example.com"
+    assert "Bcc" not in message
+
+
+@pytest.mark.parametrize(
+    "address", ["zoe@example.org\r\nBcc: victim@example.com", "zoe@example.org, eve@example.org", "", "not-an-address"]
+)
+def test_an_unusable_address_is_rejected(config: Config, address: str) -> None:
+    with pytest.raises(InvalidAddress, match="cannot send to"):
+        build(config, RecipientValues(address, "Zoë", UNSUBSCRIBE))
+
+
+def test_bad_message_id_or_unsubscribe_url_is_a_programming_error(config: Config) -> None:
+    with pytest.raises(ValueError, match="message_id"):
+        build_message(config, sample_rendered(), ZOE, message_id="<a@b>\r\nBcc: x@y")
+    with pytest.raises(ValueError, match="unsubscribe URL"):
+        build(config, RecipientValues("zoe@example.org", "", "https://x.example/u>\r\nBcc: x@y"))
+
+
+def test_plain_http_unsubscribe_gets_no_one_click_header(config: Config) -> None:
+    message = parse(build(config, RecipientValues("zoe@example.org", "", "http://localhost:8000/unsubscribe/t")))
+    assert message["List-Unsubscribe"].startswith("<http://localhost:8000/unsubscribe/t>")
+    assert "List-Unsubscribe-Post" not in message
+
+
+def test_date_defaults_to_now_and_naive_dates_are_utc(config: Config) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    message = parse(build_message(config, sample_rendered(), ZOE, message_id=MESSAGE_ID))
+    assert before <= message["Date"].datetime <= datetime.now(UTC)
+    naive = parse(build_message(config, sample_rendered(), ZOE, message_id=MESSAGE_ID, date=datetime(2026, 1, 2, 3, 4)))
+    assert naive["Date"] == "Fri, 02 Jan 2026 03:04:00 +0000"
+
+
+def test_message_id_is_deterministic_and_reveals_nothing(config: Config) -> None:
+    token = "Zq3tK0p8yW1vX4sN2mB7cD5e"
+    first = make_message_id(config, 12, token)
+    assert first == make_message_id(config, 12, token)
+    assert re.fullmatch(r"<issue-12\.[0-9a-f]{20}@example\.org>", first)
+    assert first != make_message_id(config, 13, token)
+    assert first != make_message_id(config, 12, token + "x")
+    assert token not in first and "zoe" not in first
+
+
+def test_a_rendered_issue_becomes_a_complete_message(config: Config) -> None:
+    rendered = render_issue(config, make_issue(), make_summaries())
+    message_id = make_message_id(config, 12, "token-of-zoe")
+    message = parse(build_message(config, rendered, ZOE, message_id=message_id, date=SENT_AT))
+    assert message["Subject"] == rendered.subject
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert f'href="{UNSUBSCRIBE}"' in html and UNSUBSCRIBE in text
+    assert "zoe@example.org" in html and "zoe@example.org" in text
+    assert rendered.markers.unsubscribe_url not in html + text

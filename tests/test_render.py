@@ -1,0 +1,299 @@
+"""The render stage: templates → subject, compiled HTML and text part; personalisation; template errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from newsletter import render
+from newsletter.config import Config
+from newsletter.errors import TemplateError
+from newsletter.models import Issue, Summary
+from newsletter.render import (
+    DEFAULT_SECTION,
+    RecipientValues,
+    RenderedIssue,
+    format_date_range,
+    render_issue,
+    template_environment,
+)
+from tests.conftest import make_config
+
+BERLIN = ZoneInfo("Europe/Berlin")
+ALICE = RecipientValues(
+    email="alice@example.org", name="Alice", unsubscribe_url="https://news.example.org/u/alice-token"
+)
+BOB = RecipientValues(email="bob@example.org", name="", unsubscribe_url="https://news.example.org/u/bob-token")
+
+
+def make_issue(number: int = 12) -> Issue:
+    """Week 47 of 2026 in Berlin: Monday 16 November 00:00 up to (not including) Monday 23 November."""
+    return Issue(
+        number=number,
+        period_key="2026-W47",
+        period_start=datetime(2026, 11, 16, tzinfo=BERLIN).astimezone(UTC),
+        period_end=datetime(2026, 11, 23, tzinfo=BERLIN).astimezone(UTC),
+        subject="",
+    )
+
+
+def make_summaries() -> list[Summary]:
+    return [
+        Summary(
+            uid="spindles",
+            title="Sleep spindles consolidate motor memory in adolescents & adults",
+            url="https://journals.example.org/neuro/sleep-spindles?ref=rss&utm_source=feed",
+            source="Journal of Neuroscience",
+            category="Neuroscience",
+            summary=(
+                "A longitudinal study of 240 participants shows that sleep spindle density predicts "
+                "overnight gains in motor sequence learning, with effects that are larger in teenagers.\n\n"
+                "The authors argue for sleep-aware training schedules in schools."
+            ),
+            key_points=[f"Finding number {n} about spindles and memory consolidation in sleep" for n in range(7)],
+            image_url="https://img.example.org/spindles.png",
+            image_alt="EEG trace with sleep spindles highlighted",
+            published_at=datetime(2026, 11, 17, 9, 30, tzinfo=UTC),
+        ),
+        Summary(
+            uid="ocean",
+            title="Ocean heat content reaches a record high",
+            url="https://climate.example.org/ocean-heat",
+            source="Nature Climate Change",
+            category="Climate",
+            summary="Upper-ocean heat content rose again in 2026, by 15 ± 3 zettajoules.",
+            published_at=datetime(2026, 11, 18, 12, tzinfo=UTC),
+        ),
+        Summary(
+            uid="review",
+            title="Reviewers disagree more than editors expect",
+            url="https://meta.example.org/peer-review",
+            source="Research Integrity",
+            category=None,
+            summary="An analysis of 10,000 review pairs finds agreement barely above chance.",
+        ),
+        Summary(
+            uid="bats",
+            title="Grid cells map three-dimensional space in flying bats",
+            url="https://journals.example.org/bats",
+            source="Cell",
+            category="neuroscience",  # same section as "Neuroscience"
+            summary="Bats navigate with grid cells that tile volumes, not just planes.",
+            published_at=datetime(2026, 11, 20, 8, tzinfo=UTC),
+        ),
+    ]
+
+
+@pytest.fixture
+def rendered(config: Config) -> RenderedIssue:
+    return render_issue(config, make_issue(), make_summaries())
+
+
+def user_templates(tmp_path: Path, files: dict[str, str]) -> Config:
+    """A config whose user templates folder holds ``files``; everything else comes from the packaged set."""
+    folder = tmp_path / "my-templates"
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(content, encoding="utf-8")
+    return make_config(tmp_path, templates=str(folder))
+
+
+def test_html_holds_every_title_link_category_and_the_legal_footer(rendered: RenderedIssue) -> None:
+    html, _text = rendered.personalise(ALICE)
+    for summary in make_summaries():
+        assert render.html.escape(summary.title, quote=False) in html
+        assert f'href="{render.html.escape(summary.url or "")}"' in html
+    for label in ("Neuroscience", "Climate", DEFAULT_SECTION):
+        assert f">{label}<" in html
+    assert rendered.preheader and render.html.escape(rendered.preheader, quote=False) in html
+    assert "Research Weekly, 1 Example Street, 12345 Example City, Country" in html
+    assert re.search(r'<a href="https://news\.example\.org/u/alice-token"[^>]*>Unsubscribe</a>', html)
+    assert 'alt="EEG trace with sleep spindles highlighted"' in html
+    assert "Issue 12 · 16–22 November 2026" in html
+    assert "Read the summary" in html
+    assert "<link" not in html and "fonts.googleapis" not in html  # no third-party font request
+
+
+def test_sections_follow_first_appearance_with_uncategorised_last(config: Config) -> None:
+    context = render.issue_context(config, make_issue(), make_summaries(), render.new_markers())
+    assert [s.title for s in context["sections"]] == ["Neuroscience", "Climate", DEFAULT_SECTION]
+    assert [len(s.items) for s in context["sections"]] == [2, 1, 1]
+    assert [item.ref for item in context["items"]] == [1, 2, 3, 4]
+    assert context["item_count"] == 4
+    assert len(context["items"][0].key_points) == render.MAX_KEY_POINTS
+    assert context["issue"].period_start == date(2026, 11, 16)
+    assert context["issue"].period_end == date(2026, 11, 22)
+
+
+def test_subject_is_one_line_naming_the_first_title_and_the_rest(config: Config) -> None:
+    summaries = make_summaries()
+    summaries[0].title = "Sleep spindles\r\nBcc: someone@example.org"
+    result = render_issue(config, make_issue(), summaries)
+    assert result.subject == "Research Weekly #12: Sleep spindles Bcc: someone@example.org and 3 more"
+    assert "\n" not in result.subject and "\r" not in result.subject
+
+
+def test_preheader_lists_first_titles_within_150_characters(rendered: RenderedIssue) -> None:
+    assert rendered.preheader.startswith("Sleep spindles consolidate motor memory")
+    assert len(rendered.preheader) <= 150
+
+
+def test_text_part_reads_on_its_own(rendered: RenderedIssue) -> None:
+    _html, text = rendered.personalise(ALICE)
+    for line in text.splitlines():
+        if len(line) > 72:  # only a URL, which cannot be broken, may overflow
+            assert re.fullmatch(r"(\[\d+\] )?https?://\S+", line), line
+    assert "Sleep spindles consolidate motor memory in adolescents & adults [1]" in text
+    assert "[1] https://journals.example.org/neuro/sleep-spindles?ref=rss&utm_source=feed" in text
+    assert "[4] https://meta.example.org/peer-review" in text
+    assert text.index("[4] https://") > text.index("Reviewers disagree")  # references at the bottom
+    assert not re.search(r"&(amp|lt|gt|quot|#\d+);", text)
+    assert "https://news.example.org/u/alice-token" in text
+    assert text.rstrip().endswith("Research Weekly, 1 Example Street, 12345 Example City, Country")
+    assert "\n\n\n\n" not in text and not any(line != line.rstrip() for line in text.splitlines())
+
+
+def test_summary_text_is_escaped_in_html(config: Config) -> None:
+    summaries = make_summaries()
+    summaries[1].summary = 'Heat rose. <script>alert("x")</script> <b>bold</b>'
+    html, text = render_issue(config, make_issue(), summaries).personalise(ALICE)
+    assert "<script>" not in html and "<b>bold" not in html
+    assert "&lt;script&gt;" in html
+    assert '<script>alert("x")</script>' in text  # the text part is not HTML: nothing to escape
+
+
+def test_links_that_are_not_http_are_dropped(config: Config) -> None:
+    summaries = make_summaries()
+    summaries[2].url = "javascript:alert(1)"
+    html, text = render_issue(config, make_issue(), summaries).personalise(ALICE)
+    assert "javascript:" not in html and "javascript:" not in text
+
+
+def test_personalise_escapes_values_in_html_and_keeps_them_raw_in_text(tmp_path: Path) -> None:
+    config = user_templates(
+        tmp_path,
+        {
+            "partials/header.mjml.j2": (
+                '<mj-section><mj-column><mj-text><a title="{{ recipient.name }}" href="#">'
+                "Hello {{ recipient.name }}</a></mj-text></mj-column></mj-section>\n"
+            ),
+            "digest.txt.j2": "Hello {{ recipient.name }}\n{{ recipient.unsubscribe_url }}\n",
+        },
+    )
+    result = render_issue(config, make_issue(), make_summaries())
+    values = RecipientValues(
+        email="zoe@example.org", name='Zoë "Z" <O\'Brien>', unsubscribe_url="https://x.example/u?a=1&b=2"
+    )
+    html, text = result.personalise(values)
+    assert 'title="Zoë &quot;Z&quot; &lt;O&#x27;Brien&gt;"' in html
+    assert "Hello Zoë &quot;Z&quot; &lt;O&#x27;Brien&gt;" in html
+    assert 'href="https://x.example/u?a=1&amp;b=2"' in html
+    assert text == 'Hello Zoë "Z" <O\'Brien>\nhttps://x.example/u?a=1&b=2\n'
+    for marker in (result.markers.name, result.markers.email, result.markers.unsubscribe_url):
+        assert marker not in html and marker not in text
+    assert "Hello \n" in result.personalise(BOB)[1]  # an unknown name is an empty string
+
+
+def test_mjml_compiles_once_for_any_number_of_recipients(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real: Callable[..., str] = render.mjml2html
+
+    def counting(source: str, **options: object) -> str:
+        calls.append(source)
+        return real(source, **options)
+
+    monkeypatch.setattr(render, "mjml2html", counting)
+    result = render_issue(config, make_issue(), make_summaries())
+    (alice_html, alice_text), (bob_html, bob_text) = result.personalise(ALICE), result.personalise(BOB)
+    assert len(calls) == 1
+    assert "u/alice-token" in alice_html and "u/alice-token" not in bob_html
+    assert "u/bob-token" in bob_html and "u/bob-token" in bob_text and "u/alice-token" in alice_text
+    assert "alice@example.org" in alice_html and "bob@example.org" in bob_html
+
+
+def test_markers_differ_between_renders(config: Config) -> None:
+    first = render_issue(config, make_issue(), make_summaries())
+    second = render_issue(config, make_issue(), make_summaries())
+    assert first.markers != second.markers
+    assert first.personalise(ALICE) == second.personalise(ALICE)  # the output itself is deterministic
+
+
+def test_user_template_overrides_the_packaged_one(tmp_path: Path) -> None:
+    config = user_templates(tmp_path, {"subject.txt.j2": "{{ newsletter.name }} — issue {{ issue.number }}\n"})
+    result = render_issue(config, make_issue(7), make_summaries())
+    assert result.subject == "Research Weekly — issue 7"
+    assert "Read the summary" in result.html  # the other templates still come from the packaged set
+
+
+def test_autoescape_is_on_for_mjml_and_off_for_text(config: Config) -> None:
+    env = template_environment(config)
+    assert env.from_string("{{ v }}").render(v="<&>") == "&lt;&amp;&gt;"  # strings: safe default
+    assert callable(env.autoescape)
+    assert env.autoescape("digest.mjml.j2") and env.autoescape("partials/item.mjml.j2")
+    assert env.autoescape("page.html.j2")
+    assert not env.autoescape("digest.txt.j2")
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    config = user_templates(tmp_path, {"subject.txt.j2": "{{ newsletter.name }}\n\n{% if issue.number %}\n"})
+    with pytest.raises(TemplateError) as caught:
+        render_issue(config, make_issue(), make_summaries())
+    message = str(caught.value)
+    assert re.search(r"my-templates/subject\.txt\.j2:\d+: template syntax error", message), message
+    assert "endif" in message
+
+
+def test_undefined_variable_names_file_line_and_known_names(tmp_path: Path) -> None:
+    footer = "<mj-section><mj-column>\n<mj-text>{{ newsletter.postal_adress }}</mj-text>\n</mj-column></mj-section>"
+    config = user_templates(tmp_path, {"partials/footer.mjml.j2": footer})
+    with pytest.raises(TemplateError) as caught:
+        render_issue(config, make_issue(), make_summaries())
+    message = str(caught.value)
+    assert "my-templates/partials/footer.mjml.j2:2:" in message, message
+    assert "postal_adress" in message and "recipient" in message
+
+
+def test_missing_partial_names_the_including_file(tmp_path: Path) -> None:
+    digest = "<mjml><mj-body>\n{% include 'partials/sidebar.mjml.j2' %}\n</mj-body></mjml>"
+    config = user_templates(tmp_path, {"digest.mjml.j2": digest})
+    with pytest.raises(TemplateError) as caught:
+        render_issue(config, make_issue(), make_summaries())
+    message = str(caught.value)
+    assert "digest.mjml.j2:2:" in message and "'partials/sidebar.mjml.j2' not found" in message, message
+
+
+def test_mjml_that_does_not_compile_is_a_template_error(tmp_path: Path) -> None:
+    config = user_templates(tmp_path, {"digest.mjml.j2": "<mjml><mj-body><mj-section><mj-column>\n</mjml>"})
+    with pytest.raises(TemplateError, match=r"digest\.mjml\.j2: the rendered MJML does not compile"):
+        render_issue(config, make_issue(), make_summaries())
+
+
+def test_unknown_mjml_element_is_a_template_error(tmp_path: Path) -> None:
+    config = user_templates(tmp_path, {"digest.mjml.j2": "<mjml><mj-body><mj-sectoin></mj-sectoin></mj-body></mjml>"})
+    with pytest.raises(TemplateError, match="mj-sectoin"):
+        render_issue(config, make_issue(), make_summaries())
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (date(2026, 11, 16), date(2026, 11, 22), "16–22 November 2026"),
+        (date(2026, 11, 30), date(2026, 12, 6), "30 November – 6 December 2026"),
+        (date(2026, 12, 28), date(2027, 1, 3), "28 December 2026 – 3 January 2027"),
+        (date(2026, 11, 16), date(2026, 11, 16), "16 November 2026"),
+    ],
+)
+def test_date_range(start: date, end: date, expected: str) -> None:
+    assert format_date_range(start, end) == expected
+
+
+def test_wrap_filter_keeps_paragraphs_and_long_urls() -> None:
+    url = "https://example.org/" + "x" * 80
+    wrapped = render.wrap_text("word " * 30 + "\n\nnext paragraph " + url, width=40)
+    assert all(len(line) <= 40 or line == url for line in wrapped.splitlines())
+    assert "\n\nnext paragraph\n" + url in wrapped

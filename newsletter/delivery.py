@@ -34,7 +34,7 @@ from newsletter.digest import (
     period_containing,
     unfinished_issues,
 )
-from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.errors import DeliveryError, InvalidAddress, NewsletterError
 from newsletter.message import build_message, make_message_id
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, utcnow
 from newsletter.render import RecipientValues, RenderedIssue, render_issue
@@ -195,21 +195,26 @@ def _send_batch(
 ) -> None:
     messages: list[OutgoingMessage] = []
     skipped: list[int] = []
+    unsendable: list[SendResult] = []  # an address no message can be built for fails alone
     for delivery, subscriber in claimed:
-        if subscriber.status is SubscriberStatus.ACTIVE:
-            messages.append(composer.compose(delivery.id or 0, subscriber))
-        else:
-            skipped.append(delivery.id or 0)
+        assert delivery.id is not None
+        if subscriber.status is not SubscriberStatus.ACTIVE:
+            skipped.append(delivery.id)
+            continue
+        try:
+            messages.append(composer.compose(delivery.id, subscriber))
+        except InvalidAddress as exc:
+            unsendable.append(SendResult(delivery.id, SendStatus.FAILED, str(exc)))
     try:
         results = backend.send(messages) if messages else []
     except Exception as exc:
         results = [SendResult(m.delivery_id, SendStatus.RETRY, f"backend failed: {exc}") for m in messages]
-        _record(engine, claimed, results, skipped, {}, report, clock())
+        _record(engine, claimed, [*results, *unsendable], skipped, {}, report, clock())
         if isinstance(exc, NewsletterError):
             raise
         raise DeliveryError(f"the {backend.describe()} backend failed: {exc}; the batch will be retried") from exc
     message_ids = {m.delivery_id: m.message_id for m in messages}
-    _record(engine, claimed, results, skipped, message_ids, report, clock())
+    _record(engine, claimed, [*results, *unsendable], skipped, message_ids, report, clock())
 
 
 def _record(

@@ -16,7 +16,7 @@ from newsletter.errors import InvalidAddress
 from newsletter.message import build_message, make_message_id
 from newsletter.render import RecipientValues, RenderedIssue, new_markers, render_issue
 from tests.conftest import make_config
-from tests.test_render import make_issue, make_summaries
+from tests.helpers import make_issue, make_summaries
 
 SENT_AT = datetime(2026, 11, 23, 8, 0, 5, tzinfo=UTC)
 UNSUBSCRIBE = "https://news.example.org/unsubscribe/eyJzIjoiYWJjIn0.ZmFrZS1zaWduYXR1cmU"

@@ -23,70 +23,13 @@ from newsletter.render import (
     template_environment,
 )
 from tests.conftest import make_config
+from tests.helpers import make_issue, make_summaries
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ALICE = RecipientValues(
     email="alice@example.org", name="Alice", unsubscribe_url="https://news.example.org/u/alice-token"
 )
 BOB = RecipientValues(email="bob@example.org", name="", unsubscribe_url="https://news.example.org/u/bob-token")
-
-
-def make_issue(number: int = 12) -> Issue:
-    """Week 47 of 2026 in Berlin: Monday 16 November 00:00 up to (not including) Monday 23 November."""
-    return Issue(
-        number=number,
-        period_key="2026-W47",
-        period_start=datetime(2026, 11, 16, tzinfo=BERLIN).astimezone(UTC),
-        period_end=datetime(2026, 11, 23, tzinfo=BERLIN).astimezone(UTC),
-        subject="",
-    )
-
-
-def make_summaries() -> list[Summary]:
-    return [
-        Summary(
-            uid="spindles",
-            title="Sleep spindles consolidate motor memory in adolescents & adults",
-            url="https://journals.example.org/neuro/sleep-spindles?ref=rss&utm_source=feed",
-            source="Journal of Neuroscience",
-            category="Neuroscience",
-            summary=(
-                "A longitudinal study of 240 participants shows that sleep spindle density predicts "
-                "overnight gains in motor sequence learning, with effects that are larger in teenagers.\n\n"
-                "The authors argue for sleep-aware training schedules in schools."
-            ),
-            key_points=[f"Finding number {n} about spindles and memory consolidation in sleep" for n in range(7)],
-            image_url="https://img.example.org/spindles.png",
-            image_alt="EEG trace with sleep spindles highlighted",
-            published_at=datetime(2026, 11, 17, 9, 30, tzinfo=UTC),
-        ),
-        Summary(
-            uid="ocean",
-            title="Ocean heat content reaches a record high",
-            url="https://climate.example.org/ocean-heat",
-            source="Nature Climate Change",
-            category="Climate",
-            summary="Upper-ocean heat content rose again in 2026, by 15 ± 3 zettajoules.",
-            published_at=datetime(2026, 11, 18, 12, tzinfo=UTC),
-        ),
-        Summary(
-            uid="review",
-            title="Reviewers disagree more than editors expect",
-            url="https://meta.example.org/peer-review",
-            source="Research Integrity",
-            category=None,
-            summary="An analysis of 10,000 review pairs finds agreement barely above chance.",
-        ),
-        Summary(
-            uid="bats",
-            title="Grid cells map three-dimensional space in flying bats",
-            url="https://journals.example.org/bats",
-            source="Cell",
-            category="neuroscience",  # same section as "Neuroscience"
-            summary="Bats navigate with grid cells that tile volumes, not just planes.",
-            published_at=datetime(2026, 11, 20, 8, tzinfo=UTC),
-        ),
-    ]
 
 
 @pytest.fixture

@@ -1,0 +1,126 @@
+"""The send loop: everyone once, nothing twice, failures recorded, and an interrupted run resumes."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from newsletter.backends import create_backend
+from newsletter.db import session
+from newsletter.delivery import LEASE, send_issue
+from newsletter.digest import prepare_issue
+from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.models import Delivery, DeliveryStatus, IssueStatus, Subscriber, SubscriberStatus
+from tests.conftest import make_config
+from tests.helpers import add_people, add_summaries
+
+NOW = datetime(2026, 11, 18, 9, tzinfo=UTC)
+
+
+def statuses(engine) -> dict[str, str]:
+    with session(engine) as db:
+        rows = db.exec(select(Subscriber.email, Delivery.status).join(Delivery)).all()
+    return {email: status.value for email, status in rows}
+
+
+def prepared(config, engine, *people: str) -> None:
+    add_summaries(engine, 2)
+    add_people(engine, *people)
+    prepare_issue(engine, config, now=NOW)
+
+
+def test_file_backend_gets_one_message_per_subscriber_and_a_rerun_sends_nothing(config, engine):
+    prepared(config, engine, "a@example.org", "b@example.org", "c@example.org")
+    report = send_issue(engine, config, create_backend(config), batch_size=2)
+    assert (report.sent, report.remaining, report.issue.status) == (3, 0, IssueStatus.SENT)
+    outbox = sorted((config.base_dir / "outbox").glob("*.eml"))
+    assert len(outbox) == 3
+    assert set(statuses(engine).values()) == {"sent"}
+    with session(engine) as db:
+        assert all(d.message_id and d.sent_at and d.attempts == 1 for d in db.exec(select(Delivery)))
+    with pytest.raises(NewsletterError, match="already sent and no newer issue is prepared"):
+        send_issue(engine, config, create_backend(config))
+    assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 3
+
+
+def test_someone_who_unsubscribes_after_prepare_is_skipped(config, engine):
+    prepared(config, engine, "a@example.org", "b@example.org")
+    with session(engine) as db:
+        db.execute(update(Subscriber).where(Subscriber.email == "b@example.org").values(status=SubscriberStatus.UNSUBSCRIBED))
+        db.commit()
+    report = send_issue(engine, config, create_backend(config))
+    assert (report.sent, report.skipped) == (1, 1)
+    assert statuses(engine) == {"a@example.org": "sent", "b@example.org": "skipped"}
+
+
+def test_an_interrupted_send_resumes_without_resending(config, engine, smtp_server):
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
+                       "port": smtp_server.port, "security": "none"}})
+    prepared(smtp, engine, *(f"p{n}@example.org" for n in range(5)))
+    # A first run was killed: two were sent, two were claimed (in flight) and one was never touched.
+    with session(engine) as db:
+        rows = db.exec(select(Delivery).order_by(col(Delivery.id))).all()
+        for row in rows[:2]:
+            row.status, row.sent_at = DeliveryStatus.SENT, NOW
+        for row in rows[2:4]:
+            row.status, row.claimed_by, row.lease_expires_at = DeliveryStatus.SENDING, "dead", NOW + LEASE
+        db.add_all(rows)
+        db.commit()
+
+    # While the dead run's lease holds, its batch is not touched; the untouched one goes out.
+    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(minutes=1))
+    assert report.sent == 1 and report.remaining == 2
+    # After the lease expires, the in-flight batch is finished and the issue completes.
+    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + LEASE + timedelta(seconds=1))
+    assert report.sent == 2 and report.issue.status is IssueStatus.SENT
+    received = [m.recipients[0] for m in smtp_server.messages]
+    assert sorted(received) == ["p2@example.org", "p3@example.org", "p4@example.org"]
+
+
+def test_smtp_rejections_become_failures_and_retries(config, engine, smtp_server):
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
+                       "port": smtp_server.port, "security": "none"}})
+    smtp_server.handler.reject["bad@example.org"] = "550 5.1.1 No such user"
+    smtp_server.handler.reject["busy@example.org"] = "451 4.3.0 Try again later"
+    prepared(smtp, engine, "ok@example.org", "bad@example.org", "busy@example.org")
+
+    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW)
+    assert (report.sent, report.failed, report.retry) == (1, 1, 1)
+    assert report.issue.status is not IssueStatus.SENT
+    with session(engine) as db:
+        by_email = {s.email: d for d, s in db.exec(select(Delivery, Subscriber).join(Subscriber)).all()}
+    assert "550" in by_email["bad@example.org"].last_error
+    assert by_email["busy@example.org"].next_attempt_at == NOW + timedelta(minutes=5)
+
+    # Not yet due: nothing happens. Once due and accepted, the issue completes; the hard failure stays.
+    assert send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(minutes=1)).sent == 0
+    del smtp_server.handler.reject["busy@example.org"]
+    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(minutes=6))
+    assert report.sent == 1 and report.issue.status is IssueStatus.SENT
+    assert statuses(engine) == {"ok@example.org": "sent", "bad@example.org": "failed", "busy@example.org": "sent"}
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == ["busy@example.org", "ok@example.org"]
+
+
+def test_an_unreachable_server_loses_nothing(config, engine):
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": "127.0.0.1", "port": 9,
+                       "security": "none", "timeout": 2}})
+    prepared(smtp, engine, "a@example.org")
+    with pytest.raises(DeliveryError, match="127.0.0.1:9"):
+        send_issue(engine, smtp, create_backend(smtp))
+    assert statuses(engine) == {"a@example.org": "queued"}
+
+
+def test_with_nothing_prepared_send_says_what_to_do(config, engine):
+    with pytest.raises(NewsletterError, match="run `newsletter digest prepare` first"):
+        send_issue(engine, config, create_backend(config))
+
+
+def test_an_address_no_message_can_be_built_for_fails_alone(config, engine):
+    prepared(config, engine, "a@example.org", "jörg@example.org", "b@example.org")
+    report = send_issue(engine, config, create_backend(config))
+    assert (report.sent, report.failed) == (2, 1)
+    assert statuses(engine) == {"a@example.org": "sent", "jörg@example.org": "failed", "b@example.org": "sent"}
+    with session(engine) as db:
+        failed = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.FAILED)).one()
+    assert "jörg@example.org" in failed.last_error

@@ -1,0 +1,63 @@
+"""Preparing an issue: one per ISO week in the configured timezone, a snapshot of items and recipients."""
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from sqlmodel import select
+
+from newsletter.db import session
+from newsletter.digest import PrepareOutcome, delivery_counts, period_containing, prepare_issue
+from newsletter.models import Delivery, DeliveryStatus, Issue, SubscriberStatus, Summary
+from tests.helpers import add_people, add_summaries
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def test_periods_are_iso_weeks_in_the_configured_timezone():
+    # Sunday 23:30 in Berlin is still week 47 there, although it is Sunday 22:30 UTC.
+    sunday_night = datetime(2026, 11, 22, 23, 30, tzinfo=BERLIN)
+    assert period_containing(sunday_night, BERLIN).key == "2026-W47"
+    # Monday 00:30 in Berlin is Sunday 23:30 UTC: the UTC calendar would still say week 47.
+    monday = datetime(2026, 11, 22, 23, 30, tzinfo=UTC)
+    period = period_containing(monday, BERLIN)
+    assert period.key == "2026-W48"
+    assert period.start == datetime(2026, 11, 22, 23, 0, tzinfo=UTC)  # Monday 00:00 CET
+    assert period.end == datetime(2026, 11, 29, 23, 0, tzinfo=UTC)
+    assert period_containing(datetime(2027, 1, 1, 12, tzinfo=UTC), BERLIN).key == "2026-W53"
+
+
+def test_prepare_snapshots_new_summaries_and_active_subscribers_once(config, engine):
+    add_summaries(engine, 3)
+    add_people(engine, "a@example.org", "b@example.org")
+    add_people(engine, "gone@example.org", status=SubscriberStatus.UNSUBSCRIBED)
+    add_people(engine, "new@example.org", status=SubscriberStatus.PENDING)
+    now = datetime(2026, 11, 18, 9, tzinfo=UTC)
+
+    first = prepare_issue(engine, config, now=now)
+    assert first.outcome is PrepareOutcome.CREATED
+    assert (first.issue.number, first.issue.period_key) == (1, "2026-W47")
+    assert (first.item_count, first.recipient_count) == (3, 2)
+    assert first.issue.subject  # rendered from subject.txt.j2
+
+    add_summaries(engine, 1)  # arrives after the issue was prepared
+    add_people(engine, "late@example.org")
+    second = prepare_issue(engine, config, now=now)
+    assert second.outcome is PrepareOutcome.EXISTS and second.issue.id == first.issue.id
+    with session(engine) as db:
+        assert len(db.exec(select(Issue)).all()) == 1
+        assert delivery_counts(db, first.issue)[DeliveryStatus.QUEUED] == 2
+        waiting = db.exec(select(Summary).where(Summary.issue_id == None)).all()  # noqa: E711
+        assert [s.title for s in waiting] == ["Paper number 3"]
+
+    # The late summary goes into the next week's issue, for the subscribers active then.
+    next_week = prepare_issue(engine, config, now=datetime(2026, 11, 25, 9, tzinfo=UTC))
+    assert (next_week.issue.number, next_week.item_count, next_week.recipient_count) == (2, 1, 3)
+
+
+def test_a_period_without_new_summaries_is_skipped(config, engine):
+    add_people(engine, "a@example.org")
+    result = prepare_issue(engine, config, now=datetime(2026, 11, 18, tzinfo=UTC))
+    assert result.outcome is PrepareOutcome.EMPTY
+    assert "no new summaries" in result.message()
+    with session(engine) as db:
+        assert db.exec(select(Issue)).all() == [] and db.exec(select(Delivery)).all() == []

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, update
+from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
@@ -138,7 +138,7 @@ def _due(issue_id: int, now: datetime) -> Any:
 
 
 def _due_count(db: Any, issue_id: int, now: datetime) -> int:
-    return len(db.exec(select(Delivery.id).where(_due(issue_id, now))).all())
+    return db.exec(select(func.count()).select_from(Delivery).where(_due(issue_id, now))).one()
 
 
 def _claim(engine: Engine, issue_id: int, owner: str, limit: int, now: datetime) -> list[tuple[Delivery, Subscriber]]:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from newsletter.config import Config, config_from_mapping
 from newsletter.db import open_database
+from newsletter.demo import DEMO_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,16 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def make_config(base_dir: Path, **overrides: Any) -> Config:
     """A valid configuration rooted at ``base_dir``; ``overrides`` replace whole top-level sections."""
     data: dict[str, Any] = {
-        "newsletter": {
-            "name": "Research Weekly",
-            "sender": "Research Weekly <digest@example.org>",
-            "postal_address": "Research Weekly, 1 Example Street, 12345 Example City, Country",
-            "site_url": "https://news.example.org",
-        },
-        "database": {"url": "sqlite:///newsletter.db"},
+        **DEMO_SETTINGS,
         "templates": str(ROOT / "templates"),
         "schedule": {"cron": "0 8 * * mon", "timezone": "Europe/Berlin"},
-        "backend": {"name": "file", "options": {"outbox": "outbox"}},
     }
     data.update(overrides)
     return config_from_mapping(data, base_dir=base_dir, source=str(base_dir / "config.yaml"))

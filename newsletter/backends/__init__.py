@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.backends.base import Backend, OutgoingMessage, SendResult, SendStatus
 from newsletter.errors import BackendNotFound
+from newsletter.plugins import load_plugin
 
 if TYPE_CHECKING:
     from newsletter.config import Config
@@ -32,16 +33,7 @@ def backend_class(name: str, *, source: str = "config") -> type[Backend]:
         raise BackendNotFound(
             f"{source}: backend.name: no backend called {name!r}; installed backends: {choices}"
         )
-    try:
-        cls = matches[0].load()
-    except ImportError as exc:
-        raise BackendNotFound(
-            f"{source}: backend.name: the {name!r} backend could not be imported ({exc}); "
-            f"install the package that provides it"
-        ) from None
-    if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise BackendNotFound(f"{source}: backend.name: {name!r} does not point at a Backend subclass")
-    return cls
+    return load_plugin(matches[0], Backend, BackendNotFound, f"{source}: backend.name: ")
 
 
 def create_backend(config: Config) -> Backend:

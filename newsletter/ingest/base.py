@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from newsletter.errors import IngestError
+from newsletter.plugins import load_plugin
 
 log = logging.getLogger(__name__)
 
@@ -240,18 +241,7 @@ def readers_by_extension() -> dict[str, type[Reader]]:
     """Every registered reader, keyed by lower-case extension. Raises IngestError for a broken plugin."""
     found: dict[str, type[Reader]] = {}
     for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
-        try:
-            cls = entry_point.load()
-        except ImportError as exc:
-            raise IngestError(
-                f"the {entry_point.name!r} reader ({entry_point.value}) could not be imported ({exc}); "
-                f"reinstall the package that provides it"
-            ) from None
-        if not (isinstance(cls, type) and issubclass(cls, Reader)):
-            raise IngestError(
-                f"the {entry_point.name!r} reader ({entry_point.value}) is not a subclass of "
-                f"newsletter.ingest.Reader"
-            )
+        cls = load_plugin(entry_point, Reader, IngestError)
         for extension in cls.file_extensions:
             if extension.lower() in found:
                 log.warning("%s: already read by %s; ignoring %s", extension, found[extension.lower()], cls)

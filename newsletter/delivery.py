@@ -2,8 +2,11 @@
 
 ``send_issue`` renders the issue once, then repeatedly claims a batch of deliveries (a lease with an owner
 and an expiry, taken in a short write transaction), personalises and sends them through the backend, and
-records all of the batch's results in one transaction. A crash leaves at most the claimed batch in
-``sending``; once its lease expires the next run claims it again. Rows already ``sent`` are never claimed.
+records all of the batch's results in one transaction, only to rows the sender still holds. An error
+releases the batch for the next run; a crash leaves at most the claimed batch in ``sending`` until its
+lease (:data:`LEASE`) expires, after which the next run sends it. Rows already ``sent`` are never claimed.
+A batch that takes longer than the lease could be claimed by a second sender running at the same time;
+keep batches small enough to finish well within it.
 
 Results map onto the ledger like this: SENT → ``sent``; RETRY → ``retry`` with ``next_attempt_at`` from
 :data:`RETRY_SCHEDULE` (``failed`` once the schedule is used up); FAILED → ``failed``. A subscriber who left
@@ -52,7 +55,7 @@ RETRY_SCHEDULE = (
 )
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRY)
 
-Progress = Callable[[int, int], None]  # (done so far, total claimable at start)
+Progress = Callable[[int, int, int], None]  # (issue number, done so far, due when the run started)
 
 
 @dataclass
@@ -65,6 +68,15 @@ class SendReport:
     skipped: int = 0
     remaining: int = 0  # still queued, sending or waiting for a retry when the run ended
 
+    def count(self, status: DeliveryStatus) -> None:
+        """Count one recorded result (sent, retry or failed)."""
+        if status is DeliveryStatus.SENT:
+            self.sent += 1
+        elif status is DeliveryStatus.RETRY:
+            self.retry += 1
+        else:
+            self.failed += 1
+
     def summary_line(self) -> str:
         state = "finished" if self.issue.status is IssueStatus.SENT else f"{self.remaining} still to send"
         return (
@@ -73,56 +85,74 @@ class SendReport:
         )
 
 
+def send_unfinished(
+    engine: Engine,
+    config: Config,
+    backend: Backend,
+    *,
+    batch_size: int = 100,
+    progress: Progress | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[SendReport]:
+    """Send what is due of every unfinished issue, oldest first: what ``digest send`` and the weekly job do.
+
+    Raises NewsletterError when no issue was ever prepared or every issue is already sent.
+    """
+    with session(engine) as db:
+        numbers = [issue.number for issue in unfinished_issues(db)]
+        if not numbers:
+            latest = find_issue(db)  # raises when nothing was ever prepared
+            raise NewsletterError(
+                f"issue #{latest.number} is already sent and no newer issue is prepared; "
+                f"run `newsletter digest prepare`"
+            )
+    return [
+        send_issue(engine, config, backend, number, batch_size=batch_size, progress=progress, clock=clock)
+        for number in numbers
+    ]
+
+
 def send_issue(
     engine: Engine,
     config: Config,
     backend: Backend,
-    number: int | None = None,
+    number: int,
     *,
     batch_size: int = 100,
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> SendReport:
-    """Send the deliveries of issue ``number`` (default: the oldest unfinished issue) that are due.
+    """Send the deliveries of issue ``number`` that are due now; returns what this run did.
 
-    Returns what this run did. Raises NewsletterError when there is nothing prepared, and DeliveryError
-    when the backend fails as a whole (the claimed batch is then left for a retry, nothing is lost).
+    Raises NewsletterError for an unknown issue, and DeliveryError when the backend fails as a whole; the
+    claimed batch is then released for the next run, so nothing is lost.
     """
     with session(engine) as db:
-        issue = _issue_to_send(db, number)
+        issue = find_issue(db, number)
         items = issue_items(db, issue)
         report = SendReport(issue, total=_due_count(db, issue.id, clock()))
         if issue.status is IssueStatus.PREPARED:
             issue.status = IssueStatus.SENDING
             db.add(issue)
             db.commit()
-    rendered = render_issue(config, issue, items)
-    composer = _Composer(config, issue, rendered)
+    composer = _Composer(config, issue, render_issue(config, issue, items))
     owner = f"send-{uuid.uuid4().hex[:12]}"
     done = 0
     if progress:
-        progress(done, report.total)
+        progress(issue.number, done, report.total)
     with backend:
         while claimed := _claim(engine, issue.id, owner, batch_size, clock()):
-            _send_batch(engine, backend, composer, claimed, report, clock)
+            try:
+                _send_batch(engine, backend, composer, claimed, owner, report, clock)
+            except BaseException:
+                _release(engine, [delivery.id for delivery, _ in claimed], owner)
+                raise
             done += len(claimed)
             if progress:
-                progress(done, report.total)
+                progress(issue.number, done, report.total)
     _finish(engine, report)
     log.info(report.summary_line())
     return report
-
-
-def _issue_to_send(db: Any, number: int | None) -> Issue:
-    if number is not None:
-        return find_issue(db, number)
-    unfinished = unfinished_issues(db)
-    if unfinished:
-        return unfinished[0]
-    latest = find_issue(db)  # raises when nothing was ever prepared
-    raise NewsletterError(
-        f"issue #{latest.number} is already sent and no newer issue is prepared; run `newsletter digest prepare`"
-    )
 
 
 def _due(issue_id: int, now: datetime) -> Any:
@@ -190,6 +220,7 @@ def _send_batch(
     backend: Backend,
     composer: _Composer,
     claimed: Sequence[tuple[Delivery, Subscriber]],
+    owner: str,
     report: SendReport,
     clock: Callable[[], datetime],
 ) -> None:
@@ -207,55 +238,65 @@ def _send_batch(
             unsendable.append(SendResult(delivery.id, SendStatus.FAILED, str(exc)))
     try:
         results = backend.send(messages) if messages else []
+    except NewsletterError:
+        raise
     except Exception as exc:
-        results = [SendResult(m.delivery_id, SendStatus.RETRY, f"backend failed: {exc}") for m in messages]
-        _record(engine, claimed, [*results, *unsendable], skipped, {}, report, clock())
-        if isinstance(exc, NewsletterError):
-            raise
-        raise DeliveryError(f"the {backend.describe()} backend failed: {exc}; the batch will be retried") from exc
+        raise DeliveryError(f"the {backend.describe()} backend failed: {exc}; the batch will be sent again") from exc
     message_ids = {m.delivery_id: m.message_id for m in messages}
-    _record(engine, claimed, [*results, *unsendable], skipped, message_ids, report, clock())
+    _record(engine, owner, [*results, *unsendable], skipped, message_ids, {d.id: d.attempts for d, _ in claimed},
+            report, clock())
 
 
 def _record(
     engine: Engine,
-    claimed: Sequence[tuple[Delivery, Subscriber]],
+    owner: str,
     results: Sequence[SendResult],
     skipped: Sequence[int],
     message_ids: dict[int, str],
+    attempts: dict[int | None, int],
     report: SendReport,
     now: datetime,
 ) -> None:
-    """Write the batch's results in one transaction."""
-    attempts = {delivery.id: delivery.attempts for delivery, _ in claimed}
+    """Write the batch's results in one transaction, only to rows this sender still holds."""
     done = {"claimed_by": None, "lease_expires_at": None, "updated_at": now}
+    held = and_(Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
     with session(engine) as db:
         for result in results:
             tried = attempts[result.delivery_id] + 1
             values: dict[str, Any] = {**done, "attempts": tried, "message_id": message_ids.get(result.delivery_id)}
             if result.status is SendStatus.SENT:
                 values |= {"status": DeliveryStatus.SENT, "sent_at": now, "last_error": None}
-                report.sent += 1
             elif result.status is SendStatus.RETRY and tried <= len(RETRY_SCHEDULE):
                 values |= {
                     "status": DeliveryStatus.RETRY,
                     "next_attempt_at": now + RETRY_SCHEDULE[tried - 1],
                     "last_error": result.detail,
                 }
-                report.retry += 1
             else:
                 gave_up = result.status is SendStatus.RETRY
                 detail = f"gave up after {tried} attempts: {result.detail}" if gave_up else result.detail
                 values |= {"status": DeliveryStatus.FAILED, "last_error": detail}
-                report.failed += 1
-            db.execute(update(Delivery).where(col(Delivery.id) == result.delivery_id).values(**values))
+            written = db.execute(update(Delivery).where(col(Delivery.id) == result.delivery_id, held).values(**values))
+            if written.rowcount:
+                report.count(values["status"])
         if skipped:
-            db.execute(
+            written = db.execute(
                 update(Delivery)
-                .where(col(Delivery.id).in_(skipped))
+                .where(col(Delivery.id).in_(skipped), held)
                 .values(**done, status=DeliveryStatus.SKIPPED, last_error="subscriber left the list")
             )
-            report.skipped += len(skipped)
+            report.skipped += written.rowcount
+        db.commit()
+
+
+def _release(engine: Engine, ids: Sequence[int | None], owner: str) -> None:
+    """Give back rows this sender claimed but could not finish, so the next run sends them at once."""
+    with session(engine) as db:
+        db.execute(
+            update(Delivery)
+            .where(col(Delivery.id).in_(ids), Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
+            .values(status=DeliveryStatus.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=utcnow())
+        )
         db.commit()
 
 
@@ -267,24 +308,29 @@ class PreviewFiles:
     eml: Path
 
 
-def write_preview(engine: Engine, config: Config, out_dir: Path, number: int | None = None) -> PreviewFiles:
+def write_preview(
+    engine: Engine, config: Config, out_dir: Path, number: int | None = None, *, now: datetime | None = None
+) -> PreviewFiles:
     """Write ``issue.html``, ``issue.txt`` and ``sample.eml`` for an issue, personalised for one recipient
     exactly as the send loop would build it.
 
-    Without ``number``: the newest issue, or a draft of the next issue from the pending summaries when no
-    issue was prepared yet (nothing is saved). The sample recipient is the first active subscriber, or a
-    made-up reader when the list is empty.
+    Without ``number``: the next issue as a draft when summaries are waiting and this period has no issue
+    yet (nothing is saved), otherwise the newest issue. The sample recipient is the first active
+    subscriber, or a made-up reader when the list is empty.
     """
     with session(engine) as db:
-        if number is not None or db.exec(select(Issue.id)).first() is not None:
+        period = period_containing(now or utcnow(), config.schedule.zone)
+        issue, items = draft_issue(db, config, period)
+        this_period = db.exec(select(Issue.id).where(Issue.period_key == period.key)).first()
+        if number is None and not items and issue.number == 1:
+            raise NewsletterError(
+                "nothing to render: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
+            )
+        if number is not None or this_period is not None or not items:
             issue = find_issue(db, number)
             items = issue_items(db, issue)
             description = f"issue #{issue.number} ({issue.status.value})"
         else:
-            issue, items = draft_issue(db, config, period_containing(utcnow(), config.schedule.zone))
-            if not items:
-                raise NewsletterError("nothing to render: no issue is prepared and no summary is waiting; "
-                                      "run `newsletter ingest` first")
             description = f"draft of issue #{issue.number} (not prepared yet)"
         sample = db.exec(
             select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(col(Subscriber.id))

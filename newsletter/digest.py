@@ -31,7 +31,7 @@ from newsletter.models import (
     Summary,
     utcnow,
 )
-from newsletter.render import render_issue
+from newsletter.render import render_subject
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class PrepareOutcome(enum.StrEnum):
     CREATED = "created"
     EXISTS = "exists"  # the period already has its issue; nothing changed
     EMPTY = "empty"  # no new summaries; no issue created
+    NO_RECIPIENTS = "no_recipients"  # nobody is active; no issue created, the summaries wait
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class PrepareResult:
     def message(self) -> str:
         if self.outcome is PrepareOutcome.EMPTY:
             return f"{self.period.key}: no new summaries since the last issue; nothing prepared"
+        if self.outcome is PrepareOutcome.NO_RECIPIENTS:
+            return (
+                f"{self.period.key}: no active subscribers, so nothing was prepared; the {self.item_count} "
+                f"new summaries wait for the next issue"
+            )
         assert self.issue is not None
         if self.outcome is PrepareOutcome.EXISTS:
             return f"{self.period.key}: issue #{self.issue.number} was already prepared; nothing changed"
@@ -102,7 +108,7 @@ def draft_issue(db: Session, config: Config, period: Period) -> tuple[Issue, lis
         subject="",
     )
     if items:
-        issue.subject = render_issue(config, issue, items).subject
+        issue.subject = render_subject(config, issue, items)
     return issue, items
 
 
@@ -117,6 +123,10 @@ def prepare_issue(engine: Engine, config: Config, *, now: datetime | None = None
         if not items:
             log.info("%s: no new summaries, skipping", period.key)
             return PrepareResult(PrepareOutcome.EMPTY, period)
+        active = db.exec(select(func.count()).where(Subscriber.status == SubscriberStatus.ACTIVE)).one()
+        if not active:
+            log.warning("%s: no active subscribers, not preparing an issue", period.key)
+            return PrepareResult(PrepareOutcome.NO_RECIPIENTS, period, item_count=len(items))
         try:
             db.add(issue)
             db.flush()

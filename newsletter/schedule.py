@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from newsletter.backends import create_backend
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.delivery import send_issue
+from newsletter.delivery import send_unfinished
 from newsletter.digest import PrepareOutcome, prepare_issue, unfinished_issues
 from newsletter.errors import NewsletterError
 from newsletter.models import utcnow
@@ -49,15 +49,17 @@ def weekly_digest(engine: Engine, config: Config, *, now: datetime | None = None
     try:
         result = prepare_issue(engine, config, now=now)
         log.info(result.message())
-        with session(engine) as db:
-            pending = [issue.number for issue in unfinished_issues(db)]
-        for number in pending:
-            report = send_issue(engine, config, create_backend(config), number)
+        if result.outcome is PrepareOutcome.EMPTY and not _has_unfinished(engine):
+            return
+        for report in send_unfinished(engine, config, create_backend(config)):
             log.info(report.summary_line())
-        if not pending and result.outcome is PrepareOutcome.EMPTY:
-            log.info("nothing to send this time")
     except NewsletterError as exc:
         log.error("weekly digest failed: %s", exc)
+
+
+def _has_unfinished(engine: Engine) -> bool:
+    with session(engine) as db:
+        return bool(unfinished_issues(db))
 
 
 def run_scheduler(engine: Engine, config: Config, *, stop: threading.Event | None = None) -> None:

@@ -7,8 +7,9 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from newsletter.backends import create_backend
+from newsletter.backends.file import FileBackend, FileOptions
 from newsletter.db import session
-from newsletter.delivery import LEASE, send_issue
+from newsletter.delivery import LEASE, send_issue, send_unfinished, write_preview
 from newsletter.digest import prepare_issue
 from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.models import Delivery, DeliveryStatus, IssueStatus, Subscriber, SubscriberStatus
@@ -32,7 +33,7 @@ def prepared(config, engine, *people: str) -> None:
 
 def test_file_backend_gets_one_message_per_subscriber_and_a_rerun_sends_nothing(config, engine):
     prepared(config, engine, "a@example.org", "b@example.org", "c@example.org")
-    report = send_issue(engine, config, create_backend(config), batch_size=2)
+    report = send_issue(engine, config, create_backend(config), 1, batch_size=2)
     assert (report.sent, report.remaining, report.issue.status) == (3, 0, IssueStatus.SENT)
     outbox = sorted((config.base_dir / "outbox").glob("*.eml"))
     assert len(outbox) == 3
@@ -40,7 +41,7 @@ def test_file_backend_gets_one_message_per_subscriber_and_a_rerun_sends_nothing(
     with session(engine) as db:
         assert all(d.message_id and d.sent_at and d.attempts == 1 for d in db.exec(select(Delivery)))
     with pytest.raises(NewsletterError, match="already sent and no newer issue is prepared"):
-        send_issue(engine, config, create_backend(config))
+        send_unfinished(engine, config, create_backend(config))
     assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 3
 
 
@@ -49,7 +50,7 @@ def test_someone_who_unsubscribes_after_prepare_is_skipped(config, engine):
     with session(engine) as db:
         db.execute(update(Subscriber).where(Subscriber.email == "b@example.org").values(status=SubscriberStatus.UNSUBSCRIBED))
         db.commit()
-    report = send_issue(engine, config, create_backend(config))
+    report = send_issue(engine, config, create_backend(config), 1)
     assert (report.sent, report.skipped) == (1, 1)
     assert statuses(engine) == {"a@example.org": "sent", "b@example.org": "skipped"}
 
@@ -69,10 +70,10 @@ def test_an_interrupted_send_resumes_without_resending(config, engine, smtp_serv
         db.commit()
 
     # While the dead run's lease holds, its batch is not touched; the untouched one goes out.
-    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(minutes=1))
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(minutes=1))
     assert report.sent == 1 and report.remaining == 2
     # After the lease expires, the in-flight batch is finished and the issue completes.
-    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + LEASE + timedelta(seconds=1))
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + LEASE + timedelta(seconds=1))
     assert report.sent == 2 and report.issue.status is IssueStatus.SENT
     received = [m.recipients[0] for m in smtp_server.messages]
     assert sorted(received) == ["p2@example.org", "p3@example.org", "p4@example.org"]
@@ -85,7 +86,7 @@ def test_smtp_rejections_become_failures_and_retries(config, engine, smtp_server
     smtp_server.handler.reject["busy@example.org"] = "451 4.3.0 Try again later"
     prepared(smtp, engine, "ok@example.org", "bad@example.org", "busy@example.org")
 
-    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW)
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
     assert (report.sent, report.failed, report.retry) == (1, 1, 1)
     assert report.issue.status is not IssueStatus.SENT
     with session(engine) as db:
@@ -94,9 +95,9 @@ def test_smtp_rejections_become_failures_and_retries(config, engine, smtp_server
     assert by_email["busy@example.org"].next_attempt_at == NOW + timedelta(minutes=5)
 
     # Not yet due: nothing happens. Once due and accepted, the issue completes; the hard failure stays.
-    assert send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(minutes=1)).sent == 0
+    assert send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(minutes=1)).sent == 0
     del smtp_server.handler.reject["busy@example.org"]
-    report = send_issue(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(minutes=6))
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(minutes=6))
     assert report.sent == 1 and report.issue.status is IssueStatus.SENT
     assert statuses(engine) == {"ok@example.org": "sent", "bad@example.org": "failed", "busy@example.org": "sent"}
     assert sorted(m.recipients[0] for m in smtp_server.messages) == ["busy@example.org", "ok@example.org"]
@@ -107,20 +108,88 @@ def test_an_unreachable_server_loses_nothing(config, engine):
                        "security": "none", "timeout": 2}})
     prepared(smtp, engine, "a@example.org")
     with pytest.raises(DeliveryError, match="127.0.0.1:9"):
-        send_issue(engine, smtp, create_backend(smtp))
+        send_issue(engine, smtp, create_backend(smtp), 1)
     assert statuses(engine) == {"a@example.org": "queued"}
 
 
 def test_with_nothing_prepared_send_says_what_to_do(config, engine):
     with pytest.raises(NewsletterError, match="run `newsletter digest prepare` first"):
-        send_issue(engine, config, create_backend(config))
+        send_unfinished(engine, config, create_backend(config))
 
 
 def test_an_address_no_message_can_be_built_for_fails_alone(config, engine):
     prepared(config, engine, "a@example.org", "jörg@example.org", "b@example.org")
-    report = send_issue(engine, config, create_backend(config))
+    report = send_issue(engine, config, create_backend(config), 1)
     assert (report.sent, report.failed) == (2, 1)
     assert statuses(engine) == {"a@example.org": "sent", "jörg@example.org": "failed", "b@example.org": "sent"}
     with session(engine) as db:
         failed = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.FAILED)).one()
     assert "jörg@example.org" in failed.last_error
+
+
+def test_send_moves_on_to_a_newer_issue_while_an_older_one_waits_for_a_retry(config, engine, smtp_server):
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
+                       "port": smtp_server.port, "security": "none"}})
+    smtp_server.handler.reject["busy@example.org"] = "451 4.3.0 Try again later"
+    prepared(smtp, engine, "ok@example.org", "busy@example.org")
+    send_unfinished(engine, smtp, create_backend(smtp), clock=lambda: NOW)
+    add_summaries(engine, 1)
+    prepare_issue(engine, smtp, now=NOW + timedelta(days=7))
+    reports = send_unfinished(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(days=7, minutes=1))
+    # Issue 1 tries its due retry again (still refused); issue 2 is not held up by it.
+    assert [(r.issue.number, r.sent, r.retry) for r in reports] == [(1, 0, 1), (2, 1, 1)]
+
+
+def test_a_backend_crash_releases_the_batch_for_the_next_run(config, engine):
+    prepared(config, engine, "a@example.org", "b@example.org")
+
+    class Exploding(FileBackend):
+        def send(self, batch):
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(DeliveryError, match="disk on fire; the batch will be sent again"):
+        send_issue(engine, config, Exploding(FileOptions(), config=config), 1)
+    assert statuses(engine) == {"a@example.org": "queued", "b@example.org": "queued"}
+    assert send_issue(engine, config, create_backend(config), 1).sent == 2
+
+
+def test_a_sender_whose_lease_ran_out_does_not_overwrite_the_ledger(config, engine):
+    """Sender A is so slow that its lease expires and sender B finishes the batch; A's late results
+    must not be recorded over B's."""
+    prepared(config, engine, "a@example.org")
+    late = NOW + LEASE + timedelta(seconds=1)
+
+    class Slow(FileBackend):
+        def send(self, batch):
+            send_issue(engine, config, create_backend(config), 1, clock=lambda: late)  # B, meanwhile
+            return super().send(batch)
+
+    slow = send_issue(engine, config, Slow(FileOptions(), config=config), 1, clock=lambda: NOW)
+    assert slow.sent == 0  # A recorded nothing
+    with session(engine) as db:
+        (delivery,) = db.exec(select(Delivery)).all()
+    assert (delivery.status, delivery.attempts, delivery.sent_at) == (DeliveryStatus.SENT, 1, late)
+
+
+def test_the_issue_is_compiled_once_for_a_whole_send(config, engine, monkeypatch):
+    from newsletter import render
+
+    calls = []
+    original = render.mjml2html
+    monkeypatch.setattr(render, "mjml2html", lambda *a, **k: calls.append(1) or original(*a, **k))
+    prepared(config, engine, *(f"p{n}@example.org" for n in range(5)))
+    calls.clear()
+    assert send_issue(engine, config, create_backend(config), 1, batch_size=2).sent == 5
+    assert len(calls) == 1
+
+
+def test_render_previews_the_next_issue_once_summaries_wait_in_a_new_week(config, engine, tmp_path):
+    prepared(config, engine, "a@example.org")
+    send_issue(engine, config, create_backend(config), 1)
+    assert write_preview(engine, config, tmp_path / "p", now=NOW).description == "issue #1 (sent)"
+    add_summaries(engine, 1)
+    files = write_preview(engine, config, tmp_path / "p", now=NOW + timedelta(days=7))
+    assert files.description == "draft of issue #2 (not prepared yet)"
+    assert "Paper number 2" in files.html.read_text(encoding="utf-8")
+    assert b"To: A <a@example.org>" in files.eml.read_bytes()
+    assert write_preview(engine, config, tmp_path / "p", 1, now=NOW + timedelta(days=7)).description == "issue #1 (sent)"

@@ -61,3 +61,14 @@ def test_a_period_without_new_summaries_is_skipped(config, engine):
     assert "no new summaries" in result.message()
     with session(engine) as db:
         assert db.exec(select(Issue)).all() == [] and db.exec(select(Delivery)).all() == []
+
+
+def test_without_active_subscribers_nothing_is_prepared_and_the_summaries_wait(config, engine):
+    add_summaries(engine, 2)
+    add_people(engine, "pending@example.org", status=SubscriberStatus.PENDING)
+    result = prepare_issue(engine, config, now=datetime(2026, 11, 18, tzinfo=UTC))
+    assert result.outcome is PrepareOutcome.NO_RECIPIENTS
+    assert "no active subscribers" in result.message() and "2 new summaries wait" in result.message()
+    add_people(engine, "a@example.org")
+    later = prepare_issue(engine, config, now=datetime(2026, 11, 18, 1, tzinfo=UTC))
+    assert (later.outcome, later.item_count, later.recipient_count) == (PrepareOutcome.CREATED, 2, 1)

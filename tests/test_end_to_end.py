@@ -26,7 +26,7 @@ def test_samples_to_smtp_inboxes(tmp_path: Path, smtp_server, monkeypatch):
     assert ingested.rejected == [] and ingested.added >= 8
     import_csv(engine, ROOT / "subscribers" / "example.csv")
     prepared = prepare_issue(engine, config)
-    report = send_issue(engine, config, create_backend(config))
+    report = send_issue(engine, config, create_backend(config), 1)
     assert report.sent == prepared.recipient_count == 6
 
     received = {m.recipients[0]: m for m in smtp_server.messages}

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
+from sqlmodel import select
+
+from newsletter.db import session
+from newsletter.models import Delivery, DeliveryStatus, Issue
 from newsletter.schedule import next_run_time, weekly_digest
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries
@@ -28,7 +32,11 @@ def test_the_weekly_job_prepares_and_sends(config, engine):
     weekly_digest(engine, config, now=datetime(2026, 11, 23, 7, tzinfo=UTC))
     assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 2
     weekly_digest(engine, config, now=datetime(2026, 11, 23, 7, 5, tzinfo=UTC))  # a second firing: nothing new
-    assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 2
+    with session(engine) as db:
+        assert len(db.exec(select(Issue)).all()) == 1
+        deliveries = db.exec(select(Delivery)).all()
+    # Each subscriber's message went out exactly once (a resend would count a second attempt).
+    assert [(d.status, d.attempts) for d in deliveries] == [(DeliveryStatus.SENT, 1)] * 2
 
 
 def test_run_logs_the_next_run_and_stops_on_sigterm(tmp_path):

@@ -33,7 +33,7 @@ class SendStatus(str, enum.Enum):
 
     SENT = "sent"  # accepted by the next hop
     RETRY = "retry"  # temporary failure (4xx, connection lost): try again later
-    FAILED = "failed"  # permanent failure (5xx): do not try again, counts as a hard bounce
+    FAILED = "failed"  # permanent failure (5xx): do not try again
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,16 @@ from typing import Annotated, Any, Iterator
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
@@ -23,7 +32,7 @@ from typer.core import TyperGroup
 from newsletter.backends import create_backend
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
-from newsletter.delivery import send_issue, write_preview
+from newsletter.delivery import send_issue, send_unfinished, write_preview
 from newsletter.digest import delivery_counts, find_issue, prepare_issue
 from newsletter.errors import NewsletterError
 from newsletter.ingest import find_files, ingest_paths
@@ -207,8 +216,11 @@ def subscribers_export(
         if out is None:
             subscriber_list.export_csv(engine, sys.stdout, status)
             return
-        with out.open("w", newline="", encoding="utf-8") as handle:
-            count = subscriber_list.export_csv(engine, handle, status)
+        try:
+            with out.open("w", newline="", encoding="utf-8") as handle:
+                count = subscriber_list.export_csv(engine, handle, status)
+        except OSError as exc:
+            raise NewsletterError(f"cannot write {out} ({exc.strerror}); choose another --out") from None
     errors.print(f"wrote {count} subscribers to {out}")
 
 
@@ -223,7 +235,7 @@ def digest_prepare(config: ConfigOption = None) -> None:
     console.print(result.message())
 
 
-IssueOption = Annotated[int | None, typer.Option("--issue", "-i", help="Issue number (default: see above).")]
+IssueOption = Annotated[int | None, typer.Option("--issue", "-i", help="Only this issue number.")]
 
 
 @digest_app.command("render")
@@ -248,7 +260,7 @@ def digest_send(
     batch_size: Annotated[int, typer.Option(min=1, help="Messages per claimed batch.")] = 100,
     config: ConfigOption = None,
 ) -> None:
-    """Send the prepared issue (default: the oldest unfinished one) through the configured backend.
+    """Send what is due of every unfinished issue (or only --issue N) through the configured backend.
     Already-sent deliveries are never sent again, so it is safe to run after an interruption.
 
     Example: newsletter digest send
@@ -256,12 +268,20 @@ def digest_send(
     with _opened(config) as (loaded, engine):
         backend = create_backend(loaded)
         with _progress() as bar:
-            task = bar.add_task("sending", total=None)
-            report = send_issue(
-                engine, loaded, backend, issue, batch_size=batch_size,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
-    console.print(f"{report.summary_line()} (via {backend.describe()})")
+            tasks: dict[int, TaskID] = {}
+
+            def progress(number: int, done: int, total: int) -> None:
+                if number not in tasks:
+                    tasks[number] = bar.add_task(f"issue #{number}", total=total)
+                bar.update(tasks[number], completed=done)
+
+            options: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+            if issue is None:
+                reports = send_unfinished(engine, loaded, backend, **options)
+            else:
+                reports = [send_issue(engine, loaded, backend, issue, **options)]
+    for report in reports:
+        console.print(f"{report.summary_line()} (via {backend.describe()})")
 
 
 @digest_app.command("status")

@@ -121,7 +121,7 @@ class ScheduleSection(_Section):
     def _iana_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" names a folder of zones: OSError
             raise ValueError(f"{value!r} is not an IANA timezone name such as Europe/London") from None
         return value
 
@@ -185,7 +185,15 @@ def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) ->
     try:
         config = Config.model_validate({**data, "base_dir": base_dir, "source": source})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        message = _describe(exc, source)
+        if database_url and f"{source}: database.url:" in message:
+            message = message.replace(f"{source}: database.url:", "NEWSLETTER_DATABASE_URL:")
+        raise ConfigError(message) from None
+    if "templates" in config.model_fields_set and not config.templates_dir.is_dir():
+        raise ConfigError(
+            f"{source}: templates: the folder {config.templates_dir} does not exist; create it, or remove the "
+            f"key to use the packaged templates"
+        )
     _check_backend(config)
     return config
 

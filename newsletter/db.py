@@ -14,7 +14,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from newsletter.config import Config
@@ -36,10 +36,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; for SQLite, creates the parent folder and sets the connection pragmas."""
+    """An engine for ``url``; for SQLite, creates the parent folder and sets the connection pragmas.
+
+    Raises NewsletterError when the folder cannot be created or the database driver is not installed.
+    """
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NewsletterError(f"cannot create the database folder {folder} ({exc.strerror}); check database.url") from None
+    try:
+        engine = create_engine(url)
+    except ModuleNotFoundError as exc:
+        raise NewsletterError(
+            f"database.url needs the {exc.name} driver, which is not installed: pip install 'psycopg[binary]'"
+        ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -59,7 +71,7 @@ def open_database(config: Config) -> Engine:
     engine = make_engine(config.database_url)
     try:
         upgrade(engine)
-    except OperationalError as exc:
+    except DBAPIError as exc:  # unreachable server, a file that is not a database, no permission, ...
         raise NewsletterError(
             f"cannot open the database {config.database.url!r} ({exc.orig}); check database.url in "
             f"{config.source} or NEWSLETTER_DATABASE_URL"

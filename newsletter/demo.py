@@ -16,13 +16,14 @@ import yaml
 from newsletter.backends import create_backend
 from newsletter.config import Config, load_config
 from newsletter.db import open_database
-from newsletter.delivery import PreviewFiles, SendReport, send_issue, write_preview
+from newsletter.delivery import PreviewFiles, SendReport, send_unfinished, write_preview
 from newsletter.digest import PrepareResult, prepare_issue
 from newsletter.errors import NewsletterError
 from newsletter.ingest import IngestReport, ingest_paths
 from newsletter.resources import sample_subscribers_csv, sample_summaries_dir
 from newsletter.subscribers import ImportReport, import_csv
 
+DEMO_MARKER = "# Written by `newsletter demo`"
 DEMO_SETTINGS = {
     "newsletter": {
         "name": "Research Weekly",
@@ -65,29 +66,44 @@ class DemoResult:
         )
 
 
+def _refuse_foreign_folder(directory: Path, config_path: Path) -> None:
+    """The demo replaces its own earlier data; it never touches a folder that holds anything else."""
+    if not directory.exists() or not any(directory.iterdir()):
+        return
+    try:
+        ours = config_path.read_text(encoding="utf-8").startswith(DEMO_MARKER)
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise NewsletterError(f"{directory} already holds files that are not from a demo; choose another --dir")
+
+
 def demo_settings(user_config: Config | None) -> dict[str, Any]:
     """The demo's settings: built-in ones, or the user's newsletter details and templates with the demo's
     own database and file outbox (so trying the demo never touches real subscribers)."""
     if user_config is None:
         return DEMO_SETTINGS
-    return {
+    settings = {
         **DEMO_SETTINGS,
         "newsletter": user_config.newsletter.model_dump(exclude_none=True),
-        "templates": str(user_config.templates_dir),
         "schedule": user_config.schedule.model_dump(),
     }
+    if user_config.templates_dir.is_dir():
+        settings["templates"] = str(user_config.templates_dir)
+    return settings
 
 
 def run_demo(directory: Path, user_config: Config | None = None) -> DemoResult:
     """Run the pipeline end to end in ``directory`` (created if needed; its earlier demo data is replaced)."""
     directory = directory.resolve()
     config_path = directory / "config.yaml"
+    _refuse_foreign_folder(directory, config_path)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in [*directory.glob("newsletter.db*"), *directory.glob("outbox/*.eml")]:
             stale.unlink()
         config_path.write_text(
-            "# Written by `newsletter demo`; see config.yaml in the project for every setting.\n"
+            f"{DEMO_MARKER}; see config.yaml in the project for every setting.\n"
             + yaml.safe_dump(demo_settings(user_config), sort_keys=False, allow_unicode=True),
             encoding="utf-8",
         )
@@ -101,7 +117,7 @@ def run_demo(directory: Path, user_config: Config | None = None) -> DemoResult:
         prepared = prepare_issue(engine, config)
         preview = write_preview(engine, config, directory / "rendered")
         backend = create_backend(config)
-        sent = send_issue(engine, config, backend)
+        (sent,) = send_unfinished(engine, config, backend)
     finally:
         engine.dispose()
     return DemoResult(config, ingested, imported, prepared, preview, sent, config.resolve("outbox"))

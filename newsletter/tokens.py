@@ -42,12 +42,20 @@ def secret_keys(config: Config) -> list[str]:
 
 
 def _generated_key(path: Path) -> str:
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    path.touch(mode=0o600)
-    path.write_text(key, encoding="utf-8")
+    try:
+        if path.is_file():
+            key = path.read_text(encoding="utf-8").strip()
+            if not key:
+                raise NewsletterError(f"{path} is empty; delete it to generate a new key, or set NEWSLETTER_SECRET_KEY")
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(key, encoding="utf-8")
+    except OSError as exc:
+        raise NewsletterError(
+            f"cannot read or create the signing key {path} ({exc.strerror}); set NEWSLETTER_SECRET_KEY instead"
+        ) from None
     log.warning("generated a signing key in %s; set NEWSLETTER_SECRET_KEY in production", path)
     return key
 
@@ -58,14 +66,20 @@ class LinkSigner:
     def __init__(self, config: Config) -> None:
         self.site_url = config.newsletter.site_url
         self._keys = secret_keys(config)
+        self._serializers: dict[str, URLSafeSerializer] = {}
+
+    def _serializer(self, purpose: str) -> URLSafeSerializer:
+        if purpose not in self._serializers:
+            self._serializers[purpose] = URLSafeSerializer(self._keys, salt=purpose)
+        return self._serializers[purpose]
 
     def sign(self, purpose: str, value: str) -> str:
-        return URLSafeSerializer(self._keys, salt=purpose).dumps(value)
+        return self._serializer(purpose).dumps(value)
 
     def verify(self, purpose: str, token: str) -> str:
         """The value signed into ``token``; raises InvalidToken if altered or made for another purpose."""
         try:
-            return URLSafeSerializer(self._keys, salt=purpose).loads(token)
+            return self._serializer(purpose).loads(token)
         except BadSignature:
             raise InvalidToken("this link is not valid; it may have been cut short when copied") from None
 

@@ -91,6 +91,17 @@ def test_the_whole_path_through_the_cli(tmp_path):
     again = invoke("digest", "send", "--config", path)
     assert again.exit_code == 1 and "already sent" in again.output
 
+    # Once the issue is out, "render" previews the next one as soon as a new summary is waiting.
+    assert "issue #1 (sent)" in invoke("digest", "render", "--out", tmp_path / "p", "--config", path).output
+    (tmp_path / "in" / "good.jsonl").write_text(
+        '{"title": "A late paper", "summary": "Arrived after the send.", "url": "https://example.org/c"}\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "in" / "bad.json").unlink()
+    assert invoke("ingest", tmp_path / "in", "--config", path).exit_code == 0
+    # This week already has its issue, so the late summary waits for next week's; render shows issue #1.
+    assert "issue #1 (sent)" in invoke("digest", "render", "--out", tmp_path / "p", "--config", path).output
+
     exported = invoke("subscribers", "export", "--config", path)
     assert exported.output.splitlines()[0].startswith("email,name,status")
     assert invoke("subscribers", "remove", "ada@example.org", "--config", path).output.strip() == (
@@ -114,3 +125,43 @@ def test_demo_with_a_config_uses_its_newsletter_and_templates_but_its_own_databa
     messages = list((tmp_path / "demo" / "outbox").glob("*.eml"))
     assert len(messages) == 6
     assert b"Subject: Lab Notes weekly letter" in messages[0].read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("replace", "expected"),
+    [
+        ({"timezone: Europe/London": "timezone: Europe"}, "schedule.timezone: 'Europe' is not an IANA timezone"),
+        ({"url: sqlite:///subscribers/newsletter.db": "url: sqlite:///config.yaml"}, "cannot open the database"),
+        ({"url: sqlite:///subscribers/newsletter.db": "url: sqlite:///config.yaml/x.db"}, "cannot create the database folder"),
+        ({f"templates: {ROOT / 'templates'}": "templates: no-such-folder"}, "templates: the folder"),
+    ],
+    ids=["zone-folder", "not-a-database", "folder-is-a-file", "missing-templates"],
+)
+def test_config_and_database_mistakes_are_one_line(tmp_path, replace, expected):
+    path = config_file(tmp_path, **replace)
+    result = invoke("subscribers", "list", "--config", path)
+    assert result.exit_code in (1, 2)
+    assert len(result.output.strip().splitlines()) == 1 and expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_database_url_in_the_environment_is_blamed_on_the_variable(tmp_path):
+    result = runner.invoke(app, ["subscribers", "list", "--config", str(config_file(tmp_path))],
+                           env={"NEWSLETTER_DATABASE_URL": "mysql://x"})
+    assert result.exit_code == 2
+    assert result.output.startswith("error: NEWSLETTER_DATABASE_URL: 'mysql://x' must start with sqlite:///")
+
+
+def test_export_to_an_impossible_place_says_so(tmp_path):
+    result = invoke("subscribers", "export", "--out", tmp_path / "no" / "such" / "dir.csv", "--config", config_file(tmp_path))
+    assert result.exit_code == 1 and "cannot write" in result.output and "choose another --out" in result.output
+
+
+def test_demo_never_overwrites_a_folder_that_is_not_a_demo(tmp_path):
+    (tmp_path / "prod").mkdir()
+    (tmp_path / "prod" / "config.yaml").write_text("newsletter: {}\n", encoding="utf-8")
+    result = invoke("demo", "--dir", tmp_path / "prod")
+    assert result.exit_code == 1 and "already holds files that are not from a demo" in result.output
+    assert (tmp_path / "prod" / "config.yaml").read_text(encoding="utf-8") == "newsletter: {}\n"
+    assert invoke("demo", "--dir", tmp_path / "d").exit_code == 0
+    assert invoke("demo", "--dir", tmp_path / "d").exit_code == 0  # a demo folder is fair game

@@ -1,0 +1,42 @@
+"""Link tokens: opaque, tamper-evident, bound to a purpose, and rotatable."""
+
+import pytest
+
+from newsletter.errors import NewsletterError
+from newsletter.tokens import KEY_FILE, UNSUBSCRIBE, InvalidToken, LinkSigner
+
+
+def test_unsubscribe_links_carry_a_signed_token_that_reveals_nothing(config):
+    signer = LinkSigner(config)
+    url = signer.unsubscribe_url("opaque-random-token")
+    assert url.startswith("https://news.example.org/unsubscribe/")
+    token = url.rsplit("/", 1)[1]
+    assert signer.verify(UNSUBSCRIBE, token) == "opaque-random-token"
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    with pytest.raises(InvalidToken, match="this link is not valid"):
+        signer.verify(UNSUBSCRIBE, tampered)
+    with pytest.raises(InvalidToken):
+        signer.verify("confirm", token)  # a token made for one purpose is useless for another
+
+
+def test_keys_rotate_the_newest_signs_and_the_old_still_verifies(config, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "old-key")
+    old_token = LinkSigner(config).sign(UNSUBSCRIBE, "t")
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "old-key, new-key")
+    rotated = LinkSigner(config)
+    assert rotated.verify(UNSUBSCRIBE, old_token) == "t"
+    assert rotated.sign(UNSUBSCRIBE, "t") != old_token
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "someone-elses-key")
+    with pytest.raises(InvalidToken):
+        LinkSigner(config).verify(UNSUBSCRIBE, old_token)
+
+
+def test_without_a_configured_key_one_is_generated_once_and_kept_private(config, monkeypatch):
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY")
+    first = LinkSigner(config).sign(UNSUBSCRIBE, "t")
+    key_file = config.resolve(KEY_FILE)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert LinkSigner(config).sign(UNSUBSCRIBE, "t") == first  # the same key on the next run
+    key_file.write_text("")
+    with pytest.raises(NewsletterError, match="is empty; delete it to generate a new key"):
+        LinkSigner(config)

@@ -23,7 +23,7 @@ from typing import cast
 
 from newsletter.config import Config
 from newsletter.errors import InvalidAddress
-from newsletter.render import RecipientValues, RenderedIssue
+from newsletter.render import RecipientValues, RenderedIssue, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,10 @@ def build_message(
 ) -> bytes:
     """The complete message for one subscriber, with CRLF line endings.
 
-    ``values.unsubscribe_url`` goes into the body and ``List-Unsubscribe``; ``date`` defaults to now (a
-    naive value is taken as UTC). Raises InvalidAddress for an unusable recipient address and ValueError
-    for a malformed ``message_id`` or unsubscribe URL (both are the caller's bug, not the subscriber's).
+    ``values.unsubscribe_url`` goes into the body and ``List-Unsubscribe``; ``date`` defaults to now and is
+    written in UTC (a naive value is taken as UTC). Raises InvalidAddress for an unusable recipient address
+    and ValueError for a malformed ``message_id`` or unsubscribe URL (both are the caller's bug, not the
+    subscriber's).
     """
     name = single_line(values.name)
     recipient = _address(name, values.email)
@@ -83,7 +84,7 @@ def build_message(
     if letter.reply_to:
         message["Reply-To"] = letter.reply_to
     message["Subject"] = single_line(rendered.subject)
-    message["Date"] = format_datetime(_aware(date or datetime.now(UTC)))
+    message["Date"] = format_datetime(as_utc(date or datetime.now(UTC)))
     message["Message-ID"] = message_id
     message["List-Id"] = formataddr((letter.name, letter.list_id))
     message["List-Unsubscribe"] = (
@@ -124,7 +125,3 @@ def _address(name: str, address: str) -> Address:
             f"cannot send to {address!r}: not a single plain (ASCII) email address ({exc or 'empty'}); "
             "correct or remove this subscriber"
         ) from None
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -8,7 +8,8 @@ Templates are looked up in the user's templates folder first, then in the packag
 file overrides the default of the same name. ``*.txt.j2`` templates are not autoescaped; every other
 template (``*.mjml.j2``, ``*.html.j2``) is.
 
-Any problem with a template (syntax, undefined variable, missing file, MJML that does not compile) raises
+Any problem with a template (syntax, undefined variable, missing file, MJML that does not compile, a
+digest part without the unsubscribe link or the postal address) raises
 :class:`~newsletter.errors.TemplateError` naming the file, the line and what to do.
 """
 
@@ -22,7 +23,7 @@ import textwrap
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ _MONTHS = (
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",
 )  # fmt: skip
+_LEGAL = "anti-spam law requires an unsubscribe link and the postal address in every email"
 _MJML_DOCS = "https://documentation.mjml.io"
 _JINJA_DOCS = "https://jinja.palletsprojects.com/en/stable/templates/"
 
@@ -183,15 +185,27 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
     }
 
 
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime; a naive value is taken as UTC (SQLite drops the offset)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def _local(moment: datetime, config: Config) -> datetime:
-    """``moment`` in the configured zone; naive values are UTC (SQLite drops the offset)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(config.schedule.zone)
+    """``moment`` in the configured zone."""
+    return as_utc(moment).astimezone(config.schedule.zone)
+
+
+def _published_day(moment: datetime, config: Config) -> date:
+    """The day to show for ``moment``: midnight UTC is a bare date as ingested, so it is shown as is;
+    any other time is converted to the configured zone."""
+    moment = as_utc(moment)
+    if moment.time() == time(0):
+        return moment.date()  # converting would show the day before west of UTC
+    return moment.astimezone(config.schedule.zone).date()
 
 
 def _item(summary: Summary, config: Config) -> Item:
-    published = _local(summary.published_at, config).date() if summary.published_at else None
+    published = _published_day(summary.published_at, config) if summary.published_at else None
     image_url = _web_url(summary.image_url)
     return Item(
         title=" ".join(summary.title.split()),
@@ -328,6 +342,15 @@ def paragraphs(text: str) -> list[str]:
 # -- rendering --------------------------------------------------------------------------------------------
 
 
+def render_subject(config: Config, issue: Issue, items: Sequence[Summary]) -> str:
+    """The subject line of ``issue`` with ``items``, from ``subject.txt.j2`` alone (no MJML is compiled).
+
+    Whitespace, line breaks included, is collapsed to single spaces. Raises TemplateError, also for an
+    empty subject.
+    """
+    return _subject(template_environment(config), issue_context(config, issue, items, new_markers()))
+
+
 def render_issue(
     config: Config,
     issue: Issue,
@@ -337,42 +360,43 @@ def render_issue(
 ) -> RenderedIssue:
     """Render ``issue`` with ``items`` (in the order the digest chose) once; personalise per subscriber after.
 
-    ``compile_mjml`` replaces the MJML compiler (default: mjml-python's ``mjml2html``). The subject template
-    sees no ``recipient`` (a subject is the same for everyone). Raises TemplateError.
+    ``compile_mjml`` replaces the MJML compiler (default: mjml-python's ``mjml2html``). The subject is
+    :func:`render_subject`'s. Raises TemplateError, also when the HTML or the text part lacks the
+    unsubscribe link (``recipient.unsubscribe_url``) or ``newsletter.postal_address``.
     """
     env = template_environment(config)
     markers = new_markers()
     context = issue_context(config, issue, items, markers)
-    subject_context = {key: value for key, value in context.items() if key != "recipient"}
-    subject = " ".join(_render(env, SUBJECT_TEMPLATE, subject_context).split())
-    if not subject:
-        raise TemplateError(f"{_describe_name(env, SUBJECT_TEMPLATE)}: renders an empty subject; write one line")
-    context["subject"] = subject
+    context["subject"] = subject = _subject(env, context)
     mjml_source = _render(env, DIGEST_MJML_TEMPLATE, context)
     html_part = _compile(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE), compile_mjml)
     text_part = tidy_text(_render(env, DIGEST_TEXT_TEMPLATE, context))
-    for part, content in (("HTML", html_part), ("text", text_part)):
-        if markers.unsubscribe_url not in content:
-            log.warning("issue %s: the %s part has no unsubscribe link (recipient.unsubscribe_url)", issue.number, part)
+    address = config.newsletter.postal_address
+    _require_legal_footer(_describe_name(env, DIGEST_MJML_TEMPLATE), html.unescape(html_part), markers, address)
+    _require_legal_footer(_describe_name(env, DIGEST_TEXT_TEMPLATE), text_part, markers, address)
     log.info("rendered issue %s: %d items, %d bytes of HTML", issue.number, len(context["items"]), len(html_part))
     return RenderedIssue(subject, context["preheader"], html_part, text_part, markers)
 
 
-def render_mjml(
-    config: Config,
-    template_name: str,
-    context: Mapping[str, Any],
-    *,
-    compile_mjml: Callable[[str], str] | None = None,
-) -> str:
-    """Render an MJML template with ``context`` and compile it to HTML. Raises TemplateError."""
-    env = template_environment(config)
-    return _compile(_render(env, template_name, context), _describe_name(env, template_name), compile_mjml)
+def _subject(env: Environment, context: Mapping[str, Any]) -> str:
+    """``subject.txt.j2`` on one line; it sees no ``recipient`` (a subject is the same for everyone)."""
+    subject_context = {key: value for key, value in context.items() if key != "recipient"}
+    subject = " ".join(_render(env, SUBJECT_TEMPLATE, subject_context).split())
+    if not subject:
+        raise TemplateError(f"{_describe_name(env, SUBJECT_TEMPLATE)}: renders an empty subject; write one line")
+    return subject
 
 
-def render_text(config: Config, template_name: str, context: Mapping[str, Any]) -> str:
-    """Render a plain-text template with ``context``, tidied (no trailing spaces or runs of blank lines)."""
-    return tidy_text(_render(template_environment(config), template_name, context))
+def _require_legal_footer(name: str, content: str, markers: RecipientValues, address: str) -> None:
+    """Raise TemplateError unless ``content`` (HTML already unescaped) has the unsubscribe placeholder and
+    the postal address; whitespace is compared loosely, since the text part wraps a long address."""
+    missing = []
+    if markers.unsubscribe_url not in content:
+        missing.append("the unsubscribe link {{ recipient.unsubscribe_url }}")
+    if " ".join(address.split()) not in " ".join(content.split()):
+        missing.append("the postal address {{ newsletter.postal_address }}")
+    if missing:
+        raise TemplateError(f"{name}: lacks {' and '.join(missing)}; {_LEGAL}, so add it to this template")
 
 
 def tidy_text(text: str) -> str:

@@ -176,7 +176,7 @@ def test_message_id_is_deterministic_and_reveals_nothing(config: Config) -> None
     assert re.fullmatch(r"<issue-12\.[0-9a-f]{20}@example\.org>", first)
     assert first != make_message_id(config, 13, token)
     assert first != make_message_id(config, 12, token + "x")
-    assert token not in first and "zoe" not in first
+    assert token not in first
 
 
 def test_a_rendered_issue_becomes_a_complete_message(config: Config) -> None:

@@ -22,6 +22,7 @@ from newsletter.render import (
     render_issue,
     template_environment,
 )
+from newsletter.demo import DEMO_SETTINGS
 from tests.conftest import make_config
 from tests.helpers import make_issue, make_summaries
 
@@ -44,6 +45,44 @@ def user_templates(tmp_path: Path, files: dict[str, str]) -> Config:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(content, encoding="utf-8")
     return make_config(tmp_path, templates=str(folder))
+
+
+FOOTER_WITHOUT_UNSUBSCRIBE = (
+    "<mj-section><mj-column><mj-text>{{ newsletter.postal_address }}</mj-text></mj-column></mj-section>"
+)
+FOOTER_WITHOUT_ADDRESS = (
+    '<mj-section><mj-column><mj-text><a href="{{ recipient.unsubscribe_url }}">Unsubscribe</a></mj-text>'
+    "</mj-column></mj-section>"
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "part", "missing"),
+    [
+        ({"digest.txt.j2": "{{ newsletter.postal_address }}\n"}, "digest.txt.j2", "the unsubscribe link"),
+        ({"digest.txt.j2": "{{ recipient.unsubscribe_url }}\n"}, "digest.txt.j2", "the postal address"),
+        ({"partials/footer.mjml.j2": FOOTER_WITHOUT_UNSUBSCRIBE}, "digest.mjml.j2", "the unsubscribe link"),
+        ({"partials/footer.mjml.j2": FOOTER_WITHOUT_ADDRESS}, "digest.mjml.j2", "the postal address"),
+    ],
+    ids=["text-no-unsubscribe", "text-no-address", "html-no-unsubscribe", "html-no-address"],
+)
+def test_a_digest_part_without_the_legal_footer_is_a_template_error(
+    tmp_path: Path, files: dict[str, str], part: str, missing: str
+) -> None:
+    config = user_templates(tmp_path, files)
+    with pytest.raises(TemplateError) as caught:
+        render_issue(config, make_issue(), make_summaries())
+    message = str(caught.value)
+    assert re.search(rf"{re.escape(part)}: lacks {missing}", message), message
+    assert "anti-spam law requires an unsubscribe link and the postal address in every email" in message
+
+
+def test_the_legal_footer_check_allows_escaped_and_wrapped_addresses(tmp_path: Path) -> None:
+    address = "O'Brien & Daughters <Publishing>, Unit 4, The Old Granary, 17 Long Quay Road, Cork T12 AB34, Ireland"
+    config = make_config(tmp_path, newsletter={**DEMO_SETTINGS["newsletter"], "postal_address": address})
+    html, text = render_issue(config, make_issue(), make_summaries()).personalise(ALICE)
+    assert "O&#39;Brien &amp; Daughters &lt;Publishing&gt;" in html  # as Jinja escapes it, not as html.escape
+    assert address not in text and " ".join(text.split()).endswith(address)  # wrapped at 72 columns
 
 
 def test_html_holds_every_title_link_category_and_the_legal_footer(rendered: RenderedIssue) -> None:
@@ -71,6 +110,24 @@ def test_sections_follow_first_appearance_with_uncategorised_last(config: Config
     assert len(context["items"][0].key_points) == render.MAX_KEY_POINTS
     assert context["issue"].period_start == date(2026, 11, 16)
     assert context["issue"].period_end == date(2026, 11, 22)
+
+
+def test_subject_renders_without_compiling_mjml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_mjml(source: str, **options: object) -> str:
+        raise AssertionError("render_subject compiled MJML")
+
+    config = user_templates(tmp_path, {"digest.mjml.j2": "{{ not_a_variable }}", "digest.txt.j2": "{% if %}"})
+    expected = render_issue(make_config(tmp_path), make_issue(), make_summaries()).subject
+    monkeypatch.setattr(render, "mjml2html", no_mjml)
+    assert render.render_subject(config, make_issue(), make_summaries()) == expected
+    assert expected.startswith("Research Weekly #12: Sleep spindles") and expected.endswith(" and 3 more")
+
+
+def test_an_empty_subject_is_a_template_error_for_subject_and_issue(tmp_path: Path) -> None:
+    config = user_templates(tmp_path, {"subject.txt.j2": "{{ '' }}\n"})
+    for render_ in (render.render_subject, render_issue):
+        with pytest.raises(TemplateError, match=r"my-templates/subject\.txt\.j2: renders an empty subject"):
+            render_(config, make_issue(), make_summaries())
 
 
 def test_subject_is_one_line_naming_the_first_title_and_the_rest(config: Config) -> None:
@@ -125,7 +182,9 @@ def test_personalise_escapes_values_in_html_and_keeps_them_raw_in_text(tmp_path:
                 '<mj-section><mj-column><mj-text><a title="{{ recipient.name }}" href="#">'
                 "Hello {{ recipient.name }}</a></mj-text></mj-column></mj-section>\n"
             ),
-            "digest.txt.j2": "Hello {{ recipient.name }}\n{{ recipient.unsubscribe_url }}\n",
+            "digest.txt.j2": (
+                "Hello {{ recipient.name }}\n{{ recipient.unsubscribe_url }}\n{{ newsletter.postal_address }}\n"
+            ),
         },
     )
     result = render_issue(config, make_issue(), make_summaries())
@@ -136,7 +195,7 @@ def test_personalise_escapes_values_in_html_and_keeps_them_raw_in_text(tmp_path:
     assert 'title="Zoë &quot;Z&quot; &lt;O&#x27;Brien&gt;"' in html
     assert "Hello Zoë &quot;Z&quot; &lt;O&#x27;Brien&gt;" in html
     assert 'href="https://x.example/u?a=1&amp;b=2"' in html
-    assert text == 'Hello Zoë "Z" <O\'Brien>\nhttps://x.example/u?a=1&b=2\n'
+    assert text == f'Hello Zoë "Z" <O\'Brien>\nhttps://x.example/u?a=1&b=2\n{config.newsletter.postal_address}\n'
     for marker in (result.markers.name, result.markers.email, result.markers.unsubscribe_url):
         assert marker not in html and marker not in text
     assert "Hello \n" in result.personalise(BOB)[1]  # an unknown name is an empty string
@@ -220,6 +279,27 @@ def test_unknown_mjml_element_is_a_template_error(tmp_path: Path) -> None:
     config = user_templates(tmp_path, {"digest.mjml.j2": "<mjml><mj-body><mj-sectoin></mj-sectoin></mj-body></mjml>"})
     with pytest.raises(TemplateError, match="mj-sectoin"):
         render_issue(config, make_issue(), make_summaries())
+
+
+def test_a_bare_date_keeps_its_day_west_of_utc(tmp_path: Path) -> None:
+    config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "America/New_York"})
+    summaries = make_summaries()
+    summaries[0].published_at = datetime(2026, 11, 16, tzinfo=UTC)  # "2026-11-16" as ingested
+    summaries[1].published_at = datetime(2026, 11, 18)  # the same, naive, as SQLite returns it
+    summaries[3].published_at = datetime(2026, 11, 20, 3, 30, tzinfo=UTC)  # a real moment: 19 Nov in New York
+    items = {item.title: item for item in render.issue_context(config, make_issue(), summaries, ALICE)["items"]}
+    assert items[summaries[0].title].published == date(2026, 11, 16)
+    assert items[summaries[0].title].published_label == "16 November 2026"
+    assert items[summaries[1].title].published == date(2026, 11, 18)
+    assert items[summaries[3].title].published == date(2026, 11, 19)
+    _html, text = render_issue(config, make_issue(), summaries).personalise(ALICE)
+    assert "Journal of Neuroscience · 16 November 2026" in text
+
+
+def test_as_utc_takes_naive_values_as_utc_and_converts_aware_ones() -> None:
+    assert render.as_utc(datetime(2026, 1, 2, 3, 4)) == datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    converted = render.as_utc(datetime(2026, 1, 2, 3, 4, tzinfo=BERLIN))
+    assert converted.tzinfo is UTC and converted == datetime(2026, 1, 2, 2, 4, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

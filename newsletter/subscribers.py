@@ -30,9 +30,14 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def normalise_address(raw: str) -> str:
-    """The canonical form of an address; raises InvalidAddress saying why it is not one."""
+    """The canonical form of an address; raises InvalidAddress saying why it is not one.
+
+    The form is all ASCII, an international domain in its IDNA spelling (``xn--...``), which is how it must
+    appear in mail headers. Addresses with non-ASCII characters before the @ (which need SMTPUTF8 end to
+    end) are refused: the messages we build cannot carry them yet.
+    """
     try:
-        return validate_email(raw.strip(), check_deliverability=False).normalized
+        return validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=False).ascii_email
     except EmailNotValidError as exc:
         raise InvalidAddress(f"{raw.strip()!r} is not a valid email address: {exc}") from None
 

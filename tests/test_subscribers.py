@@ -21,6 +21,9 @@ def test_addresses_are_normalised_and_bad_ones_explained():
     assert normalise_address("  Ada@EXAMPLE.org ") == "Ada@example.org"
     with pytest.raises(InvalidAddress, match="'not-an-address' is not a valid email address"):
         normalise_address("not-an-address")
+    with pytest.raises(InvalidAddress, match="'jörg@example.org' is not a valid email address: Internationalized characters"):
+        normalise_address("jörg@example.org")
+    assert normalise_address("joerg@Bücher.example") == "joerg@xn--bcher-kva.example"  # as headers need it
 
 
 def test_add_is_case_insensitive_and_updates_the_name(engine):

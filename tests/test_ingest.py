@@ -13,9 +13,10 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from newsletter.db import session
-from newsletter.errors import IngestError
+from newsletter.errors import ConfigError, IngestError
 from newsletter.ingest import (
     IngestReport,
+    Reader,
     Rejection,
     SummaryIn,
     compute_uid,
@@ -331,8 +332,8 @@ def test_a_bad_file_is_rejected_whole_and_the_good_ones_go_in(engine: Engine, tm
         ("notes.jsonl", jsonl(item("A", tags=["ok", 3])), "notes.jsonl:1: field 'tags[1]': "),
         ("notes.jsonl", jsonl(item("")), "notes.jsonl:1: field 'title' is empty"),
         ("list.json", '[\n  {"title": "A",\n   "summary": }\n]', "list.json:3: not valid JSON"),
-        ("list.json", json.dumps([item("A"), {"title": "B"}]), "list.json: item at index 1: field 'summary'"),
-        ("list.json", json.dumps(item("A", date="next week")), "list.json: field 'date': 'next week' is not"),
+        ("list.json", json.dumps([item("A"), {"title": "B"}]), "list.json:1: item at index 1: field 'sum"),
+        ("list.json", json.dumps(item("A", date="next week")), "list.json:1: field 'date': 'next week' is"),
         ("paper.md", "---\ntitle: A\nsource: J: K\n---\n", "paper.md:3: front matter is not valid YAML"),
         ("paper.md", "Just a paragraph.\n", "paper.md:1: no front matter"),
         ("paper.md", "---\ntitle: A\n", "paper.md: the front matter is not closed"),
@@ -349,6 +350,158 @@ def test_rejections_name_the_file_the_line_and_the_field(
     assert message.startswith(str(tmp_path) + "/")
     assert expected in message
     assert all_rows(engine) == []
+
+
+def test_an_impossible_front_matter_date_rejects_that_file_only(engine: Engine, tmp_path: Path) -> None:
+    good = write(tmp_path, "a-good.md", PAPER_MD)
+    bad = write(tmp_path, "b-typo.md", "---\ntitle: A\nsource: J\ndate: 2026-11-31\n---\nA paragraph.\n")
+
+    report = ingest_paths(engine, [good, bad])
+
+    assert report.summary_line() == "added 1, updated 0, unchanged 0, rejected 1"
+    message = f"{bad}:4: date: 2026-11-31 is not a real date (day is out of range for month); use YYYY-MM-DD"
+    assert report.rejected == [Rejection(bad, message)]
+    assert [row.title for row in all_rows(engine)] == ["Sleep spindles predict recall"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (
+            "paper.md",
+            "---\ntitle: A\npublished_at: 2026-11-03 25:00:00\n---\nP.\n",
+            ":3: published_at: 2026-11-03 25:00:00 is not a real date and time (hour must be in 0..23); "
+            "use YYYY-MM-DD HH:MM:SS+01:00",
+        ),
+        (
+            "paper.md",
+            "---\ntitle: A\nkey_points:\n  - fine\n  - 2026-02-30\n---\nP.\n",
+            ":5: key_points: 2026-02-30 is not a real date (day is out of range for month); use YYYY-MM-DD",
+        ),
+        (
+            "paper.md",
+            f"---\ntitle: A\nid: {'9' * 5000}\n---\nP.\n",
+            f":3: id: {'9' * 40}... cannot be read (Exceeds the limit",  # Python's words, then ours:
+        ),
+        (
+            "paper.md",
+            "---\ntitle: A\ndate: 0001-01-01 00:00:00 +01:00\n---\nP.\n",
+            ":3: field 'date': 0001-01-01T00:00:00+01:00 is out of range once converted to UTC; check the",
+        ),
+        ("paper.md", "---\ntitle: A\nurl: http://[::1\n---\nP.\n", ":3: field 'url': 'http://[::1' must be"),
+        ("paper.md", "---\ntitle: " + "[" * 5000 + "\n---\nP.\n", ": front matter is nested too deeply"),
+        (
+            "notes.jsonl",
+            jsonl(item("A")) + f'{{"title": "B", "summary": "s", "id": {"9" * 5000}}}\n',
+            ":2: cannot be read as JSON (Exceeds the limit",
+        ),
+        ("list.json", "[" * 100_000 + "]" * 100_000, ": arrays or objects are nested too deeply to read"),
+        (
+            "list.json",
+            json.dumps(item("A", date="9999-12-31T23:00:00-05:00")),
+            ":1: field 'date': 9999-12-31T23:00:00-05:00 is out of range once converted to UTC",
+        ),
+    ],
+)
+def test_values_python_cannot_build_reject_the_file_with_its_line(
+    engine: Engine, tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    path = write(tmp_path, name, text)
+    good = write(tmp_path, "good.jsonl", jsonl(item("Good")))
+
+    report = ingest_paths(engine, [path, good])
+
+    assert only_message(report).startswith(f"{path}{expected}")
+    assert [row.title for row in all_rows(engine)] == ["Good"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (
+            "paper.md",
+            "---\ntitle: A\nsource: J\n\nurl: example.org/a\n---\nP.\n",
+            ":5: field 'url': 'example.org/a' must be an absolute http(s) URL",
+        ),
+        ("paper.md", "---\ntitle: A\ntags:\n  - ok\n  - [no]\n---\nP.\n", ":3: field 'tags[1]': "),
+        ("paper.md", "---\ntitle: A\n\ntilte: B\n---\nP.\n", ":4: unknown field 'tilte'; allowed fields: "),
+        ("paper.md", "---\nsummary: s\n---\n", ": field 'title' is required"),
+        (
+            "one.json",
+            json.dumps(item("A", url="https://example.org/a", date="next week"), indent=2),
+            ":5: field 'date': 'next week' is not an ISO date",
+        ),
+        ("one.json", '\n\n{"summary": "s"}', ":3: field 'title' is required"),
+        (
+            "list.json",
+            json.dumps([item("A"), item("B"), item("C", link="ftp://x")], indent=2),
+            ":13: item at index 2: field 'link': 'ftp://x' must be",
+        ),
+        ("list.json", json.dumps([item("A"), {"title": "B"}], indent=2), ":6: item at index 1: field 'summ"),
+        ("list.json", '[\n  {"title": "A", "summary": "s"},\n  "B"\n]', ":3: item at index 1: expected an"),
+    ],
+)
+def test_field_errors_name_the_line_of_the_field_or_of_the_item(
+    engine: Engine, tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    path = write(tmp_path, name, text)
+
+    assert only_message(ingest_paths(engine, [path])).startswith(f"{path}{expected}")
+
+
+class _Raising(Reader):
+    file_extensions = (".md",)
+    error: Exception = ValueError()
+
+    def read(self, path: Path) -> list[SummaryIn]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ValueError("day is out of range for month"), "day is out of range for month"),
+        (ValueError(), "ValueError"),
+        (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "'utf-8' codec can't decode"),
+        (ValueError("line one\n  line two"), "line one line two"),
+    ],
+)
+def test_a_value_error_from_any_reader_becomes_a_rejection_of_its_file(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, message: str
+) -> None:
+    monkeypatch.setattr(_Raising, "error", error)
+    monkeypatch.setattr("newsletter.ingest.store.readers_by_extension", lambda: {".md": _Raising})
+    bad = write(tmp_path, "bad.md", PAPER_MD)
+
+    report = ingest_paths(engine, [bad])
+
+    assert only_message(report).startswith(f"{bad}: {message}")
+
+
+def test_a_pydantic_error_from_a_reader_is_described_like_ours(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Direct(Reader):
+        file_extensions = (".md",)
+
+        def read(self, path: Path) -> list[SummaryIn]:
+            return [SummaryIn.model_validate({"summary": "no title"})]
+
+    monkeypatch.setattr("newsletter.ingest.store.readers_by_extension", lambda: {".md": Direct})
+    path = write(tmp_path, "paper.md", PAPER_MD)
+
+    assert only_message(ingest_paths(engine, [path])) == f"{path}: field 'title' is required"
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), AttributeError("a bug"), ConfigError("bad config")])
+def test_bugs_and_config_errors_in_a_reader_are_not_swallowed(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    monkeypatch.setattr(_Raising, "error", error)
+    monkeypatch.setattr("newsletter.ingest.store.readers_by_extension", lambda: {".md": _Raising})
+
+    with pytest.raises(type(error)):
+        ingest_paths(engine, [write(tmp_path, "paper.md", PAPER_MD)])
 
 
 def test_a_file_that_is_not_utf8_is_rejected(engine: Engine, tmp_path: Path) -> None:

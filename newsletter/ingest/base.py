@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -107,8 +108,12 @@ class SummaryIn(BaseModel):
     def _absolute_http(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc or re.search(r"\s", value):
+        try:
+            parts = urlsplit(value)
+            absolute = parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+        except ValueError:  # an unclosed IPv6 bracket, ...
+            absolute = False
+        if not absolute or re.search(r"\s", value):
             raise ValueError(f"{value!r} must be an absolute http(s) URL such as https://example.org/paper")
         return value
 
@@ -131,7 +136,12 @@ class SummaryIn(BaseModel):
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC; pydantic would not catch it
+            raise ValueError(
+                f"{value.isoformat()} is out of range once converted to UTC; check the year"
+            ) from None
 
 
 def input_names(field: str) -> tuple[str, ...]:
@@ -149,33 +159,45 @@ def allowed_fields() -> str:
     return ", ".join(described)
 
 
-def validate_item(data: Any, *, where: str) -> SummaryIn:
-    """``data`` as a :class:`SummaryIn`; raises IngestError starting with ``where`` and naming the field."""
+def validate_item(
+    data: Any, *, where: str, lines: Mapping[str, int] | None = None, item: str = ""
+) -> SummaryIn:
+    """``data`` as a :class:`SummaryIn`; raises IngestError ``{where}[:{line}]: [{item}: ]{problem}``.
+
+    ``where`` names the file (``path``, or ``path:line`` when the reader knows the item's line).
+    ``lines``, if given, maps input keys to their line in the file, and ``""`` to the item's first line:
+    the message points at the line of the key at fault, else at the item's (e.g. for a missing field),
+    else at none. ``item`` says which item of the file, e.g. ``item at index 3``. The problem names the
+    field and what to write instead.
+    """
     if not isinstance(data, dict):
-        raise IngestError(
-            f"{where}: expected an object of fields (title, summary, ...), got {type(data).__name__}"
-        )
-    try:
-        return SummaryIn.model_validate(data)
-    except ValidationError as exc:
-        raise IngestError(f"{where}: {_describe(exc)}") from None
+        key, problem = None, f"expected an object of fields (title, summary, ...), got {type(data).__name__}"
+    else:
+        try:
+            return SummaryIn.model_validate(data)
+        except ValidationError as exc:
+            key, problem = explain(exc)
+    line = None if lines is None else lines.get(key or "", lines.get(""))
+    location = where if line is None else f"{where}:{line}"
+    raise IngestError(f"{location}: {item}: {problem}" if item else f"{location}: {problem}")
 
 
-def _describe(exc: ValidationError) -> str:
+def explain(exc: ValidationError) -> tuple[str | None, str]:
+    """The input key at fault (None when the problem is not one key's) and a one-line message naming it."""
     errors = exc.errors()
     # A typo'd key also makes its real field "missing"; the unknown key is the message that helps.
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = error["loc"]
     field = str(loc[0]) if loc else ""
     key = field + "".join(f"[{part}]" for part in loc[1:])
-    message = error["msg"].removeprefix("Value error, ")
+    message = " ".join(error["msg"].removeprefix("Value error, ").split())
     if error["type"] == "extra_forbidden":
-        return f"unknown field {field!r}; allowed fields: {allowed_fields()}"
+        return field, f"unknown field {field!r}; allowed fields: {allowed_fields()}"
     if error["type"] == "missing":
-        return f"field {field!r} is required"
+        return None, f"field {field!r} is required"  # absent, so it has no line
     if error["type"] == "string_too_short":
-        return f"field {field!r} is empty; give it a value"
-    return f"field {key!r}: {message}" if key else message
+        return field, f"field {field!r} is empty; give it a value"
+    return (field, f"field {key!r}: {message}") if key else (None, message)
 
 
 def canonical_url(url: str) -> str:
@@ -226,8 +248,11 @@ class Reader:
 
     - ``file_extensions`` lists the lower-case extensions handled, with the dot (``(".md",)``).
     - ``read(path)`` returns every summary in the file as :class:`SummaryIn` (build them with
-      :func:`validate_item`), or raises :class:`~newsletter.errors.IngestError` whose message starts with
-      the file (and line, where there is one) and says what to fix. One bad item rejects the whole file.
+      :func:`validate_item`, passing ``lines`` if the format knows them), or raises
+      :class:`~newsletter.errors.IngestError` whose message starts with the file (and line, where there
+      is one) and says what to fix. One bad item rejects the whole file. Any other ValueError that escapes
+      (not a NewsletterError) also rejects just this file, with the poorer message ``{path}: {error}``;
+      other exceptions end the run.
     - A reader only reads: it never touches the database. Instances take no arguments.
     """
 

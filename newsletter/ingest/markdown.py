@@ -28,6 +28,7 @@ from newsletter.errors import IngestError
 from newsletter.ingest.base import Reader, SummaryIn, input_names, read_text, validate_item
 
 _FENCE = "---"
+_LINE_OFFSET = 2  # YAML counts lines from 0, and the front matter starts on the file's line 2
 _HEADING = re.compile(r"#{1,6}\s")
 _KEY_POINTS_HEADING = re.compile(r"#{1,6}\s+key\s+(findings|points)\s*:?\s*#*", re.IGNORECASE)
 _BULLET = re.compile(r"\s*(?:[-*+]|\d+[.)])\s+(.*)")
@@ -40,7 +41,7 @@ class MarkdownReader(Reader):
     file_extensions = (".md", ".markdown")
 
     def read(self, path: Path) -> list[SummaryIn]:
-        data, body = _front_matter(path, read_text(path))
+        data, lines, body = _front_matter(path, read_text(path))
         if not any(data.get(key) for key in input_names("key_points")):
             points, body = _key_points(body)
             if points:
@@ -54,11 +55,11 @@ class MarkdownReader(Reader):
             data["summary"] = summary
         if body and not data.get("body"):
             data["body"] = body
-        return [validate_item(data, where=str(path))]
+        return [validate_item(data, where=str(path), lines=lines)]
 
 
-def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
-    """The parsed front matter and the body after it."""
+def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int], str]:
+    """The parsed front matter, the file line of each of its keys, and the body after it."""
     lines = text.splitlines()
     if not lines or lines[0].strip() != _FENCE:
         raise IngestError(
@@ -68,20 +69,78 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
     end = next((i for i, line in enumerate(lines) if i > 0 and line.strip() in (_FENCE, "...")), None)
     if end is None:
         raise IngestError(f"{path}: the front matter is not closed; add a '---' line after its last field")
+    root, data = _load_yaml(path, "\n".join(lines[1:end]))
+    body = "\n".join(lines[end + 1 :]).strip()
+    if root is None:  # empty: validation will name the missing fields
+        return {}, {}, body
+    if not isinstance(root, yaml.MappingNode) or not isinstance(data, dict):
+        raise IngestError(f"{path}:2: front matter must be 'key: value' lines, such as 'title: ...'")
+    key_lines = {key.value: _line(key) for key, _value in root.value if isinstance(key, yaml.ScalarNode)}
+    return data, key_lines, body
+
+
+class _UnbuildableValue(yaml.YAMLError):
+    """A scalar YAML recognises but Python cannot build, such as the timestamp ``2026-11-31``."""
+
+    def __init__(self, node: yaml.Node, reason: str) -> None:
+        super().__init__(reason)
+        self.node = node
+        self.reason = reason
+
+
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` that raises :class:`_UnbuildableValue`, with the node, instead of a bare ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:  # datetime(2026, 11, 31), int() of a 5000-digit number, ...
+            raise _UnbuildableValue(node, str(exc)) from None
+
+
+def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
+    """The front matter's node tree (for line numbers) and its value; IngestError naming the line."""
+    loader = _Loader(text)
+    root = None
     try:
-        data = yaml.safe_load("\n".join(lines[1:end]))
+        root = loader.get_single_node()
+        return root, None if root is None else loader.construct_document(root)
+    except _UnbuildableValue as exc:
+        raise IngestError(f"{path}:{_line(exc.node)}: {_unbuildable(root, exc)}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 2}" if mark else str(path)  # +2: 0-based, after the opening '---'
+        where = f"{path}:{mark.line + _LINE_OFFSET}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise IngestError(
             f"{where}: front matter is not valid YAML ({problem}); check indentation and quoting"
         ) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise IngestError(f"{path}:2: front matter must be 'key: value' lines, such as 'title: ...'")
-    return data, "\n".join(lines[end + 1 :]).strip()
+    except RecursionError:
+        raise IngestError(f"{path}: front matter is nested too deeply to read; flatten it") from None
+    finally:
+        loader.dispose()
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + _LINE_OFFSET
+
+
+def _unbuildable(root: yaml.Node | None, exc: _UnbuildableValue) -> str:
+    """E.g. ``date: 2026-11-31 is not a real date (day is out of range for month); use YYYY-MM-DD``."""
+    text = exc.node.value if isinstance(exc.node, yaml.ScalarNode) else "the value"
+    value = text if len(text) <= 40 else text[:40] + "..."
+    pairs = root.value if isinstance(root, yaml.MappingNode) else []
+    keys = [k.value for k, node in pairs if isinstance(k, yaml.ScalarNode) and _contains(node, exc.node)]
+    named = f"{keys[0]}: {value}" if keys else value
+    reason = exc.reason.partition(";")[0]  # drop Python's advice (sys.set_int_max_str_digits)
+    if exc.node.tag == "tag:yaml.org,2002:timestamp":
+        if len(text) <= len("2026-11-03"):
+            return f"{named} is not a real date ({reason}); use YYYY-MM-DD"
+        return f"{named} is not a real date and time ({reason}); use YYYY-MM-DD HH:MM:SS+01:00"
+    return f"{named} cannot be read ({reason}); put the value in quotes to keep it as text"
+
+
+def _contains(outer: yaml.Node, inner: yaml.Node) -> bool:
+    return outer.start_mark.index <= inner.start_mark.index < outer.end_mark.index or outer is inner
 
 
 def _key_points(body: str) -> tuple[list[str], str]:

@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from newsletter.db import session
-from newsletter.errors import IngestError
-from newsletter.ingest.base import SummaryIn, compute_uid, reader_for, readers_by_extension
+from newsletter.errors import IngestError, NewsletterError
+from newsletter.ingest.base import Reader, SummaryIn, compute_uid, explain, reader_for, readers_by_extension
 from newsletter.models import Summary, utcnow
 
 log = logging.getLogger(__name__)
@@ -86,16 +87,19 @@ def ingest_paths(
 ) -> IngestReport:
     """Ingest files and folders of summaries, one transaction per file; ``on_file`` runs after each file.
 
-    Never raises for a bad, missing or unsupported file: it is reported in ``rejected``. Raises
-    IngestError only if a registered reader plugin cannot be loaded.
+    Never raises for a bad, missing or unsupported file: it is reported in ``rejected``, its message
+    starting with the path. Besides the IngestError readers raise, any ValueError escaping a reader (a
+    plugin's, a value its parser cannot build) rejects that file, so one file cannot end the run.
+
+    Raises IngestError if a registered reader plugin cannot be loaded. Everything else propagates and
+    ends the run, the files before it committed: database errors, ``NewsletterError``s other than
+    IngestError (a ConfigError is never swallowed), and bugs (TypeError, AttributeError, ...).
     """
     readers = readers_by_extension()
     report = IngestReport()
     for path in find_files(paths):
         try:
-            if not path.exists():
-                raise IngestError(f"{path}: no such file or folder; check the path")
-            items = reader_for(path, readers).read(path)
+            items = _read_file(path, readers)
             result = ingest_items(engine, items, origin=str(path))
             log.info("%s: %s", path, result.summary_line())
             report.add(result)
@@ -105,6 +109,26 @@ def ingest_paths(
         if on_file is not None:
             on_file(path)
     return report
+
+
+def _read_file(path: Path, readers: dict[str, type[Reader]]) -> list[SummaryIn]:
+    """The summaries in ``path``, by the reader for its extension; IngestError for a file to reject.
+
+    A ValueError from the reader becomes IngestError ``{path}: {message}`` (one line; a pydantic
+    ValidationError about SummaryIn is described the way :func:`~newsletter.ingest.base.validate_item` does).
+    """
+    if not path.exists():
+        raise IngestError(f"{path}: no such file or folder; check the path")
+    reader = reader_for(path, readers)
+    try:
+        return reader.read(path)
+    except NewsletterError:
+        raise
+    except ValueError as exc:
+        log.debug("%s: %s.read raised", path, type(reader).__name__, exc_info=True)
+        is_ours = isinstance(exc, ValidationError) and exc.title == SummaryIn.__name__
+        message = explain(exc)[1] if is_ours else " ".join(str(exc).split()) or type(exc).__name__
+        raise IngestError(f"{path}: {message}") from exc
 
 
 def ingest_items(engine: Engine, items: Sequence[SummaryIn], *, origin: str) -> IngestReport:

@@ -161,13 +161,23 @@ def subscribers_import(
 
     Example: newsletter subscribers import subscribers/example.csv
     """
-    with _opened(config) as (_config, engine):
-        report = subscriber_list.import_csv(engine, file)
+    with _opened(config) as (_config, engine), _progress() as bar:
+        task = bar.add_task("importing", total=_data_lines(file))
+        report = subscriber_list.import_csv(engine, file, on_row=lambda: bar.advance(task))
     for line, problem in report.bad_rows:
         errors.print(Text(f"{file}:{line}: {problem}"), soft_wrap=True)
     console.print(report.summary_line())
     if report.bad_rows:
         raise typer.Exit(1)
+
+
+def _data_lines(file: Path) -> int | None:
+    """Lines after the header, as a progress total (None when the file cannot be read: import says why)."""
+    try:
+        with file.open("rb") as handle:
+            return max(sum(1 for _ in handle) - 1, 0)
+    except OSError:
+        return None
 
 
 StatusOption = Annotated[SubscriberStatus | None, typer.Option("--status", help="Only subscribers in this state.")]

@@ -10,18 +10,18 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, insert
 from sqlmodel import Session, col, select
 
 from newsletter.db import session
 from newsletter.errors import InvalidAddress, NewsletterError
-from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus, utcnow
+from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus, new_token, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def add_subscriber(engine: Engine, raw_address: str, name: str | None = None, *,
             db.add(existing)
             db.commit()
             return existing
-        subscriber = _new_subscriber(address, clean_name(name), source)
+        subscriber = Subscriber(**_new_subscriber_values(address, clean_name(name), source))
         db.add(subscriber)
         db.flush()
         db.add(Event(subscriber_id=subscriber.id, kind=EventKind.SUBSCRIBED, detail={"source": source}))
@@ -80,16 +80,22 @@ def add_subscriber(engine: Engine, raw_address: str, name: str | None = None, *,
         return subscriber
 
 
-def _new_subscriber(address: str, name: str | None, source: str) -> Subscriber:
+def _new_subscriber_values(address: str, name: str | None, source: str) -> dict[str, Any]:
+    """Column values for an active subscriber added by the operator (add or import)."""
     now = utcnow()
-    return Subscriber(
-        email=address,
-        name=name,
-        status=SubscriberStatus.ACTIVE,
-        consent_source=source,
-        consent_at=now,
-        confirmed_at=now,
-    )
+    return {
+        "email": address,
+        "name": name,
+        "status": SubscriberStatus.ACTIVE,
+        "topics": [],
+        "token": new_token(),
+        "consent_source": source,
+        "consent_at": now,
+        "confirmed_at": now,
+        "bounce_score": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 @dataclass
@@ -114,25 +120,26 @@ class _Row:
     name: str | None
 
 
-def import_csv(engine: Engine, path: Path, *, source: str | None = None) -> ImportReport:
+def import_csv(
+    engine: Engine, path: Path, *, source: str | None = None, on_row: Callable[[], None] | None = None
+) -> ImportReport:
     """Upsert the subscribers of a CSV file with an ``email`` column (and optionally ``name``).
 
-    Every row is validated first; bad rows are reported by line number and the rest are written in one
-    transaction. Raises NewsletterError when the file cannot be read or has no ``email`` column.
+    Every row is validated first (``on_row`` is called after each, for a progress bar); bad rows are
+    reported by line number and the rest are written in one transaction. Raises NewsletterError when the
+    file cannot be read or has no ``email`` column.
     """
     report = ImportReport()
-    rows = list(_read_rows(path, report))
-    latest: dict[str, _Row] = {row.address.lower(): row for row in rows}  # a repeated address: last row wins
+    latest: dict[str, _Row] = {}
+    for row in _read_rows(path, report, on_row):
+        latest[row.address.lower()] = row  # a repeated address: the last row wins
+    added: list[dict[str, Any]] = []
     with session(engine) as db:
         existing = _existing_by_address(db, list(latest))
         for key, row in latest.items():
             subscriber = existing.get(key)
             if subscriber is None:
-                subscriber = _new_subscriber(row.address, row.name, source or f"import:{path.name}")
-                db.add(subscriber)
-                db.flush()
-                db.add(Event(subscriber_id=subscriber.id, kind=EventKind.SUBSCRIBED, detail={"source": path.name}))
-                report.added += 1
+                added.append(_new_subscriber_values(row.address, row.name, source or f"import:{path.name}"))
             elif subscriber.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
                 report.left_list += 1
             elif row.name and row.name != subscriber.name:
@@ -142,11 +149,19 @@ def import_csv(engine: Engine, path: Path, *, source: str | None = None) -> Impo
                 report.updated += 1
             else:
                 report.unchanged += 1
+        if added:
+            # Plain multi-row INSERTs: building one ORM object per row costs ~1 ms each with SQLModel.
+            ids = db.execute(
+                insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True), added
+            ).scalars().all()
+            event = {"kind": EventKind.SUBSCRIBED, "at": utcnow(), "detail": {"source": path.name}}
+            db.execute(insert(Event), [{**event, "subscriber_id": new_id} for new_id in ids])
         db.commit()
+    report.added = len(added)
     return report
 
 
-def _read_rows(path: Path, report: ImportReport) -> Iterator[_Row]:
+def _read_rows(path: Path, report: ImportReport, on_row: Callable[[], None] | None) -> Iterator[_Row]:
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
@@ -162,6 +177,8 @@ def _read_rows(path: Path, report: ImportReport) -> Iterator[_Row]:
         reader.fieldnames = columns
         try:
             for record in reader:
+                if on_row:
+                    on_row()
                 line = reader.line_num
                 try:
                     address = normalise_address(record.get("email") or "")

@@ -68,7 +68,9 @@ def test_import_reports_bad_rows_by_line_and_imports_the_rest(engine, tmp_path):
         "dup@example.org,Second\n"
         ",empty\n",
     )
-    report = import_csv(engine, path)
+    rows_seen = []
+    report = import_csv(engine, path, on_row=lambda: rows_seen.append(1))
+    assert len(rows_seen) == 7  # the progress bar advances once per data row, bad ones included
     assert [line for line, _ in report.bad_rows] == [3, 8]
     assert "'broken-address' is not a valid email address" in report.bad_rows[0][1]
     assert (report.added, report.updated, report.left_list) == (2, 1, 1)

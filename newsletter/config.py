@@ -19,6 +19,7 @@ import os
 import re
 from email.utils import parseaddr
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -74,8 +75,22 @@ class NewsletterSection(_Section):
     @field_validator("site_url")
     @classmethod
     def _absolute_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"{value!r} must be an absolute http(s) URL such as https://example.org")
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or any(ch.isspace() or ch in '<>"' for ch in value)
+        ):
+            raise ValueError(
+                f"{value!r} must be an absolute http(s) URL without spaces, query or fragment, "
+                f"such as https://example.org"
+            )
         return value.rstrip("/")
 
     @property

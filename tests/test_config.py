@@ -67,8 +67,12 @@ def test_a_wrong_key_or_value_names_the_file_the_key_and_what_is_allowed(tmp_pat
 def test_bad_addresses_and_urls_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="newsletter.sender: 'nobody' is not a valid address"):
         load_config(write(tmp_path, VALID.replace("Research Weekly <digest@example.org>", "nobody")))
-    with pytest.raises(ConfigError, match="newsletter.site_url: 'news.example.org' must be an absolute"):
-        load_config(write(tmp_path, VALID.replace("https://news.example.org/", "news.example.org")))
+    for bad in ("news.example.org", "https://news.example.org/my news", "https://", "ftp://example.org"):
+        with pytest.raises(ConfigError, match=f"newsletter.site_url: '{bad}' must be an absolute http"):
+            load_config(write(tmp_path, VALID.replace("https://news.example.org/", f"'{bad}'")))
+    assert load_config(write(tmp_path, VALID.replace(".org/", ".org/letters/"))).newsletter.site_url == (
+        "https://news.example.org/letters"
+    )
 
 
 def test_a_missing_required_key_is_named(tmp_path):

@@ -245,7 +245,10 @@ def digest_prepare(config: ConfigOption = None) -> None:
     console.print(result.message())
 
 
-IssueOption = Annotated[int | None, typer.Option("--issue", "-i", help="Only this issue number.")]
+MAX_NUMBER = 2**31 - 1  # what every database stores in an INTEGER column
+IssueOption = Annotated[
+    int | None, typer.Option("--issue", "-i", min=1, max=MAX_NUMBER, help="Only this issue number.")
+]
 
 
 @digest_app.command("render")
@@ -267,7 +270,7 @@ def digest_render(
 @digest_app.command("send")
 def digest_send(
     issue: IssueOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Messages per claimed batch.")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Messages per claimed batch.")] = 100,
     config: ConfigOption = None,
 ) -> None:
     """Send what is due of every unfinished issue (or only --issue N) through the configured backend.
@@ -296,7 +299,9 @@ def digest_send(
 
 @digest_app.command("status")
 def digest_status(
-    issue: Annotated[int | None, typer.Argument(help="Issue number (default: the newest).")] = None,
+    issue: Annotated[
+        int | None, typer.Argument(min=1, max=MAX_NUMBER, help="Issue number (default: the newest).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Show an issue's deliveries by state.

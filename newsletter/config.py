@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+from email.headerregistry import Address
 from email.utils import parseaddr
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any
@@ -65,12 +67,12 @@ class NewsletterSection(_Section):
         if value is None:
             return None
         value = _no_line_breaks(value)
-        _display, address = parseaddr(value)
+        display, address = parseaddr(value)
         try:
-            validate_email(address, check_deliverability=False)
+            ascii_address = validate_email(address, check_deliverability=False, allow_smtputf8=False).ascii_email
         except EmailNotValidError as exc:
             raise ValueError(f"{value!r} is not a valid address ({exc}); use 'Name <you@example.org>'") from None
-        return value
+        return str(Address(display_name=display, addr_spec=ascii_address))
 
     @field_validator("site_url")
     @classmethod
@@ -86,10 +88,11 @@ class NewsletterSection(_Section):
             or parts.query
             or parts.fragment
             or any(ch.isspace() or ch in '<>"' for ch in value)
+            or not value.isascii()
         ):
             raise ValueError(
                 f"{value!r} must be an absolute http(s) URL without spaces, query or fragment, "
-                f"such as https://example.org"
+                f"such as https://example.org (an international domain in its xn-- form)"
             )
         return value.rstrip("/")
 
@@ -124,6 +127,8 @@ class DatabaseSection(_Section):
     def _known_scheme(cls, value: str) -> str:
         if not re.match(r"^(sqlite|postgresql(\+\w+)?)://", value):
             raise ValueError(f"{value!r} must start with sqlite:/// or postgresql+psycopg://")
+        if value in ("sqlite://", "sqlite:///", "sqlite:///:memory:") or "mode=memory" in value:
+            raise ValueError(f"{value!r} is an in-memory database that forgets everything; name a file")
         return value
 
 
@@ -144,11 +149,13 @@ class ScheduleSection(_Section):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         try:
-            CronTrigger.from_crontab(value)
+            trigger = CronTrigger.from_crontab(value, timezone="UTC")
         except ValueError as exc:
             raise ValueError(
                 f"{value!r} is not a 5-field cron expression such as '0 8 * * mon' ({exc})"
             ) from None
+        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+            raise ValueError(f"{value!r} never fires (no such date); use e.g. '0 8 * * mon'")
         return value
 
     @property
@@ -196,7 +203,8 @@ def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) ->
     data = dict(data)
     database_url = os.environ.get("NEWSLETTER_DATABASE_URL")
     if database_url:
-        data["database"] = {**(data.get("database") or {}), "url": database_url}
+        section = data.get("database")
+        data["database"] = {**(section if isinstance(section, dict) else {}), "url": database_url}
     try:
         config = Config.model_validate({**data, "base_dir": base_dir, "source": source})
     except ValidationError as exc:
@@ -229,8 +237,12 @@ def load_config(path: str | Path | None = None) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{chosen}:{mark.line + 1}" if mark else str(chosen)
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise ConfigError(f"{where}: not valid YAML ({problem}); check indentation and quoting") from None
+    except (ValueError, RecursionError) as exc:  # e.g. "2026-13-01" read as an impossible date
+        raise ConfigError(
+            f"{chosen}: a value cannot be read ({' '.join(str(exc).split())}); put text values in quotes"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{chosen}: not UTF-8 text; save the file as UTF-8") from None
     if not isinstance(data, dict):

@@ -50,7 +50,8 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url)
     except ModuleNotFoundError as exc:
         raise NewsletterError(
-            f"database.url needs the {exc.name} driver, which is not installed: pip install 'psycopg[binary]'"
+            f"database.url needs the {exc.name} driver, which is not installed; for postgresql+psycopg:// "
+            f"URLs: pip install 'psycopg[binary]'"
         ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -68,7 +68,11 @@ class DemoResult:
 
 def _refuse_foreign_folder(directory: Path, config_path: Path) -> None:
     """The demo replaces its own earlier data; it never touches a folder that holds anything else."""
-    if not directory.exists() or not any(directory.iterdir()):
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise NewsletterError(f"{directory} is a file; --dir needs a folder")
+    if not any(directory.iterdir()):
         return
     try:
         ours = config_path.read_text(encoding="utf-8").startswith(DEMO_MARKER)

@@ -59,6 +59,7 @@ _MONTHS = (
     "July", "August", "September", "October", "November", "December",
 )  # fmt: skip
 _LEGAL = "anti-spam law requires an unsubscribe link and the postal address in every email"
+_HIDDEN = re.compile(r"<!--.*?-->|<head\b.*?</head>", re.DOTALL | re.IGNORECASE)  # nothing a reader sees
 _MJML_DOCS = "https://documentation.mjml.io"
 _JINJA_DOCS = "https://jinja.palletsprojects.com/en/stable/templates/"
 
@@ -372,8 +373,8 @@ def render_issue(
     html_part = _compile(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE), compile_mjml)
     text_part = tidy_text(_render(env, DIGEST_TEXT_TEMPLATE, context))
     address = config.newsletter.postal_address
-    _require_legal_footer(_describe_name(env, DIGEST_MJML_TEMPLATE), html.unescape(html_part), markers, address)
-    _require_legal_footer(_describe_name(env, DIGEST_TEXT_TEMPLATE), text_part, markers, address)
+    _require_legal_footer(_describe_name(env, DIGEST_MJML_TEMPLATE), html_part, markers, address, is_html=True)
+    _require_legal_footer(_describe_name(env, DIGEST_TEXT_TEMPLATE), text_part, markers, address, is_html=False)
     log.info("rendered issue %s: %d items, %d bytes of HTML", issue.number, len(context["items"]), len(html_part))
     return RenderedIssue(subject, context["preheader"], html_part, text_part, markers)
 
@@ -387,11 +388,20 @@ def _subject(env: Environment, context: Mapping[str, Any]) -> str:
     return subject
 
 
-def _require_legal_footer(name: str, content: str, markers: RecipientValues, address: str) -> None:
-    """Raise TemplateError unless ``content`` (HTML already unescaped) has the unsubscribe placeholder and
-    the postal address; whitespace is compared loosely, since the text part wraps a long address."""
+def _require_legal_footer(name: str, content: str, markers: RecipientValues, address: str, *, is_html: bool) -> None:
+    """Raise TemplateError unless ``content`` shows the unsubscribe link and the postal address.
+
+    In the HTML part, comments and the ``<head>`` do not count and the link must be an ``href``; the
+    address is compared unescaped and with whitespace collapsed (the text part wraps a long address).
+    """
+    if is_html:
+        content = _HIDDEN.sub(" ", content)
+        has_link = re.search(rf"href=[\"']{markers.unsubscribe_url}[\"']", content) is not None
+        content = html.unescape(content)
+    else:
+        has_link = markers.unsubscribe_url in content
     missing = []
-    if markers.unsubscribe_url not in content:
+    if not has_link:
         missing.append("the unsubscribe link {{ recipient.unsubscribe_url }}")
     if " ".join(address.split()) not in " ".join(content.split()):
         missing.append("the postal address {{ newsletter.postal_address }}")

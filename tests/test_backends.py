@@ -242,16 +242,35 @@ def test_smtp_reconnects_when_the_server_dropped_the_connection(
     assert server.handler.connections_per_message() == [1, 2, 2]
 
 
-def test_smtp_batch_is_left_for_retry_when_the_server_is_gone(
+def test_smtp_batch_is_refused_whole_when_the_server_is_gone(
     tmp_path: Path, start_server: Callable[..., RunningServer]
 ) -> None:
     server = start_server()
     with smtp_backend(tmp_path, server, timeout=5) as backend:
         server.stop()  # closes our connection; reconnecting is refused
-        results = backend.send([outgoing(1), outgoing(2)])
+        with pytest.raises(DeliveryError, match=f"cannot connect to 127.0.0.1:{server.port}"):
+            backend.send([outgoing(1), outgoing(2)])
 
-    assert [r.status for r in results] == [SendStatus.RETRY, SendStatus.RETRY]
-    assert all(f"cannot connect to 127.0.0.1:{server.port}" in r.detail for r in results)
+
+def test_smtp_server_lost_mid_batch_leaves_the_rest_for_retry(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    with smtp_backend(tmp_path, server, timeout=5) as backend:
+        first = backend.send([outgoing(1)])
+        original = backend._transaction
+
+        def stop_after_first(message: OutgoingMessage) -> SendResult:
+            if message.delivery_id == 3:
+                server.stop()
+            return original(message)
+
+        backend._transaction = stop_after_first  # type: ignore[method-assign]
+        results = backend.send([outgoing(2), outgoing(3), outgoing(4)])
+
+    assert first[0].status is SendStatus.SENT
+    assert [r.status for r in results] == [SendStatus.SENT, SendStatus.RETRY, SendStatus.RETRY]
+    assert f"127.0.0.1:{server.port}" in results[1].detail
 
 
 def test_smtp_non_ascii_address_uses_smtputf8_when_offered(
@@ -469,6 +488,7 @@ def test_misspelt_required_smtp_option_is_named_rather_than_reported_missing(tmp
             {"host": "smtp.example.org", "security": "none", "username": "u"},
             "backend.options: a username with security 'none' would send the password unencrypted",
         ),
+        ({"host": "x", "security": "none", "ca_file": "ca.pem"}, "backend.options: ca_file is only used with"),
     ],
 )
 def test_bad_smtp_option_values_fail_at_config_load(

@@ -165,3 +165,10 @@ def test_demo_never_overwrites_a_folder_that_is_not_a_demo(tmp_path):
     assert (tmp_path / "prod" / "config.yaml").read_text(encoding="utf-8") == "newsletter: {}\n"
     assert invoke("demo", "--dir", tmp_path / "d").exit_code == 0
     assert invoke("demo", "--dir", tmp_path / "d").exit_code == 0  # a demo folder is fair game
+    is_a_file = invoke("demo", "--dir", tmp_path / "prod" / "config.yaml")
+    assert is_a_file.exit_code == 1 and "is a file; --dir needs a folder" in is_a_file.output
+
+
+def test_numbers_too_large_for_the_database_are_refused_by_the_option(tmp_path):
+    result = invoke("digest", "send", "--issue", "99999999999999999999", "--config", config_file(tmp_path))
+    assert result.exit_code == 2 and "--issue" in result.output and "Traceback" not in result.output

@@ -94,3 +94,33 @@ def test_missing_file_says_how_to_fix_it(tmp_path):
 def test_environment_overrides_the_database_url(tmp_path, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path}/other.db")
     assert load_config(write(tmp_path, VALID)).database_url == f"sqlite:///{tmp_path}/other.db"
+
+
+def test_addresses_are_kept_in_the_ascii_form_mail_headers_need(tmp_path):
+    text = VALID.replace("Research Weekly <digest@example.org>", "'\"Forschung, Wöchentlich\" <digest@Bücher.example>'")
+    newsletter = load_config(write(tmp_path, text)).newsletter
+    assert newsletter.sender == '"Forschung, Wöchentlich" <digest@xn--bcher-kva.example>'
+    assert newsletter.sender_domain == "xn--bcher-kva.example"
+    with pytest.raises(ConfigError, match="newsletter.sender: .* is not a valid address"):
+        load_config(write(tmp_path, VALID.replace("Research Weekly <digest@example.org>", "R <jörg@example.org>")))
+    with pytest.raises(ConfigError, match="newsletter.site_url: .*in its xn-- form"):
+        load_config(write(tmp_path, VALID.replace("https://news.example.org/", "https://bücher.example")))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (VALID + "schedule:\n  cron: '0 8 31 2 *'\n", r"schedule.cron: '0 8 31 2 \*' never fires"),
+        (VALID + "database:\n  url: 'sqlite://'\n", "is an in-memory database that forgets everything"),
+        (VALID.replace("name: Research Weekly", "name: 2026-13-01"), "a value cannot be read"),
+    ],
+    ids=["cron-never-fires", "in-memory-database", "impossible-date"],
+)
+def test_values_that_would_fail_later_are_refused_at_start(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, text))
+
+
+def test_the_database_variable_works_whatever_the_file_has_under_database(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path}/env.db")
+    assert load_config(write(tmp_path, VALID + "database: oops\n")).database_url == f"sqlite:///{tmp_path}/env.db"

@@ -568,3 +568,20 @@ def test_the_bundled_samples_ingest_cleanly(engine: Engine) -> None:
     assert all(row.summary and row.url and row.published_at for row in rows)
     assert any(not text.isascii() for row in rows for text in (row.title, row.summary, row.body or ""))
     assert ingest_paths(engine, [sample_summaries_dir()]).unchanged == len(rows)
+
+
+def test_numbers_are_not_dates(engine, tmp_path):
+    bad = tmp_path / "year.md"
+    bad.write_text("---\ntitle: A\nsummary: S\ndate: 2026\n---\n", encoding="utf-8")
+    report = ingest_paths(engine, [bad])
+    assert len(report.rejected) == 1 and "2026 is not an ISO date" in report.rejected[0].message
+
+
+def test_json_lines_keep_unicode_line_separators_inside_strings(engine, tmp_path):
+    path = tmp_path / "sep.jsonl"
+    path.write_text(
+        json.dumps({"title": "Line\u2028separated", "summary": "Para\u2029graph"}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    report = ingest_paths(engine, [path])
+    assert (report.added, report.rejected) == (1, [])

@@ -63,8 +63,14 @@ FOOTER_WITHOUT_ADDRESS = (
         ({"digest.txt.j2": "{{ recipient.unsubscribe_url }}\n"}, "digest.txt.j2", "the postal address"),
         ({"partials/footer.mjml.j2": FOOTER_WITHOUT_UNSUBSCRIBE}, "digest.mjml.j2", "the unsubscribe link"),
         ({"partials/footer.mjml.j2": FOOTER_WITHOUT_ADDRESS}, "digest.mjml.j2", "the postal address"),
+        (
+            {"partials/footer.mjml.j2": "<mj-raw><!-- {{ recipient.unsubscribe_url }} "
+             "{{ newsletter.postal_address }} --></mj-raw>"},
+            "digest.mjml.j2",
+            "the unsubscribe link .* and the postal address",
+        ),
     ],
-    ids=["text-no-unsubscribe", "text-no-address", "html-no-unsubscribe", "html-no-address"],
+    ids=["text-no-unsubscribe", "text-no-address", "html-no-unsubscribe", "html-no-address", "html-in-comment"],
 )
 def test_a_digest_part_without_the_legal_footer_is_a_template_error(
     tmp_path: Path, files: dict[str, str], part: str, missing: str

@@ -2,6 +2,7 @@
 starts, says when it runs next, and stops cleanly on SIGTERM."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from sqlmodel import select
 
 from newsletter.db import session
 from newsletter.models import Delivery, DeliveryStatus, Issue
-from newsletter.schedule import next_run_time, weekly_digest
+from newsletter.digest import prepare_issue
+from newsletter.schedule import next_run_time, send_due, weekly_digest
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries
 
@@ -39,6 +41,17 @@ def test_the_weekly_job_prepares_and_sends(config, engine):
     assert [(d.status, d.attempts) for d in deliveries] == [(DeliveryStatus.SENT, 1)] * 2
 
 
+def test_the_retry_job_sends_what_became_due_and_is_quiet_otherwise(config, engine, caplog):
+    send_due(engine, config)  # nothing prepared yet: no error, nothing logged as failed
+    assert "failed" not in caplog.text
+    add_summaries(engine, 1)
+    add_people(engine, "a@example.org")
+    prepare_issue(engine, config)
+    send_due(engine, config)
+    with session(engine) as db:
+        assert [d.status for d in db.exec(select(Delivery))] == [DeliveryStatus.SENT]
+
+
 def test_run_logs_the_next_run_and_stops_on_sigterm(tmp_path):
     config_file = tmp_path / "config.yaml"
     config_file.write_text(
@@ -54,7 +67,8 @@ def test_run_logs_the_next_run_and_stops_on_sigterm(tmp_path):
         for line in process.stderr:
             if "scheduler started" in line:
                 break
-        assert "next digest at" in line and "+01:00" in line and "Europe/Berlin" in line
+        assert re.search(r"next digest at \S+T08:00\+0[12]:00 .* in Europe/Berlin", line)
+        assert "due retries are sent every 5 minutes" in line
         process.send_signal(signal.SIGTERM)
         rest = process.stderr.read()
         assert process.wait(timeout=30) == 0

@@ -68,6 +68,8 @@ class SmtpOptions(BaseModel):
                 f"a username with security 'none' would send the password unencrypted to {self.host}; "
                 "use security: starttls or tls"
             )
+        if self.ca_file and self.security == "none":
+            raise ValueError("ca_file is only used with security: starttls or tls")
         return self
 
 
@@ -110,12 +112,18 @@ class SmtpBackend(Backend):
             smtp.close()
 
     def send(self, batch: Sequence[OutgoingMessage]) -> list[SendResult]:
-        """One result per message, in order; see the module docstring for the status mapping."""
+        """One result per message, in order; see the module docstring for the status mapping.
+
+        Raises DeliveryError when the server cannot be reached before any message of the batch was handed
+        over: an outage is not the recipients' failure and must not use up their retries.
+        """
         results: list[SendResult] = []
         for position, message in enumerate(batch):
             try:
                 results.append(self._send_one(message))
             except DeliveryError as exc:
+                if position == 0:
+                    raise
                 remaining = batch[position:]
                 log.warning("%s; %d message(s) left for retry", exc, len(remaining))
                 results.extend(SendResult(m.delivery_id, SendStatus.RETRY, str(exc)) for m in remaining)

@@ -120,6 +120,8 @@ class SummaryIn(BaseModel):
     @field_validator("published_at", mode="before")
     @classmethod
     def _iso_date(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):  # pydantic reads numbers as epochs
+            raise ValueError(f"{value!r} is not an ISO date; write 2026-11-03 or 2026-11-03T09:30:00+01:00")
         if isinstance(value, date) and not isinstance(value, datetime):
             return datetime.combine(value, time(), tzinfo=UTC)
         if isinstance(value, str):

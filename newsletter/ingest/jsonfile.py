@@ -49,7 +49,8 @@ class JsonLinesReader(Reader):
 
     def read(self, path: Path) -> list[SummaryIn]:
         items = []
-        for number, line in enumerate(read_text(path).splitlines(), start=1):
+        # Only "\n" ends a record: JSON strings may hold U+2028 and friends, which str.splitlines() splits on.
+        for number, line in enumerate(read_text(path).split("\n"), start=1):
             if not line.strip():
                 continue
             try:

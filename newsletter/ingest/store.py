@@ -104,7 +104,7 @@ def ingest_paths(
             log.info("%s: %s", path, result.summary_line())
             report.add(result)
         except IngestError as exc:
-            log.warning("rejected %s", exc)
+            log.info("rejected %s", exc)  # the caller reports rejections to the user
             report.rejected.append(Rejection(path, str(exc)))
         if on_file is not None:
             on_file(path)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +30,7 @@ from rich.text import Text
 from sqlalchemy import Engine
 from typer.core import TyperGroup
 
+from newsletter import subscribers as subscriber_list
 from newsletter.backends import create_backend
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
@@ -38,7 +40,6 @@ from newsletter.errors import NewsletterError
 from newsletter.ingest import find_files, ingest_paths
 from newsletter.models import Issue, SubscriberStatus
 from newsletter.schedule import run_scheduler
-from newsletter import subscribers as subscriber_list
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -67,7 +68,9 @@ app = _app(
     "Example: [bold]newsletter demo[/bold], then [bold]newsletter --help[/bold] for the rest.",
 )
 subscribers_app = _app("Manage the subscriber list.\n\nExample: newsletter subscribers import subscribers/example.csv")
-digest_app = _app("Prepare, render and send the weekly digest.\n\nExample: newsletter digest prepare && newsletter digest send")
+digest_app = _app(
+    "Prepare, render and send the weekly digest.\n\nExample: newsletter digest prepare && newsletter digest send"
+)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(digest_app, name="digest")
 
@@ -128,8 +131,9 @@ def ingest(
     Example: newsletter ingest summaries/ extra/paper.md
     """
     with _opened(config) as (_config, engine), _progress() as bar:
-        task = bar.add_task("ingesting", total=len(find_files(paths)))
-        report = ingest_paths(engine, paths, on_file=lambda _path: bar.advance(task))
+        files = find_files(paths)  # expanded once: the progress total, then the work
+        task = bar.add_task("ingesting", total=len(files))
+        report = ingest_paths(engine, files, on_file=lambda _path: bar.advance(task))
     for rejection in report.rejected:
         errors.print(Text(f"rejected: {rejection.message}"), soft_wrap=True)
     console.print(report.summary_line())
@@ -328,9 +332,9 @@ def run(config: ConfigOption = None) -> None:
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option("--dir", help="Where the demo writes its database, outbox and HTML.")] = Path(
-        "newsletter-demo"
-    ),
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the demo writes its database, outbox and HTML.")
+    ] = Path("newsletter-demo"),
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="Use this config's newsletter details and templates (the demo "

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.utils import parseaddr
-from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml

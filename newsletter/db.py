@@ -45,7 +45,9 @@ def make_engine(url: str) -> Engine:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise NewsletterError(f"cannot create the database folder {folder} ({exc.strerror}); check database.url") from None
+            raise NewsletterError(
+                f"cannot create the database folder {folder} ({exc.strerror}); check database.url"
+            ) from None
     try:
         engine = create_engine(url)
     except ModuleNotFoundError as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
 from newsletter.config import Config
@@ -167,7 +167,7 @@ def _due(issue_id: int, now: datetime) -> Any:
     )
 
 
-def _due_count(db: Any, issue_id: int, now: datetime) -> int:
+def _due_count(db: Session, issue_id: int, now: datetime) -> int:
     return db.exec(select(func.count()).select_from(Delivery).where(_due(issue_id, now))).one()
 
 
@@ -319,19 +319,21 @@ def write_preview(
     subscriber, or a made-up reader when the list is empty.
     """
     with session(engine) as db:
-        period = period_containing(now or utcnow(), config.schedule.zone)
-        issue, items = draft_issue(db, config, period)
-        this_period = db.exec(select(Issue.id).where(Issue.period_key == period.key)).first()
-        if number is None and not items and issue.number == 1:
-            raise NewsletterError(
-                "nothing to render: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
-            )
-        if number is not None or this_period is not None or not items:
+        issue: Issue | None = None
+        if number is None:
+            period = period_containing(now or utcnow(), config.schedule.zone)
+            if db.exec(select(Issue.id).where(Issue.period_key == period.key)).first() is None:
+                draft, items = draft_issue(db, config, period)
+                if items:
+                    issue, description = draft, f"draft of issue #{draft.number} (not prepared yet)"
+            if issue is None and db.exec(select(Issue.id)).first() is None:
+                raise NewsletterError(
+                    "nothing to render: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
+                )
+        if issue is None:
             issue = find_issue(db, number)
             items = issue_items(db, issue)
             description = f"issue #{issue.number} ({issue.status.value})"
-        else:
-            description = f"draft of issue #{issue.number} (not prepared yet)"
         sample = db.exec(
             select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(col(Subscriber.id))
         ).first() or Subscriber(email="reader@example.org", name="Sample Reader")

@@ -25,6 +25,10 @@ class IngestError(NewsletterError, ValueError):
     """A summary file that cannot be read; the whole file is rejected."""
 
 
+class InvalidToken(NewsletterError, ValueError):
+    """A link token that was tampered with or signed for another purpose."""
+
+
 class TemplateError(NewsletterError):
     """A template that is missing, does not render, or does not compile to HTML."""
 

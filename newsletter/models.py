@@ -1,7 +1,8 @@
 """The records newsletter keeps, as SQLModel tables (see DESIGN.md, "Records").
 
 Times are timezone-aware UTC (``utcnow()``); convert to the configured timezone only for display and for
-computing periods. Status columns hold the enum's lowercase value in a plain string column. Schema changes go through an Alembic migration in ``newsletter/migrations``.
+computing periods. Status columns hold the enum's lowercase value in a plain string column. Schema changes
+go through an Alembic migration in ``newsletter/migrations``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import re
 import secrets
 import textwrap
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -352,17 +352,10 @@ def render_subject(config: Config, issue: Issue, items: Sequence[Summary]) -> st
     return _subject(template_environment(config), issue_context(config, issue, items, new_markers()))
 
 
-def render_issue(
-    config: Config,
-    issue: Issue,
-    items: Sequence[Summary],
-    *,
-    compile_mjml: Callable[[str], str] | None = None,
-) -> RenderedIssue:
+def render_issue(config: Config, issue: Issue, items: Sequence[Summary]) -> RenderedIssue:
     """Render ``issue`` with ``items`` (in the order the digest chose) once; personalise per subscriber after.
 
-    ``compile_mjml`` replaces the MJML compiler (default: mjml-python's ``mjml2html``). The subject is
-    :func:`render_subject`'s. Raises TemplateError, also when the HTML or the text part lacks the
+    The subject is :func:`render_subject`'s. Raises TemplateError, also when the HTML or the text part lacks the
     unsubscribe link (``recipient.unsubscribe_url``) or ``newsletter.postal_address``.
     """
     env = template_environment(config)
@@ -370,7 +363,7 @@ def render_issue(
     context = issue_context(config, issue, items, markers)
     context["subject"] = subject = _subject(env, context)
     mjml_source = _render(env, DIGEST_MJML_TEMPLATE, context)
-    html_part = _compile(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE), compile_mjml)
+    html_part = _compile(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE))
     text_part = tidy_text(_render(env, DIGEST_TEXT_TEMPLATE, context))
     address = config.newsletter.postal_address
     _require_legal_footer(_describe_name(env, DIGEST_MJML_TEMPLATE), html_part, markers, address, is_html=True)
@@ -422,15 +415,10 @@ def _render(env: Environment, name: str, context: Mapping[str, Any]) -> str:
         raise _template_error(exc, env, name, context) from exc
 
 
-def compile_mjml_source(source: str) -> str:
+def _compile(source: str, name: str) -> str:
     """MJML to HTML with mjml-python; ``fonts={}`` so no web font is fetched from Google (privacy, speed)."""
-    return mjml2html(source, fonts={})  # the module global is looked up per call, so tests can count calls
-
-
-def _compile(source: str, name: str, compile_mjml: Callable[[str], str] | None) -> str:
-    compiler = compile_mjml or compile_mjml_source
     try:
-        compiled = compiler(source)
+        compiled = mjml2html(source, fonts={})  # the module global is looked up per call: tests count calls
     except Exception as exc:
         raise TemplateError(
             f"{name}: the rendered MJML does not compile ({exc}){_near(source, str(exc))}; check that every "

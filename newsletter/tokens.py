@@ -20,16 +20,12 @@ from pathlib import Path
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from newsletter.config import Config
-from newsletter.errors import NewsletterError
+from newsletter.errors import InvalidToken, NewsletterError
 
 log = logging.getLogger(__name__)
 
 UNSUBSCRIBE = "unsubscribe"
 KEY_FILE = "subscribers/.secret-key"
-
-
-class InvalidToken(NewsletterError, ValueError):
-    """A link token that was tampered with or signed for another purpose."""
 
 
 def secret_keys(config: Config) -> list[str]:

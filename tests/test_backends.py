@@ -16,7 +16,8 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from newsletter.backends import OutgoingMessage, SendStatus, backend_class, create_backend
+
+from newsletter.backends import OutgoingMessage, SendResult, SendStatus, backend_class, create_backend
 from newsletter.backends.console import ConsoleBackend
 from newsletter.backends.file import FileBackend
 from newsletter.backends.smtp import SmtpBackend

@@ -193,3 +193,9 @@ def test_render_previews_the_next_issue_once_summaries_wait_in_a_new_week(config
     assert "Paper number 2" in files.html.read_text(encoding="utf-8")
     assert b"To: A <a@example.org>" in files.eml.read_bytes()
     assert write_preview(engine, config, tmp_path / "p", 1, now=NOW + timedelta(days=7)).description == "issue #1 (sent)"
+
+
+def test_render_with_nothing_prepared_or_waiting_says_to_ingest_first(config, engine, tmp_path):
+    with pytest.raises(NewsletterError, match="nothing to render: .* run `newsletter ingest` first"):
+        write_preview(engine, config, tmp_path / "p")
+    assert not (tmp_path / "p").exists()

@@ -12,8 +12,8 @@ import pytest
 
 from newsletter import render
 from newsletter.config import Config
+from newsletter.demo import DEMO_SETTINGS
 from newsletter.errors import TemplateError
-from newsletter.models import Issue, Summary
 from newsletter.render import (
     DEFAULT_SECTION,
     RecipientValues,
@@ -22,7 +22,6 @@ from newsletter.render import (
     render_issue,
     template_environment,
 )
-from newsletter.demo import DEMO_SETTINGS
 from tests.conftest import make_config
 from tests.helpers import make_issue, make_summaries
 

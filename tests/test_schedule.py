@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from sqlmodel import select
 
 from newsletter.db import session
-from newsletter.models import Delivery, DeliveryStatus, Issue
 from newsletter.digest import prepare_issue
+from newsletter.models import Delivery, DeliveryStatus, Issue
 from newsletter.schedule import next_run_time, send_due, weekly_digest
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from newsletter.config import Config
 
 
-class SendStatus(str, enum.Enum):
+class SendStatus(enum.StrEnum):
     """What happened to one message: the ledger maps these onto Delivery states."""
 
     SENT = "sent"  # accepted by the next hop

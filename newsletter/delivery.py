@@ -207,6 +207,7 @@ class _Composer:
             email=subscriber.email,
             name=subscriber.name or "",
             unsubscribe_url=self.links.unsubscribe_url(subscriber.token),
+            preferences_url=self.links.preferences_url(subscriber.token),
         )
 
     def compose(self, delivery_id: int, subscriber: Subscriber) -> OutgoingMessage:

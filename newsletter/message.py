@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 import unicodedata
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.errors import MessageError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
@@ -75,7 +76,7 @@ def build_message(
         raise ValueError(f"message_id {message_id!r} must look like <local@domain>")
     if not _URI.match(values.unsubscribe_url) or not values.unsubscribe_url.lower().startswith("http"):
         raise ValueError(f"unsubscribe URL {values.unsubscribe_url!r} must be an http(s) URL without spaces")
-    html, text = rendered.personalise(RecipientValues(values.email, name, values.unsubscribe_url))
+    html, text = rendered.personalise(replace(values, name=name))
     letter = config.newsletter
 
     message = EmailMessage(policy=POLICY)

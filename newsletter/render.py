@@ -71,6 +71,7 @@ class RecipientValues:
     email: str
     name: str
     unsubscribe_url: str
+    preferences_url: str
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def _pairs(markers: RecipientValues, values: RecipientValues) -> list[tuple[str,
         (markers.email, values.email),
         (markers.name, values.name or ""),
         (markers.unsubscribe_url, values.unsubscribe_url),
+        (markers.preferences_url, values.preferences_url),
     ]
 
 
@@ -104,7 +106,10 @@ def new_markers() -> RecipientValues:
     """Placeholders unique to one render: letters and digits only, so HTML escaping and MJML keep them."""
     nonce = secrets.token_hex(8).upper()
     return RecipientValues(
-        email=f"NLP{nonce}EMAILX", name=f"NLP{nonce}NAMEX", unsubscribe_url=f"NLP{nonce}UNSUBSCRIBEURLX"
+        email=f"NLP{nonce}EMAILX",
+        name=f"NLP{nonce}NAMEX",
+        unsubscribe_url=f"NLP{nonce}UNSUBSCRIBEURLX",
+        preferences_url=f"NLP{nonce}PREFERENCESURLX",
     )
 
 

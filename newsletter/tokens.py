@@ -25,6 +25,7 @@ from newsletter.errors import InvalidToken, NewsletterError
 log = logging.getLogger(__name__)
 
 UNSUBSCRIBE = "unsubscribe"
+PREFERENCES = "preferences"
 KEY_FILE = "subscribers/.secret-key"
 
 
@@ -82,3 +83,7 @@ class LinkSigner:
     def unsubscribe_url(self, subscriber_token: str) -> str:
         """The one-click unsubscribe URL for a subscriber (also used in the List-Unsubscribe header)."""
         return f"{self.site_url}/unsubscribe/{self.sign(UNSUBSCRIBE, subscriber_token)}"
+
+    def preferences_url(self, subscriber_token: str) -> str:
+        """The subscriber's preferences page (topics, name, unsubscribe), linked from every email."""
+        return f"{self.site_url}/preferences/{self.sign(PREFERENCES, subscriber_token)}"

@@ -33,7 +33,12 @@ def test_default_templates_render_the_samples_as_recorded(config, engine):
     )
     rendered = render_issue(config, issue, items)
     _html, text = rendered.personalise(
-        RecipientValues("ada@example.org", "Ada", "https://news.example.org/unsubscribe/TOKEN")
+        RecipientValues(
+            "ada@example.org",
+            "Ada",
+            "https://news.example.org/unsubscribe/TOKEN",
+            "https://news.example.org/preferences/TOKEN",
+        )
     )
     actual = f"Subject: {rendered.subject}\nPreheader: {rendered.preheader}\n\n{text}"
     if os.environ.get("NEWSLETTER_UPDATE_GOLDEN"):

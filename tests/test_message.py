@@ -20,7 +20,10 @@ from tests.helpers import make_issue, make_summaries
 
 SENT_AT = datetime(2026, 11, 23, 8, 0, 5, tzinfo=UTC)
 UNSUBSCRIBE = "https://news.example.org/unsubscribe/eyJzIjoiYWJjIn0.ZmFrZS1zaWduYXR1cmU"
-ZOE = RecipientValues(email="zoe@example.org", name="Zoë O'Brien, PhD", unsubscribe_url=UNSUBSCRIBE)
+PREFS = "https://news.example.org/preferences/eyJzIjoiYWJjIn0.ZmFrZS1zaWduYXR1cmU"
+ZOE = RecipientValues(
+    email="zoe@example.org", name="Zoë O'Brien, PhD", unsubscribe_url=UNSUBSCRIBE, preferences_url=PREFS
+)
 MESSAGE_ID = "<issue-12.0123456789abcdef0123@example.org>"
 
 
@@ -97,7 +100,7 @@ def test_reply_to_and_unsubscribe_mailto_come_from_the_config(tmp_path: Path) ->
 
 
 def test_a_name_is_optional(config: Config) -> None:
-    message = parse(build(config, RecipientValues("bob@example.org", "", UNSUBSCRIBE)))
+    message = parse(build(config, RecipientValues("bob@example.org", "", UNSUBSCRIBE, PREFS)))
     assert message["To"] == "bob@example.org"
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert "Hello , this went to bob@example.org." in html
@@ -105,7 +108,7 @@ def test_a_name_is_optional(config: Config) -> None:
 
 def test_lines_end_in_crlf_and_stay_under_998_octets(config: Config) -> None:
     long_url = UNSUBSCRIBE + "x" * 300
-    data = build(config, RecipientValues("zoe@example.org", "Zoë " * 100, long_url))
+    data = build(config, RecipientValues("zoe@example.org", "Zoë " * 100, long_url, PREFS))
     assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     assert data.endswith(b"\r\n")
@@ -113,7 +116,7 @@ def test_lines_end_in_crlf_and_stay_under_998_octets(config: Config) -> None:
 
 def test_a_long_unsubscribe_url_is_not_mangled_into_encoded_words(config: Config) -> None:
     long_url = UNSUBSCRIBE + "x" * 200
-    data = build(config, RecipientValues("zoe@example.org", "", long_url))
+    data = build(config, RecipientValues("zoe@example.org", "", long_url, PREFS))
     header_block = data.split(b"\r\n\r\n", 1)[0]
     assert f"List-Unsubscribe: <{long_url}>,\r\n <mailto:".encode() in header_block
     assert parse(data)["List-Unsubscribe"].startswith(f"<{long_url}>")
@@ -125,7 +128,7 @@ def test_a_long_unsubscribe_url_is_not_mangled_into_encoded_words(config: Config
      "Eve\u2028Bcc: victim@example.com", "Eve\x00\x1b[31m\r\n\r\nInjected body"],
 )  # fmt: skip
 def test_a_name_cannot_inject_headers(config: Config, name: str) -> None:
-    data = build(config, RecipientValues("eve@example.org", name, UNSUBSCRIBE))
+    data = build(config, RecipientValues("eve@example.org", name, UNSUBSCRIBE, PREFS))
     header_block = data.split(b"\r\n\r\n", 1)[0]
     assert not re.search(rb"^Bcc:", header_block, re.MULTILINE | re.IGNORECASE)
     message = parse(data)
@@ -145,18 +148,18 @@ def test_a_subject_cannot_inject_headers(config: Config) -> None:
 )
 def test_an_unusable_address_is_rejected(config: Config, address: str) -> None:
     with pytest.raises(InvalidAddress, match="cannot send to"):
-        build(config, RecipientValues(address, "Zoë", UNSUBSCRIBE))
+        build(config, RecipientValues(address, "Zoë", UNSUBSCRIBE, PREFS))
 
 
 def test_bad_message_id_or_unsubscribe_url_is_a_programming_error(config: Config) -> None:
     with pytest.raises(ValueError, match="message_id"):
         build_message(config, sample_rendered(), ZOE, message_id="<a@b>\r\nBcc: x@y")
     with pytest.raises(ValueError, match="unsubscribe URL"):
-        build(config, RecipientValues("zoe@example.org", "", "https://x.example/u>\r\nBcc: x@y"))
+        build(config, RecipientValues("zoe@example.org", "", "https://x.example/u>\r\nBcc: x@y", PREFS))
 
 
 def test_plain_http_unsubscribe_gets_no_one_click_header(config: Config) -> None:
-    message = parse(build(config, RecipientValues("zoe@example.org", "", "http://localhost:8000/unsubscribe/t")))
+    message = parse(build(config, RecipientValues("zoe@example.org", "", "http://localhost:8000/unsubscribe/t", PREFS)))
     assert message["List-Unsubscribe"].startswith("<http://localhost:8000/unsubscribe/t>")
     assert "List-Unsubscribe-Post" not in message
 

@@ -27,9 +27,17 @@ from tests.helpers import make_issue, make_summaries
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ALICE = RecipientValues(
-    email="alice@example.org", name="Alice", unsubscribe_url="https://news.example.org/u/alice-token"
+    email="alice@example.org",
+    name="Alice",
+    unsubscribe_url="https://news.example.org/u/alice-token",
+    preferences_url="https://news.example.org/p/alice-token",
 )
-BOB = RecipientValues(email="bob@example.org", name="", unsubscribe_url="https://news.example.org/u/bob-token")
+BOB = RecipientValues(
+    email="bob@example.org",
+    name="",
+    unsubscribe_url="https://news.example.org/u/bob-token",
+    preferences_url="https://news.example.org/p/bob-token",
+)
 
 
 @pytest.fixture
@@ -194,7 +202,8 @@ def test_personalise_escapes_values_in_html_and_keeps_them_raw_in_text(tmp_path:
     )
     result = render_issue(config, make_issue(), make_summaries())
     values = RecipientValues(
-        email="zoe@example.org", name='Zoë "Z" <O\'Brien>', unsubscribe_url="https://x.example/u?a=1&b=2"
+        email="zoe@example.org", name='Zoë "Z" <O\'Brien>', unsubscribe_url="https://x.example/u?a=1&b=2",
+        preferences_url="https://x.example/p?a=1&b=2"
     )
     html, text = result.personalise(values)
     assert 'title="Zoë &quot;Z&quot; &lt;O&#x27;Brien&gt;"' in html

@@ -3,7 +3,7 @@
 import pytest
 
 from newsletter.errors import NewsletterError
-from newsletter.tokens import KEY_FILE, UNSUBSCRIBE, InvalidToken, LinkSigner
+from newsletter.tokens import KEY_FILE, PREFERENCES, UNSUBSCRIBE, InvalidToken, LinkSigner
 
 
 def test_unsubscribe_links_carry_a_signed_token_that_reveals_nothing(config):
@@ -17,6 +17,16 @@ def test_unsubscribe_links_carry_a_signed_token_that_reveals_nothing(config):
         signer.verify(UNSUBSCRIBE, tampered)
     with pytest.raises(InvalidToken):
         signer.verify("confirm", token)  # a token made for one purpose is useless for another
+
+
+def test_preferences_links_use_their_own_purpose(config):
+    signer = LinkSigner(config)
+    url = signer.preferences_url("opaque-random-token")
+    assert url.startswith("https://news.example.org/preferences/")
+    token = url.rsplit("/", 1)[1]
+    assert signer.verify(PREFERENCES, token) == "opaque-random-token"
+    with pytest.raises(InvalidToken):
+        signer.verify(UNSUBSCRIBE, token)
 
 
 def test_keys_rotate_the_newest_signs_and_the_old_still_verifies(config, monkeypatch):

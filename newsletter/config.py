@@ -163,6 +163,14 @@ class ScheduleSection(_Section):
         return ZoneInfo(self.timezone)
 
 
+class WebSection(_Section):
+    """The public pages served by ``newsletter serve``: subscribe, confirm, preferences, archive."""
+
+    confirm_expiry_days: int = Field(default=7, ge=1, le=90)
+    subscribe_limit_per_ip: int = Field(default=10, ge=1, le=10_000)
+    welcome_email: bool = True
+
+
 class BackendSection(_Section):
     name: str = "file"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -176,6 +184,7 @@ class Config(_Section):
     templates: str = "templates"
     schedule: ScheduleSection = ScheduleSection()
     backend: BackendSection = BackendSection()
+    web: WebSection = WebSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="<defaults>", exclude=True)
 

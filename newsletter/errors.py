@@ -29,6 +29,10 @@ class InvalidToken(NewsletterError, ValueError):
     """A link token that was tampered with or signed for another purpose."""
 
 
+class ExpiredToken(InvalidToken):
+    """A link token whose validity period (confirmation links) has passed."""
+
+
 class TemplateError(NewsletterError):
     """A template that is missing, does not render, or does not compile to HTML."""
 

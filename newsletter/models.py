@@ -113,6 +113,16 @@ class Subscriber(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     confirmed_at: datetime | None = None
     unsubscribed_at: datetime | None = None
+    confirmation_sent_at: datetime | None = None  # the last confirmation email: at most one per 24 h
+
+
+class Suppression(SQLModel, table=True):
+    """An erased address, kept only as a hash so that no import, ``add`` or form ever adds it back."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    address_hash: str = Field(unique=True, max_length=64)
+    reason: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Issue(SQLModel, table=True):

@@ -1,13 +1,15 @@
-"""The subscriber list: add, import, list, remove and export.
+"""The subscriber list: add, import, list, remove, export, erase, and the subscriber's own actions.
 
 Addresses are normalised with email-validator and unique case-insensitively. Nothing here ever moves an
 ``unsubscribed``, ``bounced`` or ``complained`` address back to ``active``: only the subscriber can do
-that, by subscribing again.
+that, by subscribing again (double opt-in: :func:`request_subscription`, then :func:`confirm_subscription`).
+An erased address leaves only a hash in the suppression list, and nothing adds it back.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -16,12 +18,22 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, func, insert
+from sqlalchemy import Engine, delete, func, insert
 from sqlmodel import Session, col, select
 
 from newsletter.db import session
 from newsletter.errors import InvalidAddress, NewsletterError
-from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus, new_token, utcnow
+from newsletter.models import (
+    Delivery,
+    Event,
+    EventKind,
+    Issue,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    new_token,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,21 @@ def find_subscriber(db: Session, address: str) -> Subscriber | None:
     return db.exec(select(Subscriber).where(func.lower(Subscriber.email) == address.lower())).first()
 
 
+def address_hash(address: str) -> str:
+    """The suppression list's key for a normalised address: a SHA-256 of its lowercase form."""
+    return hashlib.sha256(b"newsletter-suppression\0" + address.lower().encode()).hexdigest()
+
+
+def is_suppressed(db: Session, address: str) -> bool:
+    """Whether ``address`` (normalised) was erased and must never be added again."""
+    return db.exec(select(Suppression.id).where(Suppression.address_hash == address_hash(address))).first() is not None
+
+
+def _refuse_suppressed(db: Session, address: str) -> None:
+    if is_suppressed(db, address):
+        raise NewsletterError(f"{address} was erased at its owner's request and must not be added again")
+
+
 def add_subscriber(engine: Engine, raw_address: str, name: str | None = None, *, source: str = "cli") -> Subscriber:
     """Add an active subscriber, or update the name of an existing one.
 
@@ -61,6 +88,7 @@ def add_subscriber(engine: Engine, raw_address: str, name: str | None = None, *,
     """
     address = normalise_address(raw_address)
     with session(engine) as db:
+        _refuse_suppressed(db, address)
         existing = find_subscriber(db, address)
         if existing is not None:
             if existing.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
@@ -104,12 +132,13 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     left_list: int = 0  # unsubscribed / bounced / complained: kept as they are
+    suppressed: int = 0  # erased addresses: never added again
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (line number, problem)
 
     def summary_line(self) -> str:
         return (
             f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"not reactivated {self.left_list}, bad rows {len(self.bad_rows)}"
+            f"not reactivated {self.left_list}, erased (skipped) {self.suppressed}, bad rows {len(self.bad_rows)}"
         )
 
 
@@ -136,9 +165,12 @@ def import_csv(
     added: list[dict[str, Any]] = []
     with session(engine) as db:
         existing = _existing_by_address(db, list(latest))
+        suppressed = _suppressed_hashes(db, [address_hash(key) for key in latest])
         for key, row in latest.items():
             subscriber = existing.get(key)
-            if subscriber is None:
+            if address_hash(key) in suppressed:
+                report.suppressed += 1
+            elif subscriber is None:
                 added.append(_new_subscriber_values(row.address, row.name, source or f"import:{path.name}"))
             elif subscriber.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
                 report.left_list += 1
@@ -200,6 +232,15 @@ def _existing_by_address(db: Session, keys: Sequence[str]) -> dict[str, Subscrib
     return found
 
 
+def _suppressed_hashes(db: Session, hashes: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    chunk = 500
+    for start in range(0, len(hashes), chunk):
+        query = select(Suppression.address_hash).where(col(Suppression.address_hash).in_(hashes[start : start + chunk]))
+        found.update(db.exec(query))
+    return found
+
+
 def list_subscribers(engine: Engine, status: SubscriberStatus | None = None) -> list[Subscriber]:
     with session(engine) as db:
         query = select(Subscriber).order_by(col(Subscriber.id))
@@ -215,13 +256,20 @@ def remove_subscriber(engine: Engine, raw_address: str, *, reason: str = "remove
         subscriber = find_subscriber(db, address)
         if subscriber is None:
             raise NewsletterError(f"{address} is not on the list; `newsletter subscribers list` shows who is")
-        if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
-            subscriber.status = SubscriberStatus.UNSUBSCRIBED
-            subscriber.unsubscribed_at = subscriber.updated_at = utcnow()
-            db.add(subscriber)
-            db.add(Event(subscriber_id=subscriber.id, kind=EventKind.UNSUBSCRIBED, detail={"reason": reason}))
-            db.commit()
+        _unsubscribe(db, subscriber, {"reason": reason})
         return subscriber
+
+
+def _unsubscribe(db: Session, subscriber: Subscriber, detail: dict[str, Any]) -> bool:
+    """Mark ``subscriber`` unsubscribed and commit; False (and no change) when they already were."""
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        return False
+    subscriber.status = SubscriberStatus.UNSUBSCRIBED
+    subscriber.unsubscribed_at = subscriber.updated_at = utcnow()
+    db.add(subscriber)
+    db.add(Event(subscriber_id=subscriber.id, kind=EventKind.UNSUBSCRIBED, detail=detail))
+    db.commit()
+    return True
 
 
 def export_csv(engine: Engine, out: TextIO, status: SubscriberStatus | None = None) -> int:
@@ -242,3 +290,66 @@ def export_csv(engine: Engine, out: TextIO, status: SubscriberStatus | None = No
             ]
         )
     return len(subscribers)
+
+
+def export_person(engine: Engine, raw_address: str) -> dict[str, Any]:
+    """Everything stored about one address (the subscriber row, its events and deliveries), JSON-ready.
+
+    Raises NewsletterError when the address is not on the list (saying so if it was erased).
+    """
+    address = normalise_address(raw_address)
+    with session(engine) as db:
+        subscriber = find_subscriber(db, address)
+        if subscriber is None:
+            if is_suppressed(db, address):
+                raise NewsletterError(f"{address} was erased; nothing but a hash of the address is stored")
+            raise NewsletterError(f"{address} is not on the list; nothing is stored about it")
+        events = db.exec(select(Event).where(Event.subscriber_id == subscriber.id).order_by(col(Event.id))).all()
+        deliveries = db.exec(
+            select(Delivery, Issue)
+            .join(Issue, col(Issue.id) == Delivery.issue_id)
+            .where(Delivery.subscriber_id == subscriber.id)
+            .order_by(col(Issue.number))
+        ).all()
+        return {
+            "subscriber": subscriber.model_dump(mode="json"),
+            "events": [event.model_dump(mode="json", exclude={"subscriber_id"}) for event in events],
+            "deliveries": [
+                {"issue": issue.number, "subject": issue.subject}
+                | delivery.model_dump(
+                    mode="json", include={"status", "attempts", "sent_at", "last_error", "message_id", "updated_at"}
+                )
+                for delivery, issue in deliveries
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Erasure:
+    address: str
+    was_on_list: bool
+    events: int = 0
+    deliveries: int = 0
+
+
+def erase_subscriber(engine: Engine, raw_address: str) -> Erasure:
+    """Delete everything stored about an address (subscriber, events, deliveries) in one transaction and keep
+    only a hash of it in the suppression list, so no import, ``add`` or subscribe form adds it back.
+
+    An address that is not on the list is suppressed all the same (someone asking never to be mailed).
+    """
+    address = normalise_address(raw_address)
+    with session(engine) as db:
+        subscriber = find_subscriber(db, address)
+        result = Erasure(address, was_on_list=subscriber is not None)
+        if subscriber is not None:
+            events = db.execute(delete(Event).where(col(Event.subscriber_id) == subscriber.id)).rowcount
+            deliveries = db.execute(delete(Delivery).where(col(Delivery.subscriber_id) == subscriber.id)).rowcount
+            db.delete(subscriber)
+            result = Erasure(address, True, events, deliveries)
+        if not is_suppressed(db, address):
+            db.add(Suppression(address_hash=address_hash(address), reason="erased"))
+        db.commit()
+    log.info("erased %s: %d events, %d deliveries", "a subscriber" if result.was_on_list else "an address",
+             result.events, result.deliveries)
+    return result

@@ -2,7 +2,8 @@
 
 A link carries the subscriber's random ``token`` (never the email or a row id), signed with itsdangerous
 under a salt per purpose, so a token made for one purpose is useless for another and a tampered one is
-rejected.
+rejected. Confirmation tokens also carry the time they were signed and expire (``web.confirm_expiry_days``);
+unsubscribe and preferences tokens never expire, so a link in an old email keeps working.
 
 The signing secret is ``NEWSLETTER_SECRET_KEY``. It may hold several keys separated by commas for
 rotation: the last one signs, all of them verify. Without it, a random key is generated once into
@@ -15,17 +16,23 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from newsletter.config import Config
-from newsletter.errors import InvalidToken, NewsletterError
+from newsletter.errors import ExpiredToken, InvalidToken, NewsletterError
 
 log = logging.getLogger(__name__)
 
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
+CONFIRM = "confirm"
+TIMED_PURPOSES = frozenset({CONFIRM})  # tokens that carry their signing time and expire
 KEY_FILE = "subscribers/.secret-key"
 
 
@@ -57,28 +64,62 @@ def _generated_key(path: Path) -> str:
     return key
 
 
+class _ClockSigner(TimestampSigner):
+    """A TimestampSigner that reads the time from ``clock`` (seconds since the epoch), so tests control it."""
+
+    def __init__(self, *args: Any, clock: Callable[[], float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
 class LinkSigner:
-    """Signs and verifies link tokens; build one per run, not one per message."""
+    """Signs and verifies link tokens; build one per run, not one per message.
 
-    def __init__(self, config: Config) -> None:
+    ``clock`` (seconds since the epoch) dates confirmation tokens and checks their age.
+    """
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.site_url = config.newsletter.site_url
+        self.confirm_max_age = timedelta(days=config.web.confirm_expiry_days)
         self._keys = secret_keys(config)
-        self._serializers: dict[str, URLSafeSerializer] = {}
+        self._clock = clock
+        self._serializers: dict[str, URLSafeSerializer | URLSafeTimedSerializer] = {}
 
-    def _serializer(self, purpose: str) -> URLSafeSerializer:
+    def _serializer(self, purpose: str) -> URLSafeSerializer | URLSafeTimedSerializer:
         if purpose not in self._serializers:
-            self._serializers[purpose] = URLSafeSerializer(self._keys, salt=purpose)
+            if purpose in TIMED_PURPOSES:
+                self._serializers[purpose] = URLSafeTimedSerializer(
+                    self._keys, salt=purpose, signer=_ClockSigner, signer_kwargs={"clock": self._clock}
+                )
+            else:
+                self._serializers[purpose] = URLSafeSerializer(self._keys, salt=purpose)
         return self._serializers[purpose]
 
     def sign(self, purpose: str, value: str) -> str:
         return self._serializer(purpose).dumps(value)
 
     def verify(self, purpose: str, token: str) -> str:
-        """The value signed into ``token``; raises InvalidToken if altered or made for another purpose."""
+        """The value signed into ``token``.
+
+        Raises InvalidToken if it was altered or made for another purpose, and ExpiredToken (a kind of
+        InvalidToken) for a confirmation token older than ``web.confirm_expiry_days``.
+        """
+        serializer = self._serializer(purpose)
         try:
-            return self._serializer(purpose).loads(token)
+            if isinstance(serializer, URLSafeTimedSerializer):
+                return serializer.loads(token, max_age=int(self.confirm_max_age.total_seconds()))
+            return serializer.loads(token)
+        except SignatureExpired:
+            raise ExpiredToken("this link has expired; subscribe again to get a new one") from None
         except BadSignature:
             raise InvalidToken("this link is not valid; it may have been cut short when copied") from None
+
+    def confirm_url(self, subscriber_token: str) -> str:
+        """The double opt-in link sent to a new address; it expires after ``web.confirm_expiry_days``."""
+        return f"{self.site_url}/confirm/{self.sign(CONFIRM, subscriber_token)}"
 
     def unsubscribe_url(self, subscriber_token: str) -> str:
         """The one-click unsubscribe URL for a subscriber (also used in the List-Unsubscribe header)."""

@@ -1,0 +1,96 @@
+"""Public archive of past issues (``/archive``, ``/archive/<number>``) and their Atom feed.
+
+An archived issue is rendered by the digest's own renderer with neutral recipient values: no subscriber's
+address, name or personal link ever appears in it (the unsubscribe and preferences links point to a page
+explaining where the personal links are). Only issues that went out (sending or sent) are public.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlmodel import col, select
+
+from newsletter.db import session
+from newsletter.digest import issue_items
+from newsletter.models import Issue, IssueStatus, utcnow
+from newsletter.render import RecipientValues, as_utc, format_date, render_issue
+from newsletter.web.pages import _root, _state, notice, page
+
+router = APIRouter()
+PUBLIC = (IssueStatus.SENDING, IssueStatus.SENT)
+FEED_SIZE = 20
+ATOM = "http://www.w3.org/2005/Atom"
+
+
+def _published(issue: Issue) -> datetime:
+    return as_utc(issue.sent_at or issue.scheduled_at or issue.created_at)
+
+
+def _public_issues(request: Request, limit: int | None = None) -> list[Issue]:
+    with session(_state(request).engine) as db:
+        query = select(Issue).where(col(Issue.status).in_(PUBLIC)).order_by(col(Issue.number).desc())
+        return list(db.exec(query.limit(limit) if limit else query))
+
+
+@router.get("/archive", response_class=HTMLResponse)
+def archive_index(request: Request) -> HTMLResponse:
+    """Every issue that went out, newest first."""
+    issues = [
+        {"number": issue.number, "subject": issue.subject, "date": format_date(_published(issue).date())}
+        for issue in _public_issues(request)
+    ]
+    return page(request, "archive.html", title="Past issues", issues=issues, indexable=True,
+                feed_url=f"{_root(request)}/archive/feed.atom")
+
+
+@router.get("/archive/feed.atom")
+def archive_feed(request: Request) -> Response:
+    """An Atom feed of the newest issues, each linking to its archived page."""
+    config = _state(request).config
+    site = config.newsletter.site_url
+    issues = _public_issues(request, FEED_SIZE)
+    ET.register_namespace("", ATOM)
+    feed = ET.Element(f"{{{ATOM}}}feed")
+    ET.SubElement(feed, f"{{{ATOM}}}title").text = config.newsletter.name
+    ET.SubElement(feed, f"{{{ATOM}}}id").text = f"{site}/archive"
+    ET.SubElement(feed, f"{{{ATOM}}}link", href=f"{site}/archive/feed.atom", rel="self")
+    ET.SubElement(feed, f"{{{ATOM}}}link", href=f"{site}/archive", rel="alternate", type="text/html")
+    ET.SubElement(feed, f"{{{ATOM}}}updated").text = (
+        _published(issues[0]) if issues else utcnow()
+    ).isoformat()
+    ET.SubElement(ET.SubElement(feed, f"{{{ATOM}}}author"), f"{{{ATOM}}}name").text = config.newsletter.name
+    with session(_state(request).engine) as db:
+        for issue in issues:
+            entry = ET.SubElement(feed, f"{{{ATOM}}}entry")
+            url = f"{site}/archive/{issue.number}"
+            ET.SubElement(entry, f"{{{ATOM}}}title").text = issue.subject
+            ET.SubElement(entry, f"{{{ATOM}}}id").text = url
+            ET.SubElement(entry, f"{{{ATOM}}}link", href=url, rel="alternate", type="text/html")
+            ET.SubElement(entry, f"{{{ATOM}}}updated").text = _published(issue).isoformat()
+            titles = [item.title for item in issue_items(db, issue)]
+            ET.SubElement(entry, f"{{{ATOM}}}summary").text = f"Issue {issue.number}: " + "; ".join(titles)
+    body = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
+    return Response(body, media_type="application/atom+xml; charset=utf-8")
+
+
+@router.get("/archive/{number}", response_class=HTMLResponse)
+def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> HTMLResponse:
+    """One issue as it was emailed ("view in browser"), without anything personal."""
+    state = _state(request)
+    with session(state.engine) as db:
+        issue = db.exec(select(Issue).where(Issue.number == number, col(Issue.status).in_(PUBLIC))).first()
+        items = issue_items(db, issue) if issue else []
+    if issue is None:
+        return notice(request, "No such issue", f"There is no published issue number {number}.", status=404,
+                      link_url=f"{_root(request)}/archive", link_label="All past issues")
+    site = state.config.newsletter.site_url
+    neutral = RecipientValues(
+        email="you", name="", unsubscribe_url=f"{site}/unsubscribe", preferences_url=f"{site}/preferences"
+    )
+    html, _text = render_issue(state.config, issue, items).personalise(neutral)
+    return HTMLResponse(html)

@@ -1,0 +1,333 @@
+"""The subscriber's pages: subscribe (double opt-in), confirm, one-click unsubscribe (RFC 8058), preferences.
+
+Handlers parse the request, call :mod:`newsletter.subscriptions`, and render a page; they never reveal
+whether an address is on the list. Token pages answer 400 for a tampered link, 410 for an expired
+confirmation link and 404 for a subscriber who no longer exists, always with a page a person can read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import Engine
+
+from newsletter.config import Config
+from newsletter.db import session
+from newsletter.errors import ExpiredToken, InvalidAddress, InvalidToken, NewsletterError
+from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.subscriptions import (
+    Confirmation,
+    Consent,
+    confirm_subscription,
+    find_by_token,
+    known_topics,
+    release_confirmation,
+    request_subscription,
+    unsubscribe_by_token,
+    update_preferences,
+)
+from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE, LinkSigner
+from newsletter.web import mail
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+PAGES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(default=True)
+)
+RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip counts requests in the last hour
+
+
+class RateLimiter:
+    """At most ``limit`` events per key in a sliding ``window`` (seconds); in memory, per process."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        """Count one event for ``key``; False when it is over the limit (the event is not counted then)."""
+        now = self.clock()
+        with self._lock:
+            if len(self._seen) > 10_000:  # forget idle keys so memory stays bounded
+                self._seen = {k: q for k, q in self._seen.items() if q and q[-1] > now - self.window}
+            seen = self._seen.setdefault(key, deque())
+            while seen and seen[0] <= now - self.window:
+                seen.popleft()
+            if len(seen) >= self.limit:
+                return False
+            seen.append(now)
+            return True
+
+
+@dataclass
+class WebState:
+    """What the handlers need, kept on ``app.state.web``; ``clock`` is replaceable in tests."""
+
+    config: Config
+    engine: Engine
+    clock: Callable[[], datetime]
+    signer: LinkSigner
+    limiter: RateLimiter
+
+
+def _state(request: Request) -> WebState:
+    return request.app.state.web  # type: ignore[no-any-return]
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render one of the site's page templates (autoescaped) with the newsletter's details."""
+    config = _state(request).config
+    site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
+    defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False}
+    html = PAGES.get_template(template).render({**defaults, **context})
+    return HTMLResponse(html, status_code=status)
+
+
+def notice(request: Request, title: str, *paragraphs: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return page(request, "notice.html", status, title=title, paragraphs=paragraphs, **context)
+
+
+def _bad_link(request: Request, exc: InvalidToken, what: str) -> HTMLResponse:
+    if isinstance(exc, ExpiredToken):
+        return notice(request, "This link has expired",
+                      f"For your safety, {what} links work for {_state(request).config.web.confirm_expiry_days} days.",
+                      "Subscribe again and we will send you a fresh one.",
+                      status=410, link_url=f"{_root(request)}/subscribe", link_label="Subscribe again")
+    return notice(request, "This link does not work",
+                  "It may have been cut short or changed when it was copied. Open it again from the email, "
+                  "or copy the whole address into your browser.", status=400)
+
+
+def _unknown(request: Request) -> HTMLResponse:
+    return notice(request, "We could not find this subscription",
+                  "It may have been erased at your request. Nothing more will be sent to you from this list.",
+                  status=404, link_url=f"{_root(request)}/subscribe", link_label="Subscribe")
+
+
+def _root(request: Request) -> str:
+    return urlsplit(_state(request).config.newsletter.site_url).path.rstrip("/")
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    """The client's IP (as uvicorn saw it, after trusted proxy headers) and user agent (shortened)."""
+    ip = request.client.host if request.client else None
+    return ip, (request.headers.get("user-agent") or "")[:500] or None
+
+
+# -- subscribe ------------------------------------------------------------------------------------------
+
+
+@router.get("/subscribe", response_class=HTMLResponse)
+def subscribe_form(request: Request) -> HTMLResponse:
+    """The subscribe page."""
+    return page(request, "subscribe.html", title="Subscribe", email="", name="", error=None, indexable=True)
+
+
+@router.post("/subscribe", response_class=HTMLResponse)
+def subscribe(
+    request: Request,
+    email: Annotated[str, Form(max_length=320)] = "",
+    name: Annotated[str, Form(max_length=200)] = "",
+    website: Annotated[str, Form(max_length=500)] = "",
+    source: Annotated[str, Form(max_length=100)] = "",
+) -> HTMLResponse:
+    """Subscribe form endpoint (usable from another site's form): creates a pending subscriber and sends a
+    confirmation email. The answer is the same whether or not the address is already on the list."""
+    state = _state(request)
+    ip, user_agent = _client(request)
+    if not state.limiter.allow(ip or "unknown"):
+        log.warning("subscribe rate limit reached for an IP address")
+        return notice(request, "Too many requests",
+                      "Too many subscription requests came from your network. Please try again in an hour.",
+                      status=429)
+    check_inbox = notice(request, "Check your inbox",
+                         "If this address can subscribe, we have sent it an email with a confirmation link. "
+                         "Click it to start receiving the newsletter.",
+                         "Nothing arrived? Look in your spam folder; you can ask again tomorrow.")
+    if website.strip():
+        log.info("subscribe form honeypot filled; ignoring the request")
+        return check_inbox
+    consent = Consent(source=" ".join(source.split()) or "web form", ip=ip, user_agent=user_agent)
+    try:
+        subscriber = request_subscription(state.engine, email, name, consent, now=state.clock())
+    except InvalidAddress:
+        return page(request, "subscribe.html", 400, title="Subscribe", email=email, name=name,
+                    error="That does not look like an email address. Please check it and try again.")
+    if subscriber is not None:
+        try:
+            mail.send_confirmation(state.config, state.signer, subscriber)
+        except NewsletterError as exc:
+            release_confirmation(state.engine, subscriber)
+            log.error("could not send a confirmation email: %s", exc)
+            return notice(request, "We could not send the email",
+                          "Our mail service is not answering right now. Please try again in a few minutes.",
+                          status=503)
+    return check_inbox
+
+
+# -- confirm --------------------------------------------------------------------------------------------
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+def confirm_page(request: Request, token: str) -> HTMLResponse:
+    """Shows a button that confirms: a GET changes nothing, so mail scanners that open links cannot
+    confirm a subscription that nobody asked for."""
+    state = _state(request)
+    try:
+        state.signer.verify(CONFIRM, token)
+    except InvalidToken as exc:
+        return _bad_link(request, exc, "confirmation")
+    return notice(request, "Confirm your subscription",
+                  f"One more click and {state.config.newsletter.name} will arrive every week.",
+                  action_url=f"{_root(request)}/confirm/{token}", action_fields=[], action_label="Confirm my subscription")
+
+
+@router.post("/confirm/{token}", response_class=HTMLResponse)
+def confirm(request: Request, token: str) -> Response:
+    """Activates the subscription and sends the welcome email, then shows the preferences page."""
+    state = _state(request)
+    try:
+        subscriber_token = state.signer.verify(CONFIRM, token)
+    except InvalidToken as exc:
+        return _bad_link(request, exc, "confirmation")
+    ip, user_agent = _client(request)
+    found = confirm_subscription(state.engine, subscriber_token, ip=ip, user_agent=user_agent, now=state.clock())
+    if found is None:
+        return _unknown(request)
+    subscriber, outcome = found
+    if outcome is Confirmation.NOT_PENDING:
+        return notice(request, "Nothing to confirm",
+                      "This address left the list after this link was sent, so the link no longer subscribes it.",
+                      link_url=f"{_root(request)}/subscribe", link_label="Subscribe again")
+    if outcome is Confirmation.CONFIRMED and state.config.web.welcome_email:
+        try:
+            mail.send_welcome(state.config, state.signer, subscriber)
+        except NewsletterError as exc:  # the subscription stands; the welcome is a courtesy
+            log.error("could not send a welcome email: %s", exc)
+    preferences = state.signer.sign(PREFERENCES, subscriber.token)
+    return RedirectResponse(f"{_root(request)}/preferences/{preferences}?welcome=1", status_code=303)
+
+
+# -- unsubscribe (RFC 8058) -----------------------------------------------------------------------------
+
+
+@router.get("/unsubscribe", response_class=HTMLResponse)
+@router.get("/preferences", response_class=HTMLResponse)
+def manage_help(request: Request) -> HTMLResponse:
+    """Where links in archived issues point: explains how to manage a subscription."""
+    return notice(request, "Manage your subscription",
+                  "To unsubscribe or choose your topics, use the links at the bottom of any email you received "
+                  "from us: they are personal, so no login is needed.",
+                  link_url=f"{_root(request)}/subscribe", link_label="Not subscribed yet? Subscribe")
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
+    """A page with an unsubscribe button; a GET never changes anything (link scanners open links)."""
+    state = _state(request)
+    try:
+        subscriber_token = state.signer.verify(UNSUBSCRIBE, token)
+    except InvalidToken as exc:
+        return _bad_link(request, exc, "unsubscribe")
+    with session(state.engine) as db:
+        subscriber = find_by_token(db, subscriber_token)
+    if subscriber is None:
+        return _unknown(request)
+    if subscriber.status is not SubscriberStatus.ACTIVE and subscriber.status is not SubscriberStatus.PENDING:
+        return notice(request, "You are unsubscribed", f"{subscriber.email} receives nothing more from this list.",
+                      link_url=f"{_root(request)}/subscribe", link_label="Subscribe again")
+    return notice(request, "Unsubscribe?", f"Stop sending {state.config.newsletter.name} to {subscriber.email}.",
+                  action_url=f"{_root(request)}/unsubscribe/{token}",
+                  action_fields=[("List-Unsubscribe", "One-Click")], action_label="Unsubscribe",
+                  link_url=_preferences_url(request, subscriber), link_label="Or choose fewer topics instead")
+
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+def unsubscribe(request: Request, token: str) -> HTMLResponse:
+    """RFC 8058 one-click unsubscribe: no cookie, no login, 200 and never a redirect; idempotent.
+
+    Mail providers post ``List-Unsubscribe=One-Click`` (form-urlencoded or multipart); the body is not
+    needed to act, so it is not parsed."""
+    state = _state(request)
+    try:
+        subscriber_token = state.signer.verify(UNSUBSCRIBE, token)
+    except InvalidToken as exc:
+        return _bad_link(request, exc, "unsubscribe")
+    subscriber = unsubscribe_by_token(state.engine, subscriber_token, via="one-click")
+    if subscriber is None:  # erased: already receives nothing, which is what was asked
+        return notice(request, "You are unsubscribed", "Nothing more will be sent to you from this list.")
+    return notice(request, "You are unsubscribed", f"{subscriber.email} will receive nothing more from this list.",
+                  link_url=f"{_root(request)}/subscribe", link_label="Changed your mind? Subscribe again")
+
+
+# -- preferences ----------------------------------------------------------------------------------------
+
+
+def _preferences_url(request: Request, subscriber: Subscriber) -> str:
+    return f"{_root(request)}/preferences/{_state(request).signer.sign(PREFERENCES, subscriber.token)}"
+
+
+def _preferences_page(request: Request, token: str, subscriber: Subscriber, status: int = 200, **flags: Any) -> HTMLResponse:
+    state = _state(request)
+    topics = known_topics(state.engine)
+    chosen = set(subscriber.topics)
+    topics += [topic for topic in subscriber.topics if topic not in topics]  # a topic that has no summaries now
+    return page(request, "preferences.html", status, title="Your preferences", subscriber=subscriber,
+                topics=topics, chosen=chosen, action_url=f"{_root(request)}/preferences/{token}",
+                unsubscribe_url=f"{_root(request)}/unsubscribe/{state.signer.sign(UNSUBSCRIBE, subscriber.token)}",
+                welcome=flags.get("welcome", False), saved=flags.get("saved", False), error=flags.get("error"))
+
+
+@router.get("/preferences/{token}", response_class=HTMLResponse)
+def preferences_page(request: Request, token: str, welcome: bool = False, saved: bool = False) -> HTMLResponse:
+    """The subscriber's page: name, topics, unsubscribe."""
+    state = _state(request)
+    try:
+        subscriber_token = state.signer.verify(PREFERENCES, token)
+    except InvalidToken as exc:
+        return _bad_link(request, exc, "preferences")
+    with session(state.engine) as db:
+        subscriber = find_by_token(db, subscriber_token)
+    if subscriber is None:
+        return _unknown(request)
+    return _preferences_page(request, token, subscriber, welcome=welcome, saved=saved)
+
+
+@router.post("/preferences/{token}", response_class=HTMLResponse)
+def save_preferences(
+    request: Request,
+    token: str,
+    name: Annotated[str, Form(max_length=200)] = "",
+    topics: Annotated[list[str], Form()] = [],  # noqa: B006  (FastAPI copies defaults)
+) -> Response:
+    """Saves name and topics (none ticked: every topic), then shows the page again."""
+    state = _state(request)
+    try:
+        subscriber_token = state.signer.verify(PREFERENCES, token)
+    except InvalidToken as exc:
+        return _bad_link(request, exc, "preferences")
+    with session(state.engine) as db:
+        subscriber = find_by_token(db, subscriber_token)
+    if subscriber is None:
+        return _unknown(request)
+    allowed = set(known_topics(state.engine)) | set(subscriber.topics)
+    unknown = [topic for topic in topics if topic not in allowed]
+    if unknown:
+        return _preferences_page(request, token, subscriber, 400,
+                                 error=f"There is no topic called {unknown[0][:100]!r}; pick from the list.")
+    update_preferences(state.engine, subscriber_token, name, topics)
+    return RedirectResponse(f"{_root(request)}/preferences/{token}?saved=1", status_code=303)

@@ -6,12 +6,13 @@ configuration mistakes, 1 otherwise); nothing a user can fix ends in a traceback
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -218,24 +219,64 @@ def subscribers_remove(
 
 @subscribers_app.command("export")
 def subscribers_export(
+    email: Annotated[
+        str | None, typer.Argument(help="One address: everything stored about it, events included, as JSON.")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
     status: StatusOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Write the list as CSV.
+    """Write the list as CSV, or with EMAIL everything stored about one subscriber as JSON (data access).
 
     Example: newsletter subscribers export --out list.csv
+    Example: newsletter subscribers export ada@example.org --out ada.json
     """
+    if email is not None and status is not None:
+        raise NewsletterError("--status selects rows of the CSV list; leave it out when exporting one EMAIL")
     with _opened(config) as (_config, engine):
+        if email is not None:
+            text = json.dumps(subscriber_list.export_person(engine, email), indent=2, ensure_ascii=False) + "\n"
+            if out is None:
+                sys.stdout.write(text)
+                return
+            _write(out, lambda handle: handle.write(text))
+            errors.print(f"wrote {out}")
+            return
         if out is None:
             subscriber_list.export_csv(engine, sys.stdout, status)
             return
-        try:
-            with out.open("w", newline="", encoding="utf-8") as handle:
-                count = subscriber_list.export_csv(engine, handle, status)
-        except OSError as exc:
-            raise NewsletterError(f"cannot write {out} ({exc.strerror}); choose another --out") from None
+        count = _write(out, lambda handle: subscriber_list.export_csv(engine, handle, status))
     errors.print(f"wrote {count} subscribers to {out}")
+
+
+def _write(out: Path, write: Callable[[TextIO], int]) -> int:
+    try:
+        with out.open("w", newline="", encoding="utf-8") as handle:
+            return write(handle)
+    except OSError as exc:
+        raise NewsletterError(f"cannot write {out} ({exc.strerror}); choose another --out") from None
+
+
+@subscribers_app.command("erase")
+def subscribers_erase(
+    email: Annotated[str, typer.Argument(help="The address whose data is deleted.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete everything stored about an address (right to erasure); only a hash stays, so that no later
+    import, add or subscribe form ever adds it back.
+
+    Example: newsletter subscribers erase ada@example.org --yes
+    """
+    if not yes and not typer.confirm(f"Erase all data about {email}? This cannot be undone"):
+        raise typer.Exit(1)
+    with _opened(config) as (_config, engine):
+        result = subscriber_list.erase_subscriber(engine, email)
+    if result.was_on_list:
+        console.print(f"erased {result.address}: the subscriber, {result.events} events and {result.deliveries} "
+                      f"delivery records; a hash of the address keeps it off the list")
+    else:
+        console.print(f"{result.address} was not on the list; a hash of it now keeps it off the list")
 
 
 @digest_app.command("prepare")
@@ -317,6 +358,29 @@ def digest_status(
         counts = delivery_counts(db, found)
     console.print(f"issue #{found.number} ({found.period_key}) \"{found.subject}\": {found.status.value}")
     console.print(", ".join(f"{status.value} {count}" for status, count in counts.items()))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    forwarded_allow_ips: Annotated[
+        str, typer.Option(help="Proxies trusted to report the client's IP (X-Forwarded-For), comma-separated.")
+    ] = "127.0.0.1",
+    config: ConfigOption = None,
+) -> None:
+    """Serve the public pages: subscribe, confirm, unsubscribe, preferences and the archive, until Ctrl-C.
+
+    Example: newsletter serve --port 8000 --config config.yaml   (behind a proxy serving newsletter.site_url)
+    """
+    import uvicorn
+
+    from newsletter.web.app import create_app
+
+    logging.getLogger().setLevel(logging.INFO)
+    with _opened(config) as (loaded, engine):
+        uvicorn.run(create_app(loaded, engine), host=host, port=port, proxy_headers=True,
+                    forwarded_allow_ips=forwarded_allow_ips, log_config=None)
 
 
 @app.command()

@@ -1,0 +1,352 @@
+"""The subscriber's pages over HTTP (FastAPI's TestClient on a real SQLite file and the file backend):
+double opt-in with its abuse protections, one-click unsubscribe (RFC 8058), preferences, and tokens."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from newsletter.db import open_database, session
+from newsletter.digest import prepare_issue
+from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
+from newsletter.subscribers import add_subscriber, erase_subscriber
+from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE
+from newsletter.web.app import create_app
+from tests import outbox
+from tests.conftest import make_config
+from tests.helpers import add_summaries
+
+START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@dataclass
+class Site:
+    client: TestClient
+    clock: Clock
+    engine: object
+    config: object
+    outbox: Path
+
+    def mails(self):
+        return outbox.messages(self.outbox)
+
+    def subscriber(self, address: str) -> Subscriber | None:
+        with session(self.engine) as db:
+            return db.exec(select(Subscriber).where(Subscriber.email == address)).first()
+
+    def path(self, url: str) -> str:
+        return url.removeprefix(self.config.newsletter.site_url)
+
+    def signed(self, purpose: str, address: str) -> str:
+        subscriber = self.subscriber(address)
+        assert subscriber is not None
+        return self.client.app.state.web.signer.sign(purpose, subscriber.token)
+
+
+def make_site(tmp_path: Path, **overrides) -> Site:
+    config = make_config(tmp_path, **overrides)
+    engine = open_database(config)
+    app = create_app(config, engine)
+    clock = Clock(START)
+    app.state.web.clock = clock
+    return Site(TestClient(app, follow_redirects=False), clock, engine, config, tmp_path / "outbox")
+
+
+@pytest.fixture
+def site(config, tmp_path) -> Site:
+    made = make_site(tmp_path)
+    yield made
+    made.engine.dispose()
+
+
+def subscribe(site: Site, address: str, **fields: str):
+    return site.client.post("/subscribe", data={"email": address, **fields},
+                            headers={"User-Agent": "Test Browser/1.0"})
+
+
+# -- subscribe ------------------------------------------------------------------------------------------
+
+
+def test_subscribe_records_consent_and_sends_a_confirmation_email(site):
+    page = site.client.get("/subscribe")
+    assert page.status_code == 200 and 'name="email"' in page.text and 'name="website"' in page.text
+    response = subscribe(site, "Ada@Example.org", name="Ada", source="partner-site")
+    assert response.status_code == 200
+    assert "Check your inbox" in response.text
+    ada = site.subscriber("Ada@example.org")
+    assert ada.status is SubscriberStatus.PENDING
+    assert (ada.name, ada.consent_source, ada.consent_ip, ada.consent_user_agent) == (
+        "Ada", "partner-site", "testclient", "Test Browser/1.0")
+    assert ada.consent_at.replace(tzinfo=UTC) == START
+    [mail] = site.mails()
+    assert mail["To"].addresses[0].addr_spec == "Ada@example.org"
+    assert mail["Subject"] == "Confirm your subscription to Research Weekly"
+    assert "List-Unsubscribe" not in mail  # not subscribed yet: nothing to unsubscribe from
+    confirm_url = outbox.link(mail, "confirm")
+    assert confirm_url in outbox.html_part(mail)
+    assert "Research Weekly, 1 Example Street" in outbox.text_part(mail)
+
+
+def test_the_confirmation_link_activates_only_when_the_button_is_pressed(site):
+    subscribe(site, "ada@example.org", name="Ada")
+    confirm_path = site.path(outbox.link(site.mails()[0], "confirm"))
+    shown = site.client.get(confirm_path)
+    assert shown.status_code == 200 and "Confirm my subscription" in shown.text
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.PENDING  # a GET (or a link scanner) changes nothing
+
+    done = site.client.post(confirm_path, headers={"User-Agent": "Clicker"})
+    assert done.status_code == 303
+    assert done.headers["location"].startswith("/preferences/") and done.headers["location"].endswith("?welcome=1")
+    ada = site.subscriber("ada@example.org")
+    assert ada.status is SubscriberStatus.ACTIVE and ada.confirmed_at is not None
+    welcome = site.mails()[-1]
+    assert welcome["Subject"] == "Welcome to Research Weekly"
+    assert "/unsubscribe/" in welcome["List-Unsubscribe"]
+    assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/preferences/" in outbox.text_part(welcome)
+    with session(site.engine) as db:
+        kinds = [e.kind for e in db.exec(select(Event).where(Event.subscriber_id == ada.id).order_by(Event.id))]
+    assert kinds == [EventKind.SUBSCRIBED, EventKind.CONFIRMED]
+
+    again = site.client.post(confirm_path)  # a second click: still fine, no second welcome
+    assert again.status_code == 303 and len(site.mails()) == 2
+
+
+def test_only_confirmed_subscribers_get_the_digest(site):
+    add_summaries(site.engine, 2)
+    subscribe(site, "pending@example.org")
+    subscribe(site, "confirmed@example.org")
+    site.client.post(site.path(outbox.link(site.mails()[1], "confirm")))
+    result = prepare_issue(site.engine, site.config)
+    assert result.recipient_count == 1
+
+
+def test_the_answer_never_reveals_whether_an_address_is_on_the_list(site):
+    add_subscriber(site.engine, "active@example.org")
+    subscribe(site, "pending@example.org")
+    add_subscriber(site.engine, "erased@example.org")
+    erase_subscriber(site.engine, "erased@example.org")
+    answers = {address: subscribe(site, address) for address in
+               ["new@example.org", "active@example.org", "pending@example.org", "erased@example.org"]}
+    assert {(r.status_code, r.text) for r in answers.values()} == {(200, answers["new@example.org"].text)}
+    sent_to = [m["To"].addresses[0].addr_spec for m in site.mails()]
+    assert sent_to == ["pending@example.org", "new@example.org"]  # nothing to the active or the erased one
+    assert site.subscriber("erased@example.org") is None
+
+
+def test_a_filled_honeypot_is_answered_like_a_person_but_does_nothing(site):
+    person = subscribe(site, "person@example.org")
+    bot = subscribe(site, "victim@example.org", website="https://spam.example")
+    assert (bot.status_code, bot.text) == (person.status_code, person.text)
+    assert site.subscriber("victim@example.org") is None
+    assert len(site.mails()) == 1
+
+
+def test_at_most_one_confirmation_email_per_address_per_day(site):
+    for _ in range(3):
+        assert subscribe(site, "target@example.org").status_code == 200
+    assert len(site.mails()) == 1
+    site.clock.advance(hours=23, minutes=59)
+    subscribe(site, "target@example.org")
+    assert len(site.mails()) == 1
+    site.clock.advance(minutes=2)
+    subscribe(site, "target@example.org")
+    assert len(site.mails()) == 2
+
+
+def test_requests_per_ip_are_limited(tmp_path, config):
+    site = make_site(tmp_path, web={"subscribe_limit_per_ip": 3})
+    for n in range(3):
+        assert subscribe(site, f"p{n}@example.org").status_code == 200
+    limited = subscribe(site, "p3@example.org")
+    assert limited.status_code == 429 and "try again in an hour" in limited.text
+    assert site.subscriber("p3@example.org") is None
+    other = TestClient(site.client.app, client=("203.0.113.9", 5000))
+    assert other.post("/subscribe", data={"email": "p4@example.org"}).status_code == 200  # another IP is not blocked
+    site.clock.advance(hours=1, seconds=1)
+    assert subscribe(site, "p3@example.org").status_code == 200
+    site.engine.dispose()
+
+
+def test_a_bad_address_gets_the_form_back_with_one_line(site):
+    response = subscribe(site, "not an address", name="<b>Eve</b>")
+    assert response.status_code == 400
+    assert "does not look like an email address" in response.text
+    assert "&lt;b&gt;Eve&lt;/b&gt;" in response.text and "<b>Eve</b>" not in response.text
+    missing = site.client.post("/subscribe", data={})
+    assert missing.status_code == 400
+    assert site.mails() == []
+
+
+def test_when_mail_cannot_be_sent_the_visitor_is_told_and_may_retry(tmp_path, config):
+    (tmp_path / "blocked").write_text("a file where the outbox folder should be")
+    site = make_site(tmp_path, backend={"name": "file", "options": {"outbox": "blocked/outbox"}})
+    response = subscribe(site, "ada@example.org")
+    assert response.status_code == 503 and "try again in a few minutes" in response.text
+    assert site.subscriber("ada@example.org").confirmation_sent_at is None  # the next try sends at once
+    site.engine.dispose()
+
+
+# -- one-click unsubscribe --------------------------------------------------------------------------------
+
+
+def test_one_click_unsubscribe_posts_without_cookies_answer_200_and_are_idempotent(site):
+    add_subscriber(site.engine, "ada@example.org")
+    path = f"/unsubscribe/{site.signed(UNSUBSCRIBE, 'ada@example.org')}"
+    first = site.client.post(path, data={"List-Unsubscribe": "One-Click"})  # form-urlencoded
+    assert first.status_code == 200 and "You are unsubscribed" in first.text
+    assert "set-cookie" not in first.headers
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.UNSUBSCRIBED
+    second = site.client.post(path, files={"List-Unsubscribe": (None, "One-Click")})  # multipart
+    assert second.status_code == 200
+    with session(site.engine) as db:
+        events = db.exec(select(Event).where(Event.kind == EventKind.UNSUBSCRIBED)).all()
+    assert len(events) == 1
+
+
+def test_a_get_on_the_unsubscribe_link_only_shows_a_button(site):
+    add_subscriber(site.engine, "ada@example.org")
+    path = f"/unsubscribe/{site.signed(UNSUBSCRIBE, 'ada@example.org')}"
+    for _ in range(2):
+        page = site.client.get(path)
+        assert page.status_code == 200
+        assert f'action="{path}"' in page.text and 'value="One-Click"' in page.text
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.ACTIVE
+
+
+def test_unsubscribe_links_keep_working_for_years(site):
+    add_subscriber(site.engine, "ada@example.org")
+    path = f"/unsubscribe/{site.signed(UNSUBSCRIBE, 'ada@example.org')}"
+    site.clock.advance(days=3 * 365)
+    assert site.client.post(path).status_code == 200
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.UNSUBSCRIBED
+
+
+# -- tokens ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("purpose", [CONFIRM, UNSUBSCRIBE, PREFERENCES])
+def test_a_tampered_or_misused_link_gets_a_friendly_400(site, purpose):
+    add_subscriber(site.engine, "ada@example.org")
+    token = site.signed(purpose, "ada@example.org")
+    tampered = token[:-3] + ("xyz" if not token.endswith("xyz") else "abc")
+    other = next(p for p in (CONFIRM, UNSUBSCRIBE, PREFERENCES) if p != purpose)
+    for bad in (tampered, site.signed(other, "ada@example.org"), "nonsense", "é" * 10):
+        for method in ("get", "post"):
+            response = getattr(site.client, method)(f"/{purpose}/{bad}")
+            assert response.status_code == 400, (bad, method)
+            assert "This link does not work" in response.text
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.ACTIVE
+
+
+def test_links_reveal_neither_the_address_nor_the_row_id(site):
+    subscribe(site, "ada.lovelace@example.org")
+    urls = [outbox.link(site.mails()[0], "confirm")]
+    site.client.post(site.path(urls[0]))
+    welcome = site.mails()[-1]
+    urls += [outbox.link(welcome, "unsubscribe"), outbox.link(welcome, "preferences")]
+    ada = site.subscriber("ada.lovelace@example.org")
+    for url in urls:
+        token = url.rsplit("/", 1)[1]
+        decoded = b"".join(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)) for part in token.split("."))
+        assert b"ada" not in decoded.lower() and b"example" not in decoded
+        assert f"/{ada.id}" not in url and "lovelace" not in url
+
+
+def test_confirmation_links_expire_after_the_configured_days(tmp_path, config):
+    site = make_site(tmp_path, web={"confirm_expiry_days": 2})
+    subscribe(site, "ada@example.org")
+    path = site.path(outbox.link(site.mails()[0], "confirm"))
+    site.clock.advance(days=2, seconds=1)
+    for response in (site.client.get(path), site.client.post(path)):
+        assert response.status_code == 410 and "This link has expired" in response.text
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.PENDING
+    site.clock.advance(hours=22)  # a day after the first email: asking again sends a fresh link that works
+    subscribe(site, "ada@example.org")
+    fresh = site.path(outbox.link(site.mails()[-1], "confirm"))
+    assert site.client.post(fresh).status_code == 303
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.ACTIVE
+    site.engine.dispose()
+
+
+def test_links_of_an_erased_subscriber_find_nothing(site):
+    add_subscriber(site.engine, "ada@example.org")
+    unsubscribe = f"/unsubscribe/{site.signed(UNSUBSCRIBE, 'ada@example.org')}"
+    preferences = f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}"
+    erase_subscriber(site.engine, "ada@example.org")
+    assert site.client.get(unsubscribe).status_code == 404
+    assert site.client.get(preferences).status_code == 404
+    assert "could not find this subscription" in site.client.get(preferences).text
+    assert site.client.post(unsubscribe).status_code == 200  # one-click: already receives nothing
+
+
+# -- preferences -------------------------------------------------------------------------------------------
+
+
+def test_preferences_store_topics_and_name_and_show_them(site):
+    add_summaries(site.engine, 1, category="Neuroscience")
+    add_summaries(site.engine, 1, category="Climate")
+    add_subscriber(site.engine, "ada@example.org", "Ada")
+    path = f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}"
+    page = site.client.get(path)
+    assert page.status_code == 200
+    assert 'value="Neuroscience"' in page.text and 'value="Climate"' in page.text
+    assert "checked" not in page.text  # nothing picked: every topic
+
+    saved = site.client.post(path, data={"name": "Ada L.", "topics": ["Climate"]})
+    assert saved.status_code == 303 and saved.headers["location"] == f"{path}?saved=1"
+    ada = site.subscriber("ada@example.org")
+    assert (ada.name, ada.topics) == ("Ada L.", ["Climate"])
+    shown = site.client.get(saved.headers["location"]).text
+    assert "preferences are saved" in shown
+    assert 'value="Climate" checked' in shown and 'value="Neuroscience" checked' not in shown
+    assert 'value="Ada L."' in shown
+
+    site.client.post(path, data={"name": "Ada"})  # no topic ticked: back to every topic
+    assert site.subscriber("ada@example.org").topics == []
+
+
+def test_preferences_refuse_an_unknown_topic_and_escape_names(site):
+    add_summaries(site.engine, 1, category="Climate")
+    add_subscriber(site.engine, "ada@example.org")
+    path = f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}"
+    refused = site.client.post(path, data={"topics": ["Climate", "Astrology"]})
+    assert refused.status_code == 400 and "no topic called &#39;Astrology&#39;" in refused.text
+    assert site.subscriber("ada@example.org").topics == []
+    site.client.post(path, data={"name": '<script>alert("x")</script>'})
+    page = site.client.get(path).text
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
+
+
+def test_the_preferences_page_unsubscribes_too(site):
+    add_subscriber(site.engine, "ada@example.org")
+    page = site.client.get(f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}").text
+    unsubscribe = f"/unsubscribe/{site.signed(UNSUBSCRIBE, 'ada@example.org')}"
+    assert f'action="{unsubscribe}"' in page
+    assert site.client.post(unsubscribe, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert "You are not receiving the newsletter (unsubscribed)" in site.client.get(
+        f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}").text
+
+
+def test_pages_with_personal_links_leak_no_referrer_and_are_not_cached(site):
+    add_subscriber(site.engine, "ada@example.org")
+    response = site.client.get(f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}")
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cache-control"] == "no-store"

@@ -1,6 +1,7 @@
 """The command line: every command has --help with an example, and user mistakes give one line, no
 traceback, and the right exit code."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ def invoke(*args: str):
 
 COMMANDS = [
     [], ["ingest"], ["run"], ["demo"], ["subscribers"], ["subscribers", "add"], ["subscribers", "import"],
-    ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["digest"],
+    ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["subscribers", "erase"],
+    ["serve"], ["digest"],
     ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"],
 ]
 
@@ -38,7 +40,7 @@ def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.output
-    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"]):
+    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"], ["serve"]):
         assert "--config" in result.output
 
 
@@ -172,3 +174,28 @@ def test_demo_never_overwrites_a_folder_that_is_not_a_demo(tmp_path):
 def test_numbers_too_large_for_the_database_are_refused_by_the_option(tmp_path):
     result = invoke("digest", "send", "--issue", "99999999999999999999", "--config", config_file(tmp_path))
     assert result.exit_code == 2 and "--issue" in result.output and "Traceback" not in result.output
+
+
+def test_export_one_subscriber_as_json_and_erase_them(tmp_path):
+    path = config_file(tmp_path)
+    assert invoke("subscribers", "add", "ada@example.org", "--name", "Ada", "--config", path).exit_code == 0
+    shown = invoke("subscribers", "export", "ADA@example.org", "--config", path)
+    assert shown.exit_code == 0
+    data = json.loads(shown.stdout)
+    assert data["subscriber"]["email"] == "ada@example.org" and data["events"][0]["kind"] == "subscribed"
+    out = tmp_path / "ada.json"
+    assert invoke("subscribers", "export", "ada@example.org", "--out", out, "--config", path).exit_code == 0
+    assert json.loads(out.read_text(encoding="utf-8")) == data
+    mixed = invoke("subscribers", "export", "ada@example.org", "--status", "active", "--config", path)
+    assert mixed.exit_code == 1 and "leave it out when exporting one EMAIL" in mixed.output
+
+    refused = runner.invoke(app, ["subscribers", "erase", "ada@example.org", "--config", str(path)], input="n\n",
+                            env={"NEWSLETTER_SECRET_KEY": "k"})
+    assert refused.exit_code == 1
+    erased = invoke("subscribers", "erase", "ada@example.org", "--yes", "--config", path)
+    assert erased.exit_code == 0 and "erased ada@example.org: the subscriber, 1 events" in erased.output
+    gone = invoke("subscribers", "export", "ada@example.org", "--config", path)
+    assert gone.exit_code == 1
+    assert gone.output.strip() == "error: ada@example.org was erased; nothing but a hash of the address is stored"
+    again = invoke("subscribers", "add", "ada@example.org", "--config", path)
+    assert again.exit_code == 1 and "must not be added again" in again.output

@@ -2,13 +2,13 @@
 and the uniqueness rules of DESIGN.md hold."""
 
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
-
-from newsletter.db import MIGRATIONS_DIR, open_database, session
+from newsletter.db import MIGRATIONS_DIR, make_engine, open_database, session
 from newsletter.models import Delivery, Issue, Subscriber, Summary, utcnow
 
 
@@ -83,3 +83,22 @@ def test_summary_uid_is_unique_and_foreign_keys_are_enforced(engine):
         db.add(Summary(uid="u2", title="t", summary="s", issue_id=999))
         with pytest.raises(IntegrityError):
             db.commit()
+
+
+def test_the_subscribers_migration_keeps_existing_data(config):
+    engine = make_engine(config.database_url)
+    alembic_config = _alembic_config()
+    with engine.begin() as connection:
+        alembic_config.attributes["connection"] = connection
+        command.upgrade(alembic_config, "0001")
+        connection.execute(text(
+            "insert into subscriber (email, status, topics, token, bounce_score, created_at, updated_at) "
+            "values ('old@example.org', 'active', '[\"Climate\"]', 't1', 0, '2026-01-01', '2026-01-01')"
+        ))
+    engine.dispose()
+    upgraded = open_database(config)
+    with session(upgraded) as db:
+        old = db.exec(text("select email, topics, confirmation_sent_at from subscriber")).one()
+    assert tuple(old) == ("old@example.org", '["Climate"]', None)
+    assert "suppression" in inspect(upgraded).get_table_names()
+    upgraded.dispose()

@@ -4,17 +4,24 @@ reactivation of anyone who left."""
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from newsletter.backends import create_backend
+from newsletter.delivery import send_unfinished
+from newsletter.digest import prepare_issue
 from newsletter.errors import InvalidAddress, NewsletterError
 from newsletter.models import SubscriberStatus
 from newsletter.subscribers import (
     add_subscriber,
+    erase_subscriber,
     export_csv,
+    export_person,
     import_csv,
     list_subscribers,
     normalise_address,
     remove_subscriber,
 )
+from tests.helpers import add_summaries
 
 
 def test_addresses_are_normalised_and_bad_ones_explained():
@@ -103,3 +110,61 @@ def test_export_writes_every_subscriber(engine, tmp_path):
     assert lines[0] == "email,name,status,topics,created_at,confirmed_at,unsubscribed_at"
     assert lines[1].startswith("a@example.org,A,active,")
     assert lines[2].startswith("b@example.org,,unsubscribed,")
+
+
+# -- data rights: export one person, erase, suppression ------------------------------------------------------
+
+
+def test_export_person_returns_everything_stored_with_events(config, engine):
+
+    add_subscriber(engine, "ada@example.org", "Ada")
+    add_summaries(engine, 1)
+    prepare_issue(engine, config)
+    send_unfinished(engine, config, create_backend(config))
+    remove_subscriber(engine, "ada@example.org", reason="asked by email")
+    data = export_person(engine, "ADA@example.org")
+    assert data["subscriber"]["email"] == "ada@example.org" and data["subscriber"]["name"] == "Ada"
+    assert data["subscriber"]["status"] == "unsubscribed" and data["subscriber"]["consent_source"] == "cli"
+    assert [e["kind"] for e in data["events"]] == ["subscribed", "unsubscribed"]
+    assert data["events"][1]["detail"] == {"reason": "asked by email"}
+    [delivery] = data["deliveries"]
+    assert delivery["issue"] == 1 and delivery["status"] == "sent" and delivery["sent_at"]
+    with pytest.raises(NewsletterError, match="nobody@example.org is not on the list"):
+        export_person(engine, "nobody@example.org")
+
+
+def test_erase_deletes_the_person_and_keeps_only_a_hash(config, engine):
+
+    add_subscriber(engine, "ada@example.org", "Ada")
+    add_subscriber(engine, "grace@example.org", "Grace")
+    add_summaries(engine, 1)
+    prepare_issue(engine, config)
+    send_unfinished(engine, config, create_backend(config))
+    result = erase_subscriber(engine, "Ada@Example.org")
+    assert (result.was_on_list, result.events, result.deliveries) == (True, 1, 1)
+    assert [s.email for s in list_subscribers(engine)] == ["grace@example.org"]
+    with engine.connect() as connection:
+        dump = "\n".join(str(row) for table in ("subscriber", "event", "delivery", "suppression")
+                         for row in connection.execute(text(f"select * from {table}")))
+    assert "ada" not in dump.lower()  # nothing readable is left, only the hash
+    assert "grace@example.org" in dump
+    with pytest.raises(NewsletterError, match="ada@example.org was erased"):
+        export_person(engine, "ada@example.org")
+
+
+def test_an_erased_address_is_never_added_again(engine, tmp_path):
+    add_subscriber(engine, "ada@example.org")
+    erase_subscriber(engine, "ada@example.org")
+    with pytest.raises(NewsletterError, match="was erased at its owner's request"):
+        add_subscriber(engine, "ADA@example.org")
+    report = import_csv(engine, write_csv(tmp_path, "email\nAda@example.org\nnew@example.org\n"))
+    assert (report.added, report.suppressed) == (1, 1)
+    assert "erased (skipped) 1" in report.summary_line()
+    assert [s.email for s in list_subscribers(engine)] == ["new@example.org"]
+
+
+def test_erasing_an_address_that_is_not_on_the_list_still_keeps_it_off(engine):
+    assert erase_subscriber(engine, "stranger@example.org").was_on_list is False
+    assert erase_subscriber(engine, "stranger@example.org").was_on_list is False  # twice is fine
+    with pytest.raises(NewsletterError, match="was erased"):
+        add_subscriber(engine, "stranger@example.org")

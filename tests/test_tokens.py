@@ -3,7 +3,8 @@
 import pytest
 
 from newsletter.errors import NewsletterError
-from newsletter.tokens import KEY_FILE, PREFERENCES, UNSUBSCRIBE, InvalidToken, LinkSigner
+from newsletter.errors import ExpiredToken
+from newsletter.tokens import CONFIRM, KEY_FILE, PREFERENCES, UNSUBSCRIBE, InvalidToken, LinkSigner
 
 
 def test_unsubscribe_links_carry_a_signed_token_that_reveals_nothing(config):
@@ -50,3 +51,24 @@ def test_without_a_configured_key_one_is_generated_once_and_kept_private(config,
     key_file.write_text("")
     with pytest.raises(NewsletterError, match="is empty; delete it to generate a new key"):
         LinkSigner(config)
+
+
+def test_confirmation_tokens_expire_and_other_tokens_do_not(config):
+    now = [1_800_000_000.0]
+    signer = LinkSigner(config, clock=lambda: now[0])  # config: web.confirm_expiry_days defaults to 7
+    confirm = signer.confirm_url("t").rsplit("/", 1)[1]
+    unsubscribe = signer.sign(UNSUBSCRIBE, "t")
+    now[0] += 7 * 86400
+    assert signer.verify(CONFIRM, confirm) == "t"
+    now[0] += 1
+    with pytest.raises(ExpiredToken, match="this link has expired"):
+        signer.verify(CONFIRM, confirm)
+    now[0] += 10 * 365 * 86400
+    assert signer.verify(UNSUBSCRIBE, unsubscribe) == "t"
+
+
+def test_confirmation_tokens_survive_key_rotation(config, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "old-key")
+    token = LinkSigner(config).sign(CONFIRM, "t")
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "old-key,new-key")
+    assert LinkSigner(config).verify(CONFIRM, token) == "t"

@@ -1,0 +1,69 @@
+"""The public archive: past issues as pages and an Atom feed, with nothing personal in them."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from newsletter.backends import create_backend
+from newsletter.db import session
+from newsletter.delivery import send_unfinished
+from newsletter.digest import prepare_issue
+from newsletter.models import Subscriber
+from newsletter.web.app import create_app
+from tests.helpers import add_people, add_summaries
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+def sent_issue(config, engine) -> None:
+    add_summaries(engine, 2, category="Neuroscience")
+    add_people(engine, "ada@example.org", "grace@example.org")
+    prepare_issue(engine, config)
+    send_unfinished(engine, config, create_backend(config))
+
+
+def test_sent_issues_are_listed_and_readable_without_anything_personal(config, engine):
+    sent_issue(config, engine)
+    client = TestClient(create_app(config, engine))
+    index = client.get("/archive")
+    assert index.status_code == 200
+    assert 'href="/archive/1"' in index.text and 'type="application/atom+xml"' in index.text
+    page = client.get("/archive/1")
+    assert page.status_code == 200
+    assert "Paper number 0" in page.text and "Paper number 1" in page.text
+    with session(engine) as db:
+        people = db.exec(select(Subscriber)).all()
+    for person in people:
+        assert person.email not in page.text and person.name not in page.text and person.token not in page.text
+    assert "/unsubscribe/" not in page.text and "/preferences/" not in page.text
+    assert 'href="https://news.example.org/unsubscribe"' in page.text  # explains where the personal link is
+    assert client.get("/unsubscribe").status_code == 200
+
+
+def test_unsent_and_unknown_issues_are_not_public(config, engine):
+    add_summaries(engine, 1)
+    add_people(engine, "ada@example.org")
+    prepare_issue(engine, config)  # prepared, not sent yet
+    client = TestClient(create_app(config, engine))
+    assert 'href="/archive/1"' not in client.get("/archive").text
+    assert client.get("/archive/1").status_code == 404
+    missing = client.get("/archive/99")
+    assert missing.status_code == 404 and "No such issue" in missing.text
+
+
+def test_the_atom_feed_lists_issues_with_links_to_their_pages(config, engine):
+    sent_issue(config, engine)
+    client = TestClient(create_app(config, engine))
+    response = client.get("/archive/feed.atom")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/atom+xml")
+    feed = ET.fromstring(response.content)
+    assert feed.tag == f"{ATOM}feed" and feed.findtext(f"{ATOM}title") == "Research Weekly"
+    [entry] = feed.findall(f"{ATOM}entry")
+    assert entry.find(f"{ATOM}link").get("href") == "https://news.example.org/archive/1"
+    assert entry.findtext(f"{ATOM}title").startswith("Research Weekly #1: Paper number 0")
+    assert "Paper number 1" in entry.findtext(f"{ATOM}summary")
+    assert "ada@example.org" not in response.text

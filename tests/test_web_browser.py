@@ -1,0 +1,87 @@
+"""A person in a real browser (Chromium via Playwright) against the real server (uvicorn on a free loopback
+port): subscribe, open the confirmation email the file backend wrote, confirm, pick topics, unsubscribe."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlmodel import select
+
+from newsletter.db import open_database, session
+from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.web.app import create_app
+from tests import outbox
+from tests.conftest import make_config
+from tests.helpers import add_summaries
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+
+
+@pytest.fixture
+def server(tmp_path: Path, config) -> Iterator[tuple[str, object, Path]]:
+    """The app served by uvicorn on a socket bound to 127.0.0.1:0; yields (base URL, engine, outbox)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    site = make_config(tmp_path, newsletter={**config.newsletter.model_dump(), "site_url": base})
+    engine = open_database(site)
+    server = uvicorn.Server(uvicorn.Config(create_app(site, engine), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:  # uvicorn offers no event to wait on; this only waits for start-up
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield base, engine, tmp_path / "outbox"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        engine.dispose()
+
+
+def test_subscribe_confirm_choose_topics_and_unsubscribe_in_a_browser(server):
+    base, engine, mail_folder = server
+    add_summaries(engine, 1, category="Neuroscience")
+    add_summaries(engine, 1, category="Climate")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/subscribe")
+            page.get_by_label("Email address").fill("ada@example.org")
+            page.get_by_label("Name").fill("Ada")
+            page.get_by_role("button", name="Subscribe").click()
+            sync_api.expect(page.get_by_role("heading")).to_have_text("Check your inbox")
+
+            [confirmation] = outbox.messages(mail_folder)
+            page.goto(outbox.link(confirmation, "confirm"))
+            page.get_by_role("button", name="Confirm my subscription").click()
+            sync_api.expect(page.get_by_role("heading")).to_have_text("Your preferences")
+            sync_api.expect(page.get_by_role("status")).to_contain_text("Your subscription is confirmed")
+            assert outbox.messages(mail_folder)[-1]["Subject"] == "Welcome to Research Weekly"
+
+            page.get_by_label("Climate").check()
+            page.get_by_label("Name").fill("Ada Lovelace")
+            page.get_by_role("button", name="Save preferences").click()
+            sync_api.expect(page.get_by_role("status")).to_contain_text("Your preferences are saved")
+            sync_api.expect(page.get_by_label("Climate")).to_be_checked()
+            sync_api.expect(page.get_by_label("Neuroscience")).not_to_be_checked()
+
+            page.get_by_role("button", name="Unsubscribe").click()
+            sync_api.expect(page.get_by_role("heading")).to_have_text("You are unsubscribed")
+        finally:
+            browser.close()
+    with session(engine) as db:
+        ada = db.exec(select(Subscriber)).one()
+    assert (ada.status, ada.name, ada.topics) == (SubscriberStatus.UNSUBSCRIBED, "Ada Lovelace", ["Climate"])
+    assert ada.consent_ip == "127.0.0.1" and "Chrome" in (ada.consent_user_agent or "")

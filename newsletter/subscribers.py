@@ -256,11 +256,11 @@ def remove_subscriber(engine: Engine, raw_address: str, *, reason: str = "remove
         subscriber = find_subscriber(db, address)
         if subscriber is None:
             raise NewsletterError(f"{address} is not on the list; `newsletter subscribers list` shows who is")
-        _unsubscribe(db, subscriber, {"reason": reason})
+        mark_unsubscribed(db, subscriber, {"reason": reason})
         return subscriber
 
 
-def _unsubscribe(db: Session, subscriber: Subscriber, detail: dict[str, Any]) -> bool:
+def mark_unsubscribed(db: Session, subscriber: Subscriber, detail: dict[str, Any]) -> bool:
     """Mark ``subscriber`` unsubscribed and commit; False (and no change) when they already were."""
     if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
         return False

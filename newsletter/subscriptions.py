@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 from newsletter.db import session
 from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus, Summary, utcnow
 from newsletter.render import DEFAULT_SECTION
-from newsletter.subscribers import _unsubscribe, clean_name, find_subscriber, is_suppressed, normalise_address
+from newsletter.subscribers import clean_name, find_subscriber, is_suppressed, mark_unsubscribed, normalise_address
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def unsubscribe_by_token(engine: Engine, token: str, *, via: str) -> Subscriber 
     with session(engine) as db:
         subscriber = find_by_token(db, token)
         if subscriber is not None:
-            _unsubscribe(db, subscriber, {"via": via})
+            mark_unsubscribed(db, subscriber, {"via": via})
         return subscriber
 
 

@@ -53,6 +53,8 @@ def test_defaults_fill_everything_but_the_newsletter_section(tmp_path):
         ("backend:\n  name: file\n  options:\n    outbx: x\n", "unknown key 'backend.options.outbx'; the file backend allows: outbox"),
         ("database:\n  url: mysql://x\n", "database.url: 'mysql://x' must start with sqlite:/// or postgresql"),
         ("colour: blue\n", "unknown key 'colour'; allowed here: newsletter, database, templates, schedule, backend"),
+        ("web:\n  confirm_expiry: 3\n", "unknown key 'web.confirm_expiry'; allowed here: confirm_expiry_days,"),
+        ("web:\n  subscribe_limit_per_ip: 0\n", "web.subscribe_limit_per_ip: Input should be greater than or equal to 1"),
     ],
 )
 def test_a_wrong_key_or_value_names_the_file_the_key_and_what_is_allowed(tmp_path, extra, expected):

@@ -195,11 +195,12 @@ def test_a_bad_address_gets_the_form_back_with_one_line(site):
     assert site.mails() == []
 
 
-def test_when_mail_cannot_be_sent_the_visitor_is_told_and_may_retry(tmp_path, config):
+def test_when_mail_cannot_be_sent_the_next_request_tries_again(tmp_path, config):
     (tmp_path / "blocked").write_text("a file where the outbox folder should be")
     site = make_site(tmp_path, backend={"name": "file", "options": {"outbox": "blocked/outbox"}})
+    normal = subscribe(site, "someone@example.org")
     response = subscribe(site, "ada@example.org")
-    assert response.status_code == 503 and "try again in a few minutes" in response.text
+    assert (response.status_code, response.text) == (normal.status_code, normal.text)  # no tell-tale difference
     assert site.subscriber("ada@example.org").confirmation_sent_at is None  # the next try sends at once
     site.engine.dispose()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
@@ -140,13 +140,15 @@ def subscribe_form(request: Request) -> HTMLResponse:
 @router.post("/subscribe", response_class=HTMLResponse)
 def subscribe(
     request: Request,
-    email: Annotated[str, Form(max_length=320)] = "",
-    name: Annotated[str, Form(max_length=200)] = "",
-    website: Annotated[str, Form(max_length=500)] = "",
-    source: Annotated[str, Form(max_length=100)] = "",
+    background: BackgroundTasks,
+    email: Annotated[str, Form()] = "",
+    name: Annotated[str, Form()] = "",
+    website: Annotated[str, Form()] = "",
+    source: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     """Subscribe form endpoint (usable from another site's form): creates a pending subscriber and sends a
-    confirmation email. The answer is the same whether or not the address is already on the list."""
+    confirmation email. The answer, and how long it takes, is the same whether or not the address is
+    already on the list: the email goes out after the response."""
     state = _state(request)
     ip, user_agent = _client(request)
     if not state.limiter.allow(ip or "unknown"):
@@ -157,26 +159,27 @@ def subscribe(
     check_inbox = notice(request, "Check your inbox",
                          "If this address can subscribe, we have sent it an email with a confirmation link. "
                          "Click it to start receiving the newsletter.",
-                         "Nothing arrived? Look in your spam folder; you can ask again tomorrow.")
+                         "Nothing arrived within a few minutes? Look in your spam folder, then ask again.")
     if website.strip():
         log.info("subscribe form honeypot filled; ignoring the request")
         return check_inbox
-    consent = Consent(source=" ".join(source.split()) or "web form", ip=ip, user_agent=user_agent)
+    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
     try:
-        subscriber = request_subscription(state.engine, email, name, consent, now=state.clock())
+        subscriber = request_subscription(state.engine, email[:400], name, consent, now=state.clock())
     except InvalidAddress:
-        return page(request, "subscribe.html", 400, title="Subscribe", email=email, name=name,
+        return page(request, "subscribe.html", 400, title="Subscribe", email=email[:400], name=name[:200],
                     error="That does not look like an email address. Please check it and try again.")
     if subscriber is not None:
-        try:
-            mail.send_confirmation(state.config, state.signer, subscriber)
-        except NewsletterError as exc:
-            release_confirmation(state.engine, subscriber)
-            log.error("could not send a confirmation email: %s", exc)
-            return notice(request, "We could not send the email",
-                          "Our mail service is not answering right now. Please try again in a few minutes.",
-                          status=503)
+        background.add_task(_send_confirmation, state, subscriber)
     return check_inbox
+
+
+def _send_confirmation(state: WebState, subscriber: Subscriber) -> None:
+    try:
+        mail.send_confirmation(state.config, state.signer, subscriber)
+    except NewsletterError as exc:  # free the 24-hour slot, so asking again sends it
+        release_confirmation(state.engine, subscriber)
+        log.error("could not send a confirmation email: %s", exc)
 
 
 # -- confirm --------------------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ def preferences_page(request: Request, token: str, welcome: bool = False, saved:
 def save_preferences(
     request: Request,
     token: str,
-    name: Annotated[str, Form(max_length=200)] = "",
+    name: Annotated[str, Form()] = "",
     topics: Annotated[list[str], Form()] = [],  # noqa: B006  (FastAPI copies defaults)
 ) -> Response:
     """Saves name and topics (none ticked: every topic), then shows the page again."""

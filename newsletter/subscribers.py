@@ -1,9 +1,9 @@
-"""The subscriber list: add, import, list, remove, export, erase, and the subscriber's own actions.
+"""The subscriber list as the operator manages it: add, import, list, remove, export, erase.
 
 Addresses are normalised with email-validator and unique case-insensitively. Nothing here ever moves an
 ``unsubscribed``, ``bounced`` or ``complained`` address back to ``active``: only the subscriber can do
-that, by subscribing again (double opt-in: :func:`request_subscription`, then :func:`confirm_subscription`).
-An erased address leaves only a hash in the suppression list, and nothing adds it back.
+that, by subscribing again (double opt-in, :mod:`newsletter.subscriptions`). An erased address leaves only
+a hash in the suppression list, and nothing adds it back.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from newsletter.subscribers import clean_name, find_subscriber, is_suppressed, m
 log = logging.getLogger(__name__)
 
 CONFIRMATION_INTERVAL = timedelta(hours=24)  # at most one confirmation email per address in this time
-MAX_TOPICS = 100
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from newsletter.config import Config
 from newsletter.errors import ExpiredToken, InvalidToken, NewsletterError
@@ -114,7 +114,7 @@ class LinkSigner:
             return serializer.loads(token)
         except SignatureExpired:
             raise ExpiredToken("this link has expired; subscribe again to get a new one") from None
-        except BadSignature:
+        except BadData:  # a wrong signature, or a payload that does not decode
             raise InvalidToken("this link is not valid; it may have been cut short when copied") from None
 
     def confirm_url(self, subscriber_token: str) -> str:

@@ -11,7 +11,7 @@ from newsletter.backends import create_backend
 from newsletter.db import session
 from newsletter.delivery import send_unfinished
 from newsletter.digest import prepare_issue
-from newsletter.models import Subscriber
+from newsletter.models import Subscriber, Summary, utcnow
 from newsletter.web.app import create_app
 from tests.helpers import add_people, add_summaries
 
@@ -67,3 +67,15 @@ def test_the_atom_feed_lists_issues_with_links_to_their_pages(config, engine):
     assert entry.findtext(f"{ATOM}title").startswith("Research Weekly #1: Paper number 0")
     assert "Paper number 1" in entry.findtext(f"{ATOM}summary")
     assert "ada@example.org" not in response.text
+
+
+def test_an_archived_page_shows_a_corrected_summary(config, engine):
+    sent_issue(config, engine)
+    client = TestClient(create_app(config, engine))
+    assert "Paper number 0" in client.get("/archive/1").text
+    with session(engine) as db:
+        summary = db.exec(select(Summary).where(Summary.title == "Paper number 0")).one()
+        summary.title, summary.updated_at = "Paper number 0 (corrected)", utcnow()
+        db.add(summary)
+        db.commit()
+    assert "Paper number 0 (corrected)" in client.get("/archive/1").text

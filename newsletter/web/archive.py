@@ -24,6 +24,7 @@ from newsletter.web.pages import _root, _state, notice, page
 router = APIRouter()
 PUBLIC = (IssueStatus.SENDING, IssueStatus.SENT)
 FEED_SIZE = 20
+CACHED_PAGES = 32
 ATOM = "http://www.w3.org/2005/Atom"
 
 
@@ -88,9 +89,15 @@ def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 
     if issue is None:
         return notice(request, "No such issue", f"There is no published issue number {number}.", status=404,
                       link_url=f"{_root(request)}/archive", link_label="All past issues")
-    site = state.config.newsletter.site_url
-    neutral = RecipientValues(
-        email="you", name="", unsubscribe_url=f"{site}/unsubscribe", preferences_url=f"{site}/preferences"
-    )
-    html, _text = render_issue(state.config, issue, items).personalise(neutral)
-    return HTMLResponse(html)
+    # Rendering compiles MJML (~60 ms); a page changes only when one of its summaries is updated.
+    key = (issue.number, max((as_utc(item.updated_at) for item in items), default=None))
+    cache: dict[tuple[int, datetime | None], str] = request.app.state.archive_pages
+    if key not in cache:
+        site = state.config.newsletter.site_url
+        neutral = RecipientValues(
+            email="you", name="", unsubscribe_url=f"{site}/unsubscribe", preferences_url=f"{site}/preferences"
+        )
+        if len(cache) >= CACHED_PAGES:
+            cache.pop(next(iter(cache), None), None)  # the oldest; tolerant of a concurrent request
+        cache[key] = render_issue(state.config, issue, items).personalise(neutral)[0]
+    return HTMLResponse(cache[key])

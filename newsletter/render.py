@@ -36,6 +36,7 @@ from jinja2 import (
     TemplateSyntaxError,
     UndefinedError,
 )
+import css_inline
 from mjml import mjml2html
 
 from newsletter.config import Config
@@ -132,6 +133,7 @@ class IssueInfo:
     period_start: date
     period_end: date
     date_range: str
+    archive_url: str  # this issue on the website: the "view in browser" link, the same for everyone
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,10 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
         "newsletter": NewsletterInfo(
             config.newsletter.name, config.newsletter.postal_address, config.newsletter.site_url
         ),
-        "issue": IssueInfo(issue.number, issue.period_key, start, end, format_date_range(start, end)),
+        "issue": IssueInfo(
+            issue.number, issue.period_key, start, end, format_date_range(start, end),
+            f"{config.newsletter.site_url}/archive/{issue.number}",
+        ),
         "sections": sections,
         "items": flat,
         "item_count": len(flat),
@@ -368,7 +373,7 @@ def render_issue(config: Config, issue: Issue, items: Sequence[Summary]) -> Rend
     context = issue_context(config, issue, items, markers)
     context["subject"] = subject = _subject(env, context)
     mjml_source = _render(env, DIGEST_MJML_TEMPLATE, context)
-    html_part = _compile(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE))
+    html_part = compile_mjml(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE))
     text_part = tidy_text(_render(env, DIGEST_TEXT_TEMPLATE, context))
     address = config.newsletter.postal_address
     _require_legal_footer(_describe_name(env, DIGEST_MJML_TEMPLATE), html_part, markers, address, is_html=True)
@@ -420,8 +425,14 @@ def _render(env: Environment, name: str, context: Mapping[str, Any]) -> str:
         raise _template_error(exc, env, name, context) from exc
 
 
-def _compile(source: str, name: str) -> str:
-    """MJML to HTML with mjml-python; ``fonts={}`` so no web font is fetched from Google (privacy, speed)."""
+def compile_mjml(source: str, name: str) -> str:
+    """Rendered MJML to HTML with mjml-python, ``<mj-style inline="inline">`` CSS then inlined.
+
+    mjml-python leaves inline styles as a ``<style>`` block, which Gmail (in some views) and Outlook ignore,
+    so they are moved onto the elements here, as the official MJML does; a style already on an element
+    wins. ``fonts={}``: no web font is fetched from Google (privacy, speed). ``name`` is the template the
+    source came from, for the error message. Raises TemplateError.
+    """
     try:
         compiled = mjml2html(source, fonts={})  # the module global is looked up per call: tests count calls
     except Exception as exc:
@@ -435,7 +446,29 @@ def _compile(source: str, name: str) -> str:
             f"{name}: <{unknown.group(1)}> is not an MJML element, so it reached the HTML unchanged; "
             f"fix its name or use <mj-raw> (see {_MJML_DOCS})"
         )
-    return compiled
+    return _inline_styles(source, compiled, name)
+
+
+_INLINE_STYLE = re.compile(r"<mj-style\b[^>]*\binline=[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.DOTALL | re.IGNORECASE)
+
+
+def _inline_styles(source: str, compiled: str, name: str) -> str:
+    """``compiled`` with the CSS of the source's inline ``<mj-style>`` blocks applied to the elements."""
+    blocks = [block.strip() for block in _INLINE_STYLE.findall(source) if block.strip()]
+    if not blocks:
+        return compiled
+    for block in blocks:  # mjml-python copies each block into the head verbatim: it is not needed there
+        compiled = compiled.replace(f'<style type="text/css">{block}</style>', "", 1)
+    inliner = css_inline.CSSInliner(
+        inline_style_tags=False,  # MJML's own head styles (resets, media queries) stay where they are
+        keep_style_tags=True,
+        load_remote_stylesheets=False,
+        extra_css="\n".join(blocks),
+    )
+    try:
+        return inliner.inline(compiled)
+    except ValueError as exc:  # css_inline.InlineError
+        raise TemplateError(f"{name}: the CSS in <mj-style inline=\"inline\"> cannot be inlined ({exc}); fix it") from exc
 
 
 def _near(source: str, message: str) -> str:

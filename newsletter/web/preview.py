@@ -66,6 +66,7 @@ class PreviewState:
         self.engine = engine if engine is not None else open_database(self.config)
         self.version = 0
         self.stop = threading.Event()
+        self.watching = threading.Event()  # set once the first watch is in place
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], IssueSample | NewsletterError] = {}
         self._config_stamp = self._stamp()
@@ -130,6 +131,7 @@ class PreviewState:
                 *dirs, stop_event=self.stop, debounce=50, step=20,
                 rust_timeout=int(POLL_SECONDS * 1000), yield_on_timeout=True,
             ):  # fmt: skip
+                self.watching.set()  # the first yield comes after the watch is in place
                 if changes:
                     self.changed("a template")
                 if self.reload_config_if_changed():
@@ -159,6 +161,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watcher = threading.Thread(target=state.watch, name="preview-watcher", daemon=True)
         watcher.start()
+        state.watching.wait(timeout=10)  # serve once edits are seen, so none made after start is missed
         try:
             yield
         finally:

@@ -385,6 +385,7 @@ _PAGE = _ENV.from_string("""<!doctype html>
 <script>
   const shown = {{ version }};
   const events = new EventSource("/events");
+  events.onopen = () => { document.documentElement.dataset.live = "yes"; };
   events.onmessage = (event) => { if (Number(event.data) !== shown) { location.reload(); } };
 </script>
 </body>

@@ -39,11 +39,15 @@ def test_the_default_digest_passes_every_check(config: Config, rendered: Rendere
     assert rules(config, rendered) == {}
 
 
+def padded(rendered: RenderedIssue, kilobytes: int) -> RenderedIssue:
+    """``rendered`` with its HTML padded to about ``kilobytes`` KB (after personalisation)."""
+    missing = kilobytes * 1024 - len(rendered.html.encode())
+    return replace(rendered, html=rendered.html.replace("</body>", "<p>" + "word " * (missing // 5) + "</p></body>"))
+
+
 def test_html_over_102_kb_is_clipped_by_gmail(config: Config, rendered: RenderedIssue) -> None:
-    padding = "<p>" + "word " * 22_000 + "</p>"
-    big = replace(rendered, html=rendered.html.replace("</body>", padding + "</body>"))
-    assert "over Gmail's 102 KB limit" in rules(config, big)["html-size"]
-    near = replace(rendered, html=rendered.html.replace("</body>", "<p>" + "word " * 12_000 + "</p></body>"))
+    assert "over Gmail's 102 KB limit" in rules(config, padded(rendered, 103))["html-size"]
+    near = padded(rendered, 95)
     findings = check_message(config, near, build_message(config, near, READER, message_id=MESSAGE_ID))
     assert [(f.rule, f.severity) for f in findings] == [("html-size", Severity.WARNING)] and not has_errors(findings)
 

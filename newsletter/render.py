@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+import css_inline
 from jinja2 import (
     ChoiceLoader,
     Environment,
@@ -36,7 +37,6 @@ from jinja2 import (
     TemplateSyntaxError,
     UndefinedError,
 )
-import css_inline
 from mjml import mjml2html
 
 from newsletter.config import Config
@@ -449,7 +449,9 @@ def compile_mjml(source: str, name: str) -> str:
     return _inline_styles(source, compiled, name)
 
 
-_INLINE_STYLE = re.compile(r"<mj-style\b[^>]*\binline=[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.DOTALL | re.IGNORECASE)
+_INLINE_STYLE = re.compile(
+    r"<mj-style\b[^>]*\binline=[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.DOTALL | re.IGNORECASE
+)
 
 
 def _inline_styles(source: str, compiled: str, name: str) -> str:
@@ -468,7 +470,9 @@ def _inline_styles(source: str, compiled: str, name: str) -> str:
     try:
         return inliner.inline(compiled)
     except ValueError as exc:  # css_inline.InlineError
-        raise TemplateError(f"{name}: the CSS in <mj-style inline=\"inline\"> cannot be inlined ({exc}); fix it") from exc
+        raise TemplateError(
+            f"{name}: the CSS in <mj-style inline=\"inline\"> cannot be inlined ({exc}); fix it"
+        ) from exc
 
 
 def _near(source: str, message: str) -> str:

@@ -75,7 +75,9 @@ def test_lines_over_998_octets_in_the_encoded_message(config: Config, rendered: 
         ("mailto:", "without an address"),
     ],
 )
-def test_links_must_be_absolute_and_well_formed(config: Config, rendered: RenderedIssue, href: str, problem: str) -> None:
+def test_links_must_be_absolute_and_well_formed(
+    config: Config, rendered: RenderedIssue, href: str, problem: str
+) -> None:
     page = replace(rendered, html=rendered.html.replace("https://climate.example.org/ocean-heat", href, 1))
     assert problem in rules(config, page)["links"]
     assert "link 'Ocean heat content reaches a record high'" in rules(config, page)["links"]
@@ -125,7 +127,8 @@ runner = CliRunner()
 
 
 def cli(config_file: Path, *args: str):
-    return runner.invoke(app, [*args, "--config", str(config_file)], env={"NEWSLETTER_SECRET_KEY": "k", "COLUMNS": "200"})
+    env = {"NEWSLETTER_SECRET_KEY": "k", "COLUMNS": "200"}
+    return runner.invoke(app, [*args, "--config", str(config_file)], env=env)
 
 
 def test_digest_check_and_send_refuse_on_errors_unless_forced(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ def test_past_issues_are_listed_and_shown(client: TestClient, project: Project) 
     page = client.get("/?issue=1").text
     assert "issue #1 (prepared)" in page and "?issue=1&view=html" in page, page
     assert "there is no issue #9" in client.get("/?issue=9").text
+    assert "is not an issue" in client.get("/?issue=abc").text
 
 
 def test_template_error_shows_file_and_line_and_the_server_keeps_going(client: TestClient, project: Project) -> None:

@@ -94,7 +94,9 @@ def png_width(path: Path) -> int:
 
 
 @pytest.mark.parametrize(("width", "viewport"), [("phone", 375), ("desktop", 600)])
-def test_no_horizontal_scroll_and_every_title_visible(browser, server: str, tmp_path: Path, width: str, viewport: int) -> None:
+def test_no_horizontal_scroll_and_every_title_visible(
+    browser, server: str, tmp_path: Path, width: str, viewport: int
+) -> None:
     page = browser.new_page(viewport={"width": viewport, "height": 900})
     page.goto(f"{server}/?width={width}")
     frame = page.frame_locator("#email")

@@ -16,7 +16,14 @@ import pytest
 from jinja2 import ChainableUndefined
 
 from newsletter.config import Config
-from newsletter.render import RecipientValues, compile_mjml, issue_context, new_markers, render_issue, template_environment
+from newsletter.render import (
+    RecipientValues,
+    compile_mjml,
+    issue_context,
+    new_markers,
+    render_issue,
+    template_environment,
+)
 from tests.conftest import ROOT
 from tests.helpers import make_issue, make_summaries
 

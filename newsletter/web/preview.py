@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -102,7 +102,9 @@ class PreviewState:
             summaries = db.exec(
                 select(func.count(col(Summary.id)), func.max(Summary.updated_at), func.count(col(Summary.issue_id)))
             ).one()
-            issues = db.exec(select(func.count(col(Issue.id)), func.max(Issue.number), func.count(col(Issue.sent_at)))).one()
+            issues = db.exec(
+                select(func.count(col(Issue.id)), func.max(Issue.number), func.count(col(Issue.sent_at)))
+            ).one()
         return (*summaries, *issues)
 
     def sample(self, ref: str) -> IssueSample:
@@ -112,6 +114,8 @@ class PreviewState:
         cached = self._cache.get(key)
         if cached is None:
             try:
+                if ref != "next" and not ref.isdigit():
+                    raise NewsletterError(f"{ref[:20]!r} is not an issue: choose 'next' or an issue number")
                 number = None if ref == "next" else int(ref)
                 issue, items, description, recipient = load_issue(self.engine, self.config, number)
                 cached = build_sample(self.config, issue, items, description, recipient)
@@ -127,21 +131,26 @@ class PreviewState:
         last = self.fingerprint()
         while not self.stop.is_set():
             dirs = [str(d) for d in template_dirs(self.config)]
-            for changes in watchfiles.watch(
-                *dirs, stop_event=self.stop, debounce=50, step=20,
-                rust_timeout=int(POLL_SECONDS * 1000), yield_on_timeout=True,
-            ):  # fmt: skip
-                self.watching.set()  # the first yield comes after the watch is in place
-                if changes:
-                    self.changed("a template")
-                if self.reload_config_if_changed():
-                    self.changed("the config")
-                current = self.fingerprint()
-                if current != last:
-                    last = current
-                    self.changed("a summary")
-                if [str(d) for d in template_dirs(self.config)] != dirs:
-                    break  # the config now names another templates folder: watch that one
+            try:
+                for changes in watchfiles.watch(
+                    *dirs, stop_event=self.stop, debounce=50, step=20,
+                    rust_timeout=int(POLL_SECONDS * 1000), yield_on_timeout=True,
+                ):  # fmt: skip
+                    self.watching.set()  # the first yield comes after the watch is in place
+                    if changes:
+                        self.changed("a template")
+                    if self.reload_config_if_changed():
+                        self.changed("the config")
+                    current = self.fingerprint()
+                    if current != last:
+                        last = current
+                        self.changed("a summary")
+                    if [str(d) for d in template_dirs(self.config)] != dirs:
+                        break  # the config now names another templates folder: watch that one
+            except Exception as exc:  # a folder removed, the database locked: keep watching, never die
+                log.warning("preview: watching stopped (%s); starting again", exc)
+                self.changed("something")
+                self.stop.wait(1)
 
 
 def create_preview_app(config_path: Path, engine: Engine | None = None, *, require_token: bool = False) -> FastAPI:
@@ -258,7 +267,9 @@ def _send_test(state: PreviewState, to: str, ref: str) -> str:
     try:
         address = validate_email(to.strip(), check_deliverability=False, allow_smtputf8=False).normalized
     except EmailNotValidError as exc:
-        raise NewsletterError(f"{to.strip()[:100]!r} is not an email address ({exc}); type one like you@example.org") from None
+        raise NewsletterError(
+            f"{to.strip()[:100]!r} is not an email address ({exc}); type one like you@example.org"
+        ) from None
     sample = state.sample(ref)
     config = state.config
     values = sample_values(config, Subscriber(email=address, name="", token=f"preview-{address}"))

@@ -7,6 +7,7 @@ configuration mistakes, 1 otherwise); nothing a user can fix ends in a traceback
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from typer.core import TyperGroup
 from newsletter import subscribers as subscriber_list
 from newsletter.backends import create_backend
 from newsletter.checks import check_issue
-from newsletter.config import Config, load_config
+from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
 from newsletter.db import open_database, session
 from newsletter.delivery import send_issue, send_unfinished, write_preview
 from newsletter.digest import delivery_counts, find_issue, prepare_issue, unfinished_issues
@@ -382,11 +383,8 @@ def preview(
 
     Example: newsletter preview --port 8025, then open http://127.0.0.1:8025
     """
-    import os
+    import uvicorn  # only this command needs the server: other commands start faster without it
 
-    import uvicorn
-
-    from newsletter.config import DEFAULT_CONFIG_FILE
     from newsletter.web.preview import LOOPBACK, create_preview_app
 
     path = Path(config or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,10 +34,11 @@ from typer.core import TyperGroup
 
 from newsletter import subscribers as subscriber_list
 from newsletter.backends import create_backend
-from newsletter.config import Config, load_config
+from newsletter.checks import check_issue
+from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
 from newsletter.db import open_database, session
 from newsletter.delivery import send_issue, send_unfinished, write_preview
-from newsletter.digest import delivery_counts, find_issue, prepare_issue
+from newsletter.digest import delivery_counts, find_issue, prepare_issue, unfinished_issues
 from newsletter.errors import NewsletterError
 from newsletter.ingest import find_files, ingest_paths
 from newsletter.models import Issue, SubscriberStatus
@@ -316,14 +318,17 @@ def digest_render(
 def digest_send(
     issue: IssueOption = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Messages per claimed batch.")] = 100,
+    force: Annotated[bool, typer.Option("--force", help="Send even when the pre-send checks find errors.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Send what is due of every unfinished issue (or only --issue N) through the configured backend.
-    Already-sent deliveries are never sent again, so it is safe to run after an interruption.
+    Already-sent deliveries are never sent again, so it is safe to run after an interruption. The
+    pre-send checks (`digest check`) run first; an error stops the send unless --force.
 
     Example: newsletter digest send
     """
     with _opened(config) as (loaded, engine):
+        _check_before_sending(engine, loaded, issue, force)
         backend = create_backend(loaded)
         with _progress() as bar:
             tasks: dict[int, TaskID] = {}
@@ -340,6 +345,40 @@ def digest_send(
                 reports = [send_issue(engine, loaded, backend, issue, **options)]
     for report in reports:
         console.print(f"{report.summary_line()} (via {backend.describe()})")
+
+
+def _check_before_sending(engine: Engine, config: Config, number: int | None, force: bool) -> None:
+    """Run the pre-send checks on every issue about to be sent; raise NewsletterError on an error unless forced."""
+    if number is None:
+        with session(engine) as db:
+            numbers = [unfinished.number for unfinished in unfinished_issues(db)]
+    else:
+        numbers = [number]
+    for checked in numbers:
+        report = check_issue(engine, config, checked)
+        for finding in report.findings:
+            errors.print(Text(f"issue #{checked}: {finding.line()}"), soft_wrap=True)
+        if not report.ok and not force:
+            raise NewsletterError(
+                f"issue #{checked} fails the pre-send checks above; fix them, or send anyway with --force"
+            )
+
+
+@digest_app.command("check")
+def digest_check(issue: IssueOption = None, config: ConfigOption = None) -> None:
+    """Check an issue as it would be sent (default: a draft of the next one, else the newest): HTML size,
+    alt texts, line lengths, links, unsubscribe link, postal address, subject and preheader. Exits 1 on errors.
+
+    Example: newsletter digest check --issue 3
+    """
+    with _opened(config) as (loaded, engine):
+        report = check_issue(engine, loaded, issue)
+    for finding in report.findings:
+        (errors if finding.severity == "error" else console).print(Text(finding.line()), soft_wrap=True)
+    errors_found = sum(finding.severity == "error" for finding in report.findings)
+    console.print(f"{report.description}: {errors_found} errors, {len(report.findings) - errors_found} warnings")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @digest_app.command("status")
@@ -392,6 +431,34 @@ def run(config: ConfigOption = None) -> None:
     logging.getLogger().setLevel(logging.INFO)
     with _opened(config) as (loaded, engine):
         run_scheduler(engine, loaded)
+
+
+@app.command()
+def preview(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: preview.host, 127.0.0.1).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default: preview.port, 8025).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve a live preview of the next digest (or any past issue) for editors, until Ctrl-C. It reloads
+    itself when a template, the config or a summary changes. Any address but 127.0.0.1 needs a token
+    (NEWSLETTER_PREVIEW_TOKEN or preview.token).
+
+    Example: newsletter preview --port 8025, then open http://127.0.0.1:8025
+    """
+    import uvicorn  # only this command needs the server: other commands start faster without it
+
+    from newsletter.web.preview import LOOPBACK, create_preview_app
+
+    path = Path(config or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)
+    settings = load_config(path).preview
+    host = host or settings.host
+    port = port or settings.port
+    app_ = create_preview_app(path, require_token=host not in LOOPBACK)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"previewing {path} at http://{shown}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)
 
 
 @app.command()

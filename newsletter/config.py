@@ -176,6 +176,20 @@ class BackendSection(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PreviewSection(_Section):
+    """``newsletter preview``: where the editors' preview listens. Any address but loopback requires a token
+    (``token`` here or ``$NEWSLETTER_PREVIEW_TOKEN``), given once as ``?token=...``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=1, le=65535)
+    token: str | None = Field(default=None, min_length=16)
+
+    @property
+    def access_token(self) -> str | None:
+        """The token the preview requires, the environment first (secrets do not belong in the file)."""
+        return os.environ.get("NEWSLETTER_PREVIEW_TOKEN") or self.token
+
+
 class Config(_Section):
     """The whole configuration. ``base_dir`` is the folder of the config file."""
 
@@ -185,6 +199,7 @@ class Config(_Section):
     schedule: ScheduleSection = ScheduleSection()
     backend: BackendSection = BackendSection()
     web: WebSection = WebSection()
+    preview: PreviewSection = PreviewSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="<defaults>", exclude=True)
 

@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+import css_inline
 from jinja2 import (
     ChoiceLoader,
     Environment,
@@ -132,6 +133,7 @@ class IssueInfo:
     period_start: date
     period_end: date
     date_range: str
+    archive_url: str  # this issue on the website: the "view in browser" link, the same for everyone
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,10 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
         "newsletter": NewsletterInfo(
             config.newsletter.name, config.newsletter.postal_address, config.newsletter.site_url
         ),
-        "issue": IssueInfo(issue.number, issue.period_key, start, end, format_date_range(start, end)),
+        "issue": IssueInfo(
+            issue.number, issue.period_key, start, end, format_date_range(start, end),
+            f"{config.newsletter.site_url}/archive/{issue.number}",
+        ),
         "sections": sections,
         "items": flat,
         "item_count": len(flat),
@@ -367,12 +372,12 @@ def render_issue(config: Config, issue: Issue, items: Sequence[Summary]) -> Rend
     markers = new_markers()
     context = issue_context(config, issue, items, markers)
     context["subject"] = subject = _subject(env, context)
-    mjml_source = _render(env, DIGEST_MJML_TEMPLATE, context)
-    html_part = _compile(mjml_source, _describe_name(env, DIGEST_MJML_TEMPLATE))
-    text_part = tidy_text(_render(env, DIGEST_TEXT_TEMPLATE, context))
+    mjml_source = render_template(env, DIGEST_MJML_TEMPLATE, context)
+    html_part = compile_mjml(mjml_source, describe_template(env, DIGEST_MJML_TEMPLATE))
+    text_part = tidy_text(render_template(env, DIGEST_TEXT_TEMPLATE, context))
     address = config.newsletter.postal_address
-    _require_legal_footer(_describe_name(env, DIGEST_MJML_TEMPLATE), html_part, markers, address, is_html=True)
-    _require_legal_footer(_describe_name(env, DIGEST_TEXT_TEMPLATE), text_part, markers, address, is_html=False)
+    _require_legal_footer(describe_template(env, DIGEST_MJML_TEMPLATE), html_part, markers, address, is_html=True)
+    _require_legal_footer(describe_template(env, DIGEST_TEXT_TEMPLATE), text_part, markers, address, is_html=False)
     log.info("rendered issue %s: %d items, %d bytes of HTML", issue.number, len(context["items"]), len(html_part))
     return RenderedIssue(subject, context["preheader"], html_part, text_part, markers)
 
@@ -380,9 +385,9 @@ def render_issue(config: Config, issue: Issue, items: Sequence[Summary]) -> Rend
 def _subject(env: Environment, context: Mapping[str, Any]) -> str:
     """``subject.txt.j2`` on one line; it sees no ``recipient`` (a subject is the same for everyone)."""
     subject_context = {key: value for key, value in context.items() if key != "recipient"}
-    subject = " ".join(_render(env, SUBJECT_TEMPLATE, subject_context).split())
+    subject = " ".join(render_template(env, SUBJECT_TEMPLATE, subject_context).split())
     if not subject:
-        raise TemplateError(f"{_describe_name(env, SUBJECT_TEMPLATE)}: renders an empty subject; write one line")
+        raise TemplateError(f"{describe_template(env, SUBJECT_TEMPLATE)}: renders an empty subject; write one line")
     return subject
 
 
@@ -413,15 +418,22 @@ def tidy_text(text: str) -> str:
     return re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines)).strip("\n") + "\n"
 
 
-def _render(env: Environment, name: str, context: Mapping[str, Any]) -> str:
+def render_template(env: Environment, name: str, context: Mapping[str, Any]) -> str:
+    """Render template ``name``; any failure becomes a TemplateError naming the file and line."""
     try:
         return env.get_template(name).render(context)
     except Exception as exc:  # template code is user-editable: any failure is theirs to fix
         raise _template_error(exc, env, name, context) from exc
 
 
-def _compile(source: str, name: str) -> str:
-    """MJML to HTML with mjml-python; ``fonts={}`` so no web font is fetched from Google (privacy, speed)."""
+def compile_mjml(source: str, name: str) -> str:
+    """Rendered MJML to HTML with mjml-python, ``<mj-style inline="inline">`` CSS then inlined.
+
+    mjml-python leaves inline styles as a ``<style>`` block, which Gmail (in some views) and Outlook ignore,
+    so they are moved onto the elements here, as the official MJML does; a style already on an element
+    wins. ``fonts={}``: no web font is fetched from Google (privacy, speed). ``name`` is the template the
+    source came from, for the error message. Raises TemplateError.
+    """
     try:
         compiled = mjml2html(source, fonts={})  # the module global is looked up per call: tests count calls
     except Exception as exc:
@@ -435,7 +447,33 @@ def _compile(source: str, name: str) -> str:
             f"{name}: <{unknown.group(1)}> is not an MJML element, so it reached the HTML unchanged; "
             f"fix its name or use <mj-raw> (see {_MJML_DOCS})"
         )
-    return compiled
+    return _inline_styles(source, compiled, name)
+
+
+_INLINE_STYLE = re.compile(
+    r"<mj-style\b[^>]*\binline=[\"']inline[\"'][^>]*>(.*?)</mj-style>", re.DOTALL | re.IGNORECASE
+)
+
+
+def _inline_styles(source: str, compiled: str, name: str) -> str:
+    """``compiled`` with the CSS of the source's inline ``<mj-style>`` blocks applied to the elements."""
+    blocks = [block.strip() for block in _INLINE_STYLE.findall(source) if block.strip()]
+    if not blocks:
+        return compiled
+    for block in blocks:  # mjml-python copies each block into the head verbatim: it is not needed there
+        compiled = compiled.replace(f'<style type="text/css">{block}</style>', "", 1)
+    inliner = css_inline.CSSInliner(
+        inline_style_tags=False,  # MJML's own head styles (resets, media queries) stay where they are
+        keep_style_tags=True,
+        load_remote_stylesheets=False,
+        extra_css="\n".join(blocks),
+    )
+    try:
+        return inliner.inline(compiled)
+    except ValueError as exc:  # css_inline.InlineError
+        raise TemplateError(
+            f"{name}: the CSS in <mj-style inline=\"inline\"> cannot be inlined ({exc}); fix it"
+        ) from exc
 
 
 def _near(source: str, message: str) -> str:
@@ -451,7 +489,7 @@ def _near(source: str, message: str) -> str:
 
 def _template_error(exc: Exception, env: Environment, name: str, context: Mapping[str, Any]) -> TemplateError:
     """A user-facing TemplateError: ``file:line: problem; what to do``."""
-    where = _describe_name(env, name)
+    where = describe_template(env, name)
     frame = _innermost_template_frame(exc, env)
     if frame:
         where = f"{frame[0]}:{frame[1]}"
@@ -473,7 +511,7 @@ def _search_dirs(env: Environment) -> list[str]:
     return [str(p) for loader in loaders if isinstance(loader, FileSystemLoader) for p in loader.searchpath]
 
 
-def _describe_name(env: Environment, name: str) -> str:
+def describe_template(env: Environment, name: str) -> str:
     """The file ``name`` resolves to, or the bare name when it cannot be found."""
     for directory in _search_dirs(env):
         path = Path(directory) / name

@@ -22,9 +22,9 @@ from newsletter.message import POLICY, single_line
 from newsletter.models import Subscriber, utcnow
 from newsletter.render import (
     NewsletterInfo,
-    _compile,  # the digest's MJML compile step, with its error messages: imported, not copied
-    _describe_name,
-    _render,
+    compile_mjml,
+    describe_template,
+    render_template,
     template_environment,
     tidy_text,
 )
@@ -54,10 +54,10 @@ def render_transactional(config: Config, kind: str, context: dict[str, Any]) -> 
     env = template_environment(config)
     letter = config.newsletter
     context = {"newsletter": NewsletterInfo(letter.name, letter.postal_address, letter.site_url), **context}
-    subject = " ".join(_render(env, f"{kind}.subject.txt.j2", context).split())
+    subject = " ".join(render_template(env, f"{kind}.subject.txt.j2", context).split())
     context |= {"subject": subject, "preheader": subject}
-    html = _compile(_render(env, f"{kind}.mjml.j2", context), _describe_name(env, f"{kind}.mjml.j2"))
-    return Rendered(subject, html, tidy_text(_render(env, f"{kind}.txt.j2", context)))
+    html = compile_mjml(render_template(env, f"{kind}.mjml.j2", context), describe_template(env, f"{kind}.mjml.j2"))
+    return Rendered(subject, html, tidy_text(render_template(env, f"{kind}.txt.j2", context)))
 
 
 def confirmation_email(config: Config, signer: LinkSigner, subscriber: Subscriber) -> Rendered:

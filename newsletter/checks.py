@@ -1,0 +1,336 @@
+"""Pre-send checks: what would make an email clipped, unreadable, undeliverable or illegal.
+
+:func:`check_message` inspects one finished message (the bytes a backend would send) and returns
+:class:`Finding` s, each naming its rule and where it is. :func:`check_issue` renders an issue the way
+delivery does, builds the message for a sample recipient and checks it: ``newsletter digest check`` prints
+its findings, ``digest send`` refuses to start on an error unless ``--force``, and the weekly job calls it
+before sending.
+
+Rules: ``html-size`` (Gmail clips an HTML part over 102 KB), ``img-alt``, ``line-length`` (998 octets,
+RFC 5322), ``links`` (absolute, well-formed http(s) or mailto), ``unsubscribe`` (a link in both parts and
+the ``List-Unsubscribe`` header), ``postal-address`` (in both parts), ``subject`` (present, under 100
+characters), ``preheader`` (present and in the HTML).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import enum
+import html
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from newsletter.config import Config
+from newsletter.db import session
+from newsletter.digest import draft_issue, find_issue, issue_items, period_containing
+from newsletter.errors import NewsletterError
+from newsletter.message import build_message, make_message_id
+from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, utcnow
+from newsletter.render import RecipientValues, RenderedIssue, render_issue
+from newsletter.tokens import LinkSigner
+
+GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" above this much HTML
+SIZE_WARNING_BYTES = 90 * 1024
+MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
+MAX_SUBJECT_CHARS = 100
+SAMPLE_READER = Subscriber(email="reader@example.org", name="Sample Reader", token="sample-reader")
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"  # digest send refuses to start
+    WARNING = "warning"  # worth a look; sending goes ahead
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: ``rule`` (a name from the module docs), ``where`` it is, and what to do."""
+
+    rule: str
+    where: str
+    message: str
+    severity: Severity = Severity.ERROR
+
+    def line(self) -> str:
+        return f"{self.severity.value}: [{self.rule}] {self.where}: {self.message}"
+
+
+def has_errors(findings: list[Finding]) -> bool:
+    return any(finding.severity is Severity.ERROR for finding in findings)
+
+
+# -- one message ------------------------------------------------------------------------------------------
+
+
+def check_message(config: Config, rendered: RenderedIssue, message: bytes) -> list[Finding]:
+    """Every finding for ``message`` (the complete RFC 5322 bytes built from ``rendered``), errors first."""
+    parsed: EmailMessage = email.message_from_bytes(message, policy=email.policy.default)  # type: ignore[assignment]
+    html_part = _body(parsed, "html")
+    text_part = _body(parsed, "plain")
+    findings = [*_line_lengths(message), *_subject(parsed), *_preheader(rendered, html_part)]
+    if html_part is None:
+        findings.append(Finding("html-size", "message", "there is no text/html part"))
+    else:
+        page = _Page.parse(html_part)
+        findings += _size(html_part) + _images(page) + _links(page)
+        findings += _unsubscribe_html(page, parsed) + _address("HTML part", page.visible_text, config)
+    if text_part is None:
+        findings.append(Finding("unsubscribe", "message", "there is no text/plain part"))
+    else:
+        findings += _unsubscribe_text(text_part, parsed) + _address("text part", text_part, config)
+    return sorted(findings, key=lambda finding: finding.severity is not Severity.ERROR)
+
+
+def _body(message: EmailMessage, subtype: str) -> str | None:
+    part = message.get_body(preferencelist=(subtype,))
+    return part.get_content() if part is not None else None  # type: ignore[union-attr]
+
+
+def _line_lengths(message: bytes) -> list[Finding]:
+    return [
+        Finding("line-length", f"encoded message line {number}", f"{len(line)} octets, over the limit of "
+                f"{MAX_LINE_OCTETS}; servers may break or reject it, so encode the part (quoted-printable)")
+        for number, line in enumerate(message.split(b"\r\n"), 1)
+        if len(line) > MAX_LINE_OCTETS
+    ]
+
+
+def _subject(message: EmailMessage) -> list[Finding]:
+    subject = " ".join(str(message.get("Subject", "")).split())
+    if not subject:
+        return [Finding("subject", "Subject header", "the subject is empty; write one in subject.txt.j2")]
+    if len(subject) >= MAX_SUBJECT_CHARS:
+        return [Finding("subject", "Subject header", f"{len(subject)} characters ({subject[:40]!r}…); keep it "
+                        f"under {MAX_SUBJECT_CHARS}, mail clients cut long subjects (edit subject.txt.j2)")]
+    return []
+
+
+def _preheader(rendered: RenderedIssue, html_part: str | None) -> list[Finding]:
+    if not rendered.preheader.strip():
+        return [Finding("preheader", "<mj-preview>", "the preheader is empty; inboxes show the start of the "
+                        "body instead (fill <mj-preview> in digest.mjml.j2)")]
+    if html_part is not None and html.escape(rendered.preheader, quote=False) not in html_part.replace("&#39;", "'"):
+        return [Finding("preheader", "HTML part", "the preheader is not in the HTML; keep <mj-preview> in the "
+                        "template's <mj-head>")]
+    return []
+
+
+def _size(html_part: str) -> list[Finding]:
+    size = len(html_part.encode("utf-8"))
+    kb = f"{size / 1024:.1f} KB"
+    if size > GMAIL_CLIP_BYTES:
+        return [Finding("html-size", "HTML part", f"{kb}, over Gmail's 102 KB limit, so Gmail clips it and "
+                        "hides the footer; fewer items or shorter summaries")]
+    if size > SIZE_WARNING_BYTES:
+        return [Finding("html-size", "HTML part", f"{kb}, close to Gmail's 102 KB limit", Severity.WARNING)]
+    return []
+
+
+def _images(page: _Page) -> list[Finding]:
+    return [
+        Finding("img-alt", f"HTML line {line}: <img src={src[:80]!r}>", "no alt text; screen readers and "
+                "clients that block images show nothing (set the summary's image_alt)")
+        for line, src, alt in page.images
+        if not (alt or "").strip()
+    ]
+
+
+def _links(page: _Page) -> list[Finding]:
+    return [
+        Finding("links", f"HTML line {line}: link {text[:40]!r}", f"{href[:100]!r} {problem}")
+        for line, href, text in page.links
+        if (problem := link_problem(href))
+    ]
+
+
+def link_problem(href: str) -> str | None:
+    """Why ``href`` is not a usable link in an email, or None: absolute http(s) or mailto, well-formed."""
+    if not href or any(ch.isspace() or ord(ch) < 32 or ch in '<>"' for ch in href):
+        return "is empty or contains spaces, quotes or control characters"
+    try:
+        parts = urlsplit(href)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"is malformed ({exc})"
+    if parts.scheme == "mailto":
+        return None if re.fullmatch(r"[^@\s]+@[^@\s]+", parts.path) else "is a mailto: without an address"
+    if parts.scheme not in ("http", "https"):
+        return "is not an absolute http(s) link; a mail client has no page to resolve it against"
+    if not parts.hostname or "." not in parts.hostname.strip("."):
+        return "has no valid host name"
+    return None
+
+
+def _unsubscribe_html(page: _Page, message: EmailMessage) -> list[Finding]:
+    findings = []
+    header = str(message.get("List-Unsubscribe", ""))
+    urls = re.findall(r"<(https?://[^>]+)>", header)
+    if not urls:
+        findings.append(Finding("unsubscribe", "List-Unsubscribe header", "missing or without an http(s) link"))
+    elif not any(href == urls[0] for _line, href, _text in page.links):
+        findings.append(Finding("unsubscribe", "HTML part", "no visible unsubscribe link; keep "
+                                "{{ recipient.unsubscribe_url }} in the footer"))
+    return findings
+
+
+def _unsubscribe_text(text: str, message: EmailMessage) -> list[Finding]:
+    urls = re.findall(r"<(https?://[^>]+)>", str(message.get("List-Unsubscribe", "")))
+    if urls and urls[0] not in text:
+        return [Finding("unsubscribe", "text part", "no unsubscribe link; keep {{ recipient.unsubscribe_url }} "
+                        "in digest.txt.j2")]
+    return []
+
+
+def _address(where: str, text: str, config: Config) -> list[Finding]:
+    address = " ".join(config.newsletter.postal_address.split())
+    if address not in " ".join(text.split()):
+        return [Finding("postal-address", where, "the postal address is missing (anti-spam law requires it); keep "
+                        "{{ newsletter.postal_address }} in the footer")]
+    return []
+
+
+class _Page(HTMLParser):
+    """What the checks need from an HTML part: links, images and the text a reader sees."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[tuple[int, str, str]] = []  # (line, href, link text)
+        self.images: list[tuple[int, str, str | None]] = []  # (line, src, alt)
+        self._open_link: list[object] | None = None
+        self._hidden_depth = 0  # inside <head>, <style>, <script> or <title>
+        self._text: list[str] = []
+
+    @classmethod
+    def parse(cls, document: str) -> _Page:
+        page = cls()
+        page.feed(document)
+        page.close()
+        return page
+
+    @property
+    def visible_text(self) -> str:
+        return " ".join(self._text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        line = self.getpos()[0]
+        if tag in ("head", "style", "script", "title"):
+            self._hidden_depth += 1
+        elif tag == "a" and "href" in values:
+            self._open_link = [line, (values["href"] or "").strip(), ""]
+        elif tag == "img":
+            self.images.append((line, values.get("src") or "", values.get("alt")))
+            if self._open_link is not None:
+                self._open_link[2] = f"{self._open_link[2]} {values.get('alt') or ''}"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("head", "style", "script", "title"):
+            self._hidden_depth = max(0, self._hidden_depth - 1)
+        elif tag == "a" and self._open_link is not None:
+            line, href, text = self._open_link
+            self.links.append((int(line), str(href), " ".join(str(text).split())))  # type: ignore[call-overload]
+            self._open_link = None
+
+    def handle_data(self, data: str) -> None:
+        if self._hidden_depth:
+            return
+        self._text.append(data)
+        if self._open_link is not None:
+            self._open_link[2] = f"{self._open_link[2]}{data}"
+
+
+# -- an issue ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssueSample:
+    """An issue rendered once plus one sample recipient's message, exactly as delivery builds it."""
+
+    issue: Issue
+    items: list[Summary]
+    description: str  # "draft of issue #8 (not prepared yet)" or "issue #7 (sent)"
+    rendered: RenderedIssue
+    values: RecipientValues
+    message: bytes
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    description: str
+    findings: list[Finding]
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.findings)
+
+
+def sample_values(config: Config, subscriber: Subscriber) -> RecipientValues:
+    """The personal values delivery uses for ``subscriber`` (signed links from its token)."""
+    links = LinkSigner(config)
+    return RecipientValues(
+        email=subscriber.email,
+        name=subscriber.name or "",
+        unsubscribe_url=links.unsubscribe_url(subscriber.token),
+        preferences_url=links.preferences_url(subscriber.token),
+    )
+
+
+def build_sample(
+    config: Config, issue: Issue, items: list[Summary], description: str, recipient: Subscriber
+) -> IssueSample:
+    """Render ``issue`` and build ``recipient``'s message with :func:`newsletter.message.build_message`.
+
+    Raises TemplateError when a template fails.
+    """
+    rendered = render_issue(config, issue, items)
+    values = sample_values(config, recipient)
+    message_id = make_message_id(config, issue.number, recipient.token)
+    data = build_message(config, rendered, values, message_id=message_id)
+    return IssueSample(issue, items, description, rendered, values, data)
+
+
+def load_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None
+               ) -> tuple[Issue, list[Summary], str, Subscriber]:
+    """(issue, items, description, sample recipient) for issue ``number``, or by default the next issue as
+    a draft (when summaries are waiting and this period has none yet) or else the newest issue.
+
+    The sample recipient is the first active subscriber, or a made-up reader. Raises NewsletterError when
+    there is nothing to show.
+    """
+    with session(engine) as db:
+        if number is None:
+            period = period_containing(now or utcnow(), config.schedule.zone)
+            if db.exec(select(Issue.id).where(Issue.period_key == period.key)).first() is None:
+                draft, items = draft_issue(db, config, period)
+                if items:
+                    return draft, items, f"draft of issue #{draft.number} (not prepared yet)", _sample(db)
+            if db.exec(select(Issue.id)).first() is None:
+                raise NewsletterError(
+                    "nothing to check: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
+                )
+        issue = find_issue(db, number)
+        return issue, issue_items(db, issue), f"issue #{issue.number} ({issue.status.value})", _sample(db)
+
+
+def _sample(db: Session) -> Subscriber:
+    query = select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(col(Subscriber.id))
+    return db.exec(query).first() or SAMPLE_READER
+
+
+def check_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None
+                ) -> CheckReport:
+    """Render issue ``number`` (default as in :func:`load_issue`) as it would be sent and check the message.
+
+    What ``digest check`` prints and what ``digest send`` and the weekly job run first. Raises TemplateError
+    when the templates do not render and NewsletterError when there is no such issue.
+    """
+    issue, items, description, recipient = load_issue(engine, config, number, now=now)
+    sample = build_sample(config, issue, items, description, recipient)
+    return CheckReport(description, check_message(config, sample.rendered, sample.message))

@@ -1,0 +1,155 @@
+"""Pre-send checks: a good issue passes; each rule finds its problem and says where; send refuses on errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from newsletter.checks import Severity, check_issue, check_message, has_errors, link_problem
+from newsletter.cli import app
+from newsletter.config import Config
+from newsletter.db import open_database
+from newsletter.demo import DEMO_SETTINGS
+from newsletter.message import build_message
+from newsletter.render import RecipientValues, RenderedIssue, render_issue
+from tests.conftest import make_config
+from tests.helpers import add_people, add_summaries, make_issue, make_summaries
+
+READER = RecipientValues(
+    "ada@example.org", "Ada", "https://news.example.org/unsubscribe/T", "https://news.example.org/preferences/T"
+)
+MESSAGE_ID = "<issue-12.abc@example.org>"
+
+
+def rules(config: Config, rendered: RenderedIssue, message: bytes | None = None) -> dict[str, str]:
+    message = message or build_message(config, rendered, READER, message_id=MESSAGE_ID)
+    return {finding.rule: f"{finding.where}: {finding.message}" for finding in check_message(config, rendered, message)}
+
+
+@pytest.fixture
+def rendered(config: Config) -> RenderedIssue:
+    return render_issue(config, make_issue(), make_summaries())
+
+
+def test_the_default_digest_passes_every_check(config: Config, rendered: RenderedIssue) -> None:
+    assert rules(config, rendered) == {}
+
+
+def padded(rendered: RenderedIssue, kilobytes: int) -> RenderedIssue:
+    """``rendered`` with its HTML padded to about ``kilobytes`` KB (after personalisation)."""
+    missing = kilobytes * 1024 - len(rendered.html.encode())
+    return replace(rendered, html=rendered.html.replace("</body>", "<p>" + "word " * (missing // 5) + "</p></body>"))
+
+
+def test_html_over_102_kb_is_clipped_by_gmail(config: Config, rendered: RenderedIssue) -> None:
+    assert "over Gmail's 102 KB limit" in rules(config, padded(rendered, 103))["html-size"]
+    near = padded(rendered, 95)
+    findings = check_message(config, near, build_message(config, near, READER, message_id=MESSAGE_ID))
+    assert [(f.rule, f.severity) for f in findings] == [("html-size", Severity.WARNING)] and not has_errors(findings)
+
+
+def test_an_image_without_alt_text_is_named(config: Config, rendered: RenderedIssue) -> None:
+    page = replace(rendered, html=rendered.html.replace('alt="EEG trace with sleep spindles highlighted"', 'alt=""'))
+    assert "<img src='https://img.example.org/spindles.png'>" in rules(config, page)["img-alt"]
+
+
+def test_lines_over_998_octets_in_the_encoded_message(config: Config, rendered: RenderedIssue) -> None:
+    message = build_message(config, rendered, READER, message_id=MESSAGE_ID)
+    long_header = b"X-Long: " + b"x" * 1200 + b"\r\n"
+    found = rules(config, rendered, long_header + message)
+    assert found["line-length"].startswith("encoded message line 1: 1208 octets")
+
+
+@pytest.mark.parametrize(
+    ("href", "problem"),
+    [
+        ("/archive/12", "not an absolute http(s) link"),
+        ("javascript:alert(1)", "not an absolute http(s) link"),
+        ("https://exa mple.org/", "spaces"),
+        ("https://localhost/x", "no valid host name"),
+        ("https://example.org:port/", "malformed"),
+        ("mailto:", "without an address"),
+    ],
+)
+def test_links_must_be_absolute_and_well_formed(
+    config: Config, rendered: RenderedIssue, href: str, problem: str
+) -> None:
+    page = replace(rendered, html=rendered.html.replace("https://climate.example.org/ocean-heat", href, 1))
+    assert problem in rules(config, page)["links"]
+    assert "link 'Ocean heat content reaches a record high'" in rules(config, page)["links"]
+
+
+def test_good_links_pass() -> None:
+    assert link_problem("https://example.org/a?b=c#d") is None
+    assert link_problem("mailto:editor@example.org?subject=hi") is None
+
+
+def test_missing_unsubscribe_link_and_postal_address(config: Config, rendered: RenderedIssue) -> None:
+    marker, address = rendered.markers.unsubscribe_url, config.newsletter.postal_address
+    stripped = replace(
+        rendered,
+        html=rendered.html.replace(f'href="{marker}"', 'href="https://news.example.org/"').replace(address, ""),
+        text=rendered.text.replace(marker, "").replace(address, ""),
+    )
+    found = check_message(config, stripped, build_message(config, stripped, READER, message_id=MESSAGE_ID))
+    where = {(f.rule, f.where.split(":")[0]) for f in found}
+    assert {("unsubscribe", "HTML part"), ("unsubscribe", "text part")} <= where
+    assert {("postal-address", "HTML part"), ("postal-address", "text part")} <= where
+
+
+def test_subject_and_preheader(config: Config, rendered: RenderedIssue) -> None:
+    long = replace(rendered, subject="A" * 100, preheader="")
+    found = rules(config, long)
+    assert "100 characters" in found["subject"] and "preheader is empty" in found["preheader"]
+    empty = replace(rendered, subject=" ")
+    assert "the subject is empty" in rules(config, empty)["subject"]
+
+
+def test_check_issue_uses_the_users_templates(tmp_path: Path, engine) -> None:
+    folder = tmp_path / "mine" / "partials"
+    folder.mkdir(parents=True)
+    (folder / "item.mjml.j2").write_text(
+        '<mj-section><mj-column><mj-text><a href="/relative">{{ item.title }}</a></mj-text>'
+        '<mj-image src="https://img.example.org/x.png" alt="" /></mj-column></mj-section>'
+    )
+    config = make_config(tmp_path, templates=str(tmp_path / "mine"))
+    add_summaries(engine, 2)
+    report = check_issue(engine, config)
+    assert report.description.startswith("draft of issue #1") and not report.ok
+    assert {f.rule for f in report.findings} == {"links", "img-alt"}
+
+
+runner = CliRunner()
+
+
+def cli(config_file: Path, *args: str):
+    env = {"NEWSLETTER_SECRET_KEY": "k", "COLUMNS": "200"}
+    return runner.invoke(app, [*args, "--config", str(config_file)], env=env)
+
+
+def test_digest_check_and_send_refuse_on_errors_unless_forced(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    (templates / "partials").mkdir(parents=True)
+    config_file = tmp_path / "config.yaml"
+    settings = {**DEMO_SETTINGS, "templates": "templates", "backend": {"name": "file", "options": {"outbox": "outbox"}}}
+    config_file.write_text(yaml.safe_dump(settings))
+    engine = open_database(make_config(tmp_path, **settings))
+    add_summaries(engine, 1)
+    add_people(engine, "ada@example.org")
+    engine.dispose()
+    assert cli(config_file, "digest", "check").exit_code == 0
+    assert cli(config_file, "digest", "prepare").exit_code == 0
+
+    (templates / "subject.txt.j2").write_text("{{ 'Far too long a subject line ' * 5 }}")
+    checked = cli(config_file, "digest", "check")
+    assert checked.exit_code == 1 and "[subject] Subject header: 139 characters" in checked.output
+    refused = cli(config_file, "digest", "send")
+    assert refused.exit_code == 1 and "fails the pre-send checks above" in refused.output
+    assert not (tmp_path / "outbox").exists() or not list((tmp_path / "outbox").iterdir())
+    forced = cli(config_file, "digest", "send", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert len(list((tmp_path / "outbox").iterdir())) == 1

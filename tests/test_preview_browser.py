@@ -1,0 +1,142 @@
+"""The preview in a real browser (Playwright driving Debian's Chromium): phone and desktop widths, every
+title visible, live reload after a template edit, and body text contrast in light and dark mode."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from newsletter.web.preview import create_preview_app
+from tests.preview_support import Project, make_project
+
+CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+TITLES = [f"Paper number {n}" for n in range(3)]
+
+CONTRAST = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+    .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const found = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const el = walker.currentNode.parentElement;
+    const text = walker.currentNode.textContent.trim();
+    if (!text || el.getClientRects().length === 0 || getComputedStyle(el).visibility === 'hidden') continue;
+    const [a, b] = [lum(rgb(getComputedStyle(el).color)), lum(background(el))].sort((x, y) => y - x);
+    found.push({text: text.slice(0, 40), ratio: (a + 0.05) / (b + 0.05), color: getComputedStyle(el).color});
+  }
+  return found;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "test-secret-key")
+    project = make_project(tmp_path)
+    yield project
+    project.engine.dispose()
+
+
+@pytest.fixture
+def server(project: Project) -> Iterator[str]:
+    """The preview served by uvicorn in a thread on a free loopback port; yields its base URL."""
+    port = free_port()
+    app = create_preview_app(project.config_file, project.engine)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the preview server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    app.state.preview.stop.set()  # ends the event streams, so the server stops at once
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def png_width(path: Path) -> int:
+    return struct.unpack(">I", path.read_bytes()[16:20])[0]
+
+
+@pytest.mark.parametrize(("width", "viewport"), [("phone", 375), ("desktop", 600)])
+def test_no_horizontal_scroll_and_every_title_visible(
+    browser, server: str, tmp_path: Path, width: str, viewport: int
+) -> None:
+    page = browser.new_page(viewport={"width": viewport, "height": 900})
+    page.goto(f"{server}/?width={width}")
+    frame = page.frame_locator("#email")
+    for title in TITLES:
+        sync_api.expect(frame.locator(".nl-title a", has_text=title)).to_be_visible()
+    email = page.frame(url=lambda url: "/email" in url)
+    assert email is not None
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert email.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    assert page.locator("#email").bounding_box()["width"] <= viewport
+    shot = tmp_path / f"preview-{viewport}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert png_width(shot) == viewport
+    email_shot = tmp_path / f"email-{viewport}.png"
+    page.locator("#email").screenshot(path=str(email_shot))
+    assert email_shot.stat().st_size > 10_000  # a rendered email, not a blank frame
+    page.close()
+
+
+def test_editing_a_template_updates_the_page_without_a_reload_click(browser, server: str, project: Project) -> None:
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    frame = page.frame_locator("#email")
+    sync_api.expect(frame.get_by_text("3 summaries this week")).to_be_visible()
+    page.wait_for_function("document.documentElement.dataset.live === 'yes'")  # listening for changes
+    start = time.monotonic()
+    project.edit("partials/header.mjml.j2", "this week", "in this issue, fresh from the editor")
+    sync_api.expect(frame.get_by_text("3 summaries in this issue, fresh from the editor")).to_be_visible(timeout=5000)
+    print(f"template edit visible in the page after {time.monotonic() - start:.2f} s")
+    page.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_body_text_contrast_is_at_least_4_5_to_1(browser, server: str, scheme: str) -> None:
+    page = browser.new_page(viewport={"width": 600, "height": 900}, color_scheme=scheme)
+    page.goto(f"{server}/email?issue=next")
+    texts = page.evaluate(CONTRAST)
+    assert len(texts) > 20 and any(t["text"].startswith("Paper number 0") for t in texts)
+    low = [t for t in texts if t["ratio"] < 4.5]
+    assert low == [], low
+    dark_body = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert (dark_body == "rgb(11, 15, 20)") == (scheme == "dark")
+    page.close()

@@ -1,0 +1,183 @@
+"""Every top-level MJML template (``templates/*.mjml.j2``): valid MJML, styles inline, accessible.
+
+The digest is rendered with the sample issue; any other top-level template (confirm, welcome, ...) is
+rendered with the same variables and lenient undefined values, so a template added later is covered too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from jinja2 import ChainableUndefined
+
+from newsletter.config import Config
+from newsletter.render import (
+    RecipientValues,
+    compile_mjml,
+    issue_context,
+    new_markers,
+    render_issue,
+    template_environment,
+)
+from tests.conftest import ROOT
+from tests.helpers import make_issue, make_summaries
+
+TEMPLATES = sorted(path.name for path in (ROOT / "templates").glob("*.mjml.j2"))
+VALIDATOR = ROOT / "tools" / "mjml" / "node_modules" / ".bin" / "mjml"
+READER = RecipientValues(
+    "ada@example.org", "Ada", "https://news.example.org/unsubscribe/T", "https://news.example.org/preferences/T"
+)
+GENERIC_LINK_TEXTS = {"here", "click here", "click", "link", "this link", "more", "read more", "this"}
+
+
+def rendered_mjml(config: Config, name: str) -> str:
+    """The template ``name`` rendered to MJML with the sample issue's variables (unknown ones are empty)."""
+    env = template_environment(config)
+    env.undefined = ChainableUndefined  # other templates may use variables the digest does not have
+    context = issue_context(config, make_issue(), make_summaries(), new_markers())
+    context["subject"] = "Research Weekly #12"
+    # what the confirmation and welcome emails have beyond the digest's variables
+    context.update(confirm_url="https://news.example.org/confirm/T", archive_url="https://news.example.org/archive")
+    return env.get_template(name).render(context)
+
+
+@pytest.fixture(params=TEMPLATES)
+def compiled(request: pytest.FixtureRequest, config: Config) -> tuple[str, str]:
+    """(template name, its compiled and inlined HTML)."""
+    return request.param, compile_mjml(rendered_mjml(config, request.param), request.param)
+
+
+def test_there_is_a_digest_template_to_check() -> None:
+    assert "digest.mjml.j2" in TEMPLATES
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_template_compiles_with_mjml_python_without_warnings(config: Config, name: str) -> None:
+    source = rendered_mjml(config, name)
+    html = compile_mjml(source, name)  # raises on errors and on unknown <mj-*> elements
+    assert "<mj-" not in html and html.lstrip().lower().startswith("<!doctype html>")
+
+
+def test_every_template_passes_the_official_mjml_validator_in_strict_mode(config: Config, tmp_path: Path) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed, so the official MJML validator (npm package mjml) cannot run")
+    assert VALIDATOR.exists(), "the MJML validator is missing: run `npm ci --prefix tools/mjml` (.ci/run does)"
+    files = []
+    for name in TEMPLATES:
+        path = tmp_path / name.replace(".j2", "")
+        path.write_text(rendered_mjml(config, name), encoding="utf-8")
+        files.append(str(path))
+    result = subprocess.run(
+        [str(VALIDATOR), "--config.validationLevel", "strict", "--validate", *files],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_strict_validator_rejects_an_invalid_attribute(config: Config, tmp_path: Path) -> None:
+    """The validator test above can fail: the same call refuses MJML with an unknown attribute."""
+    if shutil.which("node") is None or not VALIDATOR.exists():
+        pytest.skip("node or the MJML validator is not installed")
+    bad = tmp_path / "bad.mjml"
+    bad.write_text(rendered_mjml(config, "digest.mjml.j2").replace("<mj-text", '<mj-text colour="red"', 1))
+    result = subprocess.run(
+        [str(VALIDATOR), "--config.validationLevel", "strict", "--validate", str(bad)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0 and "colour" in result.stdout + result.stderr
+
+
+class Elements(HTMLParser):
+    """Every element of the body with its attributes, and the text of each link."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.html_lang: str | None = None
+        self.metas: list[dict[str, str | None]] = []
+        self.body: list[tuple[str, dict[str, str | None]]] = []
+        self.links: list[tuple[dict[str, str | None], str]] = []
+        self._in_body = False
+        self._link: list | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "html":
+            self.html_lang = values.get("lang")
+        elif tag == "meta":
+            self.metas.append(values)
+        elif tag == "body":
+            self._in_body = True
+        elif self._in_body:
+            self.body.append((tag, values))
+            if tag == "a":
+                self._link = [values, ""]
+            elif tag == "img" and self._link is not None:
+                self._link[1] += values.get("alt") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._link is not None:
+            self.links.append((self._link[0], " ".join(self._link[1].split())))
+            self._link = None
+
+    def handle_data(self, data: str) -> None:
+        if self._link is not None:
+            self._link[1] += data
+
+
+def test_styles_gmail_and_outlook_need_are_inline(compiled: tuple[str, str]) -> None:
+    name, html = compiled
+    page = Elements(html)
+    for tag, attrs in page.body:
+        style = attrs.get("style") or ""
+        if tag == "a":
+            assert re.search(r"(^|;)\s*color:", style), f"{name}: a link without an inline colour: {attrs}"
+        if tag in ("p", "li", "ul"):
+            assert "margin" in style, f"{name}: <{tag}> without an inline margin: {attrs}"
+    head_styles = " ".join(re.findall(r"<style[^>]*>(.*?)</style>", html, re.DOTALL))
+    assert ".nl-kicker" not in head_styles  # inline-only rules leave the head, as the official MJML does
+
+
+def test_inlining_applies_the_theme_and_keeps_the_elements_own_styles(config: Config) -> None:
+    html, _text = render_issue(config, make_issue(), make_summaries()).personalise(READER)
+    assert re.search(r'<a href="https://climate\.example\.org/ocean-heat" style="[^"]*color: #111827', html)
+    assert re.search(r'<p class="nl-kicker" style="[^"]*text-transform: uppercase', html)
+    button = re.search(r'<a href="https://climate\.example\.org/ocean-heat" target="_blank" style="[^"]*"', html)
+    assert button and "color: #ffffff" in button.group(0)  # the button keeps its own white text
+
+
+def test_digest_shows_every_part_a_reader_needs(config: Config) -> None:
+    html, _text = render_issue(config, make_issue(), make_summaries()).personalise(READER)
+    links = {text: attrs["href"] for attrs, text in Elements(html).links}
+    assert links["Change your preferences"] == READER.preferences_url
+    assert links["Unsubscribe"] == READER.unsubscribe_url
+    assert links["View this issue in your browser"] == "https://news.example.org/archive/12"
+    assert 'alt="EEG trace with sleep spindles highlighted"' in html
+    assert html.count("Finding number") == 5  # at most five key findings per item
+    assert html.count(">Read the summary<") == 4
+    assert "Issue 12 · 16–22 November 2026" in html
+    assert ">Climate</div>" in html and "Research Weekly, 1 Example Street" in html
+
+
+def test_language_colour_scheme_and_alt_texts(compiled: tuple[str, str]) -> None:
+    name, html = compiled
+    page = Elements(html)
+    assert page.html_lang == "en", name
+    schemes = {meta.get("name"): meta.get("content") for meta in page.metas}
+    assert schemes.get("color-scheme") == "light dark", name
+    assert "prefers-color-scheme: dark" in html, name
+    for tag, attrs in page.body:
+        if tag == "img":
+            assert (attrs.get("alt") or "").strip(), f"{name}: <img> without alt: {attrs}"
+
+
+def test_link_texts_say_where_they_go(compiled: tuple[str, str]) -> None:
+    name, html = compiled
+    for attrs, text in Elements(html).links:
+        assert text, f"{name}: a link without text: {attrs}"
+        assert text.lower().rstrip(".") not in GENERIC_LINK_TEXTS, f"{name}: link text {text!r} says nothing"

@@ -150,6 +150,7 @@ class ScheduleSection(_Section):
     grace_hours: float = Field(default=24, ge=0, le=24 * 31)
     quiet_note: str | None = None
     intervals: IntervalsSection = IntervalsSection()
+    lease_seconds: int = Field(default=60, ge=4, le=3600)
     log_format: Literal["plain", "json"] = "plain"
 
     @field_validator("timezone")

@@ -145,8 +145,10 @@ def _handle_period(engine: Engine, config: Config, result: DueResult, now: datet
     period, due_at = result.period, result.due_at
     assert period is not None and due_at is not None
     with session(engine) as db:
-        if db.exec(select(ScheduledPeriod.id).where(ScheduledPeriod.period_key == period.key)).first():
-            return  # done earlier: issued, skipped, or missed
+        done = db.exec(select(ScheduledPeriod).where(ScheduledPeriod.period_key == period.key)).first()
+    if done is not None:
+        log.info("%s: already done (%s at %s)", period.key, done.outcome.value, as_utc(done.recorded_at).isoformat())
+        return
     late = now - due_at
     if late > config.schedule.grace:
         line = (
@@ -265,8 +267,14 @@ def record_failure(engine: Engine, job_id: str, exc: BaseException) -> None:
 
 @dataclass(frozen=True)
 class LeaseTiming:
-    ttl: timedelta = timedelta(seconds=60)  # a holder that stops renewing loses the lease after this
-    renew: timedelta = timedelta(seconds=15)  # how often the holder renews, and a waiter retries
+    ttl: timedelta  # a holder that stops renewing loses the lease after this
+    renew: timedelta  # how often the holder renews, and a waiter retries
+
+    @classmethod
+    def of(cls, config: Config) -> LeaseTiming:
+        """``schedule.lease_seconds``, renewed four times per lease."""
+        ttl = timedelta(seconds=config.schedule.lease_seconds)
+        return cls(ttl, ttl / 4)
 
 
 @dataclass(frozen=True)
@@ -326,7 +334,6 @@ def run_scheduler(
     config: Config,
     stop: threading.Event,
     *,
-    timing: LeaseTiming = LeaseTiming(),
     owner: str | None = None,
 ) -> None:
     """Run the jobs until ``stop`` is set, firing them only while this process holds the lease.
@@ -336,6 +343,7 @@ def run_scheduler(
     is released.
     """
     owner = owner or lease_owner_name()
+    timing = LeaseTiming.of(config)
     reported: str | None = None
     try:
         while not stop.is_set():

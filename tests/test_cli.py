@@ -29,7 +29,7 @@ def invoke(*args: str):
 COMMANDS = [
     [], ["ingest"], ["run"], ["demo"], ["subscribers"], ["subscribers", "add"], ["subscribers", "import"],
     ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["digest"],
-    ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"],
+    ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"], ["status"],
 ]
 
 
@@ -38,7 +38,7 @@ def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.output
-    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"]):
+    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"], ["status"]):
         assert "--config" in result.output
 
 

@@ -52,6 +52,11 @@ def test_defaults_fill_everything_but_the_newsletter_section(tmp_path):
         ("backend:\n  name: pigeon\n", "backend.name: no backend called 'pigeon'; installed backends: console, file, smtp"),
         ("backend:\n  name: file\n  options:\n    outbx: x\n", "unknown key 'backend.options.outbx'; the file backend allows: outbox"),
         ("database:\n  url: mysql://x\n", "database.url: 'mysql://x' must start with sqlite:/// or postgresql"),
+        ("schedule:\n  cadence: fortnightly\n", "schedule.cadence: Input should be 'weekly', 'daily' or 'monthly'"),
+        ("schedule:\n  grace_hours: -1\n", "schedule.grace_hours: Input should be greater than or equal to 0"),
+        ("schedule:\n  quiet_note: '  '\n", "schedule.quiet_note: must be the note's text, or left out"),
+        ("schedule:\n  log_format: xml\n", "schedule.log_format: Input should be 'plain' or 'json'"),
+        ("schedule:\n  intervals:\n    feed: 5\n", "unknown key 'schedule.intervals.feed'; allowed here: send_due, feeds, inbox, bounces"),
         ("colour: blue\n", "unknown key 'colour'; allowed here: newsletter, database, templates, schedule, backend"),
     ],
 )

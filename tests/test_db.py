@@ -5,8 +5,39 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from newsletter.db import open_database, session
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
+
+from newsletter.db import MIGRATIONS_DIR, make_engine, open_database, session
 from newsletter.models import Delivery, Issue, Subscriber, Summary, utcnow
+
+
+def head_revision() -> str:
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    return scripts.get_current_head()
+
+
+def _alembic_config() -> AlembicConfig:
+    alembic_config = AlembicConfig()
+    alembic_config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return alembic_config
+
+
+def test_the_scheduler_migration_keeps_a_0001_database_and_adds_its_tables(config):
+    engine = make_engine(config.database_url)
+    with engine.begin() as connection:  # a database as the first release left it
+        alembic_config = _alembic_config()
+        alembic_config.attributes["connection"] = connection
+        command.upgrade(alembic_config, "0001")
+        connection.execute(text("insert into subscriber (email, status, topics, token, bounce_score, created_at, "
+                                "updated_at) values ('kept@example.org', 'active', '[]', 't', 0, '2026-01-01', '2026-01-01')"))
+    engine.dispose()
+    upgraded = open_database(config)
+    assert {"scheduled_period", "scheduler_lease", "job_failure"} <= set(inspect(upgraded).get_table_names())
+    with session(upgraded) as db:
+        assert db.exec(text("select email from subscriber")).all() == [("kept@example.org",)]
+    upgraded.dispose()
 
 
 def test_migrations_create_every_table_and_are_safe_to_rerun(config, engine):
@@ -19,7 +50,7 @@ def test_migrations_create_every_table_and_are_safe_to_rerun(config, engine):
     again = open_database(config)  # a second start upgrades nothing and keeps the data
     with session(again) as db:
         assert db.exec(text("select email from subscriber")).all() == [("kept@example.org",)]
-        assert db.exec(text("select version_num from alembic_version")).one()[0] == "0001"
+        assert db.exec(text("select version_num from alembic_version")).one()[0] == head_revision()
     again.dispose()
 
 

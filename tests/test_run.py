@@ -4,7 +4,6 @@ SIGTERM stops cleanly."""
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
@@ -43,23 +42,36 @@ class Scheduler:
             stderr=subprocess.PIPE, text=True, env={**os.environ, "NEWSLETTER_SECRET_KEY": "k"},
         )
         self.lines: list[str] = []
-        self._new: queue.Queue[str | None] = queue.Queue()
+        self._cursor = 0  # wait_for looks at lines from here on
+        self._changed = threading.Condition()
+        self._ended = False
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            self.lines.append(line)
-            self._new.put(line)
-        self._new.put(None)
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def seen(self, pattern: str) -> bool:
+        with self._changed:
+            return any(re.search(pattern, line) for line in self.lines)
 
     def wait_for(self, pattern: str) -> str:
-        """The first line from now on matching ``pattern``; fails after TIMEOUT or when the process ends."""
-        while True:
-            line = self._new.get(timeout=TIMEOUT)
-            assert line is not None, f"process ended before logging {pattern!r}:\n{''.join(self.lines)}"
-            if re.search(pattern, line):
-                return line
+        """The next line (after the last one matched) matching ``pattern``; fails after TIMEOUT or when the
+        process ends without logging it."""
+        with self._changed:
+            while True:
+                for index in range(self._cursor, len(self.lines)):
+                    if re.search(pattern, self.lines[index]):
+                        self._cursor = index + 1
+                        return self.lines[index]
+                assert not self._ended, f"process ended before logging {pattern!r}:\n{''.join(self.lines)}"
+                assert self._changed.wait(timeout=TIMEOUT), f"no {pattern!r} in {TIMEOUT} s:\n{''.join(self.lines)}"
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -84,9 +96,13 @@ def test_two_schedulers_on_one_database_send_one_issue_once_and_the_second_takes
     add_people(engine, *people)
     first, second = Scheduler(config_file), Scheduler(config_file)
     try:
-        holder_line = first.wait_for("holding the scheduler lease|waiting to take over")
-        holder, waiter = (first, second) if "holding" in holder_line else (second, first)
-        waiter.wait_for("holds the lease until .*; waiting to take over")
+        line = first.wait_for("holding the scheduler lease|waiting to take over")
+        holder, waiter = (second, first) if "waiting" in line else (first, second)
+        if holder is first:
+            waiter.wait_for("waiting to take over")
+        else:
+            holder.wait_for("holding the scheduler lease")
+        assert waiter.seen(r"another scheduler \(\S+:\d+:\w+\) holds the lease until \S+; waiting to take over")
         holder.wait_for(r"issue #1: sent 20, retry later 0, failed 0, skipped 0; finished")
 
         assert holder.stop() == 0  # releases the lease: the waiter takes over within a renewal interval

@@ -149,6 +149,7 @@ def _handle_period(engine: Engine, config: Config, result: DueResult, now: datet
     if done is not None:
         log.info("%s: already done (%s at %s)", period.key, done.outcome.value, as_utc(done.recorded_at).isoformat())
         return
+    _record_earlier_misses(engine, config, period, due_at)
     late = now - due_at
     if late > config.schedule.grace:
         line = (
@@ -169,6 +170,33 @@ def _handle_period(engine: Engine, config: Config, result: DueResult, now: datet
     if _record(engine, period, outcome, due_at, prepared.issue, prepared.message()):
         result.outcome = outcome
     result.lines.append(prepared.message())
+
+
+def _record_earlier_misses(engine: Engine, config: Config, current: Period, due_at: datetime) -> None:
+    """Record as missed every period whose scheduled time fell between the last recorded one and
+    ``due_at`` (the scheduler was down for several of them); only the newest is ever caught up. A fresh
+    database (nothing recorded yet) has nothing to backfill."""
+    with session(engine) as db:
+        last = db.exec(select(ScheduledPeriod.due_at).order_by(col(ScheduledPeriod.due_at).desc())).first()
+        issued = set(db.exec(select(Issue.period_key)))
+    if last is None:
+        return
+    trigger, seen = digest_trigger(config), {current.key}
+    fire = trigger.get_next_fire_time(as_utc(last), as_utc(last))
+    while fire is not None and fire < due_at and len(seen) < MAX_BACKFILL:
+        period = period_before(fire, config.schedule.zone, config.schedule.cadence)
+        if period.key not in seen and period.key not in issued:
+            seen.add(period.key)
+            line = (
+                f"{period.key}: MISSED: the scheduler was not running at {_when(config, fire)}; its summaries go "
+                f"into the next issue"
+            )
+            if _record(engine, period, PeriodOutcome.MISSED, fire, None, line):
+                log.warning(line)
+        fire = trigger.get_next_fire_time(fire, fire)
+
+
+MAX_BACKFILL = 400  # periods recorded as missed at most in one go (over a year of daily issues)
 
 
 _OUTCOMES = {

@@ -337,3 +337,20 @@ def test_the_grace_period_is_configurable(tmp_path, monkeypatch, engine, hours):
     add_people(engine, "a@example.org")
     result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(hours=2)).astimezone(UTC))
     assert result.outcome is (PeriodOutcome.MISSED if hours < 2 else PeriodOutcome.ISSUED)
+
+
+def test_periods_missed_while_down_for_weeks_are_each_recorded_not_silently_skipped(config, engine):
+    add_people(engine, "a@example.org")
+    add_summaries(engine, 1, at=datetime(2026, 10, 28, tzinfo=UTC))
+    run_if_due(engine, config, now=datetime(2026, 11, 2, 7, tzinfo=UTC))  # Monday 2 Nov 08:00: W44 sent
+    add_summaries(engine, 2, at=datetime(2026, 11, 4, tzinfo=UTC))
+    # Down until Monday 23 November 09:00: W45 and W46 were due while down; W47 is within the grace period.
+    run_if_due(engine, config, now=datetime(2026, 11, 23, 8, tzinfo=UTC))
+    assert period_outcomes(engine) == {
+        "2026-W44": PeriodOutcome.ISSUED,
+        "2026-W45": PeriodOutcome.MISSED,
+        "2026-W46": PeriodOutcome.MISSED,
+        "2026-W47": PeriodOutcome.ISSUED,
+    }
+    with session(engine) as db:  # one catch-up issue, with everything that waited
+        assert [(i.period_key, len(issue_items(db, i))) for i in issues(engine)] == [("2026-W44", 1), ("2026-W47", 2)]

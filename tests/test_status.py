@@ -1,7 +1,7 @@
 """`newsletter status` (text and --json) and `newsletter digest send --if-due`, through the CLI."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 

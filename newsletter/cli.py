@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +44,9 @@ from newsletter.digest import delivery_counts, find_issue, prepare_issue, unfini
 from newsletter.errors import NewsletterError
 from newsletter.ingest import find_files, ingest_paths
 from newsletter.models import Issue, SubscriberStatus
-from newsletter.schedule import run_scheduler
+from newsletter.logs import configure_logging
+from newsletter.schedule import run_if_due, run_scheduler
+from newsletter.status import collect_status, status_lines
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -90,11 +94,7 @@ ConfigOption = Annotated[
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.INFO if verbose else logging.WARNING)
 
 
 @contextmanager
@@ -319,14 +319,31 @@ def digest_send(
     issue: IssueOption = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Messages per claimed batch.")] = 100,
     force: Annotated[bool, typer.Option("--force", help="Send even when the pre-send checks find errors.")] = False,
+    if_due: Annotated[
+        bool,
+        typer.Option(
+            "--if-due",
+            help="For system cron: prepare and send the last period's issue only if its scheduled time "
+            "(schedule.cron) has passed and it was not done yet (within schedule.grace_hours, else it is "
+            "recorded as missed), then send what is due. Exactly what `newsletter run` does.",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Send what is due of every unfinished issue (or only --issue N) through the configured backend.
     Already-sent deliveries are never sent again, so it is safe to run after an interruption. The
     pre-send checks (`digest check`) run first; an error stops the send unless --force.
 
-    Example: newsletter digest send
+    Example: newsletter digest send   (from cron: */10 * * * * newsletter digest send --if-due)
     """
+    if if_due:
+        if issue is not None:
+            raise NewsletterError("--if-due decides which issue is due; leave out --issue")
+        with _opened(config) as (loaded, engine):
+            result = run_if_due(engine, loaded)
+        for line in result.lines or ["nothing is due"]:
+            console.print(Text(line))
+        return
     with _opened(config) as (loaded, engine):
         _check_before_sending(engine, loaded, issue, force)
         backend = create_backend(loaded)
@@ -424,13 +441,42 @@ def serve(
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Run the scheduler: prepare and send the digest at the configured cron time, until Ctrl-C/SIGTERM.
+    """Run the scheduler until Ctrl-C/SIGTERM: the digest at the configured cron time (catching up a
+    missed one within the grace period), due sends, and the other jobs. Only one process runs jobs at a
+    time; a second one waits and takes over when the first stops.
 
     Example: newsletter run --config /etc/newsletter/config.yaml
     """
-    logging.getLogger().setLevel(logging.INFO)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("received %s, stopping after the batch in flight", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
     with _opened(config) as (loaded, engine):
-        run_scheduler(engine, loaded)
+        configure_logging(logging.INFO, loaded.schedule.log_format)
+        run_scheduler(engine, loaded, stop)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON, for monitoring.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show the next scheduled digest, the last issue and its deliveries, waiting summaries, subscribers
+    by status, skipped or missed periods and recent job failures.
+
+    Example: newsletter status --json
+    """
+    with _opened(config) as (loaded, engine):
+        report = collect_status(engine, loaded)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        return
+    for line in status_lines(report):
+        console.print(Text(line))
 
 
 @app.command()

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -132,9 +132,26 @@ class DatabaseSection(_Section):
         return value
 
 
+class IntervalsSection(_Section):
+    """How often, in minutes, ``newsletter run`` fires its repeating jobs."""
+
+    send_due: int = Field(default=5, ge=1, le=1440)  # retries and interrupted sends
+    feeds: int = Field(default=60, ge=1, le=10080)  # feed polling (when feeds are configured)
+    inbox: int = Field(default=10, ge=1, le=1440)  # inbox pickup (when an inbox is configured)
+    bounces: int = Field(default=30, ge=1, le=1440)  # bounce mailbox (when one is configured)
+
+
 class ScheduleSection(_Section):
+    """When the digest goes out, which period it covers, and how ``newsletter run`` behaves."""
+
+    cadence: Literal["weekly", "daily", "monthly"] = "weekly"
     cron: str = "0 8 * * mon"
     timezone: str = "UTC"
+    grace_hours: float = Field(default=24, ge=0, le=24 * 31)
+    quiet_note: str | None = None
+    intervals: IntervalsSection = IntervalsSection()
+    lease_seconds: int = Field(default=60, ge=4, le=3600)
+    log_format: Literal["plain", "json"] = "plain"
 
     @field_validator("timezone")
     @classmethod
@@ -158,9 +175,20 @@ class ScheduleSection(_Section):
             raise ValueError(f"{value!r} never fires (no such date); use e.g. '0 8 * * mon'")
         return value
 
+    @field_validator("quiet_note")
+    @classmethod
+    def _note_text(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be the note's text, or left out to skip quiet periods")
+        return value.strip() if value else None
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(hours=self.grace_hours)
 
 
 class WebSection(_Section):

@@ -1,9 +1,16 @@
 """Periods and issues: which summaries and which subscribers make up the next digest.
 
-A period is an ISO week in the configured timezone (``2026-W47``). ``prepare_issue`` creates at most one
-issue per period: in a single transaction it inserts the ``Issue``, attaches the summaries not yet sent and
-inserts one queued ``Delivery`` per active subscriber. Running it again for the same period changes
-nothing; a period with no new summaries creates nothing.
+A period is a calendar span in the configured timezone, by ``schedule.cadence``: an ISO week
+(``2026-W47``, the default), a day (``2026-11-22``) or a month (``2026-11``). ``prepare_issue`` creates at
+most one issue per period (``Issue.period_key`` is unique): in a single transaction it inserts the
+``Issue``, attaches the summaries not yet sent and inserts one queued ``Delivery`` per active subscriber.
+Running it again for the same period changes nothing; a period with no new summaries creates nothing
+(or, with ``schedule.quiet_note``, an issue carrying only that note).
+
+Which period an issue is for: the scheduler, firing at the start of a new period, prepares the period
+that just ENDED (:func:`period_before`), with the summaries ingested before that period's end; anything
+ingested later waits for the next issue. ``newsletter digest prepare`` by hand prepares the period that
+is running now, with every summary waiting.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import enum
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, insert, literal, update
@@ -36,25 +44,47 @@ from newsletter.render import render_subject
 log = logging.getLogger(__name__)
 
 
+Cadence = Literal["weekly", "daily", "monthly"]
+
+
 @dataclass(frozen=True)
 class Period:
-    key: str  # e.g. "2026-W47"
-    start: datetime  # aware UTC, inclusive: Monday 00:00 local
-    end: datetime  # aware UTC, exclusive: the next Monday 00:00 local
+    key: str  # "2026-W47", "2026-11-22" or "2026-11"
+    start: datetime  # aware UTC, inclusive: the first local midnight of the period
+    end: datetime  # aware UTC, exclusive: the first local midnight of the next period
 
 
-def period_containing(moment: datetime, zone: ZoneInfo) -> Period:
-    """The ISO week, in ``zone``, that ``moment`` (aware) falls in."""
-    local = moment.astimezone(zone)
-    year, week, weekday = local.isocalendar()
-    monday = local.date() - timedelta(days=weekday - 1)
-    start = datetime.combine(monday, time(), tzinfo=zone)
-    end = datetime.combine(monday + timedelta(days=7), time(), tzinfo=zone)
-    return Period(f"{year}-W{week:02d}", start.astimezone(UTC), end.astimezone(UTC))
+def period_containing(moment: datetime, zone: ZoneInfo, cadence: Cadence = "weekly") -> Period:
+    """The period (ISO week, day or month, in ``zone``) that ``moment`` (aware) falls in.
+
+    Boundaries are local midnights, so a period is 23 or 25 hours longer or shorter across a DST change,
+    never shifted by it.
+    """
+    day = moment.astimezone(zone).date()
+    if cadence == "daily":
+        first, after, key = day, day + timedelta(days=1), day.isoformat()
+    elif cadence == "monthly":
+        first = day.replace(day=1)
+        after = (first + timedelta(days=32)).replace(day=1)
+        key = f"{first.year}-{first.month:02d}"
+    else:
+        year, week, weekday = day.isocalendar()
+        first = day - timedelta(days=weekday - 1)
+        after, key = first + timedelta(days=7), f"{year}-W{week:02d}"
+    start = datetime.combine(first, time(), tzinfo=zone)
+    end = datetime.combine(after, time(), tzinfo=zone)
+    return Period(key, start.astimezone(UTC), end.astimezone(UTC))
+
+
+def period_before(moment: datetime, zone: ZoneInfo, cadence: Cadence = "weekly") -> Period:
+    """The period that ended most recently before ``moment``: what a job firing at ``moment`` sends."""
+    current = period_containing(moment, zone, cadence)
+    return period_containing(current.start - timedelta(microseconds=1), zone, cadence)
 
 
 class PrepareOutcome(enum.StrEnum):
     CREATED = "created"
+    QUIET = "quiet"  # no new summaries in an ended period; an issue with only the quiet note was created
     EXISTS = "exists"  # the period already has its issue; nothing changed
     EMPTY = "empty"  # no new summaries; no issue created
     NO_RECIPIENTS = "no_recipients"  # nobody is active; no issue created, the summaries wait
@@ -77,6 +107,11 @@ class PrepareResult:
                 f"new summaries wait for the next issue"
             )
         assert self.issue is not None
+        if self.outcome is PrepareOutcome.QUIET:
+            return (
+                f"{self.period.key}: no new summaries; prepared issue #{self.issue.number} with the quiet note "
+                f"for {self.recipient_count} subscribers"
+            )
         if self.outcome is PrepareOutcome.EXISTS:
             return f"{self.period.key}: issue #{self.issue.number} was already prepared; nothing changed"
         return (
@@ -85,9 +120,13 @@ class PrepareResult:
         )
 
 
-def pending_summaries(db: Session) -> list[Summary]:
-    """Summaries not yet in any issue, oldest first."""
-    query = select(Summary).where(col(Summary.issue_id).is_(None)).order_by(col(Summary.ingested_at), col(Summary.id))
+def pending_summaries(db: Session, before: datetime | None = None) -> list[Summary]:
+    """Summaries not yet in any issue, oldest first; with ``before``, only those ingested before it."""
+    # THE item-selection query: every issue (scheduled, by hand, previews) picks its summaries here.
+    query = select(Summary).where(col(Summary.issue_id).is_(None))
+    if before is not None:
+        query = query.where(col(Summary.ingested_at) < before)
+    query = query.order_by(col(Summary.ingested_at), col(Summary.id))
     return list(db.exec(query))
 
 
@@ -96,9 +135,12 @@ def issue_items(db: Session, issue: Issue) -> list[Summary]:
     return list(db.exec(query))
 
 
-def draft_issue(db: Session, config: Config, period: Period) -> tuple[Issue, list[Summary]]:
-    """The issue the pending summaries would make now, not saved: for prepare and for previews."""
-    items = pending_summaries(db)
+def draft_issue(
+    db: Session, config: Config, period: Period, *, before: datetime | None = None
+) -> tuple[Issue, list[Summary]]:
+    """The issue the pending summaries (ingested before ``before``, if given) would make, not saved: for
+    prepare and for previews."""
+    items = pending_summaries(db, before)
     number = (db.exec(select(func.max(Issue.number))).one() or 0) + 1
     issue = Issue(
         number=number,
@@ -112,23 +154,37 @@ def draft_issue(db: Session, config: Config, period: Period) -> tuple[Issue, lis
     return issue, items
 
 
-def prepare_issue(engine: Engine, config: Config, *, now: datetime | None = None) -> PrepareResult:
-    """Create the issue for the period containing ``now`` (default: the current time)."""
-    period = period_containing(now or utcnow(), config.schedule.zone)
+def prepare_issue(
+    engine: Engine, config: Config, *, now: datetime | None = None, period: Period | None = None
+) -> PrepareResult:
+    """Create the issue for ``period``, or by default for the period containing ``now`` (default: the
+    current time).
+
+    A given ``period`` is one that has ended (what the scheduler passes): only summaries ingested before its
+    end go in, and when there are none and ``schedule.quiet_note`` is set, the issue carries that note
+    instead of being skipped. By hand (no ``period``) every waiting summary goes in and an empty period is
+    always skipped, since more may still arrive.
+    """
+    closed = period is not None
+    period = period or period_containing(now or utcnow(), config.schedule.zone, config.schedule.cadence)
     with session(engine) as db:
         existing = db.exec(select(Issue).where(Issue.period_key == period.key)).first()
         if existing is not None:
             return PrepareResult(PrepareOutcome.EXISTS, period, existing)
-        issue, items = draft_issue(db, config, period)
+        issue, items = draft_issue(db, config, period, before=period.end if closed else None)
+        quiet = not items and closed and config.schedule.quiet_note is not None
+        if quiet:
+            items = [_quiet_note(config, period)]
+            issue.subject = render_subject(config, issue, items)
         if not items:
             log.info("%s: no new summaries, skipping", period.key)
             return PrepareResult(PrepareOutcome.EMPTY, period)
         active = db.exec(select(func.count()).where(Subscriber.status == SubscriberStatus.ACTIVE)).one()
         if not active:
             log.warning("%s: no active subscribers, not preparing an issue", period.key)
-            return PrepareResult(PrepareOutcome.NO_RECIPIENTS, period, item_count=len(items))
+            return PrepareResult(PrepareOutcome.NO_RECIPIENTS, period, item_count=0 if quiet else len(items))
         try:
-            db.add(issue)
+            db.add_all([issue, *items] if quiet else [issue])
             db.flush()
             attached = db.execute(
                 update(Summary)
@@ -156,7 +212,23 @@ def prepare_issue(engine: Engine, config: Config, *, now: datetime | None = None
                 raise
             return PrepareResult(PrepareOutcome.EXISTS, period, existing)
     log.info("prepared issue #%d for %s: %d items, %d recipients", issue.number, period.key, attached, recipients)
-    return PrepareResult(PrepareOutcome.CREATED, period, issue, attached, recipients)
+    outcome = PrepareOutcome.QUIET if quiet else PrepareOutcome.CREATED
+    return PrepareResult(outcome, period, issue, attached, recipients)
+
+
+QUIET_TITLES = {"weekly": "A quiet week", "daily": "A quiet day", "monthly": "A quiet month"}
+
+
+def _quiet_note(config: Config, period: Period) -> Summary:
+    """The one item of a quiet period's issue: ``schedule.quiet_note`` as a summary, so the normal
+    templates, archive and text part show it like any item."""
+    return Summary(
+        uid=f"quiet-note:{period.key}",
+        title=QUIET_TITLES[config.schedule.cadence],
+        summary=config.schedule.quiet_note or "",
+        origin="scheduler",
+        ingested_at=period.end - timedelta(microseconds=1),
+    )
 
 
 def find_issue(db: Session, number: int | None = None) -> Issue:

@@ -170,3 +170,49 @@ class Event(SQLModel, table=True):
     kind: EventKind = _status_column(EventKind)
     at: datetime = Field(default_factory=utcnow)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class PeriodOutcome(enum.StrEnum):
+    ISSUED = "issued"  # the scheduled run prepared (or found) the period's issue
+    QUIET = "quiet"  # no new summaries; the "quiet week" note went out as the period's issue
+    EMPTY = "empty"  # no new summaries; nothing was sent
+    NO_RECIPIENTS = "no_recipients"  # nobody was active; the summaries wait for the next issue
+    MISSED = "missed"  # the scheduler was down for longer than the grace period; nothing was sent
+
+
+class ScheduledPeriod(SQLModel, table=True):
+    """What the scheduler did about one period (``period_key`` unique, like ``Issue``). A period with a row
+    here is done: it is never caught up again, whether it was issued, skipped as empty, or missed."""
+
+    __tablename__ = "scheduled_period"
+
+    id: int | None = Field(default=None, primary_key=True)
+    period_key: str = Field(unique=True, max_length=32)
+    outcome: PeriodOutcome = _status_column(PeriodOutcome)
+    due_at: datetime  # the scheduled fire time the period belonged to
+    recorded_at: datetime = Field(default_factory=utcnow)
+    issue_id: int | None = Field(default=None, foreign_key="issue.id")
+    detail: str = ""
+
+
+class SchedulerLease(SQLModel, table=True):
+    """The one row saying which ``newsletter run`` process may fire jobs, and until when."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: str = Field(primary_key=True, max_length=32)
+    owner: str = Field(max_length=200)
+    acquired_at: datetime
+    expires_at: datetime
+
+
+class JobFailure(SQLModel, table=True):
+    """A scheduled job that raised: shown by ``newsletter status`` (newest first)."""
+
+    __tablename__ = "job_failure"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job: str = Field(max_length=64, index=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    error: str
+    traceback: str = ""

@@ -30,7 +30,7 @@ def invoke(*args: str):
 COMMANDS = [
     [], ["ingest"], ["run"], ["demo"], ["subscribers"], ["subscribers", "add"], ["subscribers", "import"],
     ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["subscribers", "erase"],
-    ["serve"], ["preview"], ["digest"],
+    ["serve"], ["preview"], ["status"], ["digest"],
     ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"], ["digest", "check"],
 ]
 
@@ -40,7 +40,7 @@ def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.output
-    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"], ["serve"], ["preview"]):
+    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"], ["serve"], ["preview"], ["status"]):
         assert "--config" in result.output
 
 

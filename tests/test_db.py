@@ -12,6 +12,33 @@ from newsletter.db import MIGRATIONS_DIR, make_engine, open_database, session
 from newsletter.models import Delivery, Issue, Subscriber, Summary, utcnow
 
 
+def head_revision() -> str:
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    return scripts.get_current_head()
+
+
+def _alembic_config() -> AlembicConfig:
+    alembic_config = AlembicConfig()
+    alembic_config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return alembic_config
+
+
+def test_the_scheduler_migration_keeps_a_0001_database_and_adds_its_tables(config):
+    engine = make_engine(config.database_url)
+    with engine.begin() as connection:  # a database as the first release left it
+        alembic_config = _alembic_config()
+        alembic_config.attributes["connection"] = connection
+        command.upgrade(alembic_config, "0001")
+        connection.execute(text("insert into subscriber (email, status, topics, token, bounce_score, created_at, "
+                                "updated_at) values ('kept@example.org', 'active', '[]', 't', 0, '2026-01-01', '2026-01-01')"))
+    engine.dispose()
+    upgraded = open_database(config)
+    assert {"scheduled_period", "scheduler_lease", "job_failure"} <= set(inspect(upgraded).get_table_names())
+    with session(upgraded) as db:
+        assert db.exec(text("select email from subscriber")).all() == [("kept@example.org",)]
+    upgraded.dispose()
+
+
 def test_migrations_create_every_table_and_are_safe_to_rerun(config, engine):
     assert {"summary", "subscriber", "issue", "delivery", "event", "alembic_version"} <= set(
         inspect(engine).get_table_names()
@@ -22,19 +49,8 @@ def test_migrations_create_every_table_and_are_safe_to_rerun(config, engine):
     again = open_database(config)  # a second start upgrades nothing and keeps the data
     with session(again) as db:
         assert db.exec(text("select email from subscriber")).all() == [("kept@example.org",)]
-        assert db.exec(text("select version_num from alembic_version")).one()[0] == _head()
+        assert db.exec(text("select version_num from alembic_version")).one()[0] == head_revision()
     again.dispose()
-
-
-def _head() -> str:
-    script = ScriptDirectory.from_config(_alembic_config())
-    return script.get_current_head()
-
-
-def _alembic_config() -> AlembicConfig:
-    alembic_config = AlembicConfig()
-    alembic_config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return alembic_config
 
 
 def test_sqlite_connection_settings(engine):

@@ -1,12 +1,12 @@
 """Preparing an issue: one per ISO week in the configured timezone, a snapshot of items and recipients."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlmodel import select
 
 from newsletter.db import session
-from newsletter.digest import PrepareOutcome, delivery_counts, period_containing, prepare_issue
+from newsletter.digest import PrepareOutcome, delivery_counts, period_before, period_containing, prepare_issue
 from newsletter.models import Delivery, DeliveryStatus, Issue, SubscriberStatus, Summary
 from tests.helpers import add_people, add_summaries
 
@@ -72,3 +72,19 @@ def test_without_active_subscribers_nothing_is_prepared_and_the_summaries_wait(c
     add_people(engine, "a@example.org")
     later = prepare_issue(engine, config, now=datetime(2026, 11, 18, 1, tzinfo=UTC))
     assert (later.outcome, later.item_count, later.recipient_count) == (PrepareOutcome.CREATED, 2, 1)
+
+
+def test_daily_and_monthly_periods_are_local_days_and_months():
+    spring_forward = period_containing(datetime(2026, 3, 29, 12, tzinfo=UTC), BERLIN, "daily")
+    assert spring_forward.key == "2026-03-29"
+    assert spring_forward.end - spring_forward.start == timedelta(hours=23)  # the day the clocks go forward
+    december = period_containing(datetime(2026, 12, 31, 23, 30, tzinfo=UTC), BERLIN, "monthly")
+    assert december.key == "2027-01"  # already New Year in Berlin
+    assert (december.start, december.end) == (datetime(2026, 12, 31, 23, tzinfo=UTC), datetime(2027, 1, 31, 23, tzinfo=UTC))
+
+
+def test_the_period_before_a_monday_send_is_the_week_that_just_ended():
+    monday_morning = datetime(2026, 11, 23, 8, tzinfo=BERLIN)
+    assert period_before(monday_morning, BERLIN).key == "2026-W47"
+    assert period_before(datetime(2026, 1, 1, 9, tzinfo=BERLIN), BERLIN, "monthly").key == "2025-12"
+    assert period_before(datetime(2026, 1, 1, 9, tzinfo=BERLIN), BERLIN, "daily").key == "2025-12-31"

@@ -1,77 +1,356 @@
-"""The scheduler: the configured local time across DST, the job does prepare + send, and `newsletter run`
-starts, says when it runs next, and stops cleanly on SIGTERM."""
+"""The scheduler: one issue per period whatever happens (second scheduler, restart mid-send, downtime),
+catch-up within the grace period, local time across DST, empty periods, the lease, failing jobs."""
 
-import os
-import re
-import signal
-import subprocess
-import sys
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 
-from sqlmodel import select
+import pytest
+from sqlalchemy import update
+from sqlmodel import col, select
 
+from newsletter.backends.file import FileBackend, FileOptions
 from newsletter.db import session
-from newsletter.digest import prepare_issue
-from newsletter.models import Delivery, DeliveryStatus, Issue
-from newsletter.schedule import next_run_time, send_due, weekly_digest
+from newsletter.digest import issue_items, prepare_issue
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    JobFailure,
+    PeriodOutcome,
+    ScheduledPeriod,
+    Summary,
+)
+from newsletter.schedule import (
+    Job,
+    acquire_lease,
+    digest_trigger,
+    last_run_time,
+    next_run_time,
+    release_lease,
+    run_if_due,
+    run_job,
+    send_due,
+)
 from tests.conftest import make_config
-from tests.helpers import add_people, add_summaries
+from tests.helpers import BERLIN, add_people, add_summaries
+
+# The default schedule in the tests: Mondays 08:00 in Europe/Berlin. Monday 23 November 2026 08:00 CET is
+# 07:00 UTC, and the week that just ended then is 2026-W47 (Monday 16 to Sunday 22 November).
+MONDAY_0800 = datetime(2026, 11, 23, 8, tzinfo=BERLIN)
+IN_W47 = datetime(2026, 11, 18, 12, tzinfo=UTC)
 
 
-def test_next_run_is_monday_0800_local_on_both_sides_of_a_dst_change(tmp_path):
+def issues(engine) -> list[Issue]:
+    with session(engine) as db:
+        return list(db.exec(select(Issue).order_by(col(Issue.number))))
+
+
+def deliveries(engine) -> list[tuple[DeliveryStatus, int]]:
+    with session(engine) as db:
+        return [(d.status, d.attempts) for d in db.exec(select(Delivery).order_by(col(Delivery.id)))]
+
+
+def period_outcomes(engine) -> dict[str, PeriodOutcome]:
+    with session(engine) as db:
+        return {p.period_key: p.outcome for p in db.exec(select(ScheduledPeriod))}
+
+
+def fires(config, start: datetime, end: datetime) -> list[datetime]:
+    trigger, found = digest_trigger(config), []
+    fire = trigger.get_next_fire_time(None, start)
+    while fire is not None and fire < end:
+        found.append(fire)
+        fire = trigger.get_next_fire_time(fire, fire)
+    return found
+
+
+# --- time ---------------------------------------------------------------------------------------------
+
+
+def test_monday_0800_stays_0800_local_across_the_autumn_dst_change(tmp_path):
     config = make_config(tmp_path)  # Europe/Berlin, "0 8 * * mon"
     summer = next_run_time(config, after=datetime(2026, 10, 14, 12, tzinfo=UTC))  # → Monday Oct 19
-    winter = next_run_time(config, after=datetime(2026, 10, 21, 12, tzinfo=UTC))  # clocks go back Oct 25 → Oct 26
+    winter = next_run_time(config, after=datetime(2026, 10, 21, 12, tzinfo=UTC))  # clocks go back Oct 25
     assert (summer.day, summer.weekday(), summer.hour, summer.minute) == (19, 0, 8, 0)
     assert summer.astimezone(UTC).hour == 6  # CEST, UTC+2
     assert (winter.day, winter.weekday(), winter.hour) == (26, 0, 8)
     assert winter.astimezone(UTC).hour == 7  # CET, UTC+1
 
 
-def test_the_weekly_job_prepares_and_sends(config, engine):
-    add_summaries(engine, 2)
-    add_people(engine, "a@example.org", "b@example.org")
-    weekly_digest(engine, config, now=datetime(2026, 11, 23, 7, tzinfo=UTC))
-    assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 2
-    weekly_digest(engine, config, now=datetime(2026, 11, 23, 7, 5, tzinfo=UTC))  # a second firing: nothing new
+def test_a_send_time_that_does_not_exist_that_day_fires_once(tmp_path):
+    # 29 March 2026: Berlin's clocks jump from 02:00 to 03:00, so 02:30 does not exist.
+    config = make_config(tmp_path, schedule={"cron": "30 2 * * *", "timezone": "Europe/Berlin", "cadence": "daily"})
+    day = fires(config, datetime(2026, 3, 29, tzinfo=BERLIN), datetime(2026, 3, 30, tzinfo=BERLIN))
+    assert [f.astimezone(UTC) for f in day] == [datetime(2026, 3, 29, 1, 30, tzinfo=UTC)]  # 03:30 CEST
+    local_hours = [f.astimezone(UTC).astimezone(BERLIN).hour for f in fires(config, *around(2026, 3, 29))]
+    assert local_hours == [2, 3, 2]  # one firing per day, the missing 02:30 an hour later on the wall clock
+
+
+def test_a_send_time_that_exists_twice_that_day_fires_once(tmp_path):
+    # 25 October 2026: Berlin's clocks go back from 03:00 to 02:00, so 02:30 happens twice.
+    config = make_config(tmp_path, schedule={"cron": "30 2 * * *", "timezone": "Europe/Berlin", "cadence": "daily"})
+    day = fires(config, datetime(2026, 10, 25, tzinfo=BERLIN), datetime(2026, 10, 26, tzinfo=BERLIN))
+    assert [f.astimezone(UTC) for f in day] == [datetime(2026, 10, 25, 0, 30, tzinfo=UTC)]  # the first 02:30
+    # After the first firing, the scheduler's next run is the next day, not the repeated 02:30.
+    after = digest_trigger(config).get_next_fire_time(day[0], datetime(2026, 10, 25, 0, 31, tzinfo=UTC))
+    assert after.astimezone(UTC) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
+    # And the catch-up logic sees the same single firing from anywhere in the repeated hour.
+    assert last_run_time(config, datetime(2026, 10, 25, 1, 45, tzinfo=UTC)) == day[0]
+
+
+def around(year: int, month: int, day: int) -> tuple[datetime, datetime]:
+    return datetime(year, month, day - 1, tzinfo=BERLIN), datetime(year, month, day + 2, tzinfo=BERLIN)
+
+
+def test_the_monday_send_covers_the_week_that_just_ended_by_ingest_time(config, engine):
+    add_people(engine, "a@example.org")
+    sunday_night = datetime(2026, 11, 22, 23, 59, tzinfo=BERLIN)
+    monday_early = datetime(2026, 11, 23, 0, 1, tzinfo=BERLIN)  # already the new week
+    add_summaries(engine, 1, at=sunday_night.astimezone(UTC))
+    add_summaries(engine, 1, at=monday_early.astimezone(UTC))
+
+    result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+
+    assert result.period.key == "2026-W47" and result.outcome is PeriodOutcome.ISSUED
+    (issue,) = issues(engine)
+    assert issue.period_key == "2026-W47"
+    assert issue.period_start.date().isoformat() == "2026-11-15"  # Monday 00:00 CET is Sunday 23:00 UTC
     with session(engine) as db:
-        assert len(db.exec(select(Issue)).all()) == 1
-        deliveries = db.exec(select(Delivery)).all()
-    # Each subscriber's message went out exactly once (a resend would count a second attempt).
-    assert [(d.status, d.attempts) for d in deliveries] == [(DeliveryStatus.SENT, 1)] * 2
+        assert [s.title for s in issue_items(db, issue)] == ["Paper number 0"]
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)]
+    # The Monday-morning summary is the first item of next week's issue, not lost.
+    run_if_due(engine, config, now=(MONDAY_0800 + timedelta(days=7)).astimezone(UTC))
+    with session(engine) as db:
+        second = issues(engine)[1]
+        assert (second.period_key, [s.title for s in issue_items(db, second)]) == ("2026-W48", ["Paper number 1"])
+
+
+def test_daily_and_monthly_cadences_key_issues_by_day_and_month(tmp_path, monkeypatch, engine):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    add_people(engine, "a@example.org")
+    add_summaries(engine, 1, at=datetime(2026, 10, 31, 12, tzinfo=UTC))
+    monthly = make_config(tmp_path, schedule={"cron": "0 8 1 * *", "timezone": "Europe/Berlin", "cadence": "monthly"})
+    result = run_if_due(engine, monthly, now=datetime(2026, 11, 2, tzinfo=UTC))
+    assert result.period.key == "2026-10"
+    add_summaries(engine, 1, at=datetime(2026, 11, 21, 12, tzinfo=UTC))
+    daily = make_config(tmp_path, schedule={"cron": "0 7 * * *", "timezone": "Europe/Berlin", "cadence": "daily"})
+    assert run_if_due(engine, daily, now=datetime(2026, 11, 22, 7, tzinfo=UTC)).period.key == "2026-11-21"
+    assert [i.period_key for i in issues(engine)] == ["2026-10", "2026-11-21"]
+
+
+# --- catch-up -----------------------------------------------------------------------------------------
+
+
+def test_a_run_missed_by_less_than_the_grace_period_is_caught_up_once(config, engine, caplog):
+    add_summaries(engine, 2, at=IN_W47)
+    add_people(engine, "a@example.org", "b@example.org")
+    late = (MONDAY_0800 + timedelta(hours=23)).astimezone(UTC)
+    caplog.set_level("WARNING")
+    result = run_if_due(engine, config, now=late)
+    assert result.outcome is PeriodOutcome.ISSUED
+    assert "catching up the issue due at 2026-11-23T08:00+01:00" in caplog.text
+    assert run_if_due(engine, config, now=late + timedelta(minutes=5)).outcome is None  # done: nothing new
+    assert len(issues(engine)) == 1
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)] * 2
+
+
+def test_a_run_missed_by_more_than_the_grace_period_is_recorded_and_reported(config, engine, caplog):
+    add_summaries(engine, 2, at=IN_W47)
+    add_people(engine, "a@example.org")
+    caplog.set_level("WARNING")
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(hours=25)).astimezone(UTC))
+    assert result.outcome is PeriodOutcome.MISSED
+    assert "2026-W47: MISSED" in result.lines[0] and "beyond the 24 h grace period" in result.lines[0]
+    assert "2026-W47: MISSED" in caplog.text
+    assert issues(engine) == [] and period_outcomes(engine) == {"2026-W47": PeriodOutcome.MISSED}
+    # Its summaries wait for the next issue.
+    run_if_due(engine, config, now=(MONDAY_0800 + timedelta(days=7)).astimezone(UTC))
+    (issue,) = issues(engine)
+    with session(engine) as db:
+        assert (issue.period_key, len(issue_items(db, issue))) == ("2026-W48", 2)
+
+
+def test_after_weeks_of_downtime_only_the_latest_period_is_caught_up(tmp_path, monkeypatch, engine):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin", "grace_hours": 200})
+    add_summaries(engine, 3, at=datetime(2026, 11, 1, tzinfo=UTC))
+    add_people(engine, "a@example.org")
+    # Down from 26 October to Tuesday 24 November: three Monday sends were missed; the grace period
+    # covers the last one only, and it is the only one that is sent.
+    result = run_if_due(engine, config, now=datetime(2026, 11, 24, 9, tzinfo=UTC))
+    assert [i.period_key for i in issues(engine)] == ["2026-W47"]
+    assert result.lines[0].startswith("2026-W47: prepared issue #1") and deliveries(engine) == [(DeliveryStatus.SENT, 1)]
+
+
+# --- exactly one issue per period ---------------------------------------------------------------------
+
+
+def test_two_schedulers_racing_on_one_database_make_one_issue_and_send_it_once(config, engine, smtp_server):
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {
+        "host": smtp_server.host, "port": smtp_server.port, "security": "none"}})
+    add_summaries(engine, 2, at=IN_W47)
+    people = [f"p{n}@example.org" for n in range(30)]
+    add_people(engine, *people)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def scheduler() -> None:
+        start.wait()
+        try:
+            run_if_due(engine, smtp, now=MONDAY_0800.astimezone(UTC))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scheduler) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(issues(engine)) == 1
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == sorted(people)
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)] * 30
+
+
+def test_a_manual_prepare_in_the_period_means_the_scheduler_sends_that_issue_not_a_second(config, engine):
+    add_summaries(engine, 1, at=IN_W47)
+    add_people(engine, "a@example.org")
+    prepare_issue(engine, config, now=IN_W47)  # by hand, mid-week
+    result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+    assert len(issues(engine)) == 1 and issues(engine)[0].status is IssueStatus.SENT
+    assert result.outcome is PeriodOutcome.ISSUED and "already prepared" in result.lines[0]
+
+
+class StopAfterFirstBatch(FileBackend):
+    """The file backend, with SIGTERM arriving while the first batch is in flight."""
+
+    halt: threading.Event
+
+    def send(self, batch):
+        self.halt.set()
+        return super().send(batch)
+
+
+def test_stop_mid_send_finishes_the_batch_and_a_restart_sends_the_rest_once(config, engine, monkeypatch, caplog):
+    add_summaries(engine, 1, at=IN_W47)
+    add_people(engine, *[f"p{n}@example.org" for n in range(150)])  # two batches of at most 100
+    halt = threading.Event()
+    StopAfterFirstBatch.halt = halt
+    monkeypatch.setattr("newsletter.schedule.create_backend", lambda cfg: StopAfterFirstBatch(FileOptions(), config=cfg))
+    run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC), halt=halt)
+    assert "stopped sending after the batch in flight" in caplog.text
+    assert sorted(deliveries(engine)) == sorted([(DeliveryStatus.SENT, 1)] * 100 + [(DeliveryStatus.QUEUED, 0)] * 50)
+    assert issues(engine)[0].status is IssueStatus.SENDING
+
+    # The restarted process runs the same job (catch-up on start): no second issue, the other 50 go out.
+    monkeypatch.undo()
+    run_if_due(engine, config, now=(MONDAY_0800 + timedelta(minutes=3)).astimezone(UTC))
+    assert [i.status for i in issues(engine)] == [IssueStatus.SENT]
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)] * 150
+    assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 150
+
+
+def test_a_process_killed_mid_batch_leaves_its_batch_to_the_next_run_after_the_lease(config, engine):
+    add_summaries(engine, 1, at=IN_W47)
+    add_people(engine, "a@example.org", "b@example.org", "c@example.org")
+    prepare_issue(engine, config, now=IN_W47)
+    with session(engine) as db:  # what a killed sender leaves: a claimed batch whose lease has run out
+        db.execute(update(Delivery).where(col(Delivery.id) <= 2).values(
+            status=DeliveryStatus.SENDING, claimed_by="send-dead", lease_expires_at=datetime(2026, 1, 1, tzinfo=UTC)))
+        db.commit()
+    run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)] * 3
+    assert len(issues(engine)) == 1
+
+
+# --- empty periods ------------------------------------------------------------------------------------
+
+
+def test_an_empty_period_is_skipped_and_recorded(config, engine, caplog):
+    add_people(engine, "a@example.org")
+    caplog.set_level("INFO")
+    result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+    assert result.outcome is PeriodOutcome.EMPTY and "no new summaries" in caplog.text
+    assert issues(engine) == [] and period_outcomes(engine) == {"2026-W47": PeriodOutcome.EMPTY}
+
+
+def test_the_quiet_week_option_sends_a_short_note_instead(tmp_path, monkeypatch, engine):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    note = "Nothing new crossed our desks this week. Back next Monday."
+    config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin", "quiet_note": note})
+    add_people(engine, "a@example.org")
+    result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+    assert result.outcome is PeriodOutcome.QUIET
+    (message,) = (config.base_dir / "outbox").glob("*.eml")
+    text = message.read_text(encoding="utf-8")
+    assert "A quiet week" in text and "Nothing new crossed our desks" in text
+    with session(engine) as db:
+        assert db.exec(select(Summary.issue_id).where(Summary.origin == "scheduler")).all() == [issues(engine)[0].id]
+        assert db.exec(select(Summary).where(Summary.issue_id == None)).all() == []  # noqa: E711
+
+
+# --- the lease and failing jobs -----------------------------------------------------------------------
+
+
+def test_the_lease_has_one_holder_is_renewed_and_is_taken_over_when_expired(engine):
+    ttl, t0 = timedelta(seconds=60), datetime(2026, 11, 23, 7, tzinfo=UTC)
+    assert acquire_lease(engine, "a", ttl, now=t0).owner == "a"
+    assert acquire_lease(engine, "b", ttl, now=t0 + timedelta(seconds=30)).owner == "a"  # b waits
+    assert acquire_lease(engine, "a", ttl, now=t0 + timedelta(seconds=45)).owner == "a"  # a renews
+    assert acquire_lease(engine, "b", ttl, now=t0 + timedelta(seconds=90)).owner == "a"  # renewed: still a's
+    taken = acquire_lease(engine, "b", ttl, now=t0 + timedelta(seconds=106))  # a stopped renewing
+    assert (taken.owner, taken.expires_at) == ("b", t0 + timedelta(seconds=166))
+    assert acquire_lease(engine, "a", ttl, now=t0 + timedelta(seconds=107)).owner == "b"  # a lost it
+    release_lease(engine, "a")  # not a's to release
+    assert acquire_lease(engine, "c", ttl, now=t0 + timedelta(seconds=108)).owner == "b"
+    release_lease(engine, "b")  # clean shutdown: the next process need not wait for expiry
+    assert acquire_lease(engine, "c", ttl, now=t0 + timedelta(seconds=109)).owner == "c"
+
+
+def test_a_job_that_raises_is_logged_with_its_traceback_recorded_and_not_raised(config, engine, caplog):
+    def broken(_engine, _config):
+        raise RuntimeError("feed server returned nonsense")
+
+    run_job(engine, config, Job("feeds", digest_trigger(config), broken))
+    assert "job feeds failed" in caplog.text and "Traceback" in caplog.text and "in broken" in caplog.text
+    with session(engine) as db:
+        (failure,) = db.exec(select(JobFailure)).all()
+    assert (failure.job, failure.error) == ("feeds", "RuntimeError: feed server returned nonsense")
 
 
 def test_the_retry_job_sends_what_became_due_and_is_quiet_otherwise(config, engine, caplog):
-    send_due(engine, config)  # nothing prepared yet: no error, nothing logged as failed
+    assert send_due(engine, config) == []  # nothing prepared yet: no error
     assert "failed" not in caplog.text
     add_summaries(engine, 1)
     add_people(engine, "a@example.org")
     prepare_issue(engine, config)
-    send_due(engine, config)
-    with session(engine) as db:
-        assert [d.status for d in db.exec(select(Delivery))] == [DeliveryStatus.SENT]
+    (report,) = send_due(engine, config)
+    assert report.sent == 1 and deliveries(engine) == [(DeliveryStatus.SENT, 1)]
 
 
-def test_run_logs_the_next_run_and_stops_on_sigterm(tmp_path):
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(
-        "newsletter:\n  name: T\n  sender: T <t@example.org>\n  postal_address: 1 Street, Town\n"
-        "  site_url: https://example.org\nschedule:\n  cron: '0 8 * * mon'\n  timezone: Europe/Berlin\n",
-        encoding="utf-8",
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "run", "--config", str(config_file)],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "NEWSLETTER_SECRET_KEY": "k"},
-    )
-    try:
-        for line in process.stderr:
-            if "scheduler started" in line:
-                break
-        assert re.search(r"next digest at \S+T08:00\+0[12]:00 .* in Europe/Berlin", line)
-        assert "due retries are sent every 5 minutes" in line
-        process.send_signal(signal.SIGTERM)
-        rest = process.stderr.read()
-        assert process.wait(timeout=30) == 0
-        assert "scheduler stopped" in rest
-    finally:
-        process.kill()
+@pytest.mark.parametrize("hours", [0.5, 24])
+def test_the_grace_period_is_configurable(tmp_path, monkeypatch, engine, hours):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin", "grace_hours": hours})
+    add_summaries(engine, 1, at=IN_W47)
+    add_people(engine, "a@example.org")
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(hours=2)).astimezone(UTC))
+    assert result.outcome is (PeriodOutcome.MISSED if hours < 2 else PeriodOutcome.ISSUED)
+
+
+def test_periods_missed_while_down_for_weeks_are_each_recorded_not_silently_skipped(config, engine):
+    add_people(engine, "a@example.org")
+    add_summaries(engine, 1, at=datetime(2026, 10, 28, tzinfo=UTC))
+    run_if_due(engine, config, now=datetime(2026, 11, 2, 7, tzinfo=UTC))  # Monday 2 Nov 08:00: W44 sent
+    add_summaries(engine, 2, at=datetime(2026, 11, 4, tzinfo=UTC))
+    # Down until Monday 23 November 09:00: W45 and W46 were due while down; W47 is within the grace period.
+    run_if_due(engine, config, now=datetime(2026, 11, 23, 8, tzinfo=UTC))
+    assert period_outcomes(engine) == {
+        "2026-W44": PeriodOutcome.ISSUED,
+        "2026-W45": PeriodOutcome.MISSED,
+        "2026-W46": PeriodOutcome.MISSED,
+        "2026-W47": PeriodOutcome.ISSUED,
+    }
+    with session(engine) as db:  # one catch-up issue, with everything that waited
+        assert [(i.period_key, len(issue_items(db, i))) for i in issues(engine)] == [("2026-W44", 1), ("2026-W47", 2)]

@@ -1,0 +1,122 @@
+"""The operator's view (``newsletter status``): schedule, last issue, what is waiting, what went wrong.
+
+:func:`collect_status` returns plain JSON-ready data (``--json`` prints it as is, for monitoring);
+:func:`status_lines` turns it into the human-readable text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
+
+from newsletter.config import Config
+from newsletter.db import session
+from newsletter.digest import delivery_counts, pending_summaries
+from newsletter.models import (
+    Issue,
+    JobFailure,
+    ScheduledPeriod,
+    SchedulerLease,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+from newsletter.render import as_utc
+from newsletter.schedule import LEASE_NAME, next_run_time
+
+RECENT = timedelta(days=7)  # how far back "recent job failures" look
+
+
+def collect_status(engine: Engine, config: Config, *, now: datetime | None = None) -> dict[str, Any]:
+    """Everything ``newsletter status`` shows, as JSON-ready values (times in ISO 8601)."""
+    now = now or utcnow()
+    upcoming = next_run_time(config, now)
+    with session(engine) as db:
+        last = db.exec(select(Issue).order_by(col(Issue.number).desc())).first()
+        by_status = dict(db.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
+        lease = db.get(SchedulerLease, LEASE_NAME)
+        failures = db.exec(
+            select(JobFailure).where(col(JobFailure.at) >= now - RECENT).order_by(col(JobFailure.at).desc()).limit(10)
+        ).all()
+        periods = db.exec(select(ScheduledPeriod).order_by(col(ScheduledPeriod.due_at).desc()).limit(5)).all()
+        waiting = len(pending_summaries(db))
+        counts = delivery_counts(db, last) if last else None
+    return {
+        "schedule": {
+            "cron": config.schedule.cron,
+            "timezone": config.schedule.timezone,
+            "cadence": config.schedule.cadence,
+            "next_run_local": upcoming.isoformat(timespec="minutes"),
+            "next_run_utc": as_utc(upcoming).isoformat(timespec="minutes"),
+            "scheduler": _lease(lease, now),
+        },
+        "last_issue": None if last is None else {
+            "number": last.number,
+            "period": last.period_key,
+            "subject": last.subject,
+            "status": last.status.value,
+            "sent_at": _iso(last.sent_at),
+            "deliveries": {status.value: count for status, count in (counts or {}).items()},
+        },
+        "waiting_summaries": waiting,
+        "subscribers": {status.value: by_status.get(status, 0) for status in SubscriberStatus},
+        "recent_periods": [
+            {"period": p.period_key, "outcome": p.outcome.value, "due_at": _iso(p.due_at), "detail": p.detail}
+            for p in periods
+        ],
+        # Feeds and their last fetch result: the ingest engineer's function plugs in here after merging,
+        # e.g. "feeds": [asdict(feed) for feed in feed_status(engine, config)].
+        "feeds": None,
+        "recent_failures": [{"job": f.job, "at": _iso(f.at), "error": f.error} for f in failures],
+    }
+
+
+def _lease(lease: SchedulerLease | None, now: datetime) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    expires = as_utc(lease.expires_at)
+    return {"owner": lease.owner, "lease_expires_at": expires.isoformat(timespec="seconds"), "running": expires > now}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else as_utc(moment).isoformat(timespec="seconds")
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """The status as text lines for a terminal."""
+    schedule = status["schedule"]
+    lines = [
+        f"next digest: {schedule['next_run_local']} {schedule['timezone']} ({schedule['next_run_utc']} UTC), "
+        f"{schedule['cadence']}, cron '{schedule['cron']}'"
+    ]
+    holder = schedule["scheduler"]
+    if holder and holder["running"]:
+        lines.append(f"scheduler: running as {holder['owner']} (lease until {holder['lease_expires_at']})")
+    else:
+        lines.append("scheduler: not running (no `newsletter run` holds the lease)")
+    last = status["last_issue"]
+    if last is None:
+        lines.append("last issue: none yet")
+    else:
+        counts = ", ".join(f"{name} {count}" for name, count in last["deliveries"].items())
+        lines.append(f"last issue: #{last['number']} ({last['period']}) \"{last['subject']}\": {last['status']}")
+        lines.append(f"  deliveries: {counts}")
+    lines.append(f"waiting summaries: {status['waiting_summaries']}")
+    lines.append("subscribers: " + ", ".join(f"{name} {count}" for name, count in status["subscribers"].items()))
+    for period in status["recent_periods"]:
+        if period["outcome"] != "issued":
+            lines.append(f"period {period['period']}: {period['outcome']}: {period['detail']}")
+    if status["feeds"] is None:
+        lines.append("feeds: not reported by this version")
+    else:
+        lines.append("feeds:")
+        lines += [f"  {feed}" for feed in status["feeds"]]
+    if status["recent_failures"]:
+        lines.append(f"job failures in the last {RECENT.days} days:")
+        lines += [f"  {f['at']} {f['job']}: {f['error']}" for f in status["recent_failures"]]
+    else:
+        lines.append(f"job failures in the last {RECENT.days} days: none")
+    return lines

@@ -86,8 +86,12 @@ class PrepareResult:
 
 
 def pending_summaries(db: Session) -> list[Summary]:
-    """Summaries not yet in any issue, oldest first."""
-    query = select(Summary).where(col(Summary.issue_id).is_(None)).order_by(col(Summary.ingested_at), col(Summary.id))
+    """Summaries not yet in any issue and not excluded by an editor, oldest first."""
+    query = (
+        select(Summary)
+        .where(col(Summary.issue_id).is_(None), col(Summary.excluded).is_(False))
+        .order_by(col(Summary.ingested_at), col(Summary.id))
+    )
     return list(db.exec(query))
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from newsletter.config import Config
 from newsletter.db import open_database
+from newsletter.web import api
 
 
 def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
@@ -18,6 +19,7 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title=config.newsletter.name)
     app.state.config = config
     app.state.engine = engine if engine is not None else open_database(config)
+    app.include_router(api.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -107,9 +107,9 @@ def _entry_fields(entry: Any, source: str | None, settings: IngestSection) -> di
         "image_url": image,
         "published_at": datetime.fromtimestamp(calendar.timegm(stamp), UTC) if stamp else None,
     }
-    return {key: value for key, value in fields.items() if value not in (None, [], "")} | {
-        "title": fields["title"], "summary": fields["summary"],
-    }
+    # Absent values are left out so validation reports only what the item has; title and summary stay in
+    # so that their absence is reported by name.
+    return {key: value for key, value in fields.items() if value or key in ("title", "summary")}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -205,7 +206,7 @@ def summaries_edit(summary_id: SummaryId, config: ConfigOption = None) -> None:
     """
     with _opened(config) as (_config, engine):
         before = review.to_yaml(review.get_summary(engine, summary_id))
-        after = typer.edit(before, extension=".yaml", require_save=True)
+        after = click.edit(before, extension=".yaml", require_save=True)
         if after is None or after == before:
             console.print("no changes")
             return

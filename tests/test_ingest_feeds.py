@@ -179,3 +179,18 @@ def test_a_feed_item_without_title_is_skipped_and_the_rest_go_in(engine, feed_se
     result = fetch_feed(engine, feed_server.serve("/f.xml", Feed(body)), SETTINGS)
     assert (result.status, result.report.added) == ("ok", 1)
     assert "field 'title' is empty" in result.skipped[0]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"feeds": ["ftp://example.org/feed.xml"]}, "ingest.feeds: 'ftp://example.org/feed.xml' must be"),
+        ({"fedds": []}, "unknown key 'ingest.fedds'; allowed here: feeds, inbox, feed_interval_minutes"),
+    ],
+)
+def test_ingest_config_mistakes_name_the_key(tmp_path, section, message) -> None:
+    from newsletter.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, ingest=section)
+    assert message in str(caught.value)

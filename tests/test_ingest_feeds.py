@@ -11,12 +11,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlmodel import select
 
 from newsletter.config import IngestSection
 from newsletter.db import session
 from newsletter.ingest import ingest_paths
-from newsletter.ingest.feeds import feed_states, fetch_feed, poll_feeds
+from newsletter.errors import IngestError
+from newsletter.ingest.feeds import FeedReader, feed_states, fetch_feed, poll_feeds
 from newsletter.models import FeedState, Summary
 from tests.conftest import make_config
 
@@ -194,3 +197,22 @@ def test_ingest_config_mistakes_name_the_key(tmp_path, section, message) -> None
     with pytest.raises(ConfigError) as caught:
         make_config(tmp_path, ingest=section)
     assert message in str(caught.value)
+
+
+XML_PARTS = st.sampled_from([
+    b'<?xml version="1.0"?>', b'<rss version="2.0">', b"<channel>", b"<item>", b"<title>T</title>",
+    b"<link>https://e.org/a</link>", b"<link>javascript:x</link>", b"<guid>g</guid>", b"<description>&lt;b&gt;x",
+    b"</item>", b"</channel>", b"</rss>", b'<feed xmlns="http://www.w3.org/2005/Atom">', b"<entry>",
+    b"</entry>", b"</feed>", b"<pubDate>not a date</pubDate>", b"<updated>2026-02-30T00:00:00Z</updated>",
+])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(XML_PARTS, st.binary(max_size=20)), max_size=20))
+def test_no_bytes_crash_the_feed_reader_with_anything_but_ingest_error(tmp_path_factory, parts) -> None:
+    path = tmp_path_factory.mktemp("feeds") / "feed.xml"
+    path.write_bytes(b"".join(parts))
+    try:
+        FeedReader().read(path)
+    except IngestError:
+        pass

@@ -239,3 +239,23 @@ def test_no_markup_crashes_the_html_reader(tmp_path_factory, parts: list[str]) -
         HtmlReader().read(path)
     except IngestError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("GeneticsNewsPaywall", {"category": "Genetics", "article_type": "News", "paywalled": True}),
+        ("Health & Fitness · Meta-Analysis · Free", {"category": "Health & Fitness", "article_type": "Meta-Analysis", "paywalled": False}),
+        ("NeuroscienceSystematic Review", {"category": "Neuroscience", "article_type": "Systematic Review"}),
+        ("Paywall", {"paywalled": True}),
+    ],
+)
+def test_labels_lines_in_other_shapes(line: str, expected: dict) -> None:
+    data = parse_page(f"{line}\nA title\n\nA sentence of text.", where="p.txt", summary_length=400)
+    assert {k: data[k] for k in ("category", "article_type", "paywalled") if k in data} == expected
+    assert data["title"] == "A title"
+
+
+def test_a_title_that_merely_ends_in_a_type_word_is_not_a_labels_line() -> None:
+    data = parse_page("Sleep and memory: a Systematic Review\n\nA sentence of text.", where="p.txt", summary_length=400)
+    assert data["title"] == "Sleep and memory: a Systematic Review" and "article_type" not in data

@@ -13,7 +13,6 @@ from typing import Any
 
 import trafilatura
 
-from newsletter.errors import IngestError
 from newsletter.ingest.base import Reader, SummaryIn, read_text, validate_item
 from newsletter.ingest.clean import html_to_text, normalise_title
 from newsletter.ingest.text import parse_page
@@ -59,6 +58,4 @@ def main_text(markup: str) -> str:
     date = getattr(document, "date", None)
     if date:
         header.append(date)
-    if not header[0].strip():
-        raise IngestError("the page has no title")
     return "\n".join(header + [""] + lines)

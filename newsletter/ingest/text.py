@@ -36,7 +36,8 @@ ARTICLE_TYPES = (
 ACCESS_MARKERS = {"Paywall": True, "Paywalled": True, "Subscribers Only": True, "Open Access": False,
                   "Free Access": False, "Free": False}
 
-_SEPARATORS = r"\s·|•,/\-–"
+_SEPARATORS = r"\s·|•,/\-–"  # between labels (a regex class body)
+_SEPARATOR_CHARS = " \t·|•,/-–"
 _TYPE_AT_END = re.compile(rf"(?:^|(?<=[a-z&).{_SEPARATORS}]))({'|'.join(map(re.escape, ARTICLE_TYPES))})[{_SEPARATORS}]*$")
 _ACCESS_AT_END = re.compile(
     rf"(?:^|(?<=[a-z&).{_SEPARATORS}]))({'|'.join(map(re.escape, ACCESS_MARKERS))})[{_SEPARATORS}]*$"
@@ -142,11 +143,11 @@ def _labels(line: str) -> dict[str, Any] | None:
     access = _ACCESS_AT_END.search(rest)
     if access:
         found["paywalled"] = ACCESS_MARKERS[access.group(1)]
-        rest = rest[: access.start()].rstrip(_SEPARATORS.replace("\\", "") + " ")
+        rest = rest[: access.start()].rstrip(_SEPARATOR_CHARS)
     kind = _TYPE_AT_END.search(rest)
     if kind:
         found["article_type"] = kind.group(1)
-        rest = rest[: kind.start()].rstrip(_SEPARATORS.replace("\\", "") + " ")
+        rest = rest[: kind.start()].rstrip(_SEPARATOR_CHARS)
     if not found:
         return None
     if rest:

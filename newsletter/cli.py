@@ -74,8 +74,8 @@ subscribers_app = _app("Manage the subscriber list.\n\nExample: newsletter subsc
 digest_app = _app(
     "Prepare, render and send the weekly digest.\n\nExample: newsletter digest prepare && newsletter digest send"
 )
-app.add_typer(subscribers_app, name="subscribers")
 summaries_app = _app("See and fix ingested summaries.\n\nExample: newsletter summaries list --new")
+app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(digest_app, name="digest")
 app.add_typer(summaries_app, name="summaries")
 

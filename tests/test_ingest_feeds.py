@@ -173,6 +173,7 @@ def test_feed_files_of_every_version_are_read_and_a_broken_one_is_rejected(engin
     [rejection] = report.rejected
     assert rejection.path.name == "broken.xml" and "not a valid RSS or Atom feed" in rejection.message
     assert stored(engine)["http://old.example.org/fibre.html"].source == "Old School Research"
+    assert stored(engine)["http://old.example.org/fibre.html"].published_at is not None  # undated: ingest time
 
 
 def test_a_feed_item_without_title_is_skipped_and_the_rest_go_in(engine, feed_server) -> None:

@@ -259,3 +259,18 @@ def test_labels_lines_in_other_shapes(line: str, expected: dict) -> None:
 def test_a_title_that_merely_ends_in_a_type_word_is_not_a_labels_line() -> None:
     data = parse_page("Sleep and memory: a Systematic Review\n\nA sentence of text.", where="p.txt", summary_length=400)
     assert data["title"] == "Sleep and memory: a Systematic Review" and "article_type" not in data
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([".md", ".json", ".jsonl", ".txt", ".html", ".xml"]),
+       st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
+def test_no_text_crashes_any_registered_reader(tmp_path_factory, extension: str, text: str) -> None:
+    from newsletter.ingest.base import readers_by_extension
+    from newsletter.ingest.store import read_file
+
+    path = tmp_path_factory.mktemp("any") / f"input{extension}"
+    path.write_text(text, encoding="utf-8")
+    try:
+        read_file(path, readers_by_extension(), IngestSection())
+    except IngestError:
+        pass

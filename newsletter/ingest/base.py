@@ -285,9 +285,12 @@ class Reader:
     - A reader only reads: it never touches the database. Instances take no arguments; the configured
       limits (``settings.summary_length`` for an extractive summary, ...) are on ``self.settings``, set
       by :func:`reader_for` (the defaults until then). The file size limit is checked before ``read``.
+    - ``dates_undated``: True if an item without a date should be stored with the time it is first
+      ingested (feeds), rather than without a date.
     """
 
     file_extensions: ClassVar[tuple[str, ...]] = ()
+    dates_undated: ClassVar[bool] = False
     settings: IngestSection = IngestSection()
 
     def read(self, path: Path) -> list[SummaryIn]:

@@ -45,6 +45,7 @@ class FeedReader(Reader):
     """A feed saved as a file (``.xml``, ``.rss``, ``.atom``); IngestError if it is not a readable feed."""
 
     file_extensions = (".xml", ".rss", ".atom")
+    dates_undated = True
 
     def read(self, path: Path) -> list[SummaryIn]:
         try:

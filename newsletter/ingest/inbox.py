@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from newsletter.config import Config
 from newsletter.errors import IngestError, NewsletterError
 from newsletter.ingest.base import readers_by_extension
-from newsletter.ingest.store import IngestReport, ingest_items, read_file
+from newsletter.ingest.store import IngestReport, ingest_items, read_file, undated_date
 from newsletter.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def process_inbox(engine: Engine, config: Config, *, now: datetime | None = None
             continue
         try:
             items = read_file(path, readers, config.ingest)
-            result.report.add(ingest_items(engine, items, origin=f"inbox:{path.name}"))
+            undated = undated_date(path, readers)
+            result.report.add(ingest_items(engine, items, origin=f"inbox:{path.name}", undated=undated))
         except IngestError as exc:
             log.warning("inbox: rejected %s", exc)
             target = _move(path, folder / REJECTED)

@@ -108,7 +108,7 @@ def ingest_paths(
     for path in find_files(paths):
         try:
             items = read_file(path, readers, settings or IngestSection())
-            result = ingest_items(engine, items, origin=str(path))
+            result = ingest_items(engine, items, origin=str(path), undated=undated_date(path, readers))
             log.info("%s: %s", path, result.summary_line())
             report.add(result)
         except IngestError as exc:
@@ -144,6 +144,12 @@ def read_file(path: Path, readers: dict[str, type[Reader]], settings: IngestSect
         is_ours = isinstance(exc, ValidationError) and exc.title == SummaryIn.__name__
         message = explain(exc)[1] if is_ours else " ".join(str(exc).split()) or type(exc).__name__
         raise IngestError(f"{path}: {message}") from exc
+
+
+def undated_date(path: Path, readers: dict[str, type[Reader]]) -> datetime | None:
+    """Now, if the reader for ``path`` dates undated items with their ingest time (``Reader.dates_undated``)."""
+    reader = readers.get(path.suffix.lower())
+    return utcnow() if reader is not None and reader.dates_undated else None
 
 
 def ingest_items(

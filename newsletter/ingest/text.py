@@ -19,6 +19,7 @@ never invents a field: what it does not find stays empty.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,10 +39,15 @@ ACCESS_MARKERS = {"Paywall": True, "Paywalled": True, "Subscribers Only": True, 
 
 _SEPARATORS = r"\s·|•,/\-–"  # between labels (a regex class body)
 _SEPARATOR_CHARS = " \t·|•,/-–"
-_TYPE_AT_END = re.compile(rf"(?:^|(?<=[a-z&).{_SEPARATORS}]))({'|'.join(map(re.escape, ARTICLE_TYPES))})[{_SEPARATORS}]*$")
-_ACCESS_AT_END = re.compile(
-    rf"(?:^|(?<=[a-z&).{_SEPARATORS}]))({'|'.join(map(re.escape, ACCESS_MARKERS))})[{_SEPARATORS}]*$"
-)
+
+
+def _label_at_end(labels: Iterable[str]) -> re.Pattern[str]:
+    """One of ``labels`` at the end of a line, after a separator or run together with the word before it."""
+    return re.compile(rf"(?:^|(?<=[a-z&).{_SEPARATORS}]))({'|'.join(map(re.escape, labels))})[{_SEPARATORS}]*$")
+
+
+_TYPE_AT_END = _label_at_end(ARTICLE_TYPES)
+_ACCESS_AT_END = _label_at_end(ACCESS_MARKERS)
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
            "october", "november", "december")
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"

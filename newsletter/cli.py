@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -42,7 +44,8 @@ from newsletter.db import open_database, session
 from newsletter.delivery import send_issue, send_unfinished, write_preview
 from newsletter.digest import delivery_counts, find_issue, prepare_issue, unfinished_issues
 from newsletter.errors import NewsletterError
-from newsletter.ingest import find_files, ingest_paths
+from newsletter.ingest import find_files, ingest_paths, review
+from newsletter.ingest.feeds import fetch_feed
 from newsletter.models import Issue, SubscriberStatus
 from newsletter.logs import configure_logging
 from newsletter.schedule import run_if_due, run_scheduler
@@ -78,8 +81,10 @@ subscribers_app = _app("Manage the subscriber list.\n\nExample: newsletter subsc
 digest_app = _app(
     "Prepare, render and send the weekly digest.\n\nExample: newsletter digest prepare && newsletter digest send"
 )
+summaries_app = _app("See and fix ingested summaries.\n\nExample: newsletter summaries list --new")
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(digest_app, name="digest")
+app.add_typer(summaries_app, name="summaries")
 
 ConfigOption = Annotated[
     Path | None,
@@ -126,22 +131,110 @@ def _progress() -> Progress:
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders of .md, .json and .jsonl summaries.")],
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Files or folders (.md, .json, .jsonl, .txt, .html, .xml feeds) or feed URLs."),
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Read summaries into the database; re-ingesting an item updates it, never duplicates it.
 
-    Example: newsletter ingest summaries/ extra/paper.md
+    Example: newsletter ingest summaries/ page.txt https://example.org/feed.xml
     """
-    with _opened(config) as (_config, engine), _progress() as bar:
-        files = find_files(paths)  # expanded once: the progress total, then the work
-        task = bar.add_task("ingesting", total=len(files))
-        report = ingest_paths(engine, files, on_file=lambda _path: bar.advance(task))
+    urls = [source for source in sources if source.lower().startswith(("http://", "https://"))]
+    paths = [Path(source) for source in sources if source not in urls]
+    with _opened(config) as (loaded, engine):
+        with _progress() as bar:
+            files = find_files(paths)  # expanded once: the progress total, then the work
+            task = bar.add_task("ingesting", total=len(files) + len(urls))
+            report = ingest_paths(engine, files, on_file=lambda _path: bar.advance(task), settings=loaded.ingest)
+            fetched = []
+            for url in urls:
+                fetched.append(fetch_feed(engine, url, loaded.ingest))
+                bar.advance(task)
     for rejection in report.rejected:
         errors.print(Text(f"rejected: {rejection.message}"), soft_wrap=True)
+    for result in fetched:
+        report.add(result.report)
+        for message in result.skipped:
+            errors.print(Text(f"skipped: {message}"), soft_wrap=True)
+        if result.status == "error":
+            errors.print(Text(f"failed: {result.url}: {result.error}"), soft_wrap=True)
     console.print(report.summary_line())
-    if report.rejected:
+    if report.rejected or any(result.status == "error" or result.skipped for result in fetched):
         raise typer.Exit(1)
+
+
+SummaryId = Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="The summary's id (see 'summaries list').")]
+
+
+@summaries_app.command("list")
+def summaries_list(
+    new: Annotated[bool, typer.Option("--new", help="Only summaries not in any issue yet.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show stored summaries, newest first.
+
+    Example: newsletter summaries list --new
+    """
+    with _opened(config) as (_config, engine):
+        rows = review.list_summaries(engine, new_only=new)
+    table = Table("id", "title", "source", "date", "ingested", "state")
+    for row in rows:
+        state = f"issue {row.issue_id}" if row.issue_id else ("excluded" if row.excluded else "new")
+        published = row.published_at.date().isoformat() if row.published_at else ""
+        table.add_row(str(row.id), Text(row.title), Text(row.source or ""), published,
+                      row.ingested_at.strftime("%Y-%m-%d %H:%M"), state)
+    console.print(table)
+    console.print(f"{len(rows)} summaries")
+
+
+@summaries_app.command("show")
+def summaries_show(summary_id: SummaryId, config: ConfigOption = None) -> None:
+    """Print one summary's fields as YAML, with where it came from.
+
+    Example: newsletter summaries show 12
+    """
+    with _opened(config) as (_config, engine):
+        row = review.get_summary(engine, summary_id)
+    console.print(Text(f"# id {row.id}, uid {row.uid}, from {row.origin}, excluded: {row.excluded}"))
+    console.print(Text(review.to_yaml(row)), end="")
+
+
+@summaries_app.command("edit")
+def summaries_edit(summary_id: SummaryId, config: ConfigOption = None) -> None:
+    """Open the summary as YAML in $EDITOR; saving stores it after the same checks as ingest.
+
+    Example: EDITOR=nano newsletter summaries edit 12
+    """
+    with _opened(config) as (_config, engine):
+        before = review.to_yaml(review.get_summary(engine, summary_id))
+        after = click.edit(before, extension=".yaml", require_save=True)
+        if after is None or after == before:
+            console.print("no changes")
+            return
+        try:
+            review.apply_yaml(engine, summary_id, after)
+        except NewsletterError as exc:
+            kept = Path(tempfile.mkstemp(prefix=f"summary-{summary_id}-", suffix=".yaml")[1])
+            kept.write_text(after, encoding="utf-8")
+            raise NewsletterError(f"{exc} (nothing was changed; your edit is kept in {kept})") from None
+    console.print(f"summary {summary_id} updated")
+
+
+@summaries_app.command("exclude")
+def summaries_exclude(
+    summary_id: SummaryId,
+    undo: Annotated[bool, typer.Option("--undo", help="Let the summary back into the next digest.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Keep a summary out of the next digest (it stays stored; --undo brings it back).
+
+    Example: newsletter summaries exclude 12
+    """
+    with _opened(config) as (_config, engine):
+        review.set_excluded(engine, summary_id, not undo)
+    console.print(f"summary {summary_id} {'will be in' if undo else 'is excluded from'} the next digest")
 
 
 @subscribers_app.command("add")

@@ -11,6 +11,7 @@ Environment variables (secrets never go in the file):
 - ``NEWSLETTER_DATABASE_URL``: replaces ``database.url``.
 - ``NEWSLETTER_SECRET_KEY``: signs the tokens in unsubscribe links (see :mod:`newsletter.tokens`).
 - ``NEWSLETTER_SMTP_PASSWORD``: the SMTP backend's login password.
+- ``NEWSLETTER_API_TOKEN``: the bearer token ``POST /api/summaries`` accepts (unset: the API refuses all).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class IntervalsSection(_Section):
 
     send_due: int = Field(default=5, ge=1, le=1440)  # retries and interrupted sends
     feeds: int = Field(default=60, ge=1, le=10080)  # feed polling (when feeds are configured)
-    inbox: int = Field(default=10, ge=1, le=1440)  # inbox pickup (when an inbox is configured)
+    inbox: int = Field(default=2, ge=1, le=1440)  # inbox pickup (when an inbox is configured)
     bounces: int = Field(default=30, ge=1, le=1440)  # bounce mailbox (when one is configured)
 
 
@@ -216,6 +217,25 @@ class PreviewSection(_Section):
     def access_token(self) -> str | None:
         """The token the preview requires, the environment first (secrets do not belong in the file)."""
         return os.environ.get("NEWSLETTER_PREVIEW_TOKEN") or self.token
+class IngestSection(_Section):
+    """Where summaries come from besides the command line, and the limits every reader applies."""
+
+    feeds: tuple[str, ...] = ()
+    inbox: str | None = None
+    inbox_settle_seconds: int = Field(default=10, ge=0, le=3_600)
+    fetch_timeout_seconds: float = Field(default=20, gt=0, le=300)
+    max_bytes: int = Field(default=2_000_000, ge=1_000, le=100_000_000)
+    summary_length: int = Field(default=400, ge=80, le=5_000)
+    api_token: str | None = Field(default=None, exclude=True, repr=False)  # NEWSLETTER_API_TOKEN only
+
+    @field_validator("feeds")
+    @classmethod
+    def _http_feeds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+                raise ValueError(f"{url!r} must be an absolute http(s) URL such as https://example.org/feed.xml")
+        return value
 
 
 class Config(_Section):
@@ -228,6 +248,7 @@ class Config(_Section):
     backend: BackendSection = BackendSection()
     web: WebSection = WebSection()
     preview: PreviewSection = PreviewSection()
+    ingest: IngestSection = IngestSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="<defaults>", exclude=True)
 
@@ -239,6 +260,11 @@ class Config(_Section):
         """An absolute path for a path written in the config file (relative to the file's folder)."""
         path = Path(path).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def inbox_dir(self) -> Path | None:
+        """``ingest.inbox`` as an absolute folder, or None when no inbox is configured."""
+        return self.resolve(self.ingest.inbox) if self.ingest.inbox else None
 
     @property
     def database_url(self) -> str:
@@ -253,6 +279,14 @@ class Config(_Section):
 def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) -> Config:
     """Validate an already-parsed mapping (the YAML document) into a :class:`Config`."""
     data = dict(data)
+    section = data.get("ingest")
+    if isinstance(section, dict) and "api_token" in section:
+        raise ConfigError(
+            f"{source}: ingest.api_token: secrets do not go in the file; set NEWSLETTER_API_TOKEN instead"
+        )
+    api_token = os.environ.get("NEWSLETTER_API_TOKEN", "").strip()
+    if api_token:
+        data["ingest"] = {**(section if isinstance(section, dict) else {}), "api_token": api_token}
     database_url = os.environ.get("NEWSLETTER_DATABASE_URL")
     if database_url:
         section = data.get("database")

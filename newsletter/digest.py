@@ -121,9 +121,10 @@ class PrepareResult:
 
 
 def pending_summaries(db: Session, before: datetime | None = None) -> list[Summary]:
-    """Summaries not yet in any issue, oldest first; with ``before``, only those ingested before it."""
+    """Summaries not yet in any issue and not excluded by an editor, oldest first; with ``before``, only
+    those ingested before it."""
     # THE item-selection query: every issue (scheduled, by hand, previews) picks its summaries here.
-    query = select(Summary).where(col(Summary.issue_id).is_(None))
+    query = select(Summary).where(col(Summary.issue_id).is_(None), col(Summary.excluded).is_(False))
     if before is not None:
         query = query.where(col(Summary.ingested_at) < before)
     query = query.order_by(col(Summary.ingested_at), col(Summary.id))

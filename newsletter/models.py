@@ -77,6 +77,9 @@ class Summary(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     uid: str = Field(unique=True, index=True, max_length=512)
     title: str
+    subtitle: str | None = None
+    article_type: str | None = None
+    paywalled: bool | None = None
     url: str | None = None
     source: str | None = None
     category: str | None = Field(default=None, index=True)
@@ -91,6 +94,21 @@ class Summary(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     origin: str = ""
     issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+    excluded: bool = False  # an editor kept it out of the next digest (``summaries exclude``)
+
+
+class FeedState(SQLModel, table=True):
+    """What we know about one feed URL: validators for conditional GET and the last fetch's outcome."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(unique=True, max_length=2048)
+    etag: str | None = None
+    last_modified: str | None = None
+    last_fetch_at: datetime | None = None
+    last_status: str | None = None  # "ok", "not-modified" or "error"
+    last_error: str | None = None
+    last_success_at: datetime | None = None
+    items_seen: int = 0
 
 
 class Subscriber(SQLModel, table=True):

@@ -38,6 +38,8 @@ from sqlmodel import col, select
 from newsletter.backends import create_backend
 from newsletter.config import Config
 from newsletter.db import session
+from newsletter.ingest.feeds import poll_feeds
+from newsletter.ingest.inbox import process_inbox
 from newsletter.delivery import SendReport, send_unfinished
 from newsletter.digest import Period, PrepareOutcome, period_before, prepare_issue, unfinished_issues
 from newsletter.errors import NewsletterError
@@ -259,10 +261,8 @@ def build_jobs(config: Config, halt: threading.Event) -> list[Job]:
     return [
         Job(DIGEST_JOB, digest_trigger(config), partial(run_if_due, halt=halt)),
         Job("send-due", IntervalTrigger(minutes=every.send_due), partial(send_due, halt=halt)),
-        # After merging, when configured (one line each):
-        #   Job("feeds", IntervalTrigger(minutes=every.feeds), poll_feeds),
-        #   Job("inbox", IntervalTrigger(minutes=every.inbox), pick_up_inbox),
-        #   Job("bounces", IntervalTrigger(minutes=every.bounces), process_bounces),
+        *([Job("feeds", IntervalTrigger(minutes=every.feeds), poll_feeds)] if config.ingest.feeds else []),
+        *([Job("inbox", IntervalTrigger(minutes=every.inbox), process_inbox)] if config.ingest.inbox else []),
     ]
 
 

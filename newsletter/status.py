@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from newsletter.config import Config
 from newsletter.db import session
 from newsletter.digest import delivery_counts, pending_summaries
+from newsletter.ingest.feeds import feed_states
 from newsletter.models import (
     Issue,
     JobFailure,
@@ -67,9 +68,16 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
             {"period": p.period_key, "outcome": p.outcome.value, "due_at": _iso(p.due_at), "detail": p.detail}
             for p in periods
         ],
-        # Feeds and their last fetch result: the ingest engineer's function plugs in here after merging,
-        # e.g. "feeds": [asdict(feed) for feed in feed_status(engine, config)].
-        "feeds": None,
+        "feeds": [
+            {
+                "url": feed.url,
+                "last_fetch_at": _iso(feed.last_fetch_at),
+                "last_status": feed.last_status,
+                "last_error": feed.last_error,
+                "last_success_at": _iso(feed.last_success_at),
+            }
+            for feed in feed_states(engine)
+        ],
         "recent_failures": [{"job": f.job, "at": _iso(f.at), "error": f.error} for f in failures],
     }
 
@@ -109,11 +117,11 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     for period in status["recent_periods"]:
         if period["outcome"] != "issued":
             lines.append(f"period {period['period']}: {period['outcome']}: {period['detail']}")
-    if status["feeds"] is None:
-        lines.append("feeds: not reported by this version")
-    else:
+    if status["feeds"]:
         lines.append("feeds:")
-        lines += [f"  {feed}" for feed in status["feeds"]]
+        for feed in status["feeds"]:
+            error = f": {feed['last_error']}" if feed["last_error"] else ""
+            lines.append(f"  {feed['url']}: {feed['last_status']} at {feed['last_fetch_at']}{error}")
     if status["recent_failures"]:
         lines.append(f"job failures in the last {RECENT.days} days:")
         lines += [f"  {f['at']} {f['job']}: {f['error']}" for f in status["recent_failures"]]

@@ -512,11 +512,11 @@ def test_a_file_that_is_not_utf8_is_rejected(engine: Engine, tmp_path: Path) -> 
 
 
 def test_an_unknown_extension_is_rejected_with_the_supported_ones(engine: Engine, tmp_path: Path) -> None:
-    path = write(tmp_path, "notes.txt", "title: A\n")
+    path = write(tmp_path, "notes.docx", "title: A\n")
     message = only_message(ingest_paths(engine, [path]))
 
-    supported = ".json, .jsonl, .markdown, .md"
-    assert message == f"{path}: no reader for '.txt' files; supported extensions: {supported}"
+    supported = ".atom, .htm, .html, .json, .jsonl, .markdown, .md, .rss, .txt, .xml"
+    assert message == f"{path}: no reader for '.docx' files; supported extensions: {supported}"
 
 
 def test_a_missing_path_is_a_rejection_and_the_rest_still_goes_in(engine: Engine, tmp_path: Path) -> None:
@@ -535,7 +535,7 @@ def test_folders_are_walked_in_order_skipping_hidden_and_unsupported_files(
     write(tmp_path, "b.jsonl", jsonl(item("B")))
     write(tmp_path, "sub/a.JSON", json.dumps(item("A")))
     write(tmp_path, "a.md", PAPER_MD)
-    write(tmp_path, "README.txt", "not a summary")
+    write(tmp_path, "README.rst", "not a summary")
     write(tmp_path, ".draft.md", "not even front matter")
     write(tmp_path, ".git/notes.jsonl", "{broken")
     seen: list[Path] = []

@@ -24,6 +24,7 @@ from newsletter.models import (
 from newsletter.schedule import (
     Job,
     acquire_lease,
+    build_jobs,
     digest_trigger,
     last_run_time,
     next_run_time,
@@ -32,7 +33,7 @@ from newsletter.schedule import (
     run_job,
     send_due,
 )
-from tests.conftest import make_config
+from tests.conftest import ROOT, make_config
 from tests.helpers import BERLIN, add_people, add_summaries
 
 # The default schedule in the tests: Mondays 08:00 in Europe/Berlin. Monday 23 November 2026 08:00 CET is
@@ -354,3 +355,21 @@ def test_periods_missed_while_down_for_weeks_are_each_recorded_not_silently_skip
     }
     with session(engine) as db:  # one catch-up issue, with everything that waited
         assert [(i.period_key, len(issue_items(db, i))) for i in issues(engine)] == [("2026-W44", 1), ("2026-W47", 2)]
+
+
+def test_feed_and_inbox_jobs_run_only_when_configured_and_the_inbox_job_ingests(tmp_path, engine):
+    plain = make_config(tmp_path)
+    assert {job.id for job in build_jobs(plain, threading.Event())} == {"digest", "send-due"}
+    config = make_config(
+        tmp_path, ingest={"feeds": ["https://example.org/feed.xml"], "inbox": "inbox", "inbox_settle_seconds": 0}
+    )
+    jobs = {job.id: job for job in build_jobs(config, threading.Event())}
+    assert set(jobs) == {"digest", "send-due", "feeds", "inbox"}
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    sample = ROOT / "newsletter" / "samples" / "summaries" / "01-senolytic-muscle-repair.md"
+    (inbox / sample.name).write_bytes(sample.read_bytes())
+    run_job(engine, config, jobs["inbox"])
+    assert (inbox / "processed" / sample.name).exists()
+    with session(engine) as db:
+        assert len(db.exec(select(Summary)).all()) == 1

@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from newsletter.config import load_config
 from newsletter.db import open_database, session
-from newsletter.models import Issue, JobFailure, SubscriberStatus, utcnow
+from newsletter.models import FeedState, Issue, JobFailure, SubscriberStatus, utcnow
 from newsletter.schedule import acquire_lease
 from newsletter.status import collect_status
 from tests.helpers import add_people, add_summaries
@@ -98,4 +98,22 @@ def test_a_missed_period_is_reported_by_if_due_and_status(tmp_path):
     assert result.exit_code == 0 and "MISSED" in result.output and "beyond the 24 h grace period" in result.output
     status = invoke("status", "--config", path).output
     assert ": missed: " in status and "waiting summaries: 1" in status  # nothing sent, nothing lost
+    engine.dispose()
+
+
+def test_status_shows_each_feed_and_its_last_fetch_result(tmp_path):
+    path = config_file(tmp_path)
+    engine = opened(path)
+    with session(engine) as db:
+        db.add(FeedState(url="https://a.example/feed.xml", last_fetch_at=utcnow(), last_status="ok"))
+        db.add(FeedState(url="https://b.example/rss", last_fetch_at=utcnow(), last_status="error",
+                         last_error="HTTP 503 from https://b.example/rss"))
+        db.commit()
+    result = invoke("status", "--config", path)
+    assert "https://a.example/feed.xml: ok at" in result.output
+    assert "https://b.example/rss: error at" in result.output and "HTTP 503 from https://b.example/rss" in result.output
+    feeds = json.loads(invoke("status", "--json", "--config", path).output)["feeds"]
+    assert [(f["url"], f["last_status"]) for f in feeds] == [
+        ("https://a.example/feed.xml", "ok"), ("https://b.example/rss", "error")
+    ]
     engine.dispose()

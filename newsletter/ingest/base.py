@@ -26,11 +26,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from newsletter.config import IngestSection
 from newsletter.errors import IngestError
+from newsletter.ingest.clean import normalise_title, sanitise
 from newsletter.plugins import load_plugin
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ class SummaryIn(BaseModel):
     image_url: str | None = _aliases("image_url", "image")
     image_alt: str | None = None
     published_at: datetime | None = _aliases("published_at", "date")
+    subtitle: str | None = None
+    article_type: str | None = _aliases("article_type", "type")
+    paywalled: bool | None = _aliases("paywalled", "paywall")
     uid: str | None = _aliases("uid", "id", "guid", max_length=MAX_UID_LENGTH)
 
     @model_validator(mode="before")
@@ -75,7 +81,10 @@ class SummaryIn(BaseModel):
                     raise ValueError(f"fields {' and '.join(repr(k) for k in given)} mean the same; keep one")
         return data
 
-    @field_validator("url", "source", "category", "body", "image_url", "image_alt", "uid", mode="before")
+    @field_validator(
+        "url", "source", "category", "body", "image_url", "image_alt", "uid", "subtitle", "article_type",
+        mode="before",
+    )
     @classmethod
     def _blank_is_absent(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -98,10 +107,28 @@ class SummaryIn(BaseModel):
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
 
+    @field_validator("title", "summary")
+    @classmethod
+    def _required_text_is_safe(cls, value: str, info: ValidationInfo) -> str:
+        cleaned = normalise_title(value) if info.field_name == "title" else sanitise(value)
+        if not cleaned:
+            raise ValueError("is empty once markup and control characters are removed; give it text")
+        return cleaned
+
+    @field_validator("body")
+    @classmethod
+    def _body_is_safe(cls, value: str | None) -> str | None:
+        return (sanitise(value) or None) if value is not None else None
+
+    @field_validator("source", "category", "image_alt", "subtitle", "article_type")
+    @classmethod
+    def _one_line_is_safe(cls, value: str | None) -> str | None:
+        return (normalise_title(value) or None) if value is not None else None
+
     @field_validator("tags", "key_points")
     @classmethod
-    def _drop_blank_entries(cls, value: list[str]) -> list[str]:
-        return [entry.strip() for entry in value if entry.strip()]
+    def _entries_are_safe(cls, value: list[str]) -> list[str]:
+        return [cleaned for entry in value if (cleaned := " ".join(sanitise(entry).split()))]
 
     @field_validator("url", "image_url")
     @classmethod
@@ -255,10 +282,16 @@ class Reader:
       is one) and says what to fix. One bad item rejects the whole file. Any other ValueError that escapes
       (not a NewsletterError) also rejects just this file, with the poorer message ``{path}: {error}``;
       other exceptions end the run.
-    - A reader only reads: it never touches the database. Instances take no arguments.
+    - A reader only reads: it never touches the database. Instances take no arguments; the configured
+      limits (``settings.summary_length`` for an extractive summary, ...) are on ``self.settings``, set
+      by :func:`reader_for` (the defaults until then). The file size limit is checked before ``read``.
+    - ``dates_undated``: True if an item without a date should be stored with the time it is first
+      ingested (feeds), rather than without a date.
     """
 
     file_extensions: ClassVar[tuple[str, ...]] = ()
+    dates_undated: ClassVar[bool] = False
+    settings: IngestSection = IngestSection()
 
     def read(self, path: Path) -> list[SummaryIn]:
         raise NotImplementedError(f"{type(self).__name__}.read")
@@ -277,11 +310,17 @@ def readers_by_extension() -> dict[str, type[Reader]]:
     return found
 
 
-def reader_for(path: Path, readers: dict[str, type[Reader]]) -> Reader:
-    """A reader for ``path`` by its extension; raises IngestError listing the supported extensions."""
+def reader_for(
+    path: Path, readers: dict[str, type[Reader]], settings: IngestSection | None = None
+) -> Reader:
+    """A reader for ``path`` by its extension, with ``settings`` (default: the defaults); raises
+    IngestError listing the supported extensions."""
     cls = readers.get(path.suffix.lower())
     if cls is None:
         kind = f"'{path.suffix}' files" if path.suffix else "files without an extension"
         supported = ", ".join(sorted(readers)) or "none (is newsletter installed with pip?)"
         raise IngestError(f"{path}: no reader for {kind}; supported extensions: {supported}")
-    return cls()
+    reader = cls()
+    if settings is not None:
+        reader.settings = settings
+    return reader

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from newsletter.config import IngestSection
 from newsletter.db import session
 from newsletter.errors import IngestError, NewsletterError
 from newsletter.ingest.base import Reader, SummaryIn, compute_uid, explain, reader_for, readers_by_extension
@@ -46,6 +47,7 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # the stored rows, in input order (one per uid)
 
     def summary_line(self) -> str:
         """E.g. ``added 3, updated 1, unchanged 2, rejected 1`` (rejected counts files)."""
@@ -60,6 +62,7 @@ class IngestReport:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.rejected.extend(other.rejected)
+        self.ids.extend(other.ids)
 
 
 def find_files(paths: Iterable[Path]) -> list[Path]:
@@ -83,9 +86,14 @@ def find_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def ingest_paths(
-    engine: Engine, paths: Sequence[Path], *, on_file: Callable[[Path], None] | None = None
+    engine: Engine,
+    paths: Sequence[Path],
+    *,
+    on_file: Callable[[Path], None] | None = None,
+    settings: IngestSection | None = None,
 ) -> IngestReport:
     """Ingest files and folders of summaries, one transaction per file; ``on_file`` runs after each file.
+    ``settings`` (default: the defaults) gives the size limit and the extractive summary length.
 
     Never raises for a bad, missing or unsupported file: it is reported in ``rejected``, its message
     starting with the path. Besides the IngestError readers raise, any ValueError escaping a reader (a
@@ -99,8 +107,8 @@ def ingest_paths(
     report = IngestReport()
     for path in find_files(paths):
         try:
-            items = _read_file(path, readers)
-            result = ingest_items(engine, items, origin=str(path))
+            items = read_file(path, readers, settings or IngestSection())
+            result = ingest_items(engine, items, origin=str(path), undated=undated_date(path, readers))
             log.info("%s: %s", path, result.summary_line())
             report.add(result)
         except IngestError as exc:
@@ -111,15 +119,22 @@ def ingest_paths(
     return report
 
 
-def _read_file(path: Path, readers: dict[str, type[Reader]]) -> list[SummaryIn]:
-    """The summaries in ``path``, by the reader for its extension; IngestError for a file to reject.
+def read_file(path: Path, readers: dict[str, type[Reader]], settings: IngestSection) -> list[SummaryIn]:
+    """The summaries in ``path``, by the reader for its extension; IngestError for a file to reject
+    (missing, unsupported, larger than ``settings.max_bytes``, or what its reader rejects).
 
     A ValueError from the reader becomes IngestError ``{path}: {message}`` (one line; a pydantic
     ValidationError about SummaryIn is described the way :func:`~newsletter.ingest.base.validate_item` does).
     """
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder; check the path")
-    reader = reader_for(path, readers)
+    reader = reader_for(path, readers, settings)
+    size = path.stat().st_size
+    if size > settings.max_bytes:
+        raise IngestError(
+            f"{path}: {size:,} bytes is over the limit of {settings.max_bytes:,} (ingest.max_bytes); "
+            f"split the file or raise the limit"
+        )
     try:
         return reader.read(path)
     except NewsletterError:
@@ -131,32 +146,47 @@ def _read_file(path: Path, readers: dict[str, type[Reader]]) -> list[SummaryIn]:
         raise IngestError(f"{path}: {message}") from exc
 
 
-def ingest_items(engine: Engine, items: Sequence[SummaryIn], *, origin: str) -> IngestReport:
+def undated_date(path: Path, readers: dict[str, type[Reader]]) -> datetime | None:
+    """Now, if the reader for ``path`` dates undated items with their ingest time (``Reader.dates_undated``)."""
+    reader = readers.get(path.suffix.lower())
+    return utcnow() if reader is not None and reader.dates_undated else None
+
+
+def ingest_items(
+    engine: Engine, items: Sequence[SummaryIn], *, origin: str, undated: datetime | None = None
+) -> IngestReport:
     """Upsert ``items`` by uid in one transaction, recording ``origin`` (e.g. a file) on new and changed rows.
 
-    A changed item updates its row's content and ``updated_at``; ``ingested_at`` and ``issue_id`` are
-    never touched, so a summary already sent stays attached to its issue. Of several items with one uid,
-    the last wins.
+    A changed item updates its row's content and ``updated_at``; ``ingested_at``, ``issue_id`` and
+    ``excluded`` are never touched, so a summary already sent stays attached to its issue. Of several
+    items with one uid, the last wins. ``undated``, if given, is the date of an item without one when it is
+    first stored; later, such an item keeps the date it was stored with (a feed's undated items).
     """
     latest = {compute_uid(item): item for item in items}
     try:
-        return _upsert(engine, latest, origin)
+        return _upsert(engine, latest, origin, undated)
     except IntegrityError:
         # Another process inserted one of these uids since we looked; now they exist, so update instead.
         log.info("%s: concurrent insert of the same summaries; retrying once", origin)
-        return _upsert(engine, latest, origin)
+        return _upsert(engine, latest, origin, undated)
 
 
-def _upsert(engine: Engine, latest: dict[str, SummaryIn], origin: str) -> IngestReport:
+def _upsert(
+    engine: Engine, latest: dict[str, SummaryIn], origin: str, undated: datetime | None
+) -> IngestReport:
     report = IngestReport()
     now = utcnow()
+    rows: list[Summary] = []
     with session(engine) as db, db.begin():
         existing = _rows_by_uid(db, list(latest))
         for uid, item in latest.items():
             values = item.model_dump(include=CONTENT_FIELDS)
             row = existing.get(uid)
+            if undated is not None and values["published_at"] is None:
+                values["published_at"] = _as_utc(row.published_at) if row is not None else undated
             if row is None:
-                db.add(Summary(uid=uid, origin=origin, ingested_at=now, updated_at=now, **values))
+                row = Summary(uid=uid, origin=origin, ingested_at=now, updated_at=now, **values)
+                db.add(row)
                 report.added += 1
             elif _same_content(row, values):
                 report.unchanged += 1
@@ -166,6 +196,9 @@ def _upsert(engine: Engine, latest: dict[str, SummaryIn], origin: str) -> Ingest
                 row.origin = origin
                 row.updated_at = now
                 report.updated += 1
+            rows.append(row)
+        db.flush()
+        report.ids = [row.id for row in rows if row.id is not None]
     return report
 
 

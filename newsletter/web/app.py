@@ -16,7 +16,7 @@ from newsletter.config import Config
 from newsletter.db import open_database
 from newsletter.models import utcnow
 from newsletter.tokens import LinkSigner
-from newsletter.web import archive, pages
+from newsletter.web import api, archive, pages
 
 
 def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
@@ -52,4 +52,5 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(pages.router)
     app.include_router(archive.router)
+    app.include_router(api.router)
     return app

@@ -1,0 +1,247 @@
+"""RSS 0.9x–2.0 and Atom feeds, from a URL (``fetch_feed``, ``poll_feeds``) or a local file (``FeedReader``).
+
+Feeds are parsed by feedparser. Over HTTP they are fetched with httpx under a timeout and the
+``ingest.max_bytes`` limit, conditionally (``If-None-Match`` / ``If-Modified-Since`` from the ETag and
+Last-Modified kept per feed in the ``feedstate`` table). An item's identity is its guid (Atom id), else
+its link; an item without a date gets the time it was ingested.
+
+A failing feed (unreachable, HTTP error, too large, not a feed) is recorded and logged and its validators
+are left as they were, so the next poll fetches it again in full: nothing is marked as seen until its items
+are stored. A single item without a title or summary is skipped (and reported); the rest of the feed goes
+in, in one transaction.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import feedparser
+import httpx
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from newsletter import __version__
+from newsletter.config import Config, IngestSection
+from newsletter.db import session
+from newsletter.errors import IngestError
+from newsletter.ingest.base import Reader, SummaryIn, validate_item
+from newsletter.ingest.clean import extractive_summary, sanitise
+from newsletter.ingest.store import IngestReport, ingest_items
+from newsletter.models import FeedState, utcnow
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"newsletter/{__version__} (+feed reader)"
+# feedparser flags these but still parses the document correctly.
+_HARMLESS = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType)
+
+
+class FeedReader(Reader):
+    """A feed saved as a file (``.xml``, ``.rss``, ``.atom``); IngestError if it is not a readable feed."""
+
+    file_extensions = (".xml", ".rss", ".atom")
+    dates_undated = True
+
+    def read(self, path: Path) -> list[SummaryIn]:
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise IngestError(f"{path}: cannot be read ({exc.strerror}); check the path") from None
+        items, skipped = feed_items(content, where=str(path), settings=self.settings)
+        if skipped:
+            raise IngestError(skipped[0])  # a file is all or nothing, like every other file
+        return items
+
+
+def parse_feed(content: bytes, *, where: str) -> Any:
+    """The parsed feed; IngestError if the document is not a well-formed RSS or Atom feed."""
+    parsed = feedparser.parse(content, sanitize_html=False, resolve_relative_uris=False)
+    problem = parsed.get("bozo_exception")
+    if parsed.get("bozo") and not isinstance(problem, _HARMLESS):
+        reason = " ".join(str(problem).split()) or type(problem).__name__
+        raise IngestError(f"{where}: not a valid RSS or Atom feed ({reason})")
+    if not parsed.get("version"):
+        raise IngestError(f"{where}: not an RSS or Atom feed (no <rss>, <rdf:RDF> or <feed> root element)")
+    return parsed
+
+
+def feed_items(content: bytes, *, where: str, settings: IngestSection) -> tuple[list[SummaryIn], list[str]]:
+    """The feed's items as summaries (undated ones without a date), and a message per item skipped."""
+    parsed = parse_feed(content, where=where)
+    source = parsed.feed.get("title") or None
+    items, skipped = [], []
+    for index, entry in enumerate(parsed.entries):
+        label = entry.get("id") or entry.get("link") or f"item {index + 1}"
+        try:
+            items.append(validate_item(_entry_fields(entry, source, settings), where=where,
+                                       item=f"item {label!r}"))
+        except IngestError as exc:
+            skipped.append(str(exc))
+    return items, skipped
+
+
+def _entry_fields(entry: Any, source: str | None, settings: IngestSection) -> dict[str, Any]:
+    content = next((part.get("value") for part in entry.get("content", []) if part.get("value")), None)
+    summary = sanitise(entry.get("summary") or "") or sanitise(content or "")
+    if len(summary) > settings.summary_length:
+        summary = extractive_summary(summary, settings.summary_length)
+    body = sanitise(content) if content else None
+    terms = [tag.get("term") for tag in entry.get("tags", []) if tag.get("term")]
+    stamp = entry.get("published_parsed") or entry.get("updated_parsed")
+    image = next((m.get("url") for m in entry.get("media_thumbnail", []) if m.get("url")), None) or next(
+        (e.get("href") for e in entry.get("enclosures", []) if str(e.get("type", "")).startswith("image/")), None
+    )
+    fields: dict[str, Any] = {
+        "title": entry.get("title") or "",
+        "summary": summary,
+        "url": entry.get("link") or None,
+        "uid": entry.get("id") or entry.get("link") or None,
+        "source": source,
+        "category": terms[0] if terms else None,
+        "tags": terms,
+        "body": body if body and body != summary else None,
+        "image_url": image,
+        "published_at": datetime.fromtimestamp(calendar.timegm(stamp), UTC) if stamp else None,
+    }
+    # Absent values are left out so validation reports only what the item has; title and summary stay in
+    # so that their absence is reported by name.
+    return {key: value for key, value in fields.items() if value or key in ("title", "summary")}
+
+
+@dataclass
+class FeedResult:
+    """One fetch of one feed: ``status`` is "ok", "not-modified" or "error"."""
+
+    url: str
+    status: str
+    report: IngestReport = field(default_factory=IngestReport)
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def summary_line(self) -> str:
+        if self.status == "error":
+            return f"{self.url}: failed: {self.error}"
+        if self.status == "not-modified":
+            return f"{self.url}: not modified since the last fetch"
+        skipped = f", skipped {len(self.skipped)} invalid items" if self.skipped else ""
+        return f"{self.url}: {self.report.summary_line()}{skipped}"
+
+
+@dataclass
+class PollResult:
+    """What one scheduled poll of every configured feed did."""
+
+    feeds: list[FeedResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[FeedResult]:
+        return [result for result in self.feeds if result.status == "error"]
+
+
+def fetch_feed(
+    engine: Engine, url: str, settings: IngestSection, *, client: httpx.Client | None = None
+) -> FeedResult:
+    """Fetch ``url`` conditionally, store its items, and record the outcome in ``feedstate``.
+
+    Never raises for a feed's own failure (network, HTTP status, size, not a feed): the result says
+    "error" and the message is logged. Database errors propagate.
+    """
+    state = _state(engine, url)
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/rss+xml, application/atom+xml, */*;q=0.5"}
+    if state.etag:
+        headers["If-None-Match"] = state.etag
+    if state.last_modified:
+        headers["If-Modified-Since"] = state.last_modified
+    own_client = client is None
+    client = client or httpx.Client(timeout=settings.fetch_timeout_seconds, follow_redirects=True)
+    try:
+        response, content = _get(client, url, headers, settings.max_bytes)
+        if response.status_code == 304:
+            result = FeedResult(url, "not-modified")
+        else:
+            items, skipped = feed_items(content, where=url, settings=settings)
+            report = ingest_items(engine, items, origin=url, undated=utcnow())
+            result = FeedResult(url, "ok", report, skipped)
+            for message in skipped:
+                log.warning("skipped %s", message)
+    except (httpx.HTTPError, IngestError) as exc:
+        message = str(exc) if isinstance(exc, IngestError) else f"{url}: {_describe(exc)}"
+        log.error("feed failed, will retry at the next poll: %s", message)
+        result = FeedResult(url, "error", error=message.removeprefix(f"{url}: "))
+        response = None
+    finally:
+        if own_client:
+            client.close()
+    _record(engine, state, result, response)
+    return result
+
+
+def _get(client: httpx.Client, url: str, headers: dict[str, str], limit: int) -> tuple[httpx.Response, bytes]:
+    with client.stream("GET", url, headers=headers) as response:
+        if response.status_code == 304:
+            return response, b""
+        if response.status_code >= 400:
+            raise IngestError(f"{url}: the server answered HTTP {response.status_code}; check the feed URL")
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise IngestError(f"{url}: {int(declared):,} bytes is over the limit of {limit:,} (ingest.max_bytes)")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise IngestError(f"{url}: more than {limit:,} bytes, the limit (ingest.max_bytes)")
+            chunks.append(chunk)
+        return response, b"".join(chunks)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out (ingest.fetch_timeout_seconds)"
+    return f"cannot be fetched ({' '.join(str(exc).split()) or type(exc).__name__})"
+
+
+def _state(engine: Engine, url: str) -> FeedState:
+    with session(engine) as db:
+        return db.exec(select(FeedState).where(FeedState.url == url)).first() or FeedState(url=url)
+
+
+def _record(engine: Engine, state: FeedState, result: FeedResult, response: httpx.Response | None) -> None:
+    now = utcnow()
+    with session(engine) as db, db.begin():
+        row = db.get(FeedState, state.id) if state.id is not None else None
+        row = row or FeedState(url=state.url)
+        row.last_fetch_at, row.last_status, row.last_error = now, result.status, result.error
+        if result.status != "error":
+            row.last_success_at = now
+        if result.status == "ok" and response is not None:  # validators only once the items are stored
+            row.etag = response.headers.get("ETag")
+            row.last_modified = response.headers.get("Last-Modified")
+            row.items_seen = len(result.report.ids)
+        db.add(row)
+
+
+def poll_feeds(engine: Engine, config: Config) -> PollResult:
+    """Fetch every feed in ``ingest.feeds`` once (the scheduler's job, every ``schedule.intervals.feeds`` minutes).
+
+    Never raises for a failing feed; the failures are in the result and logged.
+    """
+    result = PollResult()
+    if not config.ingest.feeds:
+        return result
+    with httpx.Client(timeout=config.ingest.fetch_timeout_seconds, follow_redirects=True) as client:
+        for url in config.ingest.feeds:
+            outcome = fetch_feed(engine, url, config.ingest, client=client)
+            log.info(outcome.summary_line())
+            result.feeds.append(outcome)
+    return result
+
+
+def feed_states(engine: Engine) -> list[FeedState]:
+    """Every feed fetched so far with its last fetch time, status and error, by URL (for ``status``)."""
+    with session(engine) as db:
+        return list(db.exec(select(FeedState).order_by(FeedState.url)))

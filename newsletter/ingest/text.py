@@ -1,0 +1,289 @@
+"""Plain-text pages (``.txt``) as copied from a summary site or a blog.
+
+The shape we read, every part but the title optional::
+
+    Longevity & AgingResearch PaperPaywall       <- labels run together: category, type, access marker
+    Senolytic cocktail restores muscle repair     <- title
+    A two-drug regimen revived stem cells         <- subtitle
+    Monday, April 13, 2026 · 1,204 views          <- date (a view count or reading time may follow)
+    Published in Nature Aging                     <- source
+    Image: regenerating muscle fibres             <- image description
+    Summary                                       <- headed sections; bullets start with •, - or *
+    ...
+    Enjoyed this summary? ... inbox every week    <- promotional tail: dropped, with all that follows
+
+:func:`parse_page` turns such text into the fields of a summary and is shared with the HTML reader. It
+never invents a field: what it does not find stays empty.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from newsletter.errors import IngestError
+from newsletter.ingest.base import Reader, SummaryIn, read_text, validate_item
+from newsletter.ingest.clean import extractive_summary, strip_controls
+
+ARTICLE_TYPES = (
+    "Research Paper", "Systematic Review", "Review Article", "Review", "Meta-Analysis", "Clinical Trial",
+    "Preprint", "Case Study", "Cohort Study", "Observational Study", "News", "Opinion", "Commentary",
+    "Editorial", "Perspective", "Explainer", "Blog Post", "Article", "Interview",
+)
+ACCESS_MARKERS = {"Paywall": True, "Paywalled": True, "Subscribers Only": True, "Open Access": False,
+                  "Free Access": False, "Free": False}
+
+_SEPARATORS = r"\s·|•,/\-–"  # between labels (a regex class body)
+_SEPARATOR_CHARS = " \t·|•,/-–"
+
+
+def _label_at_end(labels: Iterable[str]) -> re.Pattern[str]:
+    """One of ``labels`` at the end of a line, after a separator or run together with the word before it."""
+    return re.compile(rf"(?:^|(?<=[a-z&).{_SEPARATORS}]))({'|'.join(map(re.escape, labels))})[{_SEPARATORS}]*$")
+
+
+_TYPE_AT_END = _label_at_end(ARTICLE_TYPES)
+_ACCESS_AT_END = _label_at_end(ACCESS_MARKERS)
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
+           "october", "november", "december")
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATE_LINE = re.compile(
+    rf"^(?:(?:mon|tues|wednes|thurs|fri|satur|sun)day,?\s+)?"
+    rf"(?:(?P<m1>{_MONTH})\s+(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<y1>\d{{4}})"
+    rf"|(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+(?P<m2>{_MONTH}),?\s+(?P<y2>\d{{4}})"
+    rf"|(?P<iso>\d{{4}}-\d{{2}}-\d{{2}}))"
+    rf"(?:\s*[·•|,–-]?\s*(?:[\d.,]+\s*[km]?\s+views?|\d+\s*min(?:ute)?s?\s+read))*\s*$",
+    re.IGNORECASE,
+)
+_PUBLISHED_IN = re.compile(r"^published\s+in[:\s]\s*(?P<source>.+?)\.?$", re.IGNORECASE)
+_IMAGE = re.compile(
+    r"^\[?(?:image(?:\s+description)?|photo|illustration|figure|picture)\s*[:–-]\s*(?P<alt>.+?)\]?$",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*(?:[•*\-–·▪◦]|\d+[.)])\s*(?P<text>\S.*)$")
+_SUMMARY_HEADING = re.compile(r"^(?:summary|tl;?dr|in brief|at a glance)$", re.IGNORECASE)
+_FINDINGS_HEADING = re.compile(
+    r"^(?:key|main|major)\s+(?:findings|points|takeaways|results)$|^takeaways$|^findings$", re.IGNORECASE
+)
+_KNOWN_HEADINGS = re.compile(
+    r"^(?:summary|detailed summary|key findings|key points|key takeaways|main findings|methodology|methods|"
+    r"study limitations|limitations|conclusions?|background|why it matters|results|discussion|"
+    r"introduction|implications|takeaways|study design|what this means|tl;?dr|in brief|at a glance)$",
+    re.IGNORECASE,
+)
+_TAIL = re.compile(
+    r"^(?:enjoyed this|liked this|get (?:the|our|more)\b.*\binbox|.*\binbox every (?:week|day|month)|"
+    r"subscribe\b|sign up\b|reach out to us|contact us|call us|get in touch|share this|follow us|"
+    r"related (?:summaries|articles|posts|reading)|faqs?\b|frequently asked questions|want more\b|"
+    r"(?:phone|tel|call)\s*[:.]?\s*\+?\d|book a (?:call|consultation|demo)|"
+    r"\+?[\d\s().\-]{9,}$)",
+    re.IGNORECASE,
+)
+_MAX_HEADING_WORDS = 12
+_MAX_HEADING_CHARS = 90
+
+
+@dataclass
+class _Section:
+    heading: str | None
+    paragraphs: list[str] = field(default_factory=list)  # a bullet is kept as "• text"
+    bullets: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        """The section as plain text: heading, paragraphs apart, a list's bullets on consecutive lines."""
+        out = self.heading or ""
+        for index, paragraph in enumerate(self.paragraphs):
+            in_list = index > 0 and paragraph.startswith("• ") and self.paragraphs[index - 1].startswith("• ")
+            out += ("\n" if in_list else "\n\n") + paragraph if out else paragraph
+        return out
+
+
+class TextReader(Reader):
+    """One summary per ``.txt`` page; IngestError when the page has no title or no text to summarise."""
+
+    file_extensions = (".txt",)
+
+    def read(self, path: Path) -> list[SummaryIn]:
+        data = parse_page(read_text(path), where=str(path), summary_length=self.settings.summary_length)
+        return [validate_item(data, where=str(path))]
+
+
+def parse_page(text: str, *, where: str, summary_length: int) -> dict[str, Any]:
+    """The summary fields found in a copied page (see the module doc); raises IngestError naming ``where``.
+
+    The summary is the "Summary" section, else the page's first paragraph; a first paragraph longer than
+    ``summary_length`` is shortened to its first sentences (the whole paragraph stays in the body).
+    Key points are the bullets of a findings section, else the page's own (non-standard) headings.
+    """
+    lines = [line.rstrip() for line in strip_controls(text).split("\n")]
+    numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1)]
+    content = [(number, line) for number, line in numbered if line]
+    if not content:
+        raise IngestError(f"{where}: the page is empty; copy the page's text into the file")
+    data: dict[str, Any] = {}
+    position = 0
+    labels = _labels(content[0][1]) if len(content) > 1 else None
+    if labels is not None:
+        data.update(labels)
+        position = 1
+    data["title"] = content[position][1]
+    position = _header(content, position, data, where)
+    body_lines = _until_tail([line for _number, line in numbered if _number > _line_before(content, position)])
+    sections = _sections(body_lines)
+    _fill_from_sections(sections, data, where, summary_length)
+    return data
+
+
+def _line_before(content: list[tuple[int, str]], position: int) -> int:
+    """The file line number after which the body starts (the header ends at ``position`` in ``content``)."""
+    return content[position - 1][0] if position > 0 else 0
+
+
+def _labels(line: str) -> dict[str, Any] | None:
+    """Category, type and access marker from a run-together labels line, or None if it is not one."""
+    rest, found = line.strip(), {}
+    access = _ACCESS_AT_END.search(rest)
+    if access:
+        found["paywalled"] = ACCESS_MARKERS[access.group(1)]
+        rest = rest[: access.start()].rstrip(_SEPARATOR_CHARS)
+    kind = _TYPE_AT_END.search(rest)
+    if kind:
+        found["article_type"] = kind.group(1)
+        rest = rest[: kind.start()].rstrip(_SEPARATOR_CHARS)
+    if not found:
+        return None
+    if rest:
+        if ":" in rest or len(rest.split()) > 5 or rest[-1] in ".!?":
+            return None  # a title that happens to end in "Review" or "News", not a labels line
+        found["category"] = rest
+    return found
+
+
+def _header(content: list[tuple[int, str]], title: int, data: dict[str, Any], where: str) -> int:
+    """Reads subtitle, date, source and image description after the title (at ``content[title]``);
+    returns the position in ``content`` where the body starts."""
+    position = title + 1
+    while position < len(content):
+        number, line = content[position]
+        if _is_heading_text(line) and _KNOWN_HEADINGS.match(line.rstrip(":")):
+            break
+        if "published_at" not in data and (date := _DATE_LINE.match(line)):
+            data["published_at"] = _date(date, where, number)
+        elif "source" not in data and (published := _PUBLISHED_IN.match(line)):
+            data["source"] = published.group("source")
+        elif "image_alt" not in data and (image := _IMAGE.match(line)):
+            data["image_alt"] = image.group("alt")
+        elif position == title + 1 and _looks_like_subtitle(line, content, position):
+            data["subtitle"] = line
+        else:
+            break
+        position += 1
+    return position
+
+
+def _looks_like_subtitle(line: str, content: list[tuple[int, str]], position: int) -> bool:
+    """A short line right after the title, not a sentence, and followed by the date, source or image line."""
+    if len(line) > 200 or line.endswith(".") or _BULLET.match(line) or _TAIL.match(line):
+        return False
+    following = content[position + 1][1] if position + 1 < len(content) else ""
+    return bool(_DATE_LINE.match(following) or _PUBLISHED_IN.match(following) or _IMAGE.match(following))
+
+
+def _date(match: re.Match[str], where: str, line: int) -> datetime:
+    if match.group("iso"):
+        text = match.group("iso")
+        try:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        except ValueError:
+            raise IngestError(f"{where}:{line}: {text} is not a real date; use YYYY-MM-DD") from None
+    month_text = (match.group("m1") or match.group("m2")).rstrip(".").lower()
+    day, year = int(match.group("d1") or match.group("d2")), int(match.group("y1") or match.group("y2"))
+    month = next(i for i, name in enumerate(_MONTHS, start=1) if name.startswith(month_text[:3]))
+    try:
+        return datetime(year, month, day, tzinfo=UTC)
+    except ValueError as exc:
+        raise IngestError(f"{where}:{line}: {match.group(0).strip()!r} is not a real date ({exc})") from None
+
+
+def _until_tail(lines: list[str]) -> list[str]:
+    """``lines`` up to the first line of the promotional tail (newsletter pitches, contact, FAQ)."""
+    for index, line in enumerate(lines):
+        if _TAIL.match(line.strip()):
+            return lines[:index]
+    return lines
+
+
+def _is_heading_text(line: str) -> bool:
+    words = line.split()
+    return (
+        0 < len(words) <= _MAX_HEADING_WORDS
+        and len(line) <= _MAX_HEADING_CHARS
+        and not _BULLET.match(line)
+        and line[-1] not in ".,;!…\"”)"
+        and (line[0].isupper() or line[0].isdigit())
+    )
+
+
+def _sections(lines: list[str]) -> list[_Section]:
+    """The body split at headings: a known heading anywhere, or a short unpunctuated line that stands
+    alone (blank line or start before it) and is followed by a sentence or a bullet."""
+    sections = [_Section(None)]
+    previous_blank = True
+    for index, raw in enumerate(lines):
+        line = raw.strip()
+        if not line:
+            previous_blank = True
+            continue
+        if _is_heading_text(line) and (_KNOWN_HEADINGS.match(line.rstrip(":")) or (
+            previous_blank and _followed_by_text(lines, index)
+        )):
+            sections.append(_Section(line.rstrip(":").strip()))
+        elif bullet := _BULLET.match(line):
+            sections[-1].bullets.append(bullet.group("text").strip())
+            sections[-1].paragraphs.append(f"• {bullet.group('text').strip()}")
+        elif sections[-1].paragraphs and not previous_blank and line[0].islower():
+            sections[-1].paragraphs[-1] += f" {line}"  # a wrapped line continues its paragraph
+            if sections[-1].paragraphs[-1].startswith("• ") and sections[-1].bullets:
+                sections[-1].bullets[-1] += f" {line}"
+        else:
+            sections[-1].paragraphs.append(line)
+        previous_blank = False
+    return [section for section in sections if section.heading or section.paragraphs]
+
+
+def _followed_by_text(lines: list[str], index: int) -> bool:
+    following = next((line.strip() for line in lines[index + 1 :] if line.strip()), "")
+    return bool(following) and (bool(_BULLET.match(following)) or following[-1] in ".!?:\"”)")
+
+
+def _fill_from_sections(sections: list[_Section], data: dict[str, Any], where: str, length: int) -> None:
+    summary_section = next((s for s in sections if s.heading and _SUMMARY_HEADING.match(s.heading)), None)
+    findings = next((s for s in sections if s.heading and _FINDINGS_HEADING.match(s.heading) and s.bullets), None)
+    rest = [s for s in sections if s is not summary_section and s is not findings]
+    if summary_section is not None and summary_section.paragraphs:
+        data["summary"] = "\n\n".join(summary_section.paragraphs)
+    else:
+        paragraph = next((p for s in rest for p in s.paragraphs if not p.startswith("• ")), None)
+        if paragraph is None:
+            raise IngestError(
+                f"{where}: no summary; add a 'Summary' section or a paragraph of text after the title"
+            )
+        data["summary"] = extractive_summary(paragraph, length)
+        if data["summary"] == paragraph:  # used whole: not repeated in the body
+            for section in rest:
+                if paragraph in section.paragraphs:
+                    section.paragraphs.remove(paragraph)
+                    break
+    if findings is not None:
+        data["key_points"] = findings.bullets
+    else:
+        own = [s.heading for s in rest if s.heading and not _KNOWN_HEADINGS.match(s.heading)]
+        if own:
+            data["key_points"] = own
+    body = "\n\n".join(section.text() for section in rest if section.paragraphs or section.heading)
+    if body.strip():
+        data["body"] = body

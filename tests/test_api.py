@@ -1,0 +1,106 @@
+"""``POST /api/summaries``: bearer token, one item or a list, per-item errors with nothing stored, size limit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from newsletter.db import session
+from newsletter.errors import ConfigError
+from newsletter.models import Summary
+from newsletter.web.app import create_app
+from tests.conftest import make_config
+
+TOKEN = "s3cret-api-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ITEM = {"title": "Sleep spindles predict recall", "summary": "Denser spindles, better recall.",
+        "url": "https://example.org/spindles"}
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch, engine) -> TestClient:
+    monkeypatch.setenv("NEWSLETTER_API_TOKEN", TOKEN)
+    return TestClient(create_app(make_config(tmp_path, ingest={"max_bytes": 5_000}), engine))
+
+
+def rows(engine) -> list[Summary]:
+    with session(engine) as db:
+        return list(db.exec(select(Summary).order_by(Summary.id)))
+
+
+def test_one_item_is_stored_and_its_id_returned(client, engine) -> None:
+    response = client.post("/api/summaries", json=ITEM, headers=AUTH)
+    assert response.status_code == 201
+    [row] = rows(engine)
+    assert response.json() == {"ids": [row.id], "added": 1, "updated": 0, "unchanged": 0}
+    assert (row.title, row.origin) == (ITEM["title"], "api")
+
+
+def test_a_list_is_stored_and_resending_it_duplicates_nothing(client, engine) -> None:
+    items = [ITEM, {**ITEM, "url": "https://example.org/other", "title": "Another"}]
+    first = client.post("/api/summaries", json=items, headers=AUTH).json()
+    again = client.post("/api/summaries", json=items, headers=AUTH).json()
+    assert first["ids"] == again["ids"] and len(first["ids"]) == 2
+    assert (again["added"], again["unchanged"]) == (0, 2)
+    assert len(rows(engine)) == 2
+
+
+def test_bad_items_give_400_with_per_item_errors_and_nothing_is_stored(client, engine) -> None:
+    items = [ITEM, {"title": "No summary"}, {**ITEM, "url": "javascript:alert(1)"}, "just text"]
+    response = client.post("/api/summaries", json=items, headers=AUTH)
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert [e["index"] for e in errors] == [1, 2, 3]
+    assert "field 'summary' is required" in errors[0]["error"]
+    assert "must be an absolute http(s) URL" in errors[1]["error"]
+    assert rows(engine) == []  # one request, one transaction: the good item is not stored either
+
+
+def test_malformed_json_is_400(client) -> None:
+    response = client.post("/api/summaries", content=b"{not json", headers=AUTH)
+    assert response.status_code == 400 and "not UTF-8 JSON" in response.json()["errors"][0]["error"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
+def test_without_a_valid_token_is_401(client, engine, headers) -> None:
+    response = client.post("/api/summaries", json=ITEM, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert rows(engine) == []
+
+
+def test_without_a_configured_token_every_request_is_401(tmp_path, engine, monkeypatch) -> None:
+    monkeypatch.delenv("NEWSLETTER_API_TOKEN", raising=False)
+    client = TestClient(create_app(make_config(tmp_path), engine))
+    assert client.post("/api/summaries", json=ITEM, headers={"Authorization": "Bearer "}).status_code == 401
+
+
+def test_a_token_in_the_config_file_is_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="NEWSLETTER_API_TOKEN"):
+        make_config(tmp_path, ingest={"api_token": "oops"})
+
+
+def test_a_body_over_the_limit_is_413(client, engine) -> None:
+    items = [{**ITEM, "url": f"https://example.org/{i}"} for i in range(100)]
+    body = json.dumps(items).encode()
+    assert len(body) > 5_000
+    assert client.post("/api/summaries", content=body, headers=AUTH).status_code == 413
+    chunked = client.post("/api/summaries", content=iter([body[:3000], body[3000:]]), headers=AUTH)
+    assert chunked.status_code == 413  # no Content-Length: counted while reading
+    assert rows(engine) == []
+
+
+def test_markdown_and_html_fields_are_rendered_and_sanitised(client, engine) -> None:
+    items = [
+        {"title": "<b>Bold</b>\u0000 title\n", "summary": "**Denser** spindles, [better](https://x.org) recall.",
+         "format": "markdown", "url": "https://example.org/md"},
+        {"title": "HTML item", "body": "<p>First sentence here. Second one.</p><script>alert(1)</script>",
+         "format": "html", "url": "https://example.org/html"},
+    ]
+    assert client.post("/api/summaries", json=items, headers=AUTH).status_code == 201
+    markdown, html = rows(engine)
+    assert (markdown.title, markdown.summary) == ("Bold title", "Denser spindles, better recall.")
+    assert (html.summary, html.body) == ("First sentence here. Second one.", "First sentence here. Second one.")

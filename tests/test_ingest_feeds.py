@@ -1,0 +1,219 @@
+"""Feeds: RSS 0.91/2.0 and Atom from files and from a real HTTP server on a free port, with conditional GET
+(ETag and Last-Modified), a 304, a broken feed, an HTTP error and the size limit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlmodel import select
+
+from newsletter.config import IngestSection
+from newsletter.db import session
+from newsletter.ingest import ingest_paths
+from newsletter.errors import IngestError
+from newsletter.ingest.feeds import FeedReader, feed_states, fetch_feed, poll_feeds
+from newsletter.models import FeedState, Summary
+from tests.conftest import make_config
+
+FEEDS = Path(__file__).parent / "samples" / "feeds"
+
+
+@dataclass
+class Feed:
+    """What the test server serves at one path; ``requests`` records the conditional headers it saw."""
+
+    body: bytes
+    status: int = 200
+    etag: str | None = '"v1"'
+    last_modified: str | None = "Mon, 13 Apr 2026 07:00:00 GMT"
+    requests: list[dict[str, str | None]] = field(default_factory=list)
+
+
+class FeedServer:
+    def __init__(self) -> None:
+        self.feeds: dict[str, Feed] = {}
+        feeds = self.feeds
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+                feed = feeds.get(self.path)
+                if feed is None:
+                    self.send_error(404)
+                    return
+                seen = {"If-None-Match": self.headers.get("If-None-Match"),
+                        "If-Modified-Since": self.headers.get("If-Modified-Since")}
+                feed.requests.append(seen)
+                if feed.etag and seen["If-None-Match"] == feed.etag:
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                self.send_response(feed.status)
+                self.send_header("Content-Type", "application/rss+xml")
+                if feed.etag:
+                    self.send_header("ETag", feed.etag)
+                if feed.last_modified:
+                    self.send_header("Last-Modified", feed.last_modified)
+                self.send_header("Content-Length", str(len(feed.body)))
+                self.end_headers()
+                self.wfile.write(feed.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def serve(self, path: str, feed: Feed) -> str:
+        self.feeds[path] = feed
+        return self.base + path
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    server = FeedServer()
+    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def stored(engine) -> dict[str, Summary]:
+    with session(engine) as db:
+        return {row.uid: row for row in db.exec(select(Summary))}
+
+
+SETTINGS = IngestSection()
+
+
+def test_rss2_items_keep_guid_link_date_category_image_and_sanitised_text(engine, feed_server) -> None:
+    url = feed_server.serve("/feed.xml", Feed((FEEDS / "rss2.xml").read_bytes()))
+    before = datetime.now(UTC)
+    result = fetch_feed(engine, url, SETTINGS)
+    assert (result.status, result.report.added) == ("ok", 2)
+    rows = stored(engine)
+    senolytic = rows["digest-2026-0413-senolytic"]  # the guid is the identity
+    assert senolytic.summary == "Old mice given dasatinib plus quercetin repaired injured muscle almost as well as young mice."
+    assert (senolytic.source, senolytic.category) == ("Example Science Digest", "Longevity & Aging")
+    assert senolytic.image_url == "https://digest.example.org/img/muscle.jpg"
+    assert senolytic.published_at.replace(tzinfo=UTC) == datetime(2026, 4, 13, 5, 0, tzinfo=UTC)
+    undated = rows["https://digest.example.org/spindles"]  # no guid: the link
+    assert undated.published_at.replace(tzinfo=UTC) >= before  # kept, with the ingest time
+
+
+def test_a_second_poll_sends_the_validators_and_a_304_changes_nothing(engine, feed_server) -> None:
+    feed = Feed((FEEDS / "rss2.xml").read_bytes())
+    url = feed_server.serve("/feed.xml", feed)
+    fetch_feed(engine, url, SETTINGS)
+    dates = {uid: row.published_at for uid, row in stored(engine).items()}
+    second = fetch_feed(engine, url, SETTINGS)
+    assert second.status == "not-modified"
+    assert feed.requests[1] == {"If-None-Match": '"v1"', "If-Modified-Since": "Mon, 13 Apr 2026 07:00:00 GMT"}
+    feed.etag = '"v2"'  # changed on the server: fetched in full, nothing duplicated, undated item keeps its date
+    third = fetch_feed(engine, url, SETTINGS)
+    assert (third.status, third.report.added, third.report.unchanged) == ("ok", 0, 2)
+    assert {uid: row.published_at for uid, row in stored(engine).items()} == dates
+    [state] = feed_states(engine)
+    assert (state.url, state.etag, state.last_status, state.last_error) == (url, '"v2"', "ok", None)
+
+
+def test_a_broken_feed_is_an_error_that_keeps_the_old_validators_and_stores_nothing(engine, feed_server) -> None:
+    feed = Feed((FEEDS / "rss2.xml").read_bytes())
+    url = feed_server.serve("/feed.xml", feed)
+    fetch_feed(engine, url, SETTINGS)
+    feed.body, feed.etag = (FEEDS / "broken.xml").read_bytes(), '"v3"'
+    result = fetch_feed(engine, url, SETTINGS)
+    assert result.status == "error" and "not a valid RSS or Atom feed" in result.error
+    [state] = feed_states(engine)
+    assert (state.etag, state.last_status) == ('"v1"', "error")  # not marked as seen: retried in full
+    assert "not a valid RSS or Atom feed" in state.last_error
+    assert len(stored(engine)) == 2
+    feed.body = (FEEDS / "atom.xml").read_bytes()  # fixed on the server: the next poll picks it up
+    assert fetch_feed(engine, url, SETTINGS).report.added == 1
+    assert feed.requests[-1]["If-None-Match"] == '"v1"'
+
+
+def test_http_errors_unreachable_servers_and_oversized_feeds_are_errors(engine, feed_server) -> None:
+    missing = fetch_feed(engine, feed_server.base + "/nope.xml", SETTINGS)
+    assert missing.status == "error" and "HTTP 404" in missing.error
+    big = feed_server.serve("/big.xml", Feed((FEEDS / "rss2.xml").read_bytes()))
+    too_big = fetch_feed(engine, big, IngestSection(max_bytes=1_000))
+    assert too_big.status == "error" and "over the limit of 1,000" in too_big.error
+    closed = fetch_feed(engine, "http://127.0.0.1:9/feed.xml", IngestSection(fetch_timeout_seconds=2))
+    assert closed.status == "error" and "cannot be fetched" in closed.error
+    assert stored(engine) == {}
+    assert {s.last_status for s in feed_states(engine)} == {"error"}
+
+
+def test_poll_feeds_fetches_every_configured_feed_and_reports_failures(engine, feed_server, tmp_path) -> None:
+    good = feed_server.serve("/atom.xml", Feed((FEEDS / "atom.xml").read_bytes()))
+    bad = feed_server.serve("/broken.xml", Feed((FEEDS / "broken.xml").read_bytes()))
+    config = make_config(tmp_path, ingest={"feeds": [good, bad]})
+    result = poll_feeds(engine, config)
+    assert [r.status for r in result.feeds] == ["ok", "error"]
+    assert [r.url for r in result.failed] == [bad]
+    [peat] = stored(engine).values()
+    assert peat.title == "Rewetted peatlands cut emissions faster than expected"  # <em> removed
+    assert peat.summary.endswith("the drained fields had released.")  # long content: extractive summary
+
+
+def test_feed_files_of_every_version_are_read_and_a_broken_one_is_rejected(engine) -> None:
+    report = ingest_paths(engine, sorted(FEEDS.glob("*.xml")))
+    assert report.added == 4  # rss2: 2, atom: 1, rss 0.91: 1
+    [rejection] = report.rejected
+    assert rejection.path.name == "broken.xml" and "not a valid RSS or Atom feed" in rejection.message
+    assert stored(engine)["http://old.example.org/fibre.html"].source == "Old School Research"
+    assert stored(engine)["http://old.example.org/fibre.html"].published_at is not None  # undated: ingest time
+
+
+def test_a_feed_item_without_title_is_skipped_and_the_rest_go_in(engine, feed_server) -> None:
+    body = (FEEDS / "rss2.xml").read_bytes().replace(
+        b"<title>Sleep spindles and memory in older adults</title>", b""
+    )
+    result = fetch_feed(engine, feed_server.serve("/f.xml", Feed(body)), SETTINGS)
+    assert (result.status, result.report.added) == ("ok", 1)
+    assert "field 'title' is empty" in result.skipped[0]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"feeds": ["ftp://example.org/feed.xml"]}, "ingest.feeds: 'ftp://example.org/feed.xml' must be"),
+        ({"fedds": []}, "unknown key 'ingest.fedds'; allowed here: feeds, inbox, inbox_settle_seconds"),
+    ],
+)
+def test_ingest_config_mistakes_name_the_key(tmp_path, section, message) -> None:
+    from newsletter.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, ingest=section)
+    assert message in str(caught.value)
+
+
+XML_PARTS = st.sampled_from([
+    b'<?xml version="1.0"?>', b'<rss version="2.0">', b"<channel>", b"<item>", b"<title>T</title>",
+    b"<link>https://e.org/a</link>", b"<link>javascript:x</link>", b"<guid>g</guid>", b"<description>&lt;b&gt;x",
+    b"</item>", b"</channel>", b"</rss>", b'<feed xmlns="http://www.w3.org/2005/Atom">', b"<entry>",
+    b"</entry>", b"</feed>", b"<pubDate>not a date</pubDate>", b"<updated>2026-02-30T00:00:00Z</updated>",
+])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(XML_PARTS, st.binary(max_size=20)), max_size=20))
+def test_no_bytes_crash_the_feed_reader_with_anything_but_ingest_error(tmp_path_factory, parts) -> None:
+    path = tmp_path_factory.mktemp("feeds") / "feed.xml"
+    path.write_bytes(b"".join(parts))
+    try:
+        FeedReader().read(path)
+    except IngestError:
+        pass

@@ -1,0 +1,276 @@
+"""Text (.txt) and HTML pages: golden fields for every sample page, each field on its own, the extractive
+summary, sanitising, and property tests that no input makes a reader fail with anything but IngestError.
+
+Regenerate the golden files with ``NEWSLETTER_UPDATE_GOLDEN=1 python -m pytest tests/test_ingest_pages.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import select
+
+from newsletter.config import IngestSection
+from newsletter.db import session
+from newsletter.errors import IngestError
+from newsletter.ingest import ingest_paths
+from newsletter.ingest.clean import extractive_summary, markdown_to_text, normalise_title, sanitise
+from newsletter.ingest.html import HtmlReader
+from newsletter.ingest.text import TextReader, parse_page
+from newsletter.models import Summary
+
+PAGES = Path(__file__).parent / "samples" / "pages"
+GOLDEN = Path(__file__).parent / "golden" / "pages"
+SAMPLES = sorted(p for p in PAGES.iterdir() if p.suffix in (".txt", ".html"))
+
+
+def read(path: Path):
+    reader = TextReader() if path.suffix == ".txt" else HtmlReader()
+    [item] = reader.read(path)
+    return item
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_every_sample_page_reads_to_its_golden_fields(path: Path) -> None:
+    fields = read(path).model_dump(mode="json", exclude_none=True)
+    golden = GOLDEN / f"{path.stem}.json"
+    if os.environ.get("NEWSLETTER_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(fields, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert fields == json.loads(golden.read_text(encoding="utf-8"))
+
+
+def test_labels_line_gives_category_type_and_paywall() -> None:
+    item = read(PAGES / "01-senolytic-paywall.txt")
+    assert (item.category, item.article_type, item.paywalled) == ("Longevity & Aging", "Research Paper", True)
+    assert read(PAGES / "05-oresund-non-english.txt").paywalled is False  # "Open Access"
+    no_marker = read(PAGES / "02-spindles-no-date.txt")
+    assert (no_marker.category, no_marker.article_type, no_marker.paywalled) == ("Neuroscience", "Review", None)
+
+
+def test_header_lines_give_title_subtitle_date_source_and_image() -> None:
+    item = read(PAGES / "01-senolytic-paywall.txt")
+    assert item.title == "Senolytic cocktail restores muscle repair in aged mice"
+    assert item.subtitle == "A two-drug regimen cleared senescent cells and revived muscle stem cells"
+    assert item.published_at == datetime(2026, 4, 13, tzinfo=UTC)  # "Monday, April 13, 2026 · 1,204 views"
+    assert item.source == "Nature Aging"
+    assert item.image_alt.startswith("Cross-section of regenerating mouse muscle")
+
+
+def test_summary_key_findings_and_body_come_from_their_sections() -> None:
+    item = read(PAGES / "01-senolytic-paywall.txt")
+    assert item.summary.startswith("Old mice given dasatinib plus quercetin")
+    assert item.key_points[0] == "Regenerating fibres were 38% larger in treated old mice than in untreated ones."
+    assert len(item.key_points) == 3
+    assert item.body.startswith("Detailed Summary\n\nThe team injured")
+    assert "Study Limitations\n\n• Only mice were studied" in item.body
+    assert "Key Findings" not in item.body and "Old mice given" not in item.body
+
+
+def test_the_promotional_tail_is_dropped() -> None:
+    for path in SAMPLES:
+        item = read(path)
+        text = " ".join([item.summary, item.body or "", *item.key_points])
+        for promo in ("Enjoyed this", "inbox every week", "Reach out", "Subscribe", "+44", "555",
+                      "Frequently Asked", "FAQ", "Is the afternoon slump"):
+            assert promo not in text, (path.name, promo)
+
+
+def test_missing_parts_are_left_empty_not_invented() -> None:
+    no_date = read(PAGES / "02-spindles-no-date.txt")
+    assert no_date.published_at is None and no_date.subtitle is None and no_date.image_alt is None
+    no_labels = read(PAGES / "03-retina-no-labels.txt")
+    assert (no_labels.category, no_labels.article_type, no_labels.paywalled, no_labels.subtitle) == (None,) * 4
+    assert no_labels.published_at == datetime(2026, 4, 13, tzinfo=UTC)  # "13 April 2026"
+    assert no_labels.title == "Retinal scans spot early cognitive decline a decade ahead"
+
+
+def test_without_a_summary_section_the_first_paragraph_is_the_summary() -> None:
+    item = read(PAGES / "03-retina-no-labels.txt")
+    assert item.summary.startswith("Thinning of the retinal nerve fibre layer")
+    assert item.body == (
+        "The signal remained after accounting for age, education, blood pressure and diabetes, though it "
+        "identified risk rather than diagnosing disease."
+    )
+    assert item.key_points[0] == "Each 10 µm of thinning raised the risk of decline by 14%."  # "*" bullets
+
+
+def test_a_blog_without_findings_lists_its_own_headings_and_drops_its_faq() -> None:
+    item = read(PAGES / "04-blog-with-faq.txt")
+    assert item.key_points == ["What happens after a big lunch", "Fibre changes the curve", "Small swaps that help"]
+    assert item.published_at == datetime(2026, 3, 2, tzinfo=UTC)  # "March 2, 2026 · 6 min read"
+    assert item.source is None and item.category is None
+    assert item.body.endswith("• Take a ten-minute walk after eating.")
+
+
+def test_non_english_characters_survive() -> None:
+    item = read(PAGES / "05-oresund-non-english.txt")
+    assert item.title == "Seegras kehrt zurück: eelgrass meadows recover in the Øresund after nitrogen cuts"
+    assert "«la clarté de l'eau»" in item.summary
+    assert "København" in item.key_points[2]
+    assert item.image_alt == "Diver above an eelgrass meadow near Helsingør, Denmark"
+
+
+def test_a_long_first_paragraph_gets_an_extractive_summary_cut_at_a_sentence() -> None:
+    item = read(PAGES / "06-peat-long-article.txt")
+    assert len(item.summary) <= IngestSection().summary_length
+    assert item.summary.endswith("within the first three years.")
+    assert item.body.startswith("When drained peatlands")  # the whole paragraph stays in the body
+
+
+def test_the_summary_length_is_configurable(tmp_path: Path) -> None:
+    reader = TextReader()
+    reader.settings = IngestSection(summary_length=200)
+    [item] = reader.read(PAGES / "06-peat-long-article.txt")
+    assert item.summary == (
+        "When drained peatlands in northern Germany were flooded again in 2015, researchers expected a long "
+        "wait before the land stopped releasing carbon dioxide."
+    )
+
+
+def test_wrapped_lines_join_their_paragraph_or_bullet() -> None:
+    item = read(PAGES / "07-fibre-trial-wrapped.txt")
+    assert "oat beta-glucan taken" in item.summary
+    assert item.key_points[0] == "The peak fell in 54 of the 62 participants, and the effect held over the two-week study period."
+    assert item.published_at == datetime(2025, 11, 28, tzinfo=UTC)  # "28th November 2025"
+
+
+def test_html_main_content_is_extracted_without_navigation_scripts_or_footer() -> None:
+    item = read(PAGES / "08-retina-page.html")
+    assert item.title == "Retinal scans spot early cognitive decline a decade ahead"
+    assert item.summary.startswith("Thinning of the retinal nerve fibre layer")
+    assert len(item.key_points) == 3
+    everything = json.dumps(item.model_dump(mode="json"))
+    for unwanted in ("Topics", "alert", "onerror", "Enjoyed", "©"):
+        assert unwanted not in everything
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "the page is empty"),
+        ("Just a title\n", "no summary"),
+        ("A title\nFebruary 30, 2026\n\nSome text here.\n", ":2: 'February 30, 2026' is not a real date"),
+    ],
+)
+def test_unusable_pages_are_rejected_with_a_reason(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "page.txt"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(IngestError, match=problem):
+        TextReader().read(path)
+
+
+def test_oversized_and_non_utf8_files_are_rejected_and_nothing_is_stored(engine, tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    big.write_text("A title\n\n" + "Words and more words. " * 100, encoding="utf-8")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Caf\xe9 study\n\nA sentence.".encode("latin-1"))
+    report = ingest_paths(engine, [big, latin], settings=IngestSection(max_bytes=1_000))
+    messages = sorted(r.message for r in report.rejected)
+    assert "is over the limit of 1,000 (ingest.max_bytes)" in messages[0]
+    assert "not UTF-8 text" in messages[1]
+    with session(engine) as db:
+        assert db.exec(select(Summary)).all() == []
+
+
+def test_pages_ingest_into_the_database_like_any_file(engine) -> None:
+    report = ingest_paths(engine, [PAGES])
+    assert (report.added, report.rejected) == (len(SAMPLES), [])
+    assert ingest_paths(engine, [PAGES]).unchanged == len(SAMPLES)
+
+
+def test_html_in_fields_is_sanitised_and_titles_normalised() -> None:
+    assert sanitise('<p>Safe <b>bold</b></p><script>alert("x")</script><img src=x onerror=alert(1)>') == "Safe bold"
+    assert sanitise("p < 0.05 & n > 10") == "p < 0.05 & n > 10"  # not markup: left alone
+    assert normalise_title("  A\ttitle\x00 with\u200b\ncontrol\r\n characters ") == "A title with control characters"
+    assert markdown_to_text("**Bold** and [a link](https://example.org)\n\n- one\n- two") == "Bold and a link\n\n• one\n• two"
+
+
+def test_extractive_summary_cuts_at_a_sentence_boundary() -> None:
+    text = "First sentence is here. Second one follows it. Third is much longer than the others are."
+    assert extractive_summary(text, 50) == "First sentence is here. Second one follows it."
+    assert extractive_summary(text, 30) == "First sentence is here."
+    assert extractive_summary("One very long sentence without any stop at all", 20) == "One very long…"
+    assert extractive_summary(text, 500) == text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=400))
+def test_no_text_crashes_the_page_parser_with_anything_but_ingest_error(text: str) -> None:
+    try:
+        parse_page(text, where="page.txt", summary_length=120)
+    except IngestError:
+        pass
+
+
+LINES = st.sampled_from([
+    "Summary", "Key Findings", "• a finding", "- another", "* third", "Monday, April 13, 2026 · 12 views",
+    "Published in X", "Image: a picture", "NeuroscienceReviewPaywall", "FAQ", "A heading line",
+    "A sentence that ends.", "", "February 31, 2026", "<b>bold</b> & <script>x</script>", "Enjoyed this summary?",
+])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(LINES, st.text(max_size=40)), max_size=25))
+def test_no_page_shaped_text_crashes_the_text_reader(tmp_path_factory, lines: list[str]) -> None:
+    path = tmp_path_factory.mktemp("pages") / "page.txt"
+    path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+    try:
+        TextReader().read(path)
+    except IngestError:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(
+    st.sampled_from(["<h1>Title</h1>", "<p>A sentence.</p>", "<ul><li>x</li>", "<script>", "</div>", "<!--",
+                     "<h2>Summary</h2>", "&amp;", "<html>", "<body>", "<meta charset='x'>"]),
+    st.text(max_size=30)), max_size=20))
+def test_no_markup_crashes_the_html_reader(tmp_path_factory, parts: list[str]) -> None:
+    path = tmp_path_factory.mktemp("html") / "page.html"
+    path.write_text("".join(parts), encoding="utf-8", errors="surrogatepass")
+    try:
+        HtmlReader().read(path)
+    except IngestError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("GeneticsNewsPaywall", {"category": "Genetics", "article_type": "News", "paywalled": True}),
+        ("Health & Fitness · Meta-Analysis · Free", {"category": "Health & Fitness", "article_type": "Meta-Analysis", "paywalled": False}),
+        ("NeuroscienceSystematic Review", {"category": "Neuroscience", "article_type": "Systematic Review"}),
+        ("Paywall", {"paywalled": True}),
+    ],
+)
+def test_labels_lines_in_other_shapes(line: str, expected: dict) -> None:
+    data = parse_page(f"{line}\nA title\n\nA sentence of text.", where="p.txt", summary_length=400)
+    assert {k: data[k] for k in ("category", "article_type", "paywalled") if k in data} == expected
+    assert data["title"] == "A title"
+
+
+def test_a_title_that_merely_ends_in_a_type_word_is_not_a_labels_line() -> None:
+    data = parse_page("Sleep and memory: a Systematic Review\n\nA sentence of text.", where="p.txt", summary_length=400)
+    assert data["title"] == "Sleep and memory: a Systematic Review" and "article_type" not in data
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([".md", ".json", ".jsonl", ".txt", ".html", ".xml"]),
+       st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
+def test_no_text_crashes_any_registered_reader(tmp_path_factory, extension: str, text: str) -> None:
+    from newsletter.ingest.base import readers_by_extension
+    from newsletter.ingest.store import read_file
+
+    path = tmp_path_factory.mktemp("any") / f"input{extension}"
+    path.write_text(text, encoding="utf-8")
+    try:
+        read_file(path, readers_by_extension(), IngestSection())
+    except IngestError:
+        pass

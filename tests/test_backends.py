@@ -53,7 +53,7 @@ def smtp_config(base_dir: Path, **options: Any) -> Config:
 
 def smtp_backend(base_dir: Path, server: SmtpServer, **options: Any) -> SmtpBackend:
     """The backend as the application builds it: by name from the config."""
-    options = {"host": server.host, "port": server.port, "security": "none", **options}
+    options = {"host": server.host, "port": server.port, "security": "none", "connections": 1, **options}
     backend = create_backend(smtp_config(base_dir, **options))
     assert isinstance(backend, SmtpBackend)
     return backend
@@ -259,14 +259,15 @@ def test_smtp_server_lost_mid_batch_leaves_the_rest_for_retry(
     server = start_server()
     with smtp_backend(tmp_path, server, timeout=5) as backend:
         first = backend.send([outgoing(1)])
-        original = backend._transaction
+        lane = backend._lanes[0]
+        original = lane._transaction
 
         def stop_after_first(message: OutgoingMessage) -> SendResult:
             if message.delivery_id == 3:
                 server.stop()
             return original(message)
 
-        backend._transaction = stop_after_first  # type: ignore[method-assign]
+        lane._transaction = stop_after_first  # type: ignore[method-assign]
         results = backend.send([outgoing(2), outgoing(3), outgoing(4)])
 
     assert first[0].status is SendStatus.SENT
@@ -300,7 +301,7 @@ def test_smtp_non_ascii_address_without_smtputf8_fails_that_message_only(
 
 def test_smtp_describe_and_defaults(tmp_path: Path) -> None:
     backend = create_backend(smtp_config(tmp_path, host="smtp.example.org"))
-    assert backend.describe() == "smtp smtp.example.org:587 (starttls)"
+    assert backend.describe() == "smtp smtp.example.org:587 (starttls, 4 connection(s))"
 
 
 # -- SMTP: connecting, TLS and login ------------------------------------------------------------

@@ -185,3 +185,96 @@ def test_bounces_process_cli_reports_what_it_did(tmp_path, engine, people):
     assert result.exit_code == 0, result.output
     assert "1 hard and 0 soft bounces (1 subscribers now bounced)" in result.output
     assert status_of(engine, "gone@example.net") is SubscriberStatus.BOUNCED
+
+
+# -- IMAP, against a private Dovecot ------------------------------------------------------------------------------
+
+DOVECOT_CONF = """\
+base_dir = {root}/run
+state_dir = {root}/run/state
+log_path = {root}/dovecot.log
+instance_name = newsletter-test-{port}
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{root}/mail/%u
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={root}/mail/%u
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+@pytest.fixture
+def dovecot():
+    """A private Dovecot IMAP server on a free loopback port, all of it in a temporary folder."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from tests.conftest import _free_port
+
+    if shutil.which("dovecot") is None or os.geteuid() != 0:
+        pytest.skip("needs Debian's dovecot-imapd and root (Dovecot's master drops privileges itself)")
+    root = Path(tempfile.mkdtemp(prefix="newsletter-dovecot-"))
+    root.chmod(0o755)
+    port = _free_port()
+    (root / "mail").mkdir()
+    shutil.chown(root / "mail", "nobody", "nogroup")
+    (root / "users").write_text("bounces:{PLAIN}imap-secret\n")
+    conf = root / "dovecot.conf"
+    conf.write_text(DOVECOT_CONF.format(root=root, port=port))
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # the daemon keeps pipes open
+    subprocess.run(["dovecot", "-c", str(conf)], check=True, **quiet)
+    try:
+        yield port
+    finally:
+        subprocess.run(["dovecot", "-c", str(conf), "stop"], **quiet)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_imap_mailbox_is_processed_and_emptied(tmp_path, engine, people, dovecot, monkeypatch):
+    import imaplib
+
+    monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", "imap-secret")
+    imap = imaplib.IMAP4("127.0.0.1", dovecot)
+    imap.login("bounces", "imap-secret")
+    for message in (dsn("gone@example.net"), plain("leaving@example.net", "unsubscribe@example.org"),
+                    plain("friend@example.com", "digest@example.org", "Thanks!")):
+        imap.append("INBOX", None, None, message)
+    config = make_config(tmp_path, bounces={"mailbox": {
+        "type": "imap", "host": "127.0.0.1", "port": dovecot, "security": "none", "username": "bounces"}})
+
+    report = process_bounces(engine, config)
+
+    assert (report.messages, report.hard, report.unsubscribed, report.left) == (3, 1, 1, 1)
+    assert status_of(engine, "gone@example.net") is SubscriberStatus.BOUNCED
+    assert status_of(engine, "leaving@example.net") is SubscriberStatus.UNSUBSCRIBED
+    imap.select("INBOX")
+    _, remaining = imap.uid("SEARCH", "ALL")
+    assert len(remaining[0].split()) == 1  # only the message nobody understood is left
+    imap.logout()
+    monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", "wrong")
+    with pytest.raises(BounceError, match=rf"cannot read the IMAP mailbox bounces@127.0.0.1:{dovecot}"):
+        process_bounces(engine, config)

@@ -329,6 +329,9 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
         errors.print(f"{signal.Signals(signum).name}: finishing the messages in flight, then stopping")
         stop.set()
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

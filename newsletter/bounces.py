@@ -98,7 +98,9 @@ def record_complaint(db: Session, subscriber: Subscriber, detail: dict[str, str]
     db.add(subscriber)
 
 
-def record_unsubscribe(db: Session, subscriber: Subscriber, detail: dict[str, str], now: datetime | None = None) -> bool:
+def record_unsubscribe(
+    db: Session, subscriber: Subscriber, detail: dict[str, str], now: datetime | None = None
+) -> bool:
     """An unsubscribe request by mail; True when the subscriber was active or pending. The caller commits."""
     if subscriber.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
         return False

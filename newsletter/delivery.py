@@ -535,7 +535,7 @@ def _finish(engine: Engine, report: SendReport) -> None:
         assert issue is not None
         counts = delivery_counts(db, issue)
         report.remaining = sum(counts[status] for status in UNFINISHED)
-        if report.remaining == 0 and issue.status is not IssueStatus.SENT:
+        if report.remaining == 0 and issue.status in SENDABLE:  # a paused or cancelled issue stays so
             issue.status = IssueStatus.SENT
             issue.sent_at = utcnow()
             db.add(issue)

@@ -251,7 +251,8 @@ class MessageTemplate:
 
 def _to_header(name: str, email_address: str) -> bytes:
     """The To: value; plain ASCII written directly, anything else folded and encoded by the stdlib."""
-    if _SIMPLE_ADDRESS.fullmatch(email_address) and (not name or _ATEXT_NAME.fullmatch(name)) and len(name + email_address) < 60:
+    simple_name = not name or _ATEXT_NAME.fullmatch(name)
+    if _SIMPLE_ADDRESS.fullmatch(email_address) and simple_name and len(name + email_address) < 60:
         return (f"{name} <{email_address}>" if name else email_address).encode("ascii")
     header = POLICY.header_factory("To", _address(name, email_address))
     return header.fold(policy=POLICY).encode("utf-8").removeprefix(b"To: ").removesuffix(b"\r\n")

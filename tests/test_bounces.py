@@ -137,7 +137,7 @@ def test_a_verp_return_path_names_the_subscriber_even_when_the_dsn_names_another
 
 
 def test_the_returned_message_id_matches_when_the_recipient_is_unknown(tmp_path, engine, people):
-    from newsletter.models import Delivery, Issue, IssueStatus
+    from newsletter.models import Delivery, IssueStatus
     from tests.helpers import make_issue
 
     config = maildir_config(tmp_path)

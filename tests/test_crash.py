@@ -25,7 +25,7 @@ from sqlmodel import select
 
 from newsletter.db import session
 from newsletter.digest import prepare_issue
-from newsletter.models import Delivery, DeliveryStatus, Subscriber
+from newsletter.models import Delivery, DeliveryStatus
 from tests.conftest import ROOT, _free_port, make_config
 from tests.helpers import add_people, add_summaries
 

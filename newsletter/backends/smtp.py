@@ -1,7 +1,7 @@
 """The SMTP backend: hands each message to a mail server (a relay or a provider's submission port).
 
-One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over a connection that is opened by
-:meth:`SmtpBackend.open`, kept for up to ``max_messages_per_connection`` messages and then replaced.
+One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over connections that are opened as needed
+(the first by :meth:`SmtpBackend.open`), each kept for up to ``max_messages_per_connection`` messages and then replaced.
 Per-message outcomes are results, never exceptions:
 
 - accepted → SENT, detail = the server's reply (often carries its queue id);
@@ -10,7 +10,11 @@ Per-message outcomes are results, never exceptions:
   about our configuration or message, not the recipient, and must not count as a bounce;
 - a non-ASCII address when the server does not offer SMTPUTF8 → FAILED;
 - connection lost → reconnect once and resend; if reconnecting fails (or the fresh connection is lost
-  too) that message and the rest of the batch are RETRY with the error as detail.
+  too) that message is RETRY and its connection stops taking messages; the other connections carry the
+  rest of the batch, and what none could carry is RETRY with the error as detail.
+
+Messages are spread over ``connections`` parallel connections (each in its own thread) and paced by a
+shared ``rate_limit``; with ``dkim_selector`` set each message is DKIM-signed (dkimpy) just before DATA.
 
 A message whose connection dropped after the final ``.`` may have been delivered already; resending it
 is the same ambiguity as any retry, and its deterministic Message-ID makes the copy recognisable.
@@ -197,7 +201,9 @@ class SmtpBackend(Backend):
         if all(r is None or i in failures for i, r in enumerate(results)):
             raise first  # nothing was handed over: an outage, not the recipients' failure
         log.warning("%s; %d message(s) left for retry", first, sum(r is None for r in results) + len(failures))
-        return [r or SendResult(m.delivery_id, SendStatus.RETRY, str(first)) for r, m in zip(results, batch, strict=True)]
+        return [
+            r or SendResult(m.delivery_id, SendStatus.RETRY, str(first)) for r, m in zip(results, batch, strict=True)
+        ]
 
     def sign(self, data: bytes) -> bytes:
         """``data`` with a DKIM-Signature prepended when DKIM is configured."""

@@ -155,7 +155,11 @@ def process_bounces(engine: Engine, config: Config) -> BounceReport:
     report = BounceReport()
     for raw, done in _read(config, box):
         report.messages += 1
-        findings = classify(email.message_from_bytes(raw, policy=email.policy.default), config)  # type: ignore[arg-type]
+        try:
+            findings = classify(email.message_from_bytes(raw, policy=email.policy.default), config)  # type: ignore[arg-type]
+        except Exception as exc:  # a malformed message must not stop the run; a person can look at it
+            log.warning("cannot read a message in the bounce mailbox (%s); left there", exc)
+            findings = []
         if not findings:
             report.left += 1
             continue

@@ -278,3 +278,23 @@ def test_imap_mailbox_is_processed_and_emptied(tmp_path, engine, people, dovecot
     monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", "wrong")
     with pytest.raises(BounceError, match=rf"cannot read the IMAP mailbox bounces@127.0.0.1:{dovecot}"):
         process_bounces(engine, config)
+
+
+def test_a_malformed_report_is_left_in_the_mailbox_and_the_rest_processed(tmp_path, engine, people, monkeypatch):
+    from newsletter import bounces
+
+    config = maildir_config(tmp_path)
+    box = mailbox.Maildir(tmp_path / "bounces.maildir", create=True)
+    box.add(b"Subject: broken\r\nContent-Type: multipart/report; report-type=delivery-status\r\n\r\nno parts")
+    box.add(dsn("gone@example.net"))
+    original = bounces._dsn_recipients
+
+    def fragile(message):
+        if message["Subject"] == "broken":
+            raise ValueError("cannot parse")
+        return original(message)
+
+    monkeypatch.setattr(bounces, "_dsn_recipients", fragile)
+    report = process_bounces(engine, config)
+    assert (report.hard, report.left) == (1, 1)
+    assert [m["Subject"] for m in mailbox.Maildir(tmp_path / "bounces.maildir")] == ["broken"]

@@ -1,7 +1,7 @@
 """The SMTP backend: hands each message to a mail server (a relay or a provider's submission port).
 
-One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over connections that are opened as needed
-(the first by :meth:`SmtpBackend.open`), each kept for up to ``max_messages_per_connection`` messages and then replaced.
+One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over connections opened as needed (the
+first by :meth:`SmtpBackend.open`), each kept for up to ``max_messages_per_connection`` messages.
 Per-message outcomes are results, never exceptions:
 
 - accepted → SENT, detail = the server's reply (often carries its queue id);

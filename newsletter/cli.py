@@ -38,16 +38,27 @@ from typer.core import TyperGroup
 
 from newsletter import subscribers as subscriber_list
 from newsletter.backends import create_backend
+from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
 from newsletter.db import open_database, session
-from newsletter.delivery import send_issue, send_unfinished, write_preview
-from newsletter.digest import delivery_counts, find_issue, prepare_issue, unfinished_issues
+from newsletter.delivery import (
+    SENDABLE,
+    cancel_issue,
+    issue_status,
+    pause_issue,
+    resume_issue,
+    retry_failed,
+    send_issue,
+    send_unfinished,
+    write_preview,
+)
+from newsletter.digest import prepare_issue, unfinished_issues
 from newsletter.errors import NewsletterError
 from newsletter.ingest import find_files, ingest_paths, review
 from newsletter.ingest.feeds import fetch_feed
-from newsletter.models import Issue, SubscriberStatus
 from newsletter.logs import configure_logging
+from newsletter.models import IssueStatus, SubscriberStatus
 from newsletter.schedule import run_if_due, run_scheduler
 from newsletter.status import collect_status, status_lines
 
@@ -83,8 +94,11 @@ digest_app = _app(
 )
 summaries_app = _app("See and fix ingested summaries.\n\nExample: newsletter summaries list --new")
 app.add_typer(subscribers_app, name="subscribers")
+bounces_app = _app("Handle bounce reports, complaints and mailed unsubscribe requests.\n\n"
+                   "Example: newsletter bounces process")
 app.add_typer(digest_app, name="digest")
 app.add_typer(summaries_app, name="summaries")
+app.add_typer(bounces_app, name="bounces")
 
 ConfigOption = Annotated[
     Path | None,
@@ -410,7 +424,9 @@ def digest_render(
 @digest_app.command("send")
 def digest_send(
     issue: IssueOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Messages per claimed batch.")] = 100,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Deliveries claimed at a time (default: delivery.batch_size).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Send even when the pre-send checks find errors.")] = False,
     if_due: Annotated[
         bool,
@@ -424,8 +440,9 @@ def digest_send(
     config: ConfigOption = None,
 ) -> None:
     """Send what is due of every unfinished issue (or only --issue N) through the configured backend.
-    Already-sent deliveries are never sent again, so it is safe to run after an interruption. The
-    pre-send checks (`digest check`) run first; an error stops the send unless --force.
+    Already-sent deliveries are never sent again, so it is safe to run after an interruption or a crash.
+    The pre-send checks (`digest check`) run first; an error stops the send unless --force. Ctrl-C or
+    SIGTERM finishes the messages in flight, records them and stops.
 
     Example: newsletter digest send   (from cron: */10 * * * * newsletter digest send --if-due)
     """
@@ -440,7 +457,8 @@ def digest_send(
     with _opened(config) as (loaded, engine):
         _check_before_sending(engine, loaded, issue, force)
         backend = create_backend(loaded)
-        with _progress() as bar:
+        stop = threading.Event()
+        with _progress() as bar, _stop_on_signals(stop):
             tasks: dict[int, TaskID] = {}
 
             def progress(number: int, done: int, total: int) -> None:
@@ -448,20 +466,45 @@ def digest_send(
                     tasks[number] = bar.add_task(f"issue #{number}", total=total)
                 bar.update(tasks[number], completed=done)
 
-            options: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+            options: dict[str, Any] = {"batch_size": batch_size, "progress": progress, "stop": stop}
             if issue is None:
                 reports = send_unfinished(engine, loaded, backend, **options)
             else:
                 reports = [send_issue(engine, loaded, backend, issue, **options)]
     for report in reports:
-        console.print(f"{report.summary_line()} (via {backend.describe()})")
+        console.print(Text(f"{report.summary_line()} (via {backend.describe()})"))
+    if any(report.issue.status is IssueStatus.PAUSED for report in reports):
+        raise typer.Exit(3)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and Ctrl-C set ``stop``: the send loop drains what is in flight and returns."""
+    def request(signum: int, _frame: Any) -> None:
+        errors.print(f"{signal.Signals(signum).name}: finishing the messages in flight, then stopping")
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+IssueArgument = Annotated[
+    int | None, typer.Argument(min=1, max=MAX_NUMBER, help="Issue number (default: the newest).")
+]
 
 
 def _check_before_sending(engine: Engine, config: Config, number: int | None, force: bool) -> None:
     """Run the pre-send checks on every issue about to be sent; raise NewsletterError on an error unless forced."""
     if number is None:
         with session(engine) as db:
-            numbers = [unfinished.number for unfinished in unfinished_issues(db)]
+            numbers = [unfinished.number for unfinished in unfinished_issues(db) if unfinished.status in SENDABLE]
     else:
         numbers = [number]
     for checked in numbers:
@@ -492,21 +535,80 @@ def digest_check(issue: IssueOption = None, config: ConfigOption = None) -> None
 
 
 @digest_app.command("status")
-def digest_status(
-    issue: Annotated[
-        int | None, typer.Argument(min=1, max=MAX_NUMBER, help="Issue number (default: the newest).")
-    ] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Show an issue's deliveries by state.
+def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> None:
+    """Show an issue's deliveries by state, the sending rate and the errors grouped by reason.
 
     Example: newsletter digest status 3
     """
-    with _opened(config) as (_config, engine), session(engine) as db:
-        found: Issue = find_issue(db, issue)
-        counts = delivery_counts(db, found)
-    console.print(f"issue #{found.number} ({found.period_key}) \"{found.subject}\": {found.status.value}")
-    console.print(", ".join(f"{status.value} {count}" for status, count in counts.items()))
+    with _opened(config) as (_config, engine):
+        found = issue_status(engine, issue)
+    i = found.issue
+    console.print(Text(f"issue #{i.number} ({i.period_key}) \"{i.subject}\": {i.status.value}"))
+    console.print(", ".join(f"{status.value} {count}" for status, count in found.counts.items()))
+    if found.rate_per_minute:
+        console.print(f"rate: {found.rate_per_minute:,.0f} messages/minute")
+    if found.next_retry_at:
+        console.print(f"next retry: {found.next_retry_at:%Y-%m-%d %H:%M} UTC")
+    if found.errors:
+        table = Table("count", "reason")
+        for reason, count in found.errors:
+            table.add_row(str(count), reason)
+        console.print(table)
+
+
+@digest_app.command("pause")
+def digest_pause(issue: IssueArgument = None, config: ConfigOption = None) -> None:
+    """Pause sending an issue; a running send stops after the messages in flight.
+
+    Example: newsletter digest pause 3
+    """
+    with _opened(config) as (_config, engine):
+        found = pause_issue(engine, issue)
+    console.print(f"issue #{found.number} is paused; `newsletter digest resume {found.number}` goes on")
+
+
+@digest_app.command("resume")
+def digest_resume(issue: IssueArgument = None, config: ConfigOption = None) -> None:
+    """Resume a paused issue; the next `digest send` (or the scheduler) sends the rest.
+
+    Example: newsletter digest resume 3 && newsletter digest send
+    """
+    with _opened(config) as (_config, engine):
+        found = resume_issue(engine, issue)
+    console.print(f"issue #{found.number} will be sent again by the next `newsletter digest send`")
+
+
+@digest_app.command("retry-failed")
+def digest_retry_failed(issue: IssueArgument = None, config: ConfigOption = None) -> None:
+    """Queue an issue's failed deliveries again (bounced or unsubscribed people are still skipped).
+
+    Example: newsletter digest retry-failed 3 && newsletter digest send
+    """
+    with _opened(config) as (_config, engine):
+        found, count = retry_failed(engine, issue)
+    console.print(f"issue #{found.number}: {count} failed deliveries queued again")
+
+
+@digest_app.command("cancel")
+def digest_cancel(issue: IssueArgument = None, config: ConfigOption = None) -> None:
+    """Cancel an issue: nothing more is sent for it; what was not sent is marked skipped.
+
+    Example: newsletter digest cancel 3
+    """
+    with _opened(config) as (_config, engine):
+        found, count = cancel_issue(engine, issue)
+    console.print(f"issue #{found.number} cancelled; {count} deliveries skipped")
+
+
+@bounces_app.command("process")
+def bounces_process(config: ConfigOption = None) -> None:
+    """Read the bounce mailbox (bounces.mailbox): bounce reports, complaints and mailto: unsubscribes.
+
+    Example: newsletter bounces process --config config.yaml
+    """
+    with _opened(config) as (loaded, engine):
+        result = process_bounces(engine, loaded)
+    console.print(result.summary_line())
 
 
 @app.command()

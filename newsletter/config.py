@@ -12,6 +12,7 @@ Environment variables (secrets never go in the file):
 - ``NEWSLETTER_SECRET_KEY``: signs the tokens in unsubscribe links (see :mod:`newsletter.tokens`).
 - ``NEWSLETTER_SMTP_PASSWORD``: the SMTP backend's login password.
 - ``NEWSLETTER_API_TOKEN``: the bearer token ``POST /api/summaries`` accepts (unset: the API refuses all).
+- ``NEWSLETTER_IMAP_PASSWORD``: the bounce mailbox's IMAP password.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from apscheduler.triggers.cron import CronTrigger
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from newsletter.errors import ConfigError
 
@@ -217,6 +225,8 @@ class PreviewSection(_Section):
     def access_token(self) -> str | None:
         """The token the preview requires, the environment first (secrets do not belong in the file)."""
         return os.environ.get("NEWSLETTER_PREVIEW_TOKEN") or self.token
+
+
 class IngestSection(_Section):
     """Where summaries come from besides the command line, and the limits every reader applies."""
 
@@ -237,6 +247,81 @@ class IngestSection(_Section):
                 raise ValueError(f"{url!r} must be an absolute http(s) URL such as https://example.org/feed.xml")
         return value
 
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> timedelta:
+    """``"90s"``, ``"5m"``, ``"2h"`` or ``"3d"`` as a timedelta; ValueError otherwise."""
+    match = _DURATION.match(str(value))
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"{value!r} is not a duration such as 30s, 5m, 2h or 1d")
+    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+
+
+class DeliverySection(_Section):
+    """How the send loop claims, retries and protects itself (see docs/delivery.md)."""
+
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    lease: str = "10m"
+    retry_schedule: tuple[str, ...] = ("5m", "15m", "1h", "4h", "12h", "1d", "2d")
+    pause_error_rate: float = Field(default=0.5, gt=0, le=1)
+    pause_window: int = Field(default=50, ge=1)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one delay, such as [5m, 1h, 1d]")
+        for item in value:
+            parse_duration(item)
+        return value
+
+    @property
+    def lease_time(self) -> timedelta:
+        return parse_duration(self.lease)
+
+    @property
+    def retry_delays(self) -> tuple[timedelta, ...]:
+        return tuple(parse_duration(item) for item in self.retry_schedule)
+
+
+class MailboxSection(_Section):
+    """Where bounce reports and mailto: unsubscribe requests arrive."""
+
+    type: Literal["maildir", "mbox", "imap"] = "maildir"
+    path: str | None = None  # maildir / mbox, relative to the config file's folder
+    host: str | None = None  # imap
+    port: int = Field(default=993, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: str | None = None  # password: $NEWSLETTER_IMAP_PASSWORD
+    folder: str = "INBOX"
+
+    @model_validator(mode="after")
+    def _complete(self) -> MailboxSection:
+        if self.type == "imap" and not (self.host and self.username):
+            raise ValueError("an imap mailbox needs host and username")
+        if self.type != "imap" and not self.path:
+            raise ValueError(f"a {self.type} mailbox needs a path")
+        return self
+
+
+class BouncesSection(_Section):
+    """Bounce policy and the mailbox ``bounces process`` reads."""
+
+    # Envelope sender bounces+TOKEN@<domain> so a bounce names its subscriber even when the DSN does not.
+    verp: bool = False
+    return_path: str | None = None  # default: bounces@<the sender's domain>
+    soft_limit: int = Field(default=3, ge=1)  # this many soft bounces ...
+    soft_days: int = Field(default=14, ge=1)  # ... within this many days mark a subscriber bounced
+    mailbox: MailboxSection | None = None
+
 
 class Config(_Section):
     """The whole configuration. ``base_dir`` is the folder of the config file."""
@@ -249,6 +334,8 @@ class Config(_Section):
     web: WebSection = WebSection()
     preview: PreviewSection = PreviewSection()
     ingest: IngestSection = IngestSection()
+    delivery: DeliverySection = DeliverySection()
+    bounces: BouncesSection = BouncesSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="<defaults>", exclude=True)
 
@@ -367,7 +454,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def _check_backend(config: Config) -> None:
     """Fail at start, not at send time, when the backend name or its options are wrong."""
-    from newsletter.backends import backend_class  # late import: backends import this module
+    from newsletter.backends import (
+        backend_class,  # late import: backends import this module
+    )
 
     cls = backend_class(config.backend.name, source=config.source)
     try:

@@ -1,24 +1,36 @@
 """The send loop and its ledger: every (issue, subscriber) pair is sent once, and a run can always resume.
 
-``send_issue`` renders the issue once, then repeatedly claims a batch of deliveries (a lease with an owner
-and an expiry, taken in a short write transaction), personalises and sends them through the backend, and
-records all of the batch's results in one transaction, only to rows the sender still holds. An error
-releases the batch for the next run; a crash leaves at most the claimed batch in ``sending`` until its
-lease (:data:`LEASE`) expires, after which the next run sends it. Rows already ``sent`` are never claimed.
-A batch that takes longer than the lease could be claimed by a second sender running at the same time;
-keep batches small enough to finish well within it.
+``send_issue`` repeatedly claims a batch of deliveries (a lease with an owner and an expiry, taken in a
+short write transaction), then sends the batch in windows of at most ``backend.max_in_flight`` messages,
+recording each window's results in one transaction, only to rows the sender still holds. So a crash
+(even ``kill -9``) can leave at most one window ambiguous: those messages may have gone out without their
+result being written, and are sent again by the next run (their deterministic Message-ID makes the copy
+recognisable). Claimed rows not yet handed over go back to ``queued``.
+
+The next run takes over a dead sender's rows when its lease (``delivery.lease``) expires, or at once when
+the owner was a process on this machine that no longer exists. Rows already ``sent`` are never claimed.
 
 Results map onto the ledger like this: SENT → ``sent``; RETRY → ``retry`` with ``next_attempt_at`` from
-:data:`RETRY_SCHEDULE` (``failed`` once the schedule is used up); FAILED → ``failed``. A subscriber who left
-the list after the issue was prepared is ``skipped``.
+``delivery.retry_schedule`` (``failed`` once the schedule is used up); FAILED (5xx) → ``failed`` and a
+hard bounce for the subscriber. A subscriber who left the list after the issue was prepared, or none of
+whose topics has an item in the issue, is ``skipped`` with the reason in ``last_error``.
+
+The loop stops between windows when asked to (``stop``, set by SIGTERM/Ctrl-C), when the issue is paused
+or cancelled by another command, or when more than ``delivery.pause_error_rate`` of the last
+``delivery.pause_window`` results were failures: then it pauses the issue itself and says so.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import socket
+import threading
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +39,7 @@ from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
+from newsletter.bounces import record_bounce, return_path
 from newsletter.config import Config
 from newsletter.db import session
 from newsletter.digest import (
@@ -38,22 +51,26 @@ from newsletter.digest import (
     unfinished_issues,
 )
 from newsletter.errors import DeliveryError, InvalidAddress, NewsletterError
-from newsletter.message import build_message, make_message_id
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, utcnow
-from newsletter.render import RecipientValues, RenderedIssue, render_issue
+from newsletter.message import MessageTemplate, make_message_id
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    Subscriber,
+    SubscriberStatus,
+    Summary,
+    utcnow,
+)
+from newsletter.render import DEFAULT_SECTION, RecipientValues, render_issue
 from newsletter.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=10)
-RETRY_SCHEDULE = (
-    timedelta(minutes=5),
-    timedelta(minutes=30),
-    timedelta(hours=2),
-    timedelta(hours=12),
-    timedelta(days=1),
-)
+LEASE = timedelta(minutes=10)  # the default of delivery.lease
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRY)
+SENDABLE = (IssueStatus.PREPARED, IssueStatus.SENDING)
+_HOST = socket.gethostname()
 
 Progress = Callable[[int, int, int], None]  # (issue number, done so far, due when the run started)
 
@@ -67,6 +84,8 @@ class SendReport:
     failed: int = 0
     skipped: int = 0
     remaining: int = 0  # still queued, sending or waiting for a retry when the run ended
+    bounced: int = 0  # subscribers this run marked bounced (5xx)
+    stopped: str = ""  # why the run stopped early ("" when it ran out of due deliveries)
 
     def count(self, status: DeliveryStatus) -> None:
         """Count one recorded result (sent, retry or failed)."""
@@ -78,11 +97,17 @@ class SendReport:
             self.failed += 1
 
     def summary_line(self) -> str:
-        state = "finished" if self.issue.status is IssueStatus.SENT else f"{self.remaining} still to send"
-        return (
+        if self.issue.status is IssueStatus.SENT:
+            state = "finished"
+        elif self.issue.status in (IssueStatus.PAUSED, IssueStatus.CANCELLED):
+            state = f"{self.issue.status.value}, {self.remaining} not sent"
+        else:
+            state = f"{self.remaining} still to send"
+        line = (
             f"issue #{self.issue.number}: sent {self.sent}, retry later {self.retry}, failed {self.failed}, "
             f"skipped {self.skipped}; {state}"
         )
+        return f"{line} ({self.stopped})" if self.stopped else line
 
 
 def send_unfinished(
@@ -90,26 +115,37 @@ def send_unfinished(
     config: Config,
     backend: Backend,
     *,
-    batch_size: int = 100,
+    batch_size: int | None = None,
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utcnow,
+    stop: threading.Event | None = None,
 ) -> list[SendReport]:
-    """Send what is due of every unfinished issue, oldest first: what ``digest send`` and the weekly job do.
+    """Send what is due of every unfinished issue, oldest first: what ``digest send`` and the scheduler's
+    retry job do. Paused and cancelled issues are left alone.
 
-    Raises NewsletterError when no issue was ever prepared or every issue is already sent.
+    Raises NewsletterError when no issue was ever prepared, or none is left to send.
     """
     with session(engine) as db:
-        numbers = [issue.number for issue in unfinished_issues(db)]
+        issues = unfinished_issues(db)
+        numbers = [issue.number for issue in issues if issue.status in SENDABLE]
         if not numbers:
+            paused = [f"#{i.number}" for i in issues if i.status is IssueStatus.PAUSED]
+            if paused:
+                raise NewsletterError(
+                    f"issue {', '.join(paused)} is paused; run `newsletter digest resume N` to go on sending"
+                )
             latest = find_issue(db)  # raises when nothing was ever prepared
             raise NewsletterError(
-                f"issue #{latest.number} is already sent and no newer issue is prepared; "
+                f"issue #{latest.number} is already {latest.status.value} and no newer issue is prepared; "
                 f"run `newsletter digest prepare`"
             )
-    return [
-        send_issue(engine, config, backend, number, batch_size=batch_size, progress=progress, clock=clock)
-        for number in numbers
-    ]
+    reports = []
+    for number in numbers:
+        reports.append(send_issue(engine, config, backend, number, batch_size=batch_size, progress=progress,
+                                  clock=clock, stop=stop))
+        if stop is not None and stop.is_set():
+            break
+    return reports
 
 
 def send_issue(
@@ -118,44 +154,40 @@ def send_issue(
     backend: Backend,
     number: int,
     *,
-    batch_size: int = 100,
+    batch_size: int | None = None,
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utcnow,
+    stop: threading.Event | None = None,
 ) -> SendReport:
     """Send the deliveries of issue ``number`` that are due now; returns what this run did.
 
-    Raises NewsletterError for an unknown issue, and DeliveryError when the backend fails as a whole; the
-    claimed batch is then released for the next run, so nothing is lost.
+    Raises NewsletterError for an unknown, paused or cancelled issue, and DeliveryError when the backend
+    fails as a whole; the claimed batch is then released for the next run, so nothing is lost.
     """
     with session(engine) as db:
         issue = find_issue(db, number)
+        if issue.status is IssueStatus.PAUSED:
+            raise NewsletterError(f"issue #{number} is paused; run `newsletter digest resume {number}` first")
+        if issue.status is IssueStatus.CANCELLED:
+            raise NewsletterError(f"issue #{number} was cancelled; nothing more is sent for it")
         items = issue_items(db, issue)
-        report = SendReport(issue, total=_due_count(db, issue.id, clock()))
+        report = SendReport(issue, total=_due_count(db, issue.id, clock(), config.delivery.lease_time))
         if issue.status is IssueStatus.PREPARED:
             issue.status = IssueStatus.SENDING
             db.add(issue)
             db.commit()
-    composer = _Composer(config, issue, render_issue(config, issue, items))
-    owner = f"send-{uuid.uuid4().hex[:12]}"
-    done = 0
+    composer = _Composer(config, issue, items, backend)
+    loop = _Loop(engine, config, backend, composer, report, clock, stop)
     if progress:
-        progress(issue.number, done, report.total)
+        progress(issue.number, 0, report.total)
     with backend:
-        while claimed := _claim(engine, issue.id, owner, batch_size, clock()):
-            try:
-                _send_batch(engine, backend, composer, claimed, owner, report, clock)
-            except BaseException:
-                _release(engine, [delivery.id for delivery, _ in claimed], owner)
-                raise
-            done += len(claimed)
-            if progress:
-                progress(issue.number, done, report.total)
+        loop.run(batch_size or config.delivery.batch_size, progress)
     _finish(engine, report)
     log.info(report.summary_line())
     return report
 
 
-def _due(issue_id: int, now: datetime) -> Any:
+def _due(issue_id: int | None, now: datetime) -> Any:
     """Deliveries of the issue that may be claimed at ``now``."""
     return and_(
         Delivery.issue_id == issue_id,
@@ -167,13 +199,56 @@ def _due(issue_id: int, now: datetime) -> Any:
     )
 
 
-def _due_count(db: Session, issue_id: int, now: datetime) -> int:
-    return db.exec(select(func.count()).select_from(Delivery).where(_due(issue_id, now))).one()
+def _due_count(db: Session, issue_id: int | None, now: datetime, lease: timedelta) -> int:
+    orphaned = db.exec(
+        select(func.count()).select_from(Delivery).where(
+            Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING,
+            col(Delivery.claimed_by).in_(_dead_owners(db, issue_id)),
+        )
+    ).one()
+    return db.exec(select(func.count()).select_from(Delivery).where(_due(issue_id, now))).one() + orphaned
 
 
-def _claim(engine: Engine, issue_id: int, owner: str, limit: int, now: datetime) -> list[tuple[Delivery, Subscriber]]:
+def _new_owner() -> str:
+    """``host:pid:nonce``: lets a later run on this host see that the owner process is gone."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_owners(db: Session, issue_id: int | None) -> list[str]:
+    """Owners of ``sending`` rows that were processes on this host and no longer exist."""
+    owners = db.exec(
+        select(Delivery.claimed_by).where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING)
+        .distinct()
+    ).all()
+    dead = []
+    for owner in owners:
+        host, _, rest = (owner or "").partition(":")
+        pid = rest.partition(":")[0]
+        if host != _HOST or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            dead.append(owner)
+        except PermissionError:  # alive, someone else's
+            pass
+    return dead
+
+
+def _claim(engine: Engine, issue_id: int | None, owner: str, limit: int, now: datetime,
+           lease: timedelta) -> list[tuple[Delivery, Subscriber]]:
     """Lease up to ``limit`` due deliveries to ``owner``; returns only the rows this owner got."""
     with session(engine) as db:
+        dead = _dead_owners(db, issue_id)
+        if dead:
+            log.warning("taking over deliveries of sender(s) that are no longer running: %s", ", ".join(dead))
+            db.execute(
+                update(Delivery)
+                .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING,
+                       col(Delivery.claimed_by).in_(dead))
+                .values(status=DeliveryStatus.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=now)
+            )
+            db.commit()
         ids = list(db.exec(select(Delivery.id).where(_due(issue_id, now)).order_by(col(Delivery.id)).limit(limit)))
         if not ids:
             return []
@@ -181,7 +256,7 @@ def _claim(engine: Engine, issue_id: int, owner: str, limit: int, now: datetime)
         db.execute(
             update(Delivery)
             .where(col(Delivery.id).in_(ids), _due(issue_id, now))
-            .values(status=DeliveryStatus.SENDING, claimed_by=owner, lease_expires_at=now + LEASE, updated_at=now)
+            .values(status=DeliveryStatus.SENDING, claimed_by=owner, lease_expires_at=now + lease, updated_at=now)
         )
         db.commit()
         rows = db.exec(
@@ -193,14 +268,20 @@ def _claim(engine: Engine, issue_id: int, owner: str, limit: int, now: datetime)
         return list(rows.all())
 
 
-class _Composer:
-    """Turns a claimed delivery into message bytes; everything per issue is computed once here."""
+def _section_key(summary: Summary) -> str:
+    return (" ".join((summary.category or "").split()) or DEFAULT_SECTION).casefold()
 
-    def __init__(self, config: Config, issue: Issue, rendered: RenderedIssue) -> None:
+
+class _Composer:
+    """Turns a claimed delivery into message bytes. Renders once per distinct topic selection (cached)."""
+
+    def __init__(self, config: Config, issue: Issue, items: Sequence[Summary], backend: Backend | None = None) -> None:
         self.config = config
         self.issue = issue
-        self.rendered = rendered
+        self.items = list(items)
         self.links = LinkSigner(config)
+        self.extra_headers = backend.extra_headers() if backend is not None else {}
+        self._templates: dict[tuple[int | None, ...], MessageTemplate] = {}
 
     def values(self, subscriber: Subscriber) -> RecipientValues:
         return RecipientValues(
@@ -210,67 +291,154 @@ class _Composer:
             preferences_url=self.links.preferences_url(subscriber.token),
         )
 
-    def compose(self, delivery_id: int, subscriber: Subscriber) -> OutgoingMessage:
+    def template(self, topics: Sequence[str]) -> MessageTemplate | None:
+        """The encoded issue for a topic selection (empty = everything); None when it has no item."""
+        wanted = {" ".join(t.split()).casefold() for t in topics if t and t.strip()}
+        chosen = [s for s in self.items if not wanted or _section_key(s) in wanted]
+        if not chosen:
+            return None
+        key = tuple(s.id for s in chosen)
+        if key not in self._templates:
+            rendered = render_issue(self.config, self.issue, chosen)
+            self._templates[key] = MessageTemplate(self.config, rendered, extra_headers=self.extra_headers)
+        return self._templates[key]
+
+    def compose(self, delivery_id: int, subscriber: Subscriber, template: MessageTemplate) -> OutgoingMessage:
         message_id = make_message_id(self.config, self.issue.number, subscriber.token)
-        data = build_message(self.config, self.rendered, self.values(subscriber), message_id=message_id)
-        return OutgoingMessage(delivery_id, self.config.newsletter.sender_address, subscriber.email, message_id, data)
+        data = template.personalise(self.values(subscriber), message_id=message_id)
+        return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
+                               message_id, data)
 
 
-def _send_batch(
-    engine: Engine,
-    backend: Backend,
-    composer: _Composer,
-    claimed: Sequence[tuple[Delivery, Subscriber]],
-    owner: str,
-    report: SendReport,
-    clock: Callable[[], datetime],
-) -> None:
-    messages: list[OutgoingMessage] = []
-    skipped: list[int] = []
-    unsendable: list[SendResult] = []  # an address no message can be built for fails alone
-    for delivery, subscriber in claimed:
-        assert delivery.id is not None
-        if subscriber.status is not SubscriberStatus.ACTIVE:
-            skipped.append(delivery.id)
-            continue
+@dataclass
+class _Window:
+    """What one window produced, to be written in one transaction."""
+
+    results: list[SendResult] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)  # delivery id -> reason
+    bounce: set[int] = field(default_factory=set)  # delivery ids whose FAILED result is a hard bounce
+    message_ids: dict[int, str] = field(default_factory=dict)
+
+
+class _Loop:
+    def __init__(self, engine: Engine, config: Config, backend: Backend, composer: _Composer, report: SendReport,
+                 clock: Callable[[], datetime], stop: threading.Event | None) -> None:
+        self.engine, self.config, self.backend, self.composer = engine, config, backend, composer
+        self.report, self.clock, self.stop = report, clock, stop
+        self.owner = _new_owner()
+        self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
+
+    def run(self, batch_size: int, progress: Progress | None) -> None:
+        issue_id, lease = self.report.issue.id, self.config.delivery.lease_time
+        window = self.backend.max_in_flight or batch_size
+        done = 0
+        while not self._should_stop() and (claimed := _claim(self.engine, issue_id, self.owner, batch_size,
+                                                              self.clock(), lease)):
+            for start in range(0, len(claimed), window):
+                if start and self._should_stop():
+                    break
+                part = claimed[start:start + window]
+                try:
+                    self._send_window(part)
+                except BaseException:
+                    _release(self.engine, [d.id for d, _ in claimed[start:]], self.owner)
+                    raise
+                done += len(part)
+                if progress:
+                    progress(self.report.issue.number, done, self.report.total)
+            _release(self.engine, [d.id for d, _ in claimed], self.owner)  # whatever a stop left unsent
+
+    def _should_stop(self) -> bool:
+        if self.report.stopped:
+            return True
+        if self.stop is not None and self.stop.is_set():
+            self.report.stopped = "stopped on request; in-flight messages were recorded"
+            return True
+        with session(self.engine) as db:
+            status = db.exec(select(Issue.status).where(Issue.id == self.report.issue.id)).one()
+        if status not in SENDABLE:
+            self.report.stopped = f"the issue was {status.value} by another command"
+            return True
+        return False
+
+    def _send_window(self, claimed: Sequence[tuple[Delivery, Subscriber]]) -> None:
+        window = _Window()
+        messages: list[OutgoingMessage] = []
+        for delivery, subscriber in claimed:
+            assert delivery.id is not None
+            if subscriber.status is not SubscriberStatus.ACTIVE:
+                window.skipped[delivery.id] = f"subscriber is {subscriber.status.value}"
+                continue
+            template = self.composer.template(subscriber.topics)
+            if template is None:
+                window.skipped[delivery.id] = f"no items this issue for topics: {', '.join(subscriber.topics)}"
+                continue
+            try:
+                message = self.composer.compose(delivery.id, subscriber, template)
+            except InvalidAddress as exc:  # an address no message can be built for fails alone
+                window.results.append(SendResult(delivery.id, SendStatus.FAILED, str(exc)))
+                continue
+            messages.append(message)
+            window.message_ids[delivery.id] = message.message_id
         try:
-            messages.append(composer.compose(delivery.id, subscriber))
-        except InvalidAddress as exc:
-            unsendable.append(SendResult(delivery.id, SendStatus.FAILED, str(exc)))
-    try:
-        results = backend.send(messages) if messages else []
-    except NewsletterError:
-        raise
-    except Exception as exc:
-        raise DeliveryError(f"the {backend.describe()} backend failed: {exc}; the batch will be sent again") from exc
-    message_ids = {m.delivery_id: m.message_id for m in messages}
-    _record(engine, owner, [*results, *unsendable], skipped, message_ids, {d.id: d.attempts for d, _ in claimed},
-            report, clock())
+            results = self.backend.send(messages) if messages else []
+        except NewsletterError:
+            raise
+        except Exception as exc:
+            raise DeliveryError(
+                f"the {self.backend.describe()} backend failed: {exc}; the batch will be sent again"
+            ) from exc
+        window.bounce = {r.delivery_id for r in results if r.status is SendStatus.FAILED}
+        window.results.extend(results)
+        attempts = {d.id: d.attempts for d, _ in claimed}
+        subscribers = {d.id: s.id for d, s in claimed}
+        _record(self.engine, self.config, self.owner, window, attempts, subscribers, self.report, self.clock())
+        self._watch_errors(window.results)
+
+    def _watch_errors(self, results: Sequence[SendResult]) -> None:
+        """Pause the issue when too many of the recent results were failures."""
+        self.recent.extend(r.status is not SendStatus.SENT for r in results)
+        limit = self.config.delivery.pause_error_rate
+        if len(self.recent) < (self.recent.maxlen or 0):
+            return
+        rate = sum(self.recent) / len(self.recent)
+        if rate > limit:
+            reason = (
+                f"paused: {rate:.0%} of the last {len(self.recent)} messages failed (limit {limit:.0%}); "
+                f"check `newsletter digest status {self.report.issue.number}`, then "
+                f"`newsletter digest resume {self.report.issue.number}`"
+            )
+            pause_issue(self.engine, self.report.issue.number)
+            log.warning("issue #%d %s", self.report.issue.number, reason)
+            self.report.stopped = reason
 
 
 def _record(
     engine: Engine,
+    config: Config,
     owner: str,
-    results: Sequence[SendResult],
-    skipped: Sequence[int],
-    message_ids: dict[int, str],
+    window: _Window,
     attempts: dict[int | None, int],
+    subscribers: dict[int | None, int | None],
     report: SendReport,
     now: datetime,
 ) -> None:
-    """Write the batch's results in one transaction, only to rows this sender still holds."""
+    """Write the window's results in one transaction, only to rows this sender still holds."""
     done = {"claimed_by": None, "lease_expires_at": None, "updated_at": now}
     held = and_(Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
+    schedule = config.delivery.retry_delays
     with session(engine) as db:
-        for result in results:
+        for result in window.results:
             tried = attempts[result.delivery_id] + 1
-            values: dict[str, Any] = {**done, "attempts": tried, "message_id": message_ids.get(result.delivery_id)}
+            values: dict[str, Any] = {
+                **done, "attempts": tried, "message_id": window.message_ids.get(result.delivery_id)
+            }
             if result.status is SendStatus.SENT:
                 values |= {"status": DeliveryStatus.SENT, "sent_at": now, "last_error": None}
-            elif result.status is SendStatus.RETRY and tried <= len(RETRY_SCHEDULE):
+            elif result.status is SendStatus.RETRY and tried <= len(schedule):
                 values |= {
                     "status": DeliveryStatus.RETRY,
-                    "next_attempt_at": now + RETRY_SCHEDULE[tried - 1],
+                    "next_attempt_at": now + schedule[tried - 1],
                     "last_error": result.detail,
                 }
             else:
@@ -278,13 +446,19 @@ def _record(
                 detail = f"gave up after {tried} attempts: {result.detail}" if gave_up else result.detail
                 values |= {"status": DeliveryStatus.FAILED, "last_error": detail}
             written = db.execute(update(Delivery).where(col(Delivery.id) == result.delivery_id, held).values(**values))
-            if written.rowcount:
-                report.count(values["status"])
-        if skipped:
+            if not written.rowcount:
+                continue
+            report.count(values["status"])
+            if result.delivery_id in window.bounce:
+                subscriber = db.get(Subscriber, subscribers[result.delivery_id])
+                assert subscriber is not None
+                detail = {"reason": result.detail, "issue": str(report.issue.number), "source": "smtp"}
+                report.bounced += record_bounce(db, config, subscriber, hard=True, detail=detail, now=now)
+        for delivery_id, reason in window.skipped.items():
             written = db.execute(
                 update(Delivery)
-                .where(col(Delivery.id).in_(skipped), held)
-                .values(**done, status=DeliveryStatus.SKIPPED, last_error="subscriber left the list")
+                .where(col(Delivery.id) == delivery_id, held)
+                .values(**done, status=DeliveryStatus.SKIPPED, last_error=reason)
             )
             report.skipped += written.rowcount
         db.commit()
@@ -338,9 +512,11 @@ def write_preview(
         sample = db.exec(
             select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(col(Subscriber.id))
         ).first() or Subscriber(email="reader@example.org", name="Sample Reader")
-    composer = _Composer(config, issue, render_issue(config, issue, items))
-    html, text = composer.rendered.personalise(composer.values(sample))
-    message = composer.compose(0, sample)
+    composer = _Composer(config, issue, items)
+    template = composer.template(sample.topics) or composer.template([])
+    assert template is not None
+    html, text = template.rendered.personalise(composer.values(sample))
+    message = composer.compose(0, sample, template)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = PreviewFiles(description, out_dir / "issue.html", out_dir / "issue.txt", out_dir / "sample.eml")
@@ -359,9 +535,113 @@ def _finish(engine: Engine, report: SendReport) -> None:
         assert issue is not None
         counts = delivery_counts(db, issue)
         report.remaining = sum(counts[status] for status in UNFINISHED)
-        if report.remaining == 0 and issue.status is not IssueStatus.SENT:
+        if report.remaining == 0 and issue.status in SENDABLE:  # a paused or cancelled issue stays so
             issue.status = IssueStatus.SENT
             issue.sent_at = utcnow()
             db.add(issue)
             db.commit()
         report.issue = issue
+
+
+# -- control and visibility ---------------------------------------------------------------------------------
+
+_ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
+
+
+def _set_status(engine: Engine, number: int | None, allowed: Sequence[IssueStatus], new: IssueStatus,
+                verb: str) -> Issue:
+    with session(engine) as db:
+        issue = find_issue(db, number)
+        if issue.status not in allowed:
+            raise NewsletterError(f"issue #{issue.number} is {issue.status.value}, so it cannot be {verb}")
+        issue.status = new
+        db.add(issue)
+        db.commit()
+        db.refresh(issue)
+        return issue
+
+
+def pause_issue(engine: Engine, number: int | None = None) -> Issue:
+    """Stop sending an issue (a running sender stops after its current window) until :func:`resume_issue`."""
+    return _set_status(engine, number, SENDABLE, IssueStatus.PAUSED, "paused")
+
+
+def resume_issue(engine: Engine, number: int | None = None) -> Issue:
+    """Let a paused issue be sent again; the next ``digest send`` (or the scheduler) goes on."""
+    return _set_status(engine, number, (IssueStatus.PAUSED,), IssueStatus.SENDING, "resumed")
+
+
+def cancel_issue(engine: Engine, number: int | None = None) -> tuple[Issue, int]:
+    """Cancel an issue: every delivery not yet sent or being sent becomes ``skipped``; returns how many."""
+    with session(engine) as db:
+        issue = find_issue(db, number)
+        if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
+            raise NewsletterError(f"issue #{issue.number} is already {issue.status.value}; nothing to cancel")
+        skipped = db.execute(
+            update(Delivery)
+            .where(Delivery.issue_id == issue.id,
+                   col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.RETRY]))
+            .values(status=DeliveryStatus.SKIPPED, last_error="issue cancelled", updated_at=utcnow())
+        ).rowcount
+        issue.status = IssueStatus.CANCELLED
+        db.add(issue)
+        db.commit()
+        db.refresh(issue)
+        return issue, skipped
+
+
+def retry_failed(engine: Engine, number: int | None = None) -> tuple[Issue, int]:
+    """Queue the issue's ``failed`` deliveries again (attempts start over); returns how many.
+
+    Subscribers who bounced or left are queued too but are skipped at send time, never mailed.
+    """
+    with session(engine) as db:
+        issue = find_issue(db, number)
+        if issue.status is IssueStatus.CANCELLED:
+            raise NewsletterError(f"issue #{issue.number} was cancelled; nothing is sent for it")
+        count = db.execute(
+            update(Delivery)
+            .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.FAILED)
+            .values(status=DeliveryStatus.QUEUED, attempts=0, next_attempt_at=None, updated_at=utcnow())
+        ).rowcount
+        if count and issue.status is IssueStatus.SENT:
+            issue.status, issue.sent_at = IssueStatus.SENDING, None
+            db.add(issue)
+        db.commit()
+        db.refresh(issue)
+        return issue, count
+
+
+@dataclass(frozen=True)
+class IssueStatusReport:
+    issue: Issue
+    counts: dict[DeliveryStatus, int]
+    rate_per_minute: float | None  # sent messages per minute between the first and the last one
+    errors: list[tuple[str, int]]  # last_error with addresses blanked, most frequent first
+    next_retry_at: datetime | None
+
+
+def issue_status(engine: Engine, number: int | None = None, *, top: int = 10) -> IssueStatusReport:
+    """Counts by state, sending rate and errors grouped by reason for one issue (default: the newest)."""
+    with session(engine) as db:
+        issue = find_issue(db, number)
+        counts = delivery_counts(db, issue)
+        first, last = db.exec(
+            select(func.min(Delivery.sent_at), func.max(Delivery.sent_at)).where(Delivery.issue_id == issue.id)
+        ).one()
+        rate = None
+        if first and last and last > first:
+            rate = counts[DeliveryStatus.SENT] / ((last - first).total_seconds() / 60)
+        reasons = db.exec(
+            select(Delivery.last_error).where(
+                Delivery.issue_id == issue.id, col(Delivery.last_error).is_not(None),
+                col(Delivery.status).in_([DeliveryStatus.FAILED, DeliveryStatus.RETRY, DeliveryStatus.SKIPPED]),
+            )
+        ).all()
+        grouped = Counter(_ADDRESS.sub("<address>", reason or "") for reason in reasons)
+        next_retry = db.exec(
+            select(func.min(Delivery.next_attempt_at)).where(
+                Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.RETRY
+            )
+        ).one()
+    return IssueStatusReport(issue, counts, rate, grouped.most_common(top), next_retry)

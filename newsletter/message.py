@@ -1,5 +1,10 @@
 """One subscriber's digest as RFC 5322 bytes: a rendered issue, personalised, with list headers.
 
+Two ways to the same message: :func:`build_message` builds a fresh :class:`~email.message.EmailMessage`
+(the reference, ~3.7 ms for a 55 KB digest), and :class:`MessageTemplate` encodes everything per issue
+once and splices each subscriber's headers and values in as bytes (microseconds). The send loop uses the
+template; a test parses both with the standard library and shows they are the same message.
+
 The message is ``multipart/alternative`` (text/plain first, text/html last, both UTF-8 quoted-printable,
 so no line exceeds 998 octets) with CRLF line endings. It carries RFC 2369/2919/8058 list headers so mail
 clients show an unsubscribe button that works with one click. No CR or LF from data (a subscriber's
@@ -8,10 +13,13 @@ name, a subject) ever reaches a header: names are flattened to one line, address
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import hashlib
+import html as html_escaping
 import logging
 import re
+import secrets
 import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,6 +27,7 @@ from email.errors import MessageError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage, MIMEPart
 from email.policy import EmailPolicy, Policy
+from email.quoprimime import body_encode
 from email.utils import format_datetime, formataddr
 from typing import cast
 
@@ -126,3 +135,124 @@ def _address(name: str, address: str) -> Address:
             f"cannot send to {address!r}: not a single plain (ASCII) email address ({exc or 'empty'}); "
             "correct or remove this subscriber"
         ) from None
+
+
+_QP_SAFE = re.compile(r"^[!-<>-~]+(?: [!-<>-~]+)*$")  # printable ASCII except "=", no edge/double spaces
+_SIMPLE_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
+_ATEXT_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_SOFT_BREAK = b"=\r\n"
+_QP_LINE = 75  # 76 octets per encoded line, one kept for the soft line break's "="
+
+
+def qp_encode(value: str) -> bytes:
+    """``value`` as UTF-8 quoted-printable body text with CRLF lines of at most 76 octets."""
+    if _QP_SAFE.fullmatch(value):  # the common case (URLs, addresses, plain names): only line length matters
+        if len(value) <= _QP_LINE:
+            return value.encode("ascii")
+        chunks = [value[i:i + _QP_LINE] for i in range(0, len(value), _QP_LINE)]
+        return _SOFT_BREAK.join(chunk.encode("ascii") for chunk in chunks)
+    # maxlinelen 75: a soft line break may follow the last line
+    return body_encode(value.encode("utf-8").decode("latin-1"), maxlinelen=_QP_LINE, eol="\r\n").encode("ascii")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """One text part's encoded body: static chunks with the names of the fields between them."""
+
+    chunks: tuple[bytes, ...]
+    fields: tuple[str, ...]  # len(chunks) == len(fields) + 1
+    is_html: bool
+
+
+class MessageTemplate:
+    """The issue's message encoded once; :meth:`personalise` splices one subscriber in as bytes.
+
+    The bodies are split at the renderer's markers (one per :class:`RecipientValues` field, whatever
+    fields it has) and each piece is quoted-printable encoded on its own, ended by a soft line break, so
+    no encoder can split a marker and a spliced value never lengthens an encoded line beyond 76 octets.
+    Headers that differ per subscriber (To, Date, Message-ID, List-Unsubscribe) are written in front of
+    the per-issue headers. ``extra_headers`` (e.g. ``Feedback-ID``) are the same for every message.
+    """
+
+    def __init__(self, config: Config, rendered: RenderedIssue, *, extra_headers: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.rendered = rendered
+        self.fields = tuple(f.name for f in dataclasses.fields(rendered.markers))
+        nonce = secrets.token_hex(8).upper()
+        text_slot, html_slot = f"NLBODYTEXT{nonce}X", f"NLBODYHTML{nonce}X"
+        letter = config.newsletter
+        message = EmailMessage(policy=POLICY)
+        message["From"] = letter.sender
+        if letter.reply_to:
+            message["Reply-To"] = letter.reply_to
+        message["Subject"] = single_line(rendered.subject)
+        message["List-Id"] = formataddr((letter.name, letter.list_id))
+        self.one_click = config.newsletter.site_url.lower().startswith("https://")
+        if self.one_click:
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058 needs an https URI
+        for name, value in (extra_headers or {}).items():
+            message[name] = single_line(value)
+        message.set_content(text_slot, subtype="plain", charset="utf-8", cte="quoted-printable")
+        message.make_alternative()
+        html_part = MIMEPart(policy=POLICY)
+        html_part.set_content(html_slot, subtype="html", charset="utf-8", cte="quoted-printable")
+        message.attach(html_part)  # type: ignore[arg-type]
+        encoded = message.as_bytes()
+        head, _, rest = encoded.partition(text_slot.encode() + b"\r\n")
+        middle, _, tail = rest.partition(html_slot.encode() + b"\r\n")
+        self._mailto = f"mailto:{letter.unsubscribe_address}?subject=unsubscribe"
+        self._pieces: tuple[bytes | _Part, ...] = (
+            head, self._split(rendered.text, is_html=False), middle, self._split(rendered.html, is_html=True), tail,
+        )
+
+    def _split(self, body: str, *, is_html: bool) -> _Part:
+        markers = {getattr(self.rendered.markers, name): name for name in self.fields}
+        pattern = re.compile("|".join(re.escape(marker) for marker in markers))
+        pieces = pattern.split(body)
+        found = tuple(markers[m] for m in pattern.findall(body))
+        if not pieces[-1].endswith("\n"):
+            pieces[-1] += "\n"
+        return _Part(tuple(qp_encode(piece) if piece else b"" for piece in pieces), found, is_html)
+
+    def personalise(self, values: RecipientValues, *, message_id: str, date: datetime | None = None) -> bytes:
+        """The complete message for one subscriber; raises like :func:`build_message`."""
+        if not _MESSAGE_ID.match(message_id):
+            raise ValueError(f"message_id {message_id!r} must look like <local@domain>")
+        url = values.unsubscribe_url
+        if not _URI.match(url) or not url.lower().startswith("http"):
+            raise ValueError(f"unsubscribe URL {url!r} must be an http(s) URL without spaces")
+        name = single_line(values.name)
+        values = dataclasses.replace(values, name=name)
+        raw = {field: getattr(values, field) or "" for field in self.fields}
+        text_values = {field: qp_encode(value) for field, value in raw.items()}
+        html_values = {field: qp_encode(html_escaping.escape(value, quote=True)) for field, value in raw.items()}
+        out = [
+            b"To: ", _to_header(name, values.email), b"\r\n",
+            b"Date: ", format_datetime(as_utc(date or datetime.now(UTC))).encode(), b"\r\n",
+            b"Message-ID: ", message_id.encode("ascii"), b"\r\n",
+            b"List-Unsubscribe: <", url.encode("ascii"), b">,\r\n <", self._mailto.encode("ascii"), b">\r\n",
+        ]
+        for piece in self._pieces:
+            if isinstance(piece, bytes):
+                out.append(piece)
+                continue
+            encoded = html_values if piece.is_html else text_values
+            for chunk, field, after in zip(piece.chunks, piece.fields, piece.chunks[1:], strict=False):
+                if chunk and not chunk.endswith(b"\r\n"):
+                    out += (chunk, _SOFT_BREAK)
+                else:
+                    out.append(chunk)
+                out.append(encoded[field])
+                if not after.startswith(b"\r\n"):
+                    out.append(_SOFT_BREAK)  # else the value ends its line itself (a soft break would be ambiguous)
+            out.append(piece.chunks[-1])
+        return b"".join(out)
+
+
+def _to_header(name: str, email_address: str) -> bytes:
+    """The To: value; plain ASCII written directly, anything else folded and encoded by the stdlib."""
+    simple_name = not name or _ATEXT_NAME.fullmatch(name)
+    if _SIMPLE_ADDRESS.fullmatch(email_address) and simple_name and len(name + email_address) < 60:
+        return (f"{name} <{email_address}>" if name else email_address).encode("ascii")
+    header = POLICY.header_factory("To", _address(name, email_address))
+    return header.fold(policy=POLICY).encode("utf-8").removeprefix(b"To: ").removesuffix(b"\r\n")

@@ -51,6 +51,8 @@ class IssueStatus(enum.StrEnum):
     PREPARED = "prepared"
     SENDING = "sending"
     SENT = "sent"
+    PAUSED = "paused"  # by `digest pause` or by the send loop when too many messages fail
+    CANCELLED = "cancelled"  # by `digest cancel`: what was not sent is skipped
 
 
 class DeliveryStatus(enum.StrEnum):

@@ -19,9 +19,17 @@ def load_plugin(entry_point: EntryPoint, base: type[T], error: type[NewsletterEr
     try:
         cls = entry_point.load()
     except ImportError as exc:
+        package = entry_point.dist.name if entry_point.dist else "the package that provides it"
+        missing = (exc.name or "").split(".")[0]
+        if missing and missing != entry_point.module.split(".")[0]:  # the plugin is there, a dependency is not
+            raise error(
+                f"{where}the {entry_point.name!r} {kind} from {package} needs the module {exc.name!r}, which is "
+                f"not installed; install it (e.g. pip install {missing.replace('_', '-')}) or "
+                f"see {package}'s documentation for its extras"
+            ) from None
         raise error(
             f"{where}the {entry_point.name!r} {kind} ({entry_point.value}) could not be imported ({exc}); "
-            f"install the package that provides it"
+            f"install {package}"
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise error(

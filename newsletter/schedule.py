@@ -36,14 +36,29 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from newsletter.backends import create_backend
+from newsletter.bounces import process_bounces
 from newsletter.config import Config
 from newsletter.db import session
+from newsletter.checks import check_issue
+from newsletter.delivery import SENDABLE, SendReport, send_issue
+from newsletter.digest import (
+    Period,
+    PrepareOutcome,
+    period_before,
+    prepare_issue,
+    unfinished_issues,
+)
+from newsletter.errors import NewsletterError
 from newsletter.ingest.feeds import poll_feeds
 from newsletter.ingest.inbox import process_inbox
-from newsletter.delivery import SendReport, send_unfinished
-from newsletter.digest import Period, PrepareOutcome, period_before, prepare_issue, unfinished_issues
-from newsletter.errors import NewsletterError
-from newsletter.models import Issue, JobFailure, PeriodOutcome, ScheduledPeriod, SchedulerLease, utcnow
+from newsletter.models import (
+    Issue,
+    JobFailure,
+    PeriodOutcome,
+    ScheduledPeriod,
+    SchedulerLease,
+    utcnow,
+)
 from newsletter.render import as_utc
 
 log = logging.getLogger(__name__)
@@ -105,10 +120,6 @@ def last_run_time(config: Config, now: datetime) -> datetime | None:
 # --- the digest job -----------------------------------------------------------------------------------
 
 
-class StopRequested(Exception):
-    """Raised between two batches of a send when the scheduler is asked to stop."""
-
-
 @dataclass
 class DueResult:
     """What :func:`run_if_due` did: the period it looked at (if any) and one line per thing done."""
@@ -167,7 +178,6 @@ def _handle_period(engine: Engine, config: Config, result: DueResult, now: datet
         log.warning("%s: catching up the issue due at %s (%s late)", period.key, _when(config, due_at), _age(late))
     prepared = prepare_issue(engine, config, period=period)
     log.info(prepared.message())
-    # Pre-send checks (render engineer) go here, one line: a check that fails raises, so nothing is sent.
     outcome = _OUTCOMES[prepared.outcome]
     if _record(engine, period, outcome, due_at, prepared.issue, prepared.message()):
         result.outcome = outcome
@@ -227,20 +237,38 @@ def _record(
 
 def send_due(engine: Engine, config: Config, *, halt: threading.Event | None = None) -> list[SendReport]:
     """Send what is due of every unfinished issue (retries whose time has come, an interrupted send); does
-    nothing when every issue is sent. With ``halt``, stops after the batch in flight once it is set."""
+    nothing when no issue is left to send (paused and cancelled ones are left alone). With ``halt``, stops
+    after the messages in flight once it is set.
+
+    Each issue passes the pre-send checks first (as ``digest send`` without ``--force``). One that fails is
+    not sent: its findings are logged and NewsletterError names it after the others were sent.
+    """
     with session(engine) as db:
-        if not unfinished_issues(db):
-            return []
-
-    def between_batches(_number: int, _done: int, _total: int) -> None:
+        numbers = [issue.number for issue in unfinished_issues(db) if issue.status in SENDABLE]
+    refused = [number for number in numbers if not _passes_checks(engine, config, number)]
+    reports: list[SendReport] = []
+    backend = create_backend(config) if len(refused) < len(numbers) else None
+    for number in numbers:
+        if backend is None or number in refused:
+            continue
+        reports.append(send_issue(engine, config, backend, number, stop=halt))
         if halt is not None and halt.is_set():
-            raise StopRequested
+            log.warning("stopped sending after the messages in flight; the rest is sent on the next run")
+            break
+    if refused:
+        listed = ", ".join(f"#{number}" for number in refused)
+        raise NewsletterError(
+            f"issue {listed} fails the pre-send checks (findings in the log above); fix the templates or the "
+            f"summaries, or send anyway with `newsletter digest send --force`"
+        )
+    return reports
 
-    try:
-        return send_unfinished(engine, config, create_backend(config), progress=between_batches)
-    except StopRequested:
-        log.warning("stopped sending after the batch in flight; the rest is sent on the next run")
-        return []
+
+def _passes_checks(engine: Engine, config: Config, number: int) -> bool:
+    report = check_issue(engine, config, number)
+    for finding in report.findings:
+        (log.error if finding.severity == "error" else log.warning)("issue #%d: %s", number, finding.line())
+    return report.ok
 
 
 # --- job list and failures ----------------------------------------------------------------------------
@@ -263,6 +291,7 @@ def build_jobs(config: Config, halt: threading.Event) -> list[Job]:
         Job("send-due", IntervalTrigger(minutes=every.send_due), partial(send_due, halt=halt)),
         *([Job("feeds", IntervalTrigger(minutes=every.feeds), poll_feeds)] if config.ingest.feeds else []),
         *([Job("inbox", IntervalTrigger(minutes=every.inbox), process_inbox)] if config.ingest.inbox else []),
+        *([Job("bounces", IntervalTrigger(minutes=every.bounces), process_bounces)] if config.bounces.mailbox else []),
     ]
 
 

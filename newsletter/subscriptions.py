@@ -17,9 +17,22 @@ from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
 
 from newsletter.db import session
-from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus, Summary, utcnow
+from newsletter.models import (
+    Event,
+    EventKind,
+    Subscriber,
+    SubscriberStatus,
+    Summary,
+    utcnow,
+)
 from newsletter.render import DEFAULT_SECTION
-from newsletter.subscribers import clean_name, find_subscriber, is_suppressed, mark_unsubscribed, normalise_address
+from newsletter.subscribers import (
+    clean_name,
+    find_subscriber,
+    is_suppressed,
+    mark_unsubscribed,
+    normalise_address,
+)
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import (
+    BadData,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
 
 from newsletter.config import Config
 from newsletter.errors import ExpiredToken, InvalidToken, NewsletterError

@@ -17,7 +17,13 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from newsletter.backends import OutgoingMessage, SendResult, SendStatus, backend_class, create_backend
+from newsletter.backends import (
+    OutgoingMessage,
+    SendResult,
+    SendStatus,
+    backend_class,
+    create_backend,
+)
 from newsletter.backends.console import ConsoleBackend
 from newsletter.backends.file import FileBackend
 from newsletter.backends.smtp import SmtpBackend
@@ -53,7 +59,7 @@ def smtp_config(base_dir: Path, **options: Any) -> Config:
 
 def smtp_backend(base_dir: Path, server: SmtpServer, **options: Any) -> SmtpBackend:
     """The backend as the application builds it: by name from the config."""
-    options = {"host": server.host, "port": server.port, "security": "none", **options}
+    options = {"host": server.host, "port": server.port, "security": "none", "connections": 1, **options}
     backend = create_backend(smtp_config(base_dir, **options))
     assert isinstance(backend, SmtpBackend)
     return backend
@@ -259,14 +265,15 @@ def test_smtp_server_lost_mid_batch_leaves_the_rest_for_retry(
     server = start_server()
     with smtp_backend(tmp_path, server, timeout=5) as backend:
         first = backend.send([outgoing(1)])
-        original = backend._transaction
+        lane = backend._lanes[0]
+        original = lane._transaction
 
         def stop_after_first(message: OutgoingMessage) -> SendResult:
             if message.delivery_id == 3:
                 server.stop()
             return original(message)
 
-        backend._transaction = stop_after_first  # type: ignore[method-assign]
+        lane._transaction = stop_after_first  # type: ignore[method-assign]
         results = backend.send([outgoing(2), outgoing(3), outgoing(4)])
 
     assert first[0].status is SendStatus.SENT
@@ -300,7 +307,7 @@ def test_smtp_non_ascii_address_without_smtputf8_fails_that_message_only(
 
 def test_smtp_describe_and_defaults(tmp_path: Path) -> None:
     backend = create_backend(smtp_config(tmp_path, host="smtp.example.org"))
-    assert backend.describe() == "smtp smtp.example.org:587 (starttls)"
+    assert backend.describe() == "smtp smtp.example.org:587 (starttls, 4 connection(s))"
 
 
 # -- SMTP: connecting, TLS and login ------------------------------------------------------------
@@ -497,3 +504,112 @@ def test_bad_smtp_option_values_fail_at_config_load(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(expected)):
         smtp_config(tmp_path, **options)
+
+
+# -- SMTP: parallel connections, rate limit, DKIM, Feedback-ID ------------------------------------------------
+
+
+@dataclass
+class ConcurrentHandler(SessionHandler):
+    """Holds each DATA until ``expected`` sessions are in DATA at once (or 5 s pass); records the peak."""
+
+    expected: int = 3
+    active: int = 0
+    peak: int = 0
+
+    def __post_init__(self) -> None:
+        import asyncio
+
+        self.all_in = asyncio.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import asyncio
+
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        if self.active >= self.expected:
+            self.all_in.set()
+        try:
+            await asyncio.wait_for(self.all_in.wait(), timeout=5)
+        except TimeoutError:
+            pass
+        self.active -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_smtp_sends_over_parallel_connections(tmp_path: Path) -> None:
+    handler = ConcurrentHandler(expected=3)
+    controller = Controller(handler, hostname="127.0.0.1", port=unused_port())
+    controller.start()
+    try:
+        server = SmtpServer("127.0.0.1", controller.port, handler)
+        with smtp_backend(tmp_path, server, connections=3) as backend:
+            results = backend.send([outgoing(n) for n in range(1, 7)])
+    finally:
+        controller.stop()
+    assert [r.status for r in results] == [SendStatus.SENT] * 6
+    assert [r.delivery_id for r in results] == list(range(1, 7))
+    assert handler.peak == 3 and handler.all_in.is_set()
+    assert len(set(handler.connections_per_message())) == 3
+    assert sorted(m.recipients[0] for m in handler.messages) == sorted(f"reader{n}@example.net" for n in range(1, 7))
+
+
+def test_rate_limiter_spaces_messages_evenly_across_threads() -> None:
+    from newsletter.backends.smtp import RateLimiter
+
+    now = [100.0]
+    slept: list[float] = []
+    limiter = RateLimiter(4, clock=lambda: now[0], sleep=slept.append)  # 4/s: one every 0.25 s
+    for _ in range(4):
+        limiter.acquire()
+    assert slept == [0.25, 0.5, 0.75]  # the first goes at once, each later one waits its turn
+    now[0] += 10  # idle for a while: no burst credit is saved up beyond the next slot
+    slept.clear()
+    limiter.acquire()
+    limiter.acquire()
+    assert slept == [0.25]
+
+
+def test_dkim_signature_covers_the_list_headers_and_verifies(config, engine, smtp_server, tmp_path: Path) -> None:
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from newsletter.delivery import send_issue
+    from newsletter.digest import prepare_issue
+    from tests.conftest import make_config
+    from tests.helpers import add_people, add_summaries
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "dkim.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    smtp = make_config(tmp_path, backend={"name": "smtp", "options": {
+        "host": smtp_server.host, "port": smtp_server.port, "security": "none", "dkim_selector": "nl2026",
+        "dkim_private_key": "dkim.pem", "feedback_id": "digest:weekly:newsletter:example"}})
+    add_summaries(engine, 1)
+    add_people(engine, "ada@example.org")
+    prepare_issue(engine, smtp)
+    assert send_issue(engine, smtp, create_backend(smtp), 1).sent == 1
+
+    data = smtp_server.messages[0].data
+    message = smtp_server.messages[0].parsed()
+    assert message["Feedback-ID"] == "digest:weekly:newsletter:example"
+    signed = {h.strip().lower() for h in str(message["DKIM-Signature"]).replace("\r\n", "").split("h=")[1].split(";")[0].split(":")}
+    assert {"from", "subject", "list-unsubscribe", "list-unsubscribe-post", "feedback-id", "to"} <= signed
+    dns = {b"nl2026._domainkey.example.org.": f"v=DKIM1; k=rsa; p={public}".encode()}
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: dns.get(name))
+    tampered = data.replace(b"List-Unsubscribe: <https://", b"List-Unsubscribe: <http://", 1)
+    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: dns.get(name))
+
+
+def test_dkim_without_dkimpy_installed_says_what_to_install(tmp_path: Path, smtp_server: SmtpServer, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dkim", None)  # as if not installed
+    backend = smtp_backend(tmp_path, smtp_server, dkim_selector="s1", dkim_private_key="k.pem")
+    with pytest.raises(DeliveryError, match=r"dkimpy is not installed; run: pip install 'newsletter\[dkim\]'"):
+        backend.open()

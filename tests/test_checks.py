@@ -9,7 +9,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from newsletter.checks import Severity, check_issue, check_message, has_errors, link_problem
+from newsletter.checks import (
+    Severity,
+    check_issue,
+    check_message,
+    has_errors,
+    link_problem,
+)
 from newsletter.cli import app
 from newsletter.config import Config
 from newsletter.db import open_database

@@ -32,6 +32,9 @@ COMMANDS = [
     ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["subscribers", "erase"],
     ["serve"], ["preview"], ["status"], ["digest"],
     ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"], ["digest", "check"],
+    ["digest", "pause"], ["digest", "resume"], ["digest", "retry-failed"], ["digest", "cancel"],
+    ["bounces"], ["bounces", "process"], ["summaries"], ["summaries", "list"], ["summaries", "show"],
+    ["summaries", "edit"], ["summaries", "exclude"],
 ]
 
 
@@ -199,3 +202,31 @@ def test_export_one_subscriber_as_json_and_erase_them(tmp_path):
     assert gone.output.strip() == "error: ada@example.org was erased; nothing but a hash of the address is stored"
     again = invoke("subscribers", "add", "ada@example.org", "--config", path)
     assert again.exit_code == 1 and "must not be added again" in again.output
+def test_pause_resume_retry_failed_cancel_and_status_through_the_cli(tmp_path):
+    path = config_file(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text(
+        '{"title": "A paper", "summary": "It found things.", "url": "https://example.org/a"}\n', encoding="utf-8")
+    assert invoke("ingest", tmp_path / "in", "--config", path).exit_code == 0
+    for person in ("ada@example.org", "bob@example.org"):
+        assert invoke("subscribers", "add", person, "--config", path).exit_code == 0
+    assert invoke("digest", "prepare", "--config", path).exit_code == 0
+
+    assert "issue #1 is paused" in invoke("digest", "pause", "--config", path).output
+    refused = invoke("digest", "send", "--config", path)
+    assert refused.exit_code == 1 and "issue #1 is paused; run `newsletter digest resume N`" in refused.output
+    assert "paused" in invoke("digest", "status", "1", "--config", path).output
+    assert invoke("digest", "resume", "1", "--config", path).exit_code == 0
+    again = invoke("digest", "resume", "1", "--config", path)
+    assert again.exit_code == 1 and "issue #1 is sending, so it cannot be resumed" in again.output
+
+    (tmp_path / "outbox").write_text("a file where the outbox folder should be")
+    broken = invoke("digest", "send", "--config", path)
+    assert broken.exit_code == 1 and "cannot create the outbox" in broken.output
+    (tmp_path / "outbox").unlink()
+    assert "sent 2" in invoke("digest", "send", "--config", path).output
+    assert "0 failed deliveries queued again" in invoke("digest", "retry-failed", "--config", path).output
+    status = invoke("digest", "status", "--config", path)
+    assert "sent 2" in status.output and ": sent" in status.output
+    cancelled = invoke("digest", "cancel", "--config", path)
+    assert cancelled.exit_code == 1 and "issue #1 is already sent; nothing to cancel" in cancelled.output

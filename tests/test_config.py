@@ -60,6 +60,12 @@ def test_defaults_fill_everything_but_the_newsletter_section(tmp_path):
         ("colour: blue\n", "unknown key 'colour'; allowed here: newsletter, database, templates, schedule, backend"),
         ("web:\n  confirm_expiry: 3\n", "unknown key 'web.confirm_expiry'; allowed here: confirm_expiry_days,"),
         ("web:\n  subscribe_limit_per_ip: 0\n", "web.subscribe_limit_per_ip: Input should be greater than or equal to 1"),
+        ("delivery:\n  retry_schedule: [5m, soon]\n", "delivery.retry_schedule: 'soon' is not a duration such as 30s"),
+        ("delivery:\n  lease: 0m\n", "delivery.lease: '0m' is not a duration"),
+        ("delivery:\n  pause_error_rate: 2\n", "delivery.pause_error_rate: Input should be less than or equal to 1"),
+        ("bounces:\n  mailbox:\n    type: pop3\n", "bounces.mailbox.type: Input should be 'maildir', 'mbox' or 'imap'"),
+        ("bounces:\n  mailbox:\n    type: imap\n", "bounces.mailbox: an imap mailbox needs host and username"),
+        ("bounces:\n  mailbox:\n    type: mbox\n", "bounces.mailbox: a mbox mailbox needs a path"),
     ],
 )
 def test_a_wrong_key_or_value_names_the_file_the_key_and_what_is_allowed(tmp_path, extra, expected):

@@ -12,7 +12,13 @@ from newsletter.db import session
 from newsletter.delivery import LEASE, send_issue, send_unfinished, write_preview
 from newsletter.digest import prepare_issue
 from newsletter.errors import DeliveryError, NewsletterError
-from newsletter.models import Delivery, DeliveryStatus, IssueStatus, Subscriber, SubscriberStatus
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    IssueStatus,
+    Subscriber,
+    SubscriberStatus,
+)
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries
 
@@ -199,3 +205,166 @@ def test_render_with_nothing_prepared_or_waiting_says_to_ingest_first(config, en
     with pytest.raises(NewsletterError, match="nothing to render: .* run `newsletter ingest` first"):
         write_preview(engine, config, tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+# -- topics, bounces, control, crash takeover ------------------------------------------------------------------
+
+
+def smtp_config(config, server, **options):
+    return make_config(config.base_dir, backend={"name": "smtp", "options": {
+        "host": server.host, "port": server.port, "security": "none", **options}})
+
+
+def test_topics_select_sections_render_once_per_selection_and_skip_when_nothing_matches(config, engine, monkeypatch):
+    from newsletter import delivery
+
+    add_summaries(engine, 2, category="Neuroscience")
+    add_summaries(engine, 1, category="Climate")
+    add_people(engine, "all@example.org", "neuro@example.org", "neuro2@example.org", "climate@example.org",
+               "chem@example.org")
+    topics = {"neuro@example.org": ["neuroscience"], "neuro2@example.org": ["Neuroscience", "Chemistry"],
+              "climate@example.org": ["Climate"], "chem@example.org": ["Chemistry"]}
+    with session(engine) as db:
+        for person in db.exec(select(Subscriber)):
+            person.topics = topics.get(person.email, [])
+            db.add(person)
+        db.commit()
+    prepare_issue(engine, config, now=NOW)
+    renders = []
+    original = delivery.render_issue
+    monkeypatch.setattr(delivery, "render_issue", lambda c, i, items: renders.append(len(items)) or original(c, i, items))
+
+    report = send_issue(engine, config, create_backend(config), 1, batch_size=2)
+
+    assert (report.sent, report.skipped) == (4, 1)
+    assert sorted(renders) == [1, 2, 3]  # everything; neuroscience (shared by two selections); climate
+    with session(engine) as db:
+        skipped = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.SKIPPED)).one()
+    assert skipped.last_error == "no items this issue for topics: Chemistry"
+    bodies = {}
+    for path in (config.base_dir / "outbox").glob("*.eml"):
+        import email as email_lib
+        message = email_lib.message_from_bytes(path.read_bytes(), policy=email_lib.policy.default)
+        bodies[message["To"].addresses[0].addr_spec] = message.get_body(("plain",)).get_content()
+    assert "Paper number 2" in bodies["all@example.org"] and "Paper number 0" in bodies["all@example.org"]
+    assert "Paper number 2" not in bodies["neuro@example.org"] and "Paper number 0" in bodies["neuro@example.org"]
+    assert "Paper number 2" in bodies["climate@example.org"] and "Paper number 0" not in bodies["climate@example.org"]
+
+
+def test_a_hard_bounce_at_send_marks_the_subscriber_bounced_and_they_are_never_mailed_again(config, engine, smtp_server):
+    smtp = smtp_config(config, smtp_server)
+    smtp_server.handler.reject["bad@example.org"] = "550 5.1.1 No such user"
+    prepared(smtp, engine, "ok@example.org", "bad@example.org")
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    assert (report.sent, report.failed, report.bounced) == (1, 1, 1)
+    with session(engine) as db:
+        bad = db.exec(select(Subscriber).where(Subscriber.email == "bad@example.org")).one()
+        assert bad.status is SubscriberStatus.BOUNCED
+    from newsletter.delivery import retry_failed
+
+    assert retry_failed(engine, 1)[1] == 1
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    assert (report.sent, report.skipped) == (0, 1)
+    assert [m.recipients for m in smtp_server.messages] == [["ok@example.org"]]
+    assert statuses(engine)["bad@example.org"] == "skipped"
+
+
+def test_retries_follow_the_configured_schedule_and_give_up_at_its_end(config, engine, smtp_server):
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
+                       "port": smtp_server.port, "security": "none"}},
+                       delivery={"retry_schedule": ["1m", "1h"]})
+    smtp_server.handler.reject["busy@example.org"] = "451 4.3.0 Try again later"
+    prepared(smtp, engine, "busy@example.org")
+    send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    with session(engine) as db:
+        assert db.exec(select(Delivery.next_attempt_at)).one() == NOW + timedelta(minutes=1)
+    send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(minutes=1))
+    with session(engine) as db:
+        assert db.exec(select(Delivery.next_attempt_at)).one() == NOW + timedelta(minutes=61)
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(minutes=61))
+    assert report.failed == 1 and report.issue.status is IssueStatus.SENT
+    with session(engine) as db:
+        assert db.exec(select(Delivery.last_error)).one().startswith("gave up after 3 attempts: 451")
+
+
+def test_sending_pauses_itself_when_the_error_rate_passes_the_threshold(config, engine, smtp_server):
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
+                       "port": smtp_server.port, "security": "none", "connections": 1}},
+                       delivery={"pause_window": 4, "pause_error_rate": 0.5})
+    people = [f"p{n}@example.org" for n in range(10)]
+    for person in people[:3]:
+        smtp_server.handler.reject[person] = "451 4.7.1 Rate limited"
+    prepared(smtp, engine, *people)
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    assert report.issue.status is IssueStatus.PAUSED
+    assert "75% of the last 4 messages failed (limit 50%)" in report.stopped
+    assert report.sent == 1 and report.remaining == 9
+    with pytest.raises(NewsletterError, match="paused; run `newsletter digest resume 1`"):
+        send_issue(engine, smtp, create_backend(smtp), 1)
+    from newsletter.delivery import issue_status, resume_issue
+
+    status = issue_status(engine, 1)
+    assert status.errors == [("451 4.7.1 Rate limited", 3)]
+    assert status.counts[DeliveryStatus.QUEUED] == 6
+    smtp_server.handler.reject.clear()
+    resume_issue(engine, 1)
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(minutes=6))
+    assert report.sent == 9 and report.issue.status is IssueStatus.SENT
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == sorted(people)
+
+
+def test_cancel_skips_what_was_not_sent_and_pause_stops_a_running_sender(config, engine):
+    from newsletter.delivery import cancel_issue, pause_issue
+
+    prepared(config, engine, *(f"p{n}@example.org" for n in range(6)))
+
+    class PausedMidway(FileBackend):
+        max_in_flight = 2
+
+        def send(self, batch):
+            pause_issue(engine, 1)  # another terminal runs `digest pause` while this window is in flight
+            return super().send(batch)
+
+    report = send_issue(engine, config, PausedMidway(FileOptions(), config=config), 1)
+    assert report.sent == 2 and "paused by another command" in report.stopped
+    assert sorted(statuses(engine).values()) == ["queued"] * 4 + ["sent"] * 2
+    issue, skipped = cancel_issue(engine, 1)
+    assert (issue.status, skipped) == (IssueStatus.CANCELLED, 4)
+    with pytest.raises(NewsletterError, match="issue #1 is already cancelled and no newer issue is prepared"):
+        send_unfinished(engine, config, create_backend(config))
+
+
+def test_a_stop_request_drains_the_window_in_flight_and_releases_the_rest(config, engine):
+    import threading
+
+    prepared(config, engine, *(f"p{n}@example.org" for n in range(6)))
+    stop = threading.Event()
+
+    class StopAfterFirst(FileBackend):
+        max_in_flight = 2
+
+        def send(self, batch):
+            stop.set()  # SIGTERM arrives while this window is in flight
+            return super().send(batch)
+
+    report = send_issue(engine, config, StopAfterFirst(FileOptions(), config=config), 1, stop=stop)
+    assert report.sent == 2 and report.stopped.startswith("stopped on request")
+    assert sorted(statuses(engine).values()) == ["queued"] * 4 + ["sent"] * 2  # nothing left "sending"
+
+
+def test_rows_of_a_sender_that_died_on_this_machine_are_taken_over_at_once(config, engine):
+    import subprocess
+    import sys
+
+    from newsletter.delivery import _HOST
+
+    prepared(config, engine, "a@example.org", "b@example.org")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with session(engine) as db:
+        for row in db.exec(select(Delivery)).all():
+            row.status, row.claimed_by = DeliveryStatus.SENDING, f"{_HOST}:{dead.stdout.strip()}:abc"
+            row.lease_expires_at = NOW + LEASE
+            db.add(row)
+        db.commit()
+    report = send_issue(engine, config, create_backend(config), 1, clock=lambda: NOW)
+    assert report.sent == 2 and report.issue.status is IssueStatus.SENT

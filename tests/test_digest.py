@@ -6,7 +6,13 @@ from zoneinfo import ZoneInfo
 from sqlmodel import select
 
 from newsletter.db import session
-from newsletter.digest import PrepareOutcome, delivery_counts, period_before, period_containing, prepare_issue
+from newsletter.digest import (
+    PrepareOutcome,
+    delivery_counts,
+    period_before,
+    period_containing,
+    prepare_issue,
+)
 from newsletter.models import Delivery, DeliveryStatus, Issue, SubscriberStatus, Summary
 from tests.helpers import add_people, add_summaries
 

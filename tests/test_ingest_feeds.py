@@ -17,10 +17,10 @@ from sqlmodel import select
 
 from newsletter.config import IngestSection
 from newsletter.db import session
-from newsletter.ingest import ingest_paths
 from newsletter.errors import IngestError
+from newsletter.ingest import ingest_paths
 from newsletter.ingest.feeds import FeedReader, feed_states, fetch_feed, poll_feeds
-from newsletter.models import FeedState, Summary
+from newsletter.models import Summary
 from tests.conftest import make_config
 
 FEEDS = Path(__file__).parent / "samples" / "feeds"

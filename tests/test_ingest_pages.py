@@ -21,7 +21,12 @@ from newsletter.config import IngestSection
 from newsletter.db import session
 from newsletter.errors import IngestError
 from newsletter.ingest import ingest_paths
-from newsletter.ingest.clean import extractive_summary, markdown_to_text, normalise_title, sanitise
+from newsletter.ingest.clean import (
+    extractive_summary,
+    markdown_to_text,
+    normalise_title,
+    sanitise,
+)
 from newsletter.ingest.html import HtmlReader
 from newsletter.ingest.text import TextReader, parse_page
 from newsletter.models import Summary

@@ -192,3 +192,92 @@ def test_a_rendered_issue_becomes_a_complete_message(config: Config) -> None:
     assert f'href="{UNSUBSCRIBE}"' in html and UNSUBSCRIBE in text
     assert "zoe@example.org" in html and "zoe@example.org" in text
     assert rendered.markers.unsubscribe_url not in html + text
+
+
+# -- encode once, splice per subscriber ----------------------------------------------------------------------
+
+LONG_URL = "https://news.example.org/unsubscribe/" + "x" * 150
+
+
+def same_message(spliced: bytes, fresh: bytes) -> None:
+    """Both parse to the same headers, structure and decoded parts, and obey the line limits."""
+    a, b = parse(spliced), parse(fresh)
+    names = lambda m: sorted(k.lower() for k in m.keys() if k.lower() != "content-type")  # noqa: E731
+    assert names(a) == names(b)
+    for key in b.keys():
+        if key.lower() != "content-type":  # differs only by the random MIME boundary
+            assert str(a[key]) == str(b[key]), key
+    assert a.get_content_type() == b.get_content_type() == "multipart/alternative"
+    pa, pb = list(a.iter_parts()), list(b.iter_parts())
+    assert [p.get_content_type() for p in pa] == [p.get_content_type() for p in pb]
+    for x, y in zip(pa, pb, strict=True):
+        assert x.get_content() == y.get_content()
+        assert x["Content-Transfer-Encoding"] == y["Content-Transfer-Encoding"]
+    for line in spliced.split(b"\r\n"):
+        assert len(line) <= 998
+    body = spliced.partition(b"\r\n\r\n")[2]
+    assert all(len(line) <= 76 for line in body.split(b"\r\n")), "a quoted-printable line is over 76 octets"
+    assert b"\n" not in spliced.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ZOE,
+        RecipientValues("ada@example.org", "Ada", UNSUBSCRIBE, PREFS),
+        RecipientValues("ada@example.org", "", LONG_URL, LONG_URL.replace("unsubscribe", "preferences")),
+        RecipientValues("joerg@example.net", "Jörg = <Müller> & \"Söhne\"", UNSUBSCRIBE, PREFS),
+        RecipientValues("a.very.long.address.indeed@subdomain.example.org", "A name that goes on " * 5, UNSUBSCRIBE, PREFS),
+    ],
+    ids=["accents", "plain", "long-urls", "specials", "long-name"],
+)
+@pytest.mark.parametrize("plain_http", [False, True])
+def test_spliced_message_is_the_same_message_as_a_fresh_build(tmp_path: Path, values: RecipientValues, plain_http: bool) -> None:
+    from newsletter.demo import DEMO_SETTINGS
+    from newsletter.message import MessageTemplate
+
+    site = "http://news.example.org" if plain_http else "https://news.example.org"
+    config = make_config(tmp_path, newsletter={**DEMO_SETTINGS["newsletter"], "site_url": site,
+                                               "reply_to": "Editors <editors@example.org>"})
+    if plain_http:
+        values = RecipientValues(values.email, values.name, values.unsubscribe_url.replace("https", "http", 1),
+                                 values.preferences_url)
+    rendered = sample_rendered()
+    template = MessageTemplate(config, rendered)
+    spliced = template.personalise(values, message_id=MESSAGE_ID, date=SENT_AT)
+    fresh = build_message(config, rendered, values, message_id=MESSAGE_ID, date=SENT_AT)
+    same_message(spliced, fresh)
+
+
+def test_spliced_message_of_the_real_templates_matches_a_fresh_build(config: Config) -> None:
+    from newsletter.message import MessageTemplate
+
+    rendered = render_issue(config, make_issue(), make_summaries())
+    spliced = MessageTemplate(config, rendered).personalise(ZOE, message_id=MESSAGE_ID, date=SENT_AT)
+    same_message(spliced, build_message(config, rendered, ZOE, message_id=MESSAGE_ID, date=SENT_AT))
+    assert UNSUBSCRIBE in parse(spliced).get_body(("plain",)).get_content()
+
+
+def test_a_marker_split_across_encoded_lines_is_still_replaced(config: Config) -> None:
+    """A marker placed so that one quoted-printable encoding of the whole body would wrap inside it."""
+    from newsletter.message import MessageTemplate
+
+    markers = new_markers()
+    for offset in range(60, 80):
+        text = "é" * (offset // 3) + "a" * (offset % 3) + markers.unsubscribe_url + "\n"
+        rendered = RenderedIssue("S", "p", f'<a href="{markers.unsubscribe_url}">u</a>', text, markers)
+        spliced = MessageTemplate(config, rendered).personalise(ZOE, message_id=MESSAGE_ID, date=SENT_AT)
+        assert markers.unsubscribe_url.encode() not in spliced
+        fresh = build_message(config, rendered, ZOE, message_id=MESSAGE_ID, date=SENT_AT)
+        same_message(spliced, fresh)
+        assert parse(spliced).get_body(("plain",)).get_content().rstrip().endswith(UNSUBSCRIBE)
+
+
+def test_splicing_injects_no_header_from_a_name(config: Config) -> None:
+    from newsletter.message import MessageTemplate
+
+    evil = RecipientValues("ada@example.org", "Ada\r\nBcc: victim@example.net", UNSUBSCRIBE, PREFS)
+    spliced = MessageTemplate(config, sample_rendered()).personalise(evil, message_id=MESSAGE_ID, date=SENT_AT)
+    assert parse(spliced)["Bcc"] is None
+    with pytest.raises(ValueError):
+        MessageTemplate(config, sample_rendered()).personalise(ZOE, message_id="<a@b>\r\nBcc: x@y")

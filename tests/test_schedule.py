@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from newsletter.backends.file import FileBackend, FileOptions
 from newsletter.db import session
+from newsletter.errors import NewsletterError
 from newsletter.digest import issue_items, prepare_issue
 from newsletter.models import (
     Delivery,
@@ -240,7 +241,7 @@ def test_stop_mid_send_finishes_the_batch_and_a_restart_sends_the_rest_once(conf
     StopAfterFirstBatch.halt = halt
     monkeypatch.setattr("newsletter.schedule.create_backend", lambda cfg: StopAfterFirstBatch(FileOptions(), config=cfg))
     run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC), halt=halt)
-    assert "stopped sending after the batch in flight" in caplog.text
+    assert "stopped sending after the messages in flight" in caplog.text
     assert sorted(deliveries(engine)) == sorted([(DeliveryStatus.SENT, 1)] * 100 + [(DeliveryStatus.QUEUED, 0)] * 50)
     assert issues(engine)[0].status is IssueStatus.SENDING
 
@@ -373,3 +374,25 @@ def test_feed_and_inbox_jobs_run_only_when_configured_and_the_inbox_job_ingests(
     assert (inbox / "processed" / sample.name).exists()
     with session(engine) as db:
         assert len(db.exec(select(Summary)).all()) == 1
+
+
+def test_an_issue_failing_the_pre_send_checks_is_not_sent_until_fixed(tmp_path, engine, caplog):
+    own = tmp_path / "own-templates"
+    own.mkdir()
+    (own / "subject.txt.j2").write_text("{{ newsletter.name }} " + "and more " * 15, encoding="utf-8")
+    config = make_config(tmp_path, templates=str(own))
+    add_summaries(engine, 1, at=IN_W47)
+    add_people(engine, "ada@example.org")
+    with pytest.raises(NewsletterError, match="issue #1 fails the pre-send checks"):
+        run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+    assert "subject" in caplog.text and deliveries(engine) == [(DeliveryStatus.QUEUED, 0)]
+
+    (own / "subject.txt.j2").unlink()  # the editor fixes the template; the next run sends
+    fixed = make_config(tmp_path, templates=str(own))
+    send_due(engine, fixed)
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)]
+
+
+def test_the_bounce_job_runs_only_when_a_mailbox_is_configured(tmp_path):
+    config = make_config(tmp_path, bounces={"mailbox": {"type": "maildir", "path": "bounces"}})
+    assert "bounces" in {job.id for job in build_jobs(config, threading.Event())}

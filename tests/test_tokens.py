@@ -2,9 +2,15 @@
 
 import pytest
 
-from newsletter.errors import NewsletterError
-from newsletter.errors import ExpiredToken
-from newsletter.tokens import CONFIRM, KEY_FILE, PREFERENCES, UNSUBSCRIBE, InvalidToken, LinkSigner
+from newsletter.errors import ExpiredToken, NewsletterError
+from newsletter.tokens import (
+    CONFIRM,
+    KEY_FILE,
+    PREFERENCES,
+    UNSUBSCRIBE,
+    InvalidToken,
+    LinkSigner,
+)
 
 
 def test_unsubscribe_links_carry_a_signed_token_that_reveals_nothing(config):

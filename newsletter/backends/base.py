@@ -67,6 +67,10 @@ class Backend:
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # How many messages may be handed over before their results are written to the ledger: after a crash,
+    # at most this many can be sent twice. None = the whole batch, for backends where sending the same
+    # message again replaces it (files) or does nothing.
+    max_in_flight: int | None = 1
 
     def __init__(self, options: BaseModel, *, config: Config) -> None:
         self.options = options
@@ -81,6 +85,10 @@ class Backend:
 
     def close(self) -> None:
         """Release what :meth:`open` acquired. Called even when sending failed."""
+
+    def extra_headers(self) -> dict[str, str]:
+        """Headers every message of this backend carries (e.g. ``Feedback-ID``); written once per issue."""
+        return {}
 
     def describe(self) -> str:
         """A short human description of where messages go, for the CLI's summary line."""

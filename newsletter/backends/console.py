@@ -9,6 +9,7 @@ from newsletter.backends.base import Backend, OutgoingMessage, SendResult, SendS
 
 
 class ConsoleBackend(Backend):
+    max_in_flight = None  # nothing leaves the machine
     def send(self, batch: Sequence[OutgoingMessage]) -> list[SendResult]:
         out = sys.stdout
         for message in batch:

@@ -25,6 +25,7 @@ class FileOptions(BaseModel):
 
 class FileBackend(Backend):
     Options = FileOptions
+    max_in_flight = None  # writing a message again replaces it
 
     @property
     def outbox(self) -> Path:

@@ -1,7 +1,7 @@
 """The SMTP backend: hands each message to a mail server (a relay or a provider's submission port).
 
-One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over a connection that is opened by
-:meth:`SmtpBackend.open`, kept for up to ``max_messages_per_connection`` messages and then replaced.
+One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over connections opened as needed (the
+first by :meth:`SmtpBackend.open`), each kept for up to ``max_messages_per_connection`` messages.
 Per-message outcomes are results, never exceptions:
 
 - accepted → SENT, detail = the server's reply (often carries its queue id);
@@ -10,7 +10,11 @@ Per-message outcomes are results, never exceptions:
   about our configuration or message, not the recipient, and must not count as a bounce;
 - a non-ASCII address when the server does not offer SMTPUTF8 → FAILED;
 - connection lost → reconnect once and resend; if reconnecting fails (or the fresh connection is lost
-  too) that message and the rest of the batch are RETRY with the error as detail.
+  too) that message is RETRY and its connection stops taking messages; the other connections carry the
+  rest of the batch, and what none could carry is RETRY with the error as detail.
+
+Messages are spread over ``connections`` parallel connections (each in its own thread) and paced by a
+shared ``rate_limit``; with ``dkim_selector`` set each message is DKIM-signed (dkimpy) just before DATA.
 
 A message whose connection dropped after the final ``.`` may have been delivered already; resending it
 is the same ambiguity as any retry, and its deterministic Message-ID makes the copy recognisable.
@@ -27,7 +31,10 @@ import os
 import smtplib
 import socket
 import ssl
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,6 +66,17 @@ class SmtpOptions(BaseModel):
     # A PEM file of CA certificates to trust instead of the system's, for a relay with a private CA.
     # Relative to the config file's folder.
     ca_file: str | None = None
+    # Parallel connections; also how many messages may be in flight (sent, result not yet recorded).
+    connections: int = Field(default=4, ge=1, le=64)
+    # Messages per second over all connections together; 0 = as fast as the server takes them.
+    rate_limit: float = Field(default=0, ge=0)
+    # DKIM signing (pip install 'newsletter[dkim]'): selector and private key (PEM file, relative to the
+    # config file's folder, or the key itself in $NEWSLETTER_DKIM_PRIVATE_KEY). Domain: the sender's.
+    dkim_selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    dkim_private_key: str | None = None
+    dkim_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]+$")
+    # Feedback-ID header for Gmail's feedback loop, e.g. "digest:research-weekly:newsletter:example".
+    feedback_id: str | None = Field(default=None, pattern=r"^[\x21-\x7e]{1,100}$")
 
     @model_validator(mode="after")
     def _no_plaintext_password(self) -> SmtpOptions:
@@ -70,14 +88,46 @@ class SmtpOptions(BaseModel):
             )
         if self.ca_file and self.security == "none":
             raise ValueError("ca_file is only used with security: starttls or tls")
+        if self.dkim_private_key and not self.dkim_selector:
+            raise ValueError("dkim_private_key needs dkim_selector (the DNS name <selector>._domainkey.<domain>)")
         return self
 
 
+DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
+# What DKIM's h= covers (those present in the message): what a reader sees and the one-click unsubscribe.
+DKIM_HEADERS = (
+    b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id", b"List-Unsubscribe",
+    b"List-Unsubscribe-Post", b"Feedback-ID", b"MIME-Version", b"Content-Type",
+)
+
+
+class RateLimiter:
+    """At most ``rate`` acquisitions per second over all threads (0: no limit). Clock and sleep injectable."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1 / rate if rate else 0.0
+        self.clock, self.sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self.clock()
+            at = max(now, self._next)
+            self._next = at + self.interval
+        if at > now:
+            self.sleep(at - now)
+
+
 class SmtpBackend(Backend):
-    """Sends through an SMTP server with the standard library's :mod:`smtplib` (synchronously).
+    """Sends through an SMTP server with the standard library's :mod:`smtplib`, over ``connections``
+    parallel connections ("lanes"), each reused for up to ``max_messages_per_connection`` messages.
 
     Status mapping: 2xx → SENT; 4xx, a refusal at MAIL FROM, or a connection that cannot be
-    re-established → RETRY; 5xx at RCPT TO or DATA → FAILED. ``send`` never raises.
+    re-established → RETRY; 5xx at RCPT TO or DATA → FAILED.
     """
 
     Options = SmtpOptions
@@ -85,24 +135,142 @@ class SmtpBackend(Backend):
 
     def __init__(self, options: BaseModel, *, config: Config) -> None:
         super().__init__(options, config=config)
-        self._smtp: smtplib.SMTP | None = None
-        self._messages_on_connection = 0
+        self.max_in_flight = self.options.connections
+        self.limiter = RateLimiter(self.options.rate_limit)
         self._tls_context: ssl.SSLContext | None = None
+        self._dkim_key: bytes | None = None
+        self._lanes = [_Lane(self) for _ in range(self.options.connections)]
+        self._pool = ThreadPoolExecutor(self.options.connections, thread_name_prefix="smtp") \
+            if self.options.connections > 1 else None
 
     @property
     def address(self) -> str:
         return f"{self.options.host}:{self.options.port}"
 
     def describe(self) -> str:
-        return f"smtp {self.address} ({self.options.security})"
+        return f"smtp {self.address} ({self.options.security}, {self.options.connections} connection(s))"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Feedback-ID": self.options.feedback_id} if self.options.feedback_id else {}
 
     def open(self) -> None:
-        """Connect, secure and log in; raises DeliveryError naming host:port and what to check."""
+        """Load the DKIM key, connect the first lane; raises DeliveryError naming what to check."""
         self.close()
-        self._session()
+        if self.options.dkim_selector:
+            self._dkim_key = self._load_dkim_key()
+        self._lanes[0].session()
 
     def close(self) -> None:
-        """Say QUIT; a connection that is already dead is just closed."""
+        """Say QUIT on every connection; one that is already dead is just closed."""
+        for lane in self._lanes:
+            lane.close()
+
+    def send(self, batch: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """One result per message, in order; see the module docstring for the status mapping.
+
+        Raises DeliveryError when the server cannot be reached before any message of the batch was handed
+        over: an outage is not the recipients' failure and must not use up their retries.
+        """
+        results: list[SendResult | None] = [None] * len(batch)
+        failures: dict[int, DeliveryError] = {}  # position -> why its lane went down
+        position = iter(range(len(batch)))
+        lock = threading.Lock()
+
+        def work(lane: _Lane) -> None:
+            while True:
+                with lock:
+                    index = next(position, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = lane.send_one(batch[index])
+                except DeliveryError as exc:
+                    results[index] = SendResult(batch[index].delivery_id, SendStatus.RETRY, str(exc))
+                    failures[index] = exc
+                    return  # this lane is down; the others go on
+
+        lanes = self._lanes[: max(1, min(len(self._lanes), len(batch)))]
+        if self._pool is None or len(lanes) == 1:
+            work(lanes[0])
+        else:
+            for future in [self._pool.submit(work, lane) for lane in lanes]:
+                future.result()
+        if not failures:
+            return [r for r in results if r is not None]
+        first = next(iter(failures.values()))
+        if all(r is None or i in failures for i, r in enumerate(results)):
+            raise first  # nothing was handed over: an outage, not the recipients' failure
+        log.warning("%s; %d message(s) left for retry", first, sum(r is None for r in results) + len(failures))
+        return [
+            r or SendResult(m.delivery_id, SendStatus.RETRY, str(first)) for r, m in zip(results, batch, strict=True)
+        ]
+
+    def sign(self, data: bytes) -> bytes:
+        """``data`` with a DKIM-Signature prepended when DKIM is configured."""
+        if self._dkim_key is None:
+            return data
+        import dkim  # checked at open()
+
+        present = {line.split(b":", 1)[0].lower() for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")}
+        headers = [h for h in DKIM_HEADERS if h.lower() in present]
+        domain = (self.options.dkim_domain or self.config.newsletter.sender_domain).encode()
+        signature = dkim.sign(data, str(self.options.dkim_selector).encode(), domain, self._dkim_key,
+                              include_headers=headers, linesep=b"\r\n")
+        return signature + data
+
+    def _load_dkim_key(self) -> bytes:
+        try:
+            import dkim  # noqa: F401
+        except ImportError:
+            raise DeliveryError(
+                f"backend.options.dkim_selector is set in {self.config.source} but dkimpy is not installed; "
+                "run: pip install 'newsletter[dkim]'"
+            ) from None
+        key = os.environ.get(DKIM_KEY_VARIABLE, "").encode()
+        if not key:
+            if not self.options.dkim_private_key:
+                raise DeliveryError(
+                    f"DKIM needs a private key: set backend.options.dkim_private_key in {self.config.source} "
+                    f"or {DKIM_KEY_VARIABLE}"
+                )
+            path = self.config.resolve(self.options.dkim_private_key)
+            try:
+                key = path.read_bytes()
+            except OSError as exc:
+                raise DeliveryError(
+                    f"cannot read the DKIM key {path} ({exc.strerror}); check backend.options.dkim_private_key"
+                ) from None
+        if b"PRIVATE KEY" not in key:
+            raise DeliveryError("the DKIM private key is not a PEM file (-----BEGIN PRIVATE KEY-----)")
+        return key
+
+    def _context(self) -> ssl.SSLContext:
+        """The default, verifying context; trusting only ``ca_file`` when it is set."""
+        if self._tls_context is None:
+            ca_file = self.config.resolve(self.options.ca_file) if self.options.ca_file else None
+            try:
+                self._tls_context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise DeliveryError(
+                    f"cannot load backend.options.ca_file {ca_file} ({reason}); "
+                    f"point it at the PEM file of the CA that signed the server's certificate"
+                ) from None
+        return self._tls_context
+
+
+class _Lane:
+    """One SMTP connection and the messages it carries, one transaction at a time."""
+
+    def __init__(self, backend: SmtpBackend) -> None:
+        self.backend = backend
+        self.options = backend.options
+        self.config = backend.config
+        self.address = backend.address
+        self._smtp: smtplib.SMTP | None = None
+        self._messages_on_connection = 0
+
+    def close(self) -> None:
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -111,28 +279,9 @@ class SmtpBackend(Backend):
         except (smtplib.SMTPException, OSError):
             smtp.close()
 
-    def send(self, batch: Sequence[OutgoingMessage]) -> list[SendResult]:
-        """One result per message, in order; see the module docstring for the status mapping.
-
-        Raises DeliveryError when the server cannot be reached before any message of the batch was handed
-        over: an outage is not the recipients' failure and must not use up their retries.
-        """
-        results: list[SendResult] = []
-        for position, message in enumerate(batch):
-            try:
-                results.append(self._send_one(message))
-            except DeliveryError as exc:
-                if position == 0:
-                    raise
-                remaining = batch[position:]
-                log.warning("%s; %d message(s) left for retry", exc, len(remaining))
-                results.extend(SendResult(m.delivery_id, SendStatus.RETRY, str(exc)) for m in remaining)
-                break
-        return results
-
     # -- sending ---------------------------------------------------------------------------------
 
-    def _send_one(self, message: OutgoingMessage) -> SendResult:
+    def send_one(self, message: OutgoingMessage) -> SendResult:
         """Send one message, reconnecting once if the connection was lost; DeliveryError if that fails."""
         try:
             return self._transaction(message)
@@ -149,7 +298,8 @@ class SmtpBackend(Backend):
 
     def _transaction(self, message: OutgoingMessage) -> SendResult:
         """MAIL, RCPT and DATA for one message. Refusals become results; a lost connection raises OSError."""
-        smtp = self._session()
+        smtp = self.session()
+        self.backend.limiter.acquire()
         self._messages_on_connection += 1
         mail_options = [f"SIZE={len(message.data)}"] if smtp.has_extn("size") else []
         if not (message.envelope_from + message.recipient).isascii():
@@ -168,7 +318,7 @@ class SmtpBackend(Backend):
         if code not in (250, 251):
             return self._refused(smtp, message, code, reply)
         try:
-            code, reply = smtp.data(message.data)
+            code, reply = smtp.data(self.backend.sign(message.data))
         except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
             code, reply = exc.smtp_code, exc.smtp_error
         if code != 250:
@@ -199,7 +349,7 @@ class SmtpBackend(Backend):
 
     # -- connecting ------------------------------------------------------------------------------
 
-    def _session(self) -> smtplib.SMTP:
+    def session(self) -> smtplib.SMTP:
         """The current connection, replaced when missing or when it has carried its share of messages."""
         if self._smtp is None or self._messages_on_connection >= self.options.max_messages_per_connection:
             self.close()
@@ -216,7 +366,7 @@ class SmtpBackend(Backend):
     def _connect(self) -> smtplib.SMTP:
         options = self.options
         password = self._password() if options.username else ""
-        context = self._context() if options.security != "none" else None
+        context = self.backend._context() if options.security != "none" else None
         try:
             if options.security == "tls":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(
@@ -247,20 +397,6 @@ class SmtpBackend(Backend):
                 f"set {PASSWORD_VARIABLE} to the SMTP password (it never goes in the config file)"
             )
         return password
-
-    def _context(self) -> ssl.SSLContext:
-        """The default, verifying context; trusting only ``ca_file`` when it is set."""
-        if self._tls_context is None:
-            ca_file = self.config.resolve(self.options.ca_file) if self.options.ca_file else None
-            try:
-                self._tls_context = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise DeliveryError(
-                    f"cannot load backend.options.ca_file {ca_file} ({reason}); "
-                    f"point it at the PEM file of the CA that signed the server's certificate"
-                ) from None
-        return self._tls_context
 
     def _explain(self, exc: Exception) -> str:
         """One line for a failure to connect, secure or log in: what happened and what to check."""

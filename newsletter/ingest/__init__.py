@@ -13,7 +13,13 @@ from newsletter.ingest.base import (
     readers_by_extension,
     validate_item,
 )
-from newsletter.ingest.store import IngestReport, Rejection, find_files, ingest_items, ingest_paths
+from newsletter.ingest.store import (
+    IngestReport,
+    Rejection,
+    find_files,
+    ingest_items,
+    ingest_paths,
+)
 
 __all__ = [
     "IngestReport",

@@ -25,7 +25,13 @@ from typing import Any
 import yaml
 
 from newsletter.errors import IngestError
-from newsletter.ingest.base import Reader, SummaryIn, input_names, read_text, validate_item
+from newsletter.ingest.base import (
+    Reader,
+    SummaryIn,
+    input_names,
+    read_text,
+    validate_item,
+)
 
 _FENCE = "---"
 _LINE_OFFSET = 2  # YAML counts lines from 0, and the front matter starts on the file's line 2

@@ -22,7 +22,14 @@ from sqlmodel import Session, select
 from newsletter.config import IngestSection
 from newsletter.db import session
 from newsletter.errors import IngestError, NewsletterError
-from newsletter.ingest.base import Reader, SummaryIn, compute_uid, explain, reader_for, readers_by_extension
+from newsletter.ingest.base import (
+    Reader,
+    SummaryIn,
+    compute_uid,
+    explain,
+    reader_for,
+    readers_by_extension,
+)
 from newsletter.models import Summary, utcnow
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,12 @@ from sqlalchemy import Engine
 
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.errors import ExpiredToken, InvalidAddress, InvalidToken, NewsletterError
+from newsletter.errors import (
+    ExpiredToken,
+    InvalidAddress,
+    InvalidToken,
+    NewsletterError,
+)
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.subscriptions import (
     Confirmation,

@@ -32,13 +32,25 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import watchfiles
 from email_validator import EmailNotValidError, validate_email
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from jinja2 import Environment
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
-from newsletter.checks import IssueSample, build_sample, check_message, load_issue, sample_values
+from newsletter.checks import (
+    IssueSample,
+    build_sample,
+    check_message,
+    load_issue,
+    sample_values,
+)
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
 from newsletter.errors import ConfigError, NewsletterError

@@ -1,0 +1,153 @@
+"""kill -9, SIGTERM and two senders at once, with real `newsletter digest send` processes.
+
+An aiosmtpd server in this process counts the messages each subscriber receives. Kills happen at seeded
+random points in the stream of messages (when the server has received the k-th one), so a failing run can
+be reproduced from the seed printed with it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiosmtpd.controller import Controller
+from sqlmodel import select
+
+from newsletter.db import session
+from newsletter.digest import prepare_issue
+from newsletter.models import Delivery, DeliveryStatus
+from tests.conftest import ROOT, _free_port, make_config
+from tests.helpers import add_people, add_summaries
+
+pytestmark = pytest.mark.slow
+CONNECTIONS = 2
+PEOPLE = [f"reader{n:03d}@example.org" for n in range(150)]
+
+
+@dataclass
+class CountingHandler:
+    """Counts messages per recipient (and their Message-IDs); can call ``on_message(total)`` after each."""
+
+    received: Counter[str] = field(default_factory=Counter)
+    message_ids: dict[str, set[bytes]] = field(default_factory=dict)
+    total: int = 0
+    on_message: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message_id = next(line for line in envelope.content.split(b"\r\n") if line.startswith(b"Message-ID:"))
+        with self.lock:
+            for address in envelope.rcpt_tos:
+                self.received[address] += 1
+                self.message_ids.setdefault(address, set()).add(message_id)
+            self.total += 1
+            total = self.total
+        if self.on_message:
+            self.on_message(total)
+        return "250 OK"
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "crash-test")
+    handler = CountingHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    settings = {
+        "newsletter": {"name": "Research Weekly", "sender": "Research Weekly <digest@example.org>",
+                       "postal_address": "1 Example Street, Example City", "site_url": "https://news.example.org"},
+        "database": {"url": "sqlite:///newsletter.db"},
+        "templates": str(ROOT / "templates"),
+        "backend": {"name": "smtp", "options": {"host": "127.0.0.1", "port": controller.port, "security": "none",
+                                                "connections": CONNECTIONS}},
+        "delivery": {"batch_size": 20},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    config = make_config(tmp_path, **{k: v for k, v in settings.items() if k != "templates"})
+    from newsletter.db import open_database
+
+    engine = open_database(config)
+    add_summaries(engine, 2)
+    add_people(engine, *PEOPLE)
+    prepare_issue(engine, config)
+    yield tmp_path, handler, engine
+    engine.dispose()
+    controller.stop()
+
+
+def sender(base: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "digest", "send", "-c", str(base / "config.yaml")],
+        cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def ledger(engine) -> Counter[DeliveryStatus]:
+    with session(engine) as db:
+        return Counter(db.exec(select(Delivery.status)).all())
+
+
+def test_kill_9_at_random_moments_loses_no_one_and_duplicates_only_what_was_in_flight(world):
+    base, handler, engine = world
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(4):
+        target = handler.total + rng.randint(1, 40)
+        process = sender(base)
+
+        def kill_at(total: int, target: int = target, process: subprocess.Popen[bytes] = process) -> None:
+            if total == target:
+                os.kill(process.pid, signal.SIGKILL)  # the message is received, its 250 never reaches the sender
+
+        handler.on_message = kill_at
+        code = process.wait(timeout=120)
+        if code == -signal.SIGKILL:
+            kills += 1
+    handler.on_message = None
+    final = sender(base)
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err.decode()
+
+    duplicates = {a: n for a, n in handler.received.items() if n > 1}
+    print(f"seed {seed}: {kills} kills, duplicates {duplicates}")
+    assert kills >= 3
+    assert ledger(engine) == Counter({DeliveryStatus.SENT: len(PEOPLE)})
+    assert set(handler.received) == set(PEOPLE)  # nobody skipped
+    assert sum(n - 1 for n in duplicates.values()) <= kills * CONNECTIONS  # only the messages in flight
+    assert all(len(handler.message_ids[a]) == 1 for a in duplicates)  # a duplicate is recognisably the same
+
+
+def test_sigterm_drains_the_messages_in_flight_and_leaves_nothing_ambiguous(world):
+    base, handler, engine = world
+    process = sender(base)
+    handler.on_message = lambda total: total == 30 and os.kill(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert "SIGTERM: finishing the messages in flight" in err.decode()
+    assert "stopped on request" in out.decode()
+    counts = ledger(engine)
+    assert counts[DeliveryStatus.SENDING] == 0
+    assert counts[DeliveryStatus.SENT] == handler.total >= 30  # every message the server got is recorded
+    assert counts[DeliveryStatus.SENT] + counts[DeliveryStatus.QUEUED] == len(PEOPLE)
+    assert set(handler.received.values()) == {1}
+
+
+def test_two_senders_at_once_never_send_the_same_delivery_twice(world):
+    base, handler, engine = world
+    first, second = sender(base), sender(base)
+    for process in (first, second):
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err.decode()
+    assert ledger(engine) == Counter({DeliveryStatus.SENT: len(PEOPLE)})
+    assert handler.received == Counter(dict.fromkeys(PEOPLE, 1))

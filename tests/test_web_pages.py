@@ -12,9 +12,19 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from newsletter.backends import create_backend
 from newsletter.db import open_database, session
+from newsletter.delivery import send_unfinished
 from newsletter.digest import prepare_issue
-from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Event,
+    EventKind,
+    Subscriber,
+    SubscriberStatus,
+    Summary,
+)
 from newsletter.subscribers import add_subscriber, erase_subscriber
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE
 from newsletter.web.app import create_app
@@ -351,3 +361,34 @@ def test_pages_with_personal_links_leak_no_referrer_and_are_not_cached(site):
     response = site.client.get(f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}")
     assert response.headers["referrer-policy"] == "no-referrer"
     assert response.headers["cache-control"] == "no-store"
+
+
+def test_topics_picked_on_the_preferences_page_decide_what_each_digest_carries(site):
+    """The whole loop: preferences page → Subscriber.topics → the send renders per topic selection."""
+    add_summaries(site.engine, 1, category="Neuroscience")  # Paper number 0
+    add_summaries(site.engine, 1, category="Climate")  # Paper number 1
+    add_summaries(site.engine, 1, category="Oceans")  # Paper number 2, kept out of this issue
+    with session(site.engine) as db:
+        oceans = db.exec(select(Summary).where(Summary.category == "Oceans")).one()
+        oceans.excluded = True
+        db.add(oceans)
+        db.commit()
+    for address in ("ada@example.org", "bob@example.org", "cy@example.org"):
+        add_subscriber(site.engine, address)
+    for address, topics in (("ada@example.org", ["Climate"]), ("bob@example.org", ["Oceans"])):
+        saved = site.client.post(f"/preferences/{site.signed(PREFERENCES, address)}", data={"topics": topics})
+        assert saved.status_code == 303
+
+    prepare_issue(site.engine, site.config)
+    send_unfinished(site.engine, site.config, create_backend(site.config))
+
+    received = {str(message["To"]): outbox.text_part(message) for message in site.mails()
+                if "#1" in str(message["Subject"])}
+    assert set(received) == {"ada@example.org", "cy@example.org"}  # Bob's topic had nothing this week
+    assert "Paper number 1" in received["ada@example.org"] and "Paper number 0" not in received["ada@example.org"]
+    assert "Paper number 0" in received["cy@example.org"] and "Paper number 1" in received["cy@example.org"]
+    assert "Paper number 2" not in received["cy@example.org"]
+    with session(site.engine) as db:
+        bob = db.exec(select(Subscriber).where(Subscriber.email == "bob@example.org")).one()
+        skipped = db.exec(select(Delivery).where(Delivery.subscriber_id == bob.id)).one()
+    assert skipped.status is DeliveryStatus.SKIPPED and "Oceans" in (skipped.last_error or "")

@@ -223,7 +223,10 @@ def summaries_edit(summary_id: SummaryId, config: ConfigOption = None) -> None:
     """
     with _opened(config) as (_config, engine):
         before = review.to_yaml(review.get_summary(engine, summary_id))
-        after = click.edit(before, extension=".yaml", require_save=True)
+        try:
+            after = click.edit(before, extension=".yaml", require_save=True)
+        except click.ClickException as exc:  # no editor, or it exited with an error
+            raise NewsletterError(f"{exc.format_message()}; set $EDITOR to an editor that works, e.g. EDITOR=nano") from None
         if after is None or after == before:
             console.print("no changes")
             return

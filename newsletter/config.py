@@ -317,10 +317,21 @@ class BouncesSection(_Section):
 
     # Envelope sender bounces+TOKEN@<domain> so a bounce names its subscriber even when the DSN does not.
     verp: bool = False
-    return_path: str | None = None  # default: bounces@<the sender's domain>
+    return_path: str | None = None  # default: the sender's address (with VERP: bounces@<the sender's domain>)
     soft_limit: int = Field(default=3, ge=1)  # this many soft bounces ...
     soft_days: int = Field(default=14, ge=1)  # ... within this many days mark a subscriber bounced
     mailbox: MailboxSection | None = None
+
+    @field_validator("return_path")
+    @classmethod
+    def _bare_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate_email(_no_line_breaks(value), check_deliverability=False, allow_smtputf8=False).ascii_email
+        except EmailNotValidError as exc:
+            raise ValueError(f"{value!r} is not a valid address ({exc}); use a bare address such as "
+                             f"bounces@example.org") from None
 
 
 class Config(_Section):

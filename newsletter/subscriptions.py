@@ -48,13 +48,17 @@ class Consent:
     user_agent: str | None
 
 
+# Anyone can type any address into the form: it must not undo a bounce or a spam complaint.
+_NEVER_ASK_AGAIN = (SubscriberStatus.ACTIVE, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
+
+
 def request_subscription(
     engine: Engine, raw_address: str, name: str | None, consent: Consent, *, now: datetime | None = None
 ) -> Subscriber | None:
     """Record a subscription request; returns the subscriber to send a confirmation email to, or None.
 
     A new address (or one that left the list) becomes ``pending`` with ``consent`` recorded. None means
-    send nothing: the address is already active, was erased, or had a confirmation within
+    send nothing: the address is already active, bounced, complained, was erased, or had a confirmation within
     :data:`CONFIRMATION_INTERVAL`. The returned subscriber's confirmation slot is taken (so concurrent
     requests send one email); call :func:`release_confirmation` if sending fails. Raises InvalidAddress.
     """
@@ -65,7 +69,7 @@ def request_subscription(
             log.info("subscription request for an erased address ignored")
             return None
         subscriber = find_subscriber(db, address)
-        if subscriber is not None and subscriber.status is SubscriberStatus.ACTIVE:
+        if subscriber is not None and subscriber.status in _NEVER_ASK_AGAIN:
             return None
         if subscriber is None:
             subscriber = Subscriber(email=address, status=SubscriberStatus.PENDING, topics=[], created_at=now)

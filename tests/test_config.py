@@ -6,7 +6,7 @@ import pytest
 
 from newsletter.config import load_config
 from newsletter.errors import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -137,3 +137,11 @@ def test_values_that_would_fail_later_are_refused_at_start(tmp_path, text, expec
 def test_the_database_variable_works_whatever_the_file_has_under_database(tmp_path, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path}/env.db")
     assert load_config(write(tmp_path, VALID + "database: oops\n")).database_url == f"sqlite:///{tmp_path}/env.db"
+
+
+def test_the_bounce_return_path_must_be_a_bare_address(tmp_path):
+    with pytest.raises(ConfigError, match=r"bounces.return_path: 'not an address' is not a valid address"):
+        make_config(tmp_path, bounces={"return_path": "not an address"})
+    assert make_config(tmp_path, bounces={"return_path": "Bounces@Example.org"}).bounces.return_path == (
+        "Bounces@example.org"
+    )

@@ -585,3 +585,11 @@ def test_json_lines_keep_unicode_line_separators_inside_strings(engine, tmp_path
     )
     report = ingest_paths(engine, [path])
     assert (report.added, report.rejected) == (1, [])
+
+
+def test_a_link_the_pre_send_checks_would_refuse_is_refused_at_ingest(engine, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"title": "T", "summary": "S.", "url": "https://example.org/x?a=1&b=\\"2"}', encoding="utf-8")
+    report = ingest_paths(engine, [bad])
+    assert report.added == 0 and len(report.rejected) == 1
+    assert "quotes" in str(report.rejected[0]) and "%22" in str(report.rejected[0])

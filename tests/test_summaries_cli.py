@@ -113,3 +113,13 @@ def test_ingest_takes_feed_urls_next_to_files(tmp_path, feed_server) -> None:  #
     broken = feed_server.serve("/broken.xml", Feed((FEEDS / "broken.xml").read_bytes()))
     failed = invoke("ingest", broken, "--config", path)
     assert failed.exit_code == 1 and "not a valid RSS or Atom feed" in failed.output
+
+
+def test_an_editor_that_fails_gives_one_line_and_changes_nothing(filled, monkeypatch) -> None:
+    summary_id = summary_ids(filled)["Senolytic cocktail restores muscle repair in aged mice"]
+    before = invoke("summaries", "show", summary_id, "--config", filled).output
+    monkeypatch.setenv("EDITOR", "false")
+    result = invoke("summaries", "edit", summary_id, "--config", filled)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "set $EDITOR to an editor that works" in result.output
+    assert invoke("summaries", "show", summary_id, "--config", filled).output == before

@@ -392,3 +392,18 @@ def test_topics_picked_on_the_preferences_page_decide_what_each_digest_carries(s
         bob = db.exec(select(Subscriber).where(Subscriber.email == "bob@example.org")).one()
         skipped = db.exec(select(Delivery).where(Delivery.subscriber_id == bob.id)).one()
     assert skipped.status is DeliveryStatus.SKIPPED and "Oceans" in (skipped.last_error or "")
+
+
+def test_the_form_cannot_undo_a_bounce_or_a_spam_complaint(site):
+    for address, status in (("gone@example.org", SubscriberStatus.BOUNCED),
+                            ("angry@example.org", SubscriberStatus.COMPLAINED)):
+        add_subscriber(site.engine, address)
+        with session(site.engine) as db:
+            person = db.exec(select(Subscriber).where(Subscriber.email == address)).one()
+            person.status = status
+            db.add(person)
+            db.commit()
+        answer = subscribe(site, address)
+        assert answer.status_code == 200 and "Check your inbox" in answer.text  # reveals nothing
+        assert site.subscriber(address).status is status
+    assert site.mails() == []

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from newsletter.checks import link_problem
 from newsletter.config import IngestSection
 from newsletter.errors import IngestError
 from newsletter.ingest.clean import normalise_title, sanitise
@@ -142,6 +143,9 @@ class SummaryIn(BaseModel):
             absolute = False
         if not absolute or re.search(r"\s", value):
             raise ValueError(f"{value!r} must be an absolute http(s) URL such as https://example.org/paper")
+        problem = link_problem(value)  # the pre-send checks' rule: what passes here also passes there
+        if problem:
+            raise ValueError(f"{value!r} {problem}; percent-encode such characters (\" is %22)")
         return value
 
     @field_validator("published_at", mode="before")

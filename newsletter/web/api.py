@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from newsletter.config import Config
@@ -60,7 +61,8 @@ async def post_summaries(request: Request) -> JSONResponse:
     if not entries or problems:
         return JSONResponse({"errors": problems or [{"index": None, "error": "no items; send an object or a list"}]},
                             status_code=400)
-    report = ingest_items(request.app.state.engine, items, origin="api")
+    # the database write is synchronous: run it in a worker thread, not on the event loop
+    report = await run_in_threadpool(ingest_items, request.app.state.engine, items, origin="api")
     return JSONResponse(
         {"ids": report.ids, "added": report.added, "updated": report.updated, "unchanged": report.unchanged},
         status_code=201,

@@ -209,6 +209,11 @@ def _due_count(db: Session, issue_id: int | None, now: datetime, lease: timedelt
     return db.exec(select(func.count()).select_from(Delivery).where(_due(issue_id, now))).one() + orphaned
 
 
+def due_now(db: Session, issue: Issue, now: datetime | None = None) -> int:
+    """How many deliveries of ``issue`` a send at ``now`` would claim (0: a send would do nothing)."""
+    return _due_count(db, issue.id, now or utcnow(), timedelta(0))
+
+
 def _new_owner() -> str:
     """``host:pid:nonce``: lets a later run on this host see that the owner process is gone."""
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

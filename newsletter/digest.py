@@ -245,8 +245,12 @@ def find_issue(db: Session, number: int | None = None) -> Issue:
 
 
 def unfinished_issues(db: Session) -> list[Issue]:
-    """Issues whose sending has not finished, oldest first."""
-    query = select(Issue).where(Issue.status != IssueStatus.SENT).order_by(col(Issue.number))
+    """Issues whose sending has not finished (paused ones included, cancelled ones not), oldest first."""
+    query = (
+        select(Issue)
+        .where(col(Issue.status).not_in((IssueStatus.SENT, IssueStatus.CANCELLED)))
+        .order_by(col(Issue.number))
+    )
     return list(db.exec(query))
 
 

@@ -37,10 +37,10 @@ from sqlmodel import col, select
 
 from newsletter.backends import create_backend
 from newsletter.bounces import process_bounces
+from newsletter.checks import check_issue
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.checks import check_issue
-from newsletter.delivery import SENDABLE, SendReport, send_issue
+from newsletter.delivery import SENDABLE, SendReport, due_now, send_issue
 from newsletter.digest import (
     Period,
     PrepareOutcome,
@@ -53,6 +53,7 @@ from newsletter.ingest.feeds import poll_feeds
 from newsletter.ingest.inbox import process_inbox
 from newsletter.models import (
     Issue,
+    IssueStatus,
     JobFailure,
     PeriodOutcome,
     ScheduledPeriod,
@@ -244,7 +245,11 @@ def send_due(engine: Engine, config: Config, *, halt: threading.Event | None = N
     not sent: its findings are logged and NewsletterError names it after the others were sent.
     """
     with session(engine) as db:
-        numbers = [issue.number for issue in unfinished_issues(db) if issue.status in SENDABLE]
+        unfinished = unfinished_issues(db)
+        numbers = [issue.number for issue in unfinished if issue.status in SENDABLE and due_now(db, issue)]
+    for issue in unfinished:
+        if issue.status is IssueStatus.PAUSED:
+            log.warning("issue #%d is paused; `newsletter digest resume %d` lets it go on", issue.number, issue.number)
     refused = [number for number in numbers if not _passes_checks(engine, config, number)]
     reports: list[SendReport] = []
     backend = create_backend(config) if len(refused) < len(numbers) else None

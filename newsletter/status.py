@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.digest import delivery_counts, pending_summaries
+from newsletter.digest import delivery_counts, pending_summaries, unfinished_issues
 from newsletter.ingest.feeds import feed_states
 from newsletter.models import (
     Issue,
@@ -45,6 +45,12 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
         periods = db.exec(select(ScheduledPeriod).order_by(col(ScheduledPeriod.due_at).desc()).limit(5)).all()
         waiting = len(pending_summaries(db))
         counts = delivery_counts(db, last) if last else None
+        older = [issue for issue in unfinished_issues(db) if last is None or issue.number != last.number]
+        unfinished = [
+            {"number": issue.number, "status": issue.status.value,
+             "deliveries": {s.value: n for s, n in delivery_counts(db, issue).items() if n}}
+            for issue in older
+        ]
     return {
         "schedule": {
             "cron": config.schedule.cron,
@@ -62,6 +68,7 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
             "sent_at": _iso(last.sent_at),
             "deliveries": {status.value: count for status, count in (counts or {}).items()},
         },
+        "older_unfinished_issues": unfinished,
         "waiting_summaries": waiting,
         "subscribers": {status.value: by_status.get(status, 0) for status in SubscriberStatus},
         "recent_periods": [
@@ -112,6 +119,9 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         counts = ", ".join(f"{name} {count}" for name, count in last["deliveries"].items())
         lines.append(f"last issue: #{last['number']} ({last['period']}) \"{last['subject']}\": {last['status']}")
         lines.append(f"  deliveries: {counts}")
+    for issue in status["older_unfinished_issues"]:
+        counts = ", ".join(f"{name} {count}" for name, count in issue["deliveries"].items())
+        lines.append(f"unfinished: issue #{issue['number']} is {issue['status']} ({counts})")
     lines.append(f"waiting summaries: {status['waiting_summaries']}")
     lines.append("subscribers: " + ", ".join(f"{name} {count}" for name, count in status["subscribers"].items()))
     for period in status["recent_periods"]:

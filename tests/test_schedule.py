@@ -21,6 +21,7 @@ from newsletter.models import (
     PeriodOutcome,
     ScheduledPeriod,
     Summary,
+    utcnow,
 )
 from newsletter.schedule import (
     Job,
@@ -396,3 +397,16 @@ def test_an_issue_failing_the_pre_send_checks_is_not_sent_until_fixed(tmp_path, 
 def test_the_bounce_job_runs_only_when_a_mailbox_is_configured(tmp_path):
     config = make_config(tmp_path, bounces={"mailbox": {"type": "maildir", "path": "bounces"}})
     assert "bounces" in {job.id for job in build_jobs(config, threading.Event())}
+
+
+def test_the_retry_job_leaves_the_backend_alone_when_nothing_is_due(config, engine, monkeypatch):
+    add_summaries(engine, 1, at=IN_W47)
+    add_people(engine, "ada@example.org")
+    prepare_issue(engine, config)
+    with session(engine) as db:  # the only delivery waits for a retry an hour from now
+        db.exec(update(Delivery).values(status=DeliveryStatus.RETRY, next_attempt_at=utcnow() + timedelta(hours=1)))
+        db.commit()
+    opened = []
+    monkeypatch.setattr("newsletter.schedule.create_backend", lambda cfg: opened.append(cfg))
+    assert send_due(engine, config) == []
+    assert opened == []  # no connection to the mail server, no render, every 5 minutes

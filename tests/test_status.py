@@ -117,3 +117,22 @@ def test_status_shows_each_feed_and_its_last_fetch_result(tmp_path):
         ("https://a.example/feed.xml", "ok"), ("https://b.example/rss", "error")
     ]
     engine.dispose()
+
+
+def test_a_paused_older_issue_is_not_hidden_by_a_newer_one(tmp_path):
+    path = config_file(tmp_path)
+    engine = opened(path)
+    add_summaries(engine, 1)
+    add_people(engine, "a@example.org")
+    assert invoke("digest", "prepare", "--config", path).exit_code == 0
+    assert invoke("digest", "pause", "1", "--config", path).exit_code == 0
+    with session(engine) as db:  # a later period's issue on top of it
+        issue = db.exec(select(Issue)).one()
+        db.add(Issue(number=2, period_key="2099-W01", period_start=issue.period_start,
+                     period_end=issue.period_end, subject="Later"))
+        db.commit()
+    result = invoke("status", "--config", path)
+    assert "unfinished: issue #1 is paused (queued 1)" in result.output
+    data = json.loads(invoke("status", "--json", "--config", path).output)
+    assert data["older_unfinished_issues"] == [{"number": 1, "status": "paused", "deliveries": {"queued": 1}}]
+    engine.dispose()

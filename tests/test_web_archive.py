@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import xml.etree.ElementTree as ET
 
 from fastapi.testclient import TestClient
@@ -9,9 +10,9 @@ from sqlmodel import select
 
 from newsletter.backends import create_backend
 from newsletter.db import session
-from newsletter.delivery import send_unfinished
+from newsletter.delivery import cancel_issue, send_unfinished
 from newsletter.digest import prepare_issue
-from newsletter.models import Subscriber, Summary, utcnow
+from newsletter.models import Delivery, Subscriber, Summary, utcnow
 from newsletter.web.app import create_app
 from tests.helpers import add_people, add_summaries
 
@@ -79,3 +80,28 @@ def test_an_archived_page_shows_a_corrected_summary(config, engine):
         db.add(summary)
         db.commit()
     assert "Paper number 0 (corrected)" in client.get("/archive/1").text
+
+
+def test_an_issue_that_reached_someone_stays_in_the_archive_after_a_cancel(config, engine):
+    add_summaries(engine, 2, category="Neuroscience")
+    add_people(engine, "ada@example.org", "grace@example.org")
+    prepare_issue(engine, config)
+    client = TestClient(create_app(config, engine))
+    stop = threading.Event()  # stop after the first message: one person got it, one did not
+    send_unfinished(engine, config, create_backend(config), batch_size=1, stop=stop,
+                    progress=lambda _number, done, _total: stop.set() if done else None)
+    cancel_issue(engine, 1)
+    with session(engine) as db:
+        states = sorted(d.status.value for d in db.exec(select(Delivery)))
+    assert states == ["sent", "skipped"]
+    assert client.get("/archive/1").status_code == 200  # the first reader's "view in browser" link works
+
+
+def test_an_issue_cancelled_before_anyone_got_it_is_not_published(config, engine):
+    add_summaries(engine, 1)
+    add_people(engine, "ada@example.org")
+    prepare_issue(engine, config)
+    cancel_issue(engine, 1)
+    client = TestClient(create_app(config, engine))
+    assert client.get("/archive/1").status_code == 404
+    assert 'href="/archive/1"' not in client.get("/archive").text

@@ -13,16 +13,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import exists, or_
 from sqlmodel import col, select
 
 from newsletter.db import session
 from newsletter.digest import issue_items
-from newsletter.models import Issue, IssueStatus, utcnow
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
 from newsletter.render import RecipientValues, as_utc, format_date, render_issue
 from newsletter.web.pages import _root, _state, notice, page
 
 router = APIRouter()
-PUBLIC = (IssueStatus.SENDING, IssueStatus.SENT)
+# An issue is public once it has reached someone: its "view in browser" link must keep working even if
+# the send was later paused or cancelled.
+_REACHED_SOMEONE = exists().where(Delivery.issue_id == Issue.id, Delivery.status == DeliveryStatus.SENT)
+PUBLIC = or_(col(Issue.status).in_((IssueStatus.SENDING, IssueStatus.SENT)), _REACHED_SOMEONE)
 FEED_SIZE = 20
 CACHED_PAGES = 32
 ATOM = "http://www.w3.org/2005/Atom"
@@ -34,7 +38,7 @@ def _published(issue: Issue) -> datetime:
 
 def _public_issues(request: Request, limit: int | None = None) -> list[Issue]:
     with session(_state(request).engine) as db:
-        query = select(Issue).where(col(Issue.status).in_(PUBLIC)).order_by(col(Issue.number).desc())
+        query = select(Issue).where(PUBLIC).order_by(col(Issue.number).desc())
         return list(db.exec(query.limit(limit) if limit else query))
 
 
@@ -84,7 +88,7 @@ def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 
     """One issue as it was emailed ("view in browser"), without anything personal."""
     state = _state(request)
     with session(state.engine) as db:
-        issue = db.exec(select(Issue).where(Issue.number == number, col(Issue.status).in_(PUBLIC))).first()
+        issue = db.exec(select(Issue).where(Issue.number == number, PUBLIC)).first()
         items = issue_items(db, issue) if issue else []
     if issue is None:
         return notice(request, "No such issue", f"There is no published issue number {number}.", status=404,

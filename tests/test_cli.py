@@ -16,7 +16,7 @@ runner = CliRunner()
 def config_file(tmp_path: Path, **extra: str) -> Path:
     path = tmp_path / "config.yaml"
     text = (ROOT / "config.yaml").read_text(encoding="utf-8")
-    text = text.replace("templates: templates", f"templates: {ROOT / 'templates'}")
+    text = text.replace("# templates: my-templates", f"templates: {ROOT / 'templates'}")
     for old, new in extra.items():
         text = text.replace(old, new)
     path.write_text(text, encoding="utf-8")

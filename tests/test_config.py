@@ -145,3 +145,10 @@ def test_the_bounce_return_path_must_be_a_bare_address(tmp_path):
     assert make_config(tmp_path, bounces={"return_path": "Bounces@Example.org"}).bounces.return_path == (
         "Bounces@example.org"
     )
+
+
+def test_the_reference_config_works_when_copied_anywhere(tmp_path, monkeypatch):
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    copy = tmp_path / "config.yaml"
+    copy.write_text((ROOT / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_config(copy).newsletter.name

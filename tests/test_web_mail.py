@@ -38,3 +38,16 @@ def test_a_user_template_overrides_the_confirmation_email(tmp_path, config):
     rendered = mail.confirmation_email(own, LinkSigner(own), Subscriber(email="a@example.org", name="Ada", token="t"))
     assert rendered.subject == "Please confirm, Ada!"
     assert "Confirm my subscription" in rendered.html  # the rest falls back to the packaged templates
+
+
+def test_confirmation_emails_use_the_digests_envelope_sender_so_bounces_are_matched(tmp_path, smtp_server):
+    config = make_config(
+        tmp_path,
+        backend={"name": "smtp", "options": {"host": smtp_server.host, "port": smtp_server.port, "security": "none"}},
+        bounces={"verp": True, "return_path": "bounces@example.org"},
+    )
+    person = Subscriber(email="ada@example.org", name="Ada", token="opaque-token")
+    mail.send_confirmation(config, LinkSigner(config), person)
+    [received] = smtp_server.handler.messages
+    assert received.envelope_from == "bounces+opaque-token@example.org"
+    assert received.recipients == ["ada@example.org"]

@@ -16,6 +16,7 @@ from email.utils import format_datetime, formataddr
 from typing import Any
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
+from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import DeliveryError
 from newsletter.message import POLICY, single_line
@@ -109,7 +110,8 @@ def build_transactional(
 
 def send_one(config: Config, subscriber: Subscriber, data: bytes, message_id: str) -> None:
     """Send one message through the configured backend; raises DeliveryError unless it was accepted."""
-    outgoing = OutgoingMessage(0, config.newsletter.sender_address, subscriber.email, message_id, data)
+    # the digest's envelope sender (VERP included), so bounces of these emails reach the bounce mailbox too
+    outgoing = OutgoingMessage(0, return_path(config, subscriber.token), subscriber.email, message_id, data)
     with create_backend(config) as backend:
         result = backend.send([outgoing])[0]
     if result.status is not SendStatus.SENT:

@@ -290,7 +290,8 @@ def _send_test(state: PreviewState, to: str, ref: str) -> str:
     data = build_message(config, rendered, values, message_id=message_id)
     backend = create_backend(config)
     with backend:
-        [result] = backend.send([OutgoingMessage(0, config.newsletter.sender_address, address, message_id, data)])
+        envelope = config.bounces.return_path or config.newsletter.sender_address
+        [result] = backend.send([OutgoingMessage(0, envelope, address, message_id, data)])
     if result.status is not SendStatus.SENT:
         raise NewsletterError(f"the {backend.describe()} backend did not send the test to {address}: {result.detail}")
     return f"sent a test of {sample.description} to {address} via {backend.describe()}"

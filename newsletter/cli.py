@@ -452,8 +452,9 @@ def digest_send(
     if if_due:
         if issue is not None:
             raise NewsletterError("--if-due decides which issue is due; leave out --issue")
-        with _opened(config) as (loaded, engine):
-            result = run_if_due(engine, loaded)
+        stop = threading.Event()
+        with _opened(config) as (loaded, engine), _stop_on_signals(stop):
+            result = run_if_due(engine, loaded, halt=stop)
         for line in result.lines or ["nothing is due"]:
             console.print(Text(line))
         return

@@ -306,14 +306,14 @@ def load_issue(engine: Engine, config: Config, number: int | None = None, *, now
     """
     with session(engine) as db:
         if number is None:
-            period = period_containing(now or utcnow(), config.schedule.zone)
+            period = period_containing(now or utcnow(), config.schedule.zone, config.schedule.cadence)
             if db.exec(select(Issue.id).where(Issue.period_key == period.key)).first() is None:
                 draft, items = draft_issue(db, config, period)
                 if items:
                     return draft, items, f"draft of issue #{draft.number} (not prepared yet)", _sample(db)
             if db.exec(select(Issue.id)).first() is None:
                 raise NewsletterError(
-                    "nothing to check: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
+                    "nothing to show: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
                 )
         issue = find_issue(db, number)
         return issue, issue_items(db, issue), f"issue #{issue.number} ({issue.status.value})", _sample(db)

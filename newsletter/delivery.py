@@ -40,14 +40,13 @@ from sqlmodel import Session, col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
 from newsletter.bounces import record_bounce, return_path
+from newsletter.checks import load_issue
 from newsletter.config import Config
 from newsletter.db import session
 from newsletter.digest import (
     delivery_counts,
-    draft_issue,
     find_issue,
     issue_items,
-    period_containing,
     unfinished_issues,
 )
 from newsletter.errors import DeliveryError, InvalidAddress, NewsletterError
@@ -498,25 +497,7 @@ def write_preview(
     yet (nothing is saved), otherwise the newest issue. The sample recipient is the first active
     subscriber, or a made-up reader when the list is empty.
     """
-    with session(engine) as db:
-        issue: Issue | None = None
-        if number is None:
-            period = period_containing(now or utcnow(), config.schedule.zone)
-            if db.exec(select(Issue.id).where(Issue.period_key == period.key)).first() is None:
-                draft, items = draft_issue(db, config, period)
-                if items:
-                    issue, description = draft, f"draft of issue #{draft.number} (not prepared yet)"
-            if issue is None and db.exec(select(Issue.id)).first() is None:
-                raise NewsletterError(
-                    "nothing to render: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
-                )
-        if issue is None:
-            issue = find_issue(db, number)
-            items = issue_items(db, issue)
-            description = f"issue #{issue.number} ({issue.status.value})"
-        sample = db.exec(
-            select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(col(Subscriber.id))
-        ).first() or Subscriber(email="reader@example.org", name="Sample Reader")
+    issue, items, description, sample = load_issue(engine, config, number, now=now)
     composer = _Composer(config, issue, items)
     template = composer.template(sample.topics) or composer.template([])
     assert template is not None

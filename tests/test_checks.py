@@ -15,6 +15,7 @@ from newsletter.checks import (
     check_message,
     has_errors,
     link_problem,
+    load_issue,
 )
 from newsletter.cli import app
 from newsletter.config import Config
@@ -159,3 +160,12 @@ def test_digest_check_and_send_refuse_on_errors_unless_forced(tmp_path: Path) ->
     forced = cli(config_file, "digest", "send", "--force")
     assert forced.exit_code == 0, forced.output
     assert len(list((tmp_path / "outbox").iterdir())) == 1
+
+
+def test_the_draft_is_keyed_by_the_configured_cadence(tmp_path, engine, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    monthly = make_config(tmp_path, schedule={"cadence": "monthly", "timezone": "Europe/Berlin"})
+    add_summaries(engine, 1)
+    issue, _items, description, _reader = load_issue(engine, monthly)
+    assert description.startswith("draft of issue #1")
+    assert len(issue.period_key) == 7 and "W" not in issue.period_key  # 2026-11, not 2026-W47

@@ -202,7 +202,7 @@ def test_render_previews_the_next_issue_once_summaries_wait_in_a_new_week(config
 
 
 def test_render_with_nothing_prepared_or_waiting_says_to_ingest_first(config, engine, tmp_path):
-    with pytest.raises(NewsletterError, match="nothing to render: .* run `newsletter ingest` first"):
+    with pytest.raises(NewsletterError, match="nothing to show: .* run `newsletter ingest` first"):
         write_preview(engine, config, tmp_path / "p")
     assert not (tmp_path / "p").exists()
 

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, update
+from sqlalchemy import Engine, and_, exists, func, or_, update
 from sqlmodel import Session, col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
@@ -469,11 +469,20 @@ def _record(
 
 
 def _release(engine: Engine, ids: Sequence[int | None], owner: str) -> None:
-    """Give back rows this sender claimed but could not finish, so the next run sends them at once."""
+    """Give back rows this sender claimed but could not finish, so the next run sends them at once; rows
+    of an issue cancelled meanwhile become ``skipped`` instead."""
+    held = and_(col(Delivery.id).in_(ids), Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
+    cancelled = exists().where(Issue.id == Delivery.issue_id, Issue.status == IssueStatus.CANCELLED)
     with session(engine) as db:
         db.execute(
             update(Delivery)
-            .where(col(Delivery.id).in_(ids), Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
+            .where(held, cancelled)
+            .values(status=DeliveryStatus.SKIPPED, last_error="issue cancelled", claimed_by=None,
+                    lease_expires_at=None, updated_at=utcnow())
+        )
+        db.execute(
+            update(Delivery)
+            .where(held)
             .values(status=DeliveryStatus.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=utcnow())
         )
         db.commit()
@@ -558,7 +567,10 @@ def resume_issue(engine: Engine, number: int | None = None) -> Issue:
 
 
 def cancel_issue(engine: Engine, number: int | None = None) -> tuple[Issue, int]:
-    """Cancel an issue: every delivery not yet sent or being sent becomes ``skipped``; returns how many."""
+    """Cancel an issue: every delivery not yet sent becomes ``skipped``: at once, or for rows a running
+    sender holds, when it gives them back (a crashed sender's rows, once their lease expired). Returns how
+    many were skipped at once."""
+    now = utcnow()
     with session(engine) as db:
         issue = find_issue(db, number)
         if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
@@ -566,8 +578,10 @@ def cancel_issue(engine: Engine, number: int | None = None) -> tuple[Issue, int]
         skipped = db.execute(
             update(Delivery)
             .where(Delivery.issue_id == issue.id,
-                   col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.RETRY]))
-            .values(status=DeliveryStatus.SKIPPED, last_error="issue cancelled", updated_at=utcnow())
+                   or_(col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.RETRY]),
+                       and_(Delivery.status == DeliveryStatus.SENDING, col(Delivery.lease_expires_at) < now)))
+            .values(status=DeliveryStatus.SKIPPED, last_error="issue cancelled", claimed_by=None,
+                    lease_expires_at=None, updated_at=now)
         ).rowcount
         issue.status = IssueStatus.CANCELLED
         db.add(issue)

@@ -368,3 +368,20 @@ def test_rows_of_a_sender_that_died_on_this_machine_are_taken_over_at_once(confi
         db.commit()
     report = send_issue(engine, config, create_backend(config), 1, clock=lambda: NOW)
     assert report.sent == 2 and report.issue.status is IssueStatus.SENT
+
+
+def test_a_cancel_during_a_send_leaves_nothing_queued_or_sending(config, engine):
+    from newsletter.delivery import cancel_issue
+
+    prepared(config, engine, *(f"p{n}@example.org" for n in range(6)))
+
+    class CancelledMidway(FileBackend):
+        max_in_flight = 2
+
+        def send(self, batch):
+            cancel_issue(engine, 1)  # another terminal cancels while this window is in flight
+            return super().send(batch)
+
+    report = send_issue(engine, config, CancelledMidway(FileOptions(), config=config), 1, batch_size=6)
+    assert report.sent == 2 and "cancelled by another command" in report.stopped
+    assert sorted(statuses(engine).values()) == ["sent"] * 2 + ["skipped"] * 4

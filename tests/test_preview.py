@@ -76,7 +76,7 @@ def test_template_error_shows_file_and_line_and_the_server_keeps_going(client: T
 def test_a_template_config_or_summary_change_is_noticed_within_a_second(client: TestClient, project: Project) -> None:
     state = client.app.state.preview
     version = state.version
-    project.edit("partials/header.mjml.j2", "this week", "in this issue")
+    project.edit("partials/header.mjml.j2", "in this issue", "in this edition")
     assert wait_for(lambda: state.version > version, timeout=5) < 1.0
     version = state.version
     add_summaries(project.engine, 1)

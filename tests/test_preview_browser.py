@@ -120,10 +120,10 @@ def test_editing_a_template_updates_the_page_without_a_reload_click(browser, ser
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     page.goto(server)
     frame = page.frame_locator("#email")
-    sync_api.expect(frame.get_by_text("3 summaries this week")).to_be_visible()
+    sync_api.expect(frame.get_by_text("3 summaries in this issue")).to_be_visible()
     page.wait_for_function("document.documentElement.dataset.live === 'yes'")  # listening for changes
     start = time.monotonic()
-    project.edit("partials/header.mjml.j2", "this week", "in this issue, fresh from the editor")
+    project.edit("partials/header.mjml.j2", "in this issue", "in this issue, fresh from the editor")
     sync_api.expect(frame.get_by_text("3 summaries in this issue, fresh from the editor")).to_be_visible(timeout=5000)
     print(f"template edit visible in the page after {time.monotonic() - start:.2f} s")
     page.close()

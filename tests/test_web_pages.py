@@ -407,3 +407,9 @@ def test_the_form_cannot_undo_a_bounce_or_a_spam_complaint(site):
         assert answer.status_code == 200 and "Check your inbox" in answer.text  # reveals nothing
         assert site.subscriber(address).status is status
     assert site.mails() == []
+
+
+def test_the_pages_promise_the_configured_cadence(config, tmp_path):
+    daily = make_site(tmp_path, schedule={"cadence": "daily", "cron": "0 8 * * *"})
+    assert "Every day, the research summaries" in daily.client.get("/subscribe").text
+    daily.engine.dispose()

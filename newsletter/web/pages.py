@@ -52,6 +52,7 @@ router = APIRouter()
 PAGES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(default=True)
 )
+EVERY = {"weekly": "every week", "daily": "every day", "monthly": "every month"}  # by schedule.cadence
 RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip counts requests in the last hour
 
 
@@ -97,7 +98,8 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     """Render one of the site's page templates (autoescaped) with the newsletter's details."""
     config = _state(request).config
     site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
-    defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False}
+    defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False,
+                "every": EVERY[config.schedule.cadence]}
     html = PAGES.get_template(template).render({**defaults, **context})
     return HTMLResponse(html, status_code=status)
 
@@ -200,7 +202,7 @@ def confirm_page(request: Request, token: str) -> HTMLResponse:
     except InvalidToken as exc:
         return _bad_link(request, exc, "confirmation")
     return notice(request, "Confirm your subscription",
-                  f"One more click and {state.config.newsletter.name} will arrive every week.",
+                  f"One more click and {state.config.newsletter.name} will arrive {EVERY[state.config.schedule.cadence]}.",
                   action_url=f"{_root(request)}/confirm/{token}", action_fields=[], action_label="Confirm my subscription")
 
 

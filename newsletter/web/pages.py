@@ -245,22 +245,28 @@ def manage_help(request: Request) -> HTMLResponse:
                   link_url=f"{_root(request)}/subscribe", link_label="Not subscribed yet? Subscribe")
 
 
+def _linked_subscriber(request: Request, purpose: str, token: str, what: str) -> Subscriber | HTMLResponse:
+    """The subscriber a signed link points at, or the friendly page to answer with (400 tampered, 404 gone)."""
+    state = _state(request)
+    try:
+        subscriber_token = state.signer.verify(purpose, token)
+    except InvalidToken as exc:
+        return _bad_link(request, exc, what)
+    with session(state.engine) as db:
+        subscriber = find_by_token(db, subscriber_token)
+    return _unknown(request) if subscriber is None else subscriber
+
+
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse)
 def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     """A page with an unsubscribe button; a GET never changes anything (link scanners open links)."""
-    state = _state(request)
-    try:
-        subscriber_token = state.signer.verify(UNSUBSCRIBE, token)
-    except InvalidToken as exc:
-        return _bad_link(request, exc, "unsubscribe")
-    with session(state.engine) as db:
-        subscriber = find_by_token(db, subscriber_token)
-    if subscriber is None:
-        return _unknown(request)
+    subscriber = _linked_subscriber(request, UNSUBSCRIBE, token, "unsubscribe")
+    if isinstance(subscriber, HTMLResponse):
+        return subscriber
     if subscriber.status is not SubscriberStatus.ACTIVE and subscriber.status is not SubscriberStatus.PENDING:
         return notice(request, "You are unsubscribed", f"{subscriber.email} receives nothing more from this list.",
                       link_url=f"{_root(request)}/subscribe", link_label="Subscribe again")
-    return notice(request, "Unsubscribe?", f"Stop sending {state.config.newsletter.name} to {subscriber.email}.",
+    return notice(request, "Unsubscribe?", f"Stop sending {_state(request).config.newsletter.name} to {subscriber.email}.",
                   action_url=f"{_root(request)}/unsubscribe/{token}",
                   action_fields=[("List-Unsubscribe", "One-Click")], action_label="Unsubscribe",
                   link_url=_preferences_url(request, subscriber), link_label="Or choose fewer topics instead")
@@ -305,15 +311,9 @@ def _preferences_page(request: Request, token: str, subscriber: Subscriber, stat
 @router.get("/preferences/{token}", response_class=HTMLResponse)
 def preferences_page(request: Request, token: str, welcome: bool = False, saved: bool = False) -> HTMLResponse:
     """The subscriber's page: name, topics, unsubscribe."""
-    state = _state(request)
-    try:
-        subscriber_token = state.signer.verify(PREFERENCES, token)
-    except InvalidToken as exc:
-        return _bad_link(request, exc, "preferences")
-    with session(state.engine) as db:
-        subscriber = find_by_token(db, subscriber_token)
-    if subscriber is None:
-        return _unknown(request)
+    subscriber = _linked_subscriber(request, PREFERENCES, token, "preferences")
+    if isinstance(subscriber, HTMLResponse):
+        return subscriber
     return _preferences_page(request, token, subscriber, welcome=welcome, saved=saved)
 
 
@@ -325,19 +325,13 @@ def save_preferences(
     topics: Annotated[list[str], Form()] = [],  # noqa: B006  (FastAPI copies defaults)
 ) -> Response:
     """Saves name and topics (none ticked: every topic), then shows the page again."""
-    state = _state(request)
-    try:
-        subscriber_token = state.signer.verify(PREFERENCES, token)
-    except InvalidToken as exc:
-        return _bad_link(request, exc, "preferences")
-    with session(state.engine) as db:
-        subscriber = find_by_token(db, subscriber_token)
-    if subscriber is None:
-        return _unknown(request)
-    allowed = set(known_topics(state.engine)) | set(subscriber.topics)
+    subscriber = _linked_subscriber(request, PREFERENCES, token, "preferences")
+    if isinstance(subscriber, HTMLResponse):
+        return subscriber
+    allowed = set(known_topics(_state(request).engine)) | set(subscriber.topics)
     unknown = [topic for topic in topics if topic not in allowed]
     if unknown:
         return _preferences_page(request, token, subscriber, 400,
                                  error=f"There is no topic called {unknown[0][:100]!r}; pick from the list.")
-    update_preferences(state.engine, subscriber_token, name, topics)
+    update_preferences(_state(request).engine, subscriber.token, name, topics)
     return RedirectResponse(f"{_root(request)}/preferences/{token}?saved=1", status_code=303)

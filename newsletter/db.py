@@ -2,7 +2,8 @@
 
 ``open_database(config)`` returns an engine whose schema is at the newest Alembic revision; call it once
 per process and pass the engine on (no global engine). SQLite connections get WAL mode, a busy timeout and
-foreign keys; a relative SQLite path is created under the config file's folder.
+foreign keys; a relative SQLite path is created under the config file's folder. PostgreSQL connections
+(``postgresql+psycopg://``, the ``postgres`` extra) use the UTC time zone.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
+    # Timestamp columns hold UTC without an offset (as on SQLite): aware values must be converted to UTC.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; for SQLite, creates the parent folder and sets the connection pragmas.
 
@@ -57,6 +65,8 @@ def make_engine(url: str) -> Engine:
         ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _postgres_session)
     return engine
 
 

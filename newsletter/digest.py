@@ -192,7 +192,7 @@ def prepare_issue(
                 .where(col(Summary.id).in_([item.id for item in items]), col(Summary.issue_id).is_(None))
                 .values(issue_id=issue.id)
             ).rowcount
-            recipients = db.execute(
+            db.execute(
                 insert(Delivery).from_select(
                     ["issue_id", "subscriber_id", "status", "attempts", "updated_at"],
                     select(
@@ -203,7 +203,9 @@ def prepare_issue(
                         literal(utcnow(), Delivery.__table__.c.updated_at.type),
                     ).where(Subscriber.status == SubscriberStatus.ACTIVE),
                 )
-            ).rowcount
+            )
+            # Counted, not rowcount: psycopg reports -1 for INSERT ... SELECT.
+            recipients = db.exec(select(func.count()).where(Delivery.issue_id == issue.id)).one()
             db.commit()
         except IntegrityError:
             # Another process prepared this period (or took this number) between our read and our write.

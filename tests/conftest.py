@@ -1,10 +1,17 @@
-"""Shared fixtures: a real SQLite file per test, the project's config, and a real SMTP server."""
+"""Shared fixtures: a real database per test, the project's config, and a real SMTP server.
+
+The database is a SQLite file in the test's folder, or, when ``NEWSLETTER_TEST_DATABASE_URL`` names a
+PostgreSQL database (a throwaway one: ``.ci/run`` starts a private cluster), a fresh schema in it per test,
+handed to everything the test starts (subprocesses included) through ``NEWSLETTER_DATABASE_URL``.
+"""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import os
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -13,13 +20,38 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, text
 
 from newsletter.config import Config, config_from_mapping
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
+ON_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
+sqlite_only = pytest.mark.skipif(ON_POSTGRES, reason="SQLite-specific (file, pragmas or locking)")
+
+
+@pytest.fixture(scope="session")
+def _postgres_admin() -> Iterator[Engine | None]:
+    if not ON_POSTGRES:
+        yield None
+        return
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    yield admin
+    admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _database_per_test(_postgres_admin: Engine | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the PostgreSQL pass, point NEWSLETTER_DATABASE_URL at a new empty schema for this test."""
+    if _postgres_admin is None:
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with _postgres_admin.connect() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in TEST_DATABASE_URL else "?"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"{TEST_DATABASE_URL}{separator}options=-csearch_path%3D{schema}")
 
 
 def make_config(base_dir: Path, **overrides: Any) -> Config:
@@ -36,7 +68,8 @@ def make_config(base_dir: Path, **overrides: Any) -> Config:
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "test-secret-key")
-    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    if not ON_POSTGRES:
+        monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
     return make_config(tmp_path)
 
 

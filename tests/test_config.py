@@ -9,6 +9,12 @@ from newsletter.errors import ConfigError
 from tests.conftest import ROOT, make_config
 
 
+@pytest.fixture(autouse=True)
+def _database_url_from_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read database.url from the file, also on the PostgreSQL pass of the suite."""
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")

@@ -51,6 +51,7 @@ from newsletter.delivery import (
     retry_failed,
     send_issue,
     send_unfinished,
+    work,
     write_preview,
 )
 from newsletter.digest import prepare_issue, unfinished_issues
@@ -657,6 +658,43 @@ def run(config: ConfigOption = None) -> None:
     with _opened(config) as (loaded, engine):
         configure_logging(logging.INFO, loaded.schedule.log_format)
         run_scheduler(engine, loaded, stop)
+
+
+@app.command()
+def worker(
+    until_done: Annotated[
+        bool, typer.Option("--until-done", help="Exit once no issue has a queued or leased delivery left.")
+    ] = False,
+    poll: Annotated[float, typer.Option(min=0.1, max=3600, help="Seconds between looks for due work.")] = 5.0,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Deliveries claimed at a time (default: delivery.batch_size).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Send even when the pre-send checks find errors.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Send prepared issues side by side with other workers (on this machine or others sharing a PostgreSQL
+    database), until Ctrl-C/SIGTERM. Each claims batches of deliveries under a lease (FOR UPDATE SKIP
+    LOCKED on PostgreSQL), so no delivery is sent by two workers; a dead worker's batch is taken over when
+    its lease (delivery.lease) expires. An issue failing the pre-send checks is left alone unless --force.
+
+    Example: newsletter worker --config config.yaml   (start one per core or per host; --until-done for a batch job)
+    """
+    def ready(number: int) -> bool:
+        try:
+            _check_before_sending(engine, loaded, number, force)
+        except NewsletterError as exc:
+            errors.print(Text(f"error: {exc}"), soft_wrap=True)
+            return False
+        return True
+
+    stop = threading.Event()
+    with _opened(config) as (loaded, engine), _stop_on_signals(stop):
+        configure_logging(logging.INFO, loaded.schedule.log_format)
+        backend = create_backend(loaded)
+        reports = work(engine, loaded, backend, ready=ready, until_done=until_done, poll=poll,
+                       batch_size=batch_size, stop=stop)
+    for report in reports:
+        console.print(Text(f"{report.summary_line()} (via {backend.describe()})"))
 
 
 @app.command()

@@ -22,6 +22,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -105,12 +106,12 @@ class NewsletterSection(_Section):
             )
         return value.rstrip("/")
 
-    @property
+    @cached_property  # read for every message sent: parsed once
     def sender_address(self) -> str:
         """The bare address of ``sender``, for the SMTP envelope."""
         return parseaddr(self.sender)[1]
 
-    @property
+    @cached_property
     def sender_domain(self) -> str:
         return self.sender_address.rpartition("@")[2].lower()
 
@@ -267,6 +268,9 @@ class DeliverySection(_Section):
     retry_schedule: tuple[str, ...] = ("5m", "15m", "1h", "4h", "12h", "1d", "2d")
     pause_error_rate: float = Field(default=0.5, gt=0, le=1)
     pause_window: int = Field(default=50, ge=1)
+    # Messages sent before their results are recorded: the backend's max_in_flight (SMTP: connections)
+    # times this. Larger is faster (fewer ledger transactions) but a crash may resend that many.
+    in_flight_factor: int = Field(default=1, ge=1, le=256)
 
     @field_validator("lease")
     @classmethod

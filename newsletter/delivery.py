@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, update
+from sqlalchemy import Engine, and_, bindparam, exists, func, or_, update
 from sqlmodel import Session, col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
@@ -186,6 +186,66 @@ def send_issue(
     return report
 
 
+def work(
+    engine: Engine,
+    config: Config,
+    backend: Backend,
+    *,
+    ready: Callable[[int], bool] = lambda number: True,
+    until_done: bool = False,
+    poll: float = 5.0,
+    batch_size: int | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    stop: threading.Event | None = None,
+) -> list[SendReport]:
+    """What ``newsletter worker`` does: send the due deliveries of every prepared or sending issue, side by
+    side with any number of other workers sharing the database, until ``stop`` is set.
+
+    Between passes it waits ``poll`` seconds, so it picks up new issues, retries that come due and rows
+    whose holder died (lease expired, or a process on this host that is gone). ``ready(number)`` is asked
+    once per issue before its first message (the pre-send checks); an issue it refuses is left alone. With
+    ``until_done`` it returns once no such issue has a queued or leased delivery (retries waiting for their
+    time do not count). Returns one report per issue and pass that found something to do.
+    """
+    stop = stop or threading.Event()
+    decided: dict[int, bool] = {}
+    reports: list[SendReport] = []
+    while not stop.is_set():
+        with session(engine) as db:
+            issues = [issue for issue in unfinished_issues(db) if issue.status in SENDABLE]
+            due = {i.number for i in issues if _due_count(db, i.id, clock(), config.delivery.lease_time)}
+        numbers = [issue.number for issue in issues]
+        for number in numbers:
+            if number not in due:  # nothing to claim: do not connect to the server for nothing
+                continue
+            if number not in decided:
+                decided[number] = ready(number)
+            if not decided[number]:
+                continue
+            try:
+                report = send_issue(engine, config, backend, number, batch_size=batch_size, clock=clock, stop=stop)
+            except NewsletterError as exc:  # paused or cancelled since the list was read
+                log.info("issue #%d: %s", number, exc)
+                continue
+            if report.total:
+                reports.append(report)
+        if until_done and not _leftover(engine, [n for n in numbers if decided.get(n, True)]):
+            break
+        stop.wait(poll)
+    return reports
+
+
+def _leftover(engine: Engine, numbers: Sequence[int]) -> int:
+    """Queued or leased deliveries of the sendable issues among ``numbers``."""
+    with session(engine) as db:
+        return db.exec(
+            select(func.count()).select_from(Delivery).join(Issue, col(Issue.id) == Delivery.issue_id).where(
+                col(Issue.number).in_(numbers), col(Issue.status).in_(SENDABLE),
+                col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.SENDING]),
+            )
+        ).one()
+
+
 def _due(issue_id: int | None, now: datetime) -> Any:
     """Deliveries of the issue that may be claimed at ``now``."""
     return and_(
@@ -253,23 +313,31 @@ def _claim(engine: Engine, issue_id: int | None, owner: str, limit: int, now: da
                 .values(status=DeliveryStatus.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=now)
             )
             db.commit()
-        ids = list(db.exec(select(Delivery.id).where(_due(issue_id, now)).order_by(col(Delivery.id)).limit(limit)))
-        if not ids:
-            return []
-        # The due condition is checked again in the UPDATE: a concurrent sender that claimed a row first wins.
-        db.execute(
-            update(Delivery)
-            .where(col(Delivery.id).in_(ids), _due(issue_id, now))
-            .values(status=DeliveryStatus.SENDING, claimed_by=owner, lease_expires_at=now + lease, updated_at=now)
-        )
-        db.commit()
-        rows = db.exec(
-            select(Delivery, Subscriber)
-            .join(Subscriber, col(Subscriber.id) == Delivery.subscriber_id)
-            .where(col(Delivery.id).in_(ids), Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
-            .order_by(col(Delivery.id))
-        )
-        return list(rows.all())
+        # PostgreSQL: FOR UPDATE SKIP LOCKED lets concurrent workers each take different rows without waiting.
+        # SQLite ignores it; its short write transaction and the due condition checked again in the UPDATE
+        # make a concurrent sender that claimed a row first win.
+        while True:
+            ids = list(db.exec(
+                select(Delivery.id).where(_due(issue_id, now)).order_by(col(Delivery.id)).limit(limit)
+                .with_for_update(skip_locked=True)
+            ))
+            if not ids:
+                return []
+            db.execute(
+                update(Delivery)
+                .where(col(Delivery.id).in_(ids), _due(issue_id, now))
+                .values(status=DeliveryStatus.SENDING, claimed_by=owner, lease_expires_at=now + lease, updated_at=now)
+            )
+            db.commit()
+            rows = db.exec(
+                select(Delivery, Subscriber)
+                .join(Subscriber, col(Subscriber.id) == Delivery.subscriber_id)
+                .where(col(Delivery.id).in_(ids), Delivery.claimed_by == owner,
+                       Delivery.status == DeliveryStatus.SENDING)
+                .order_by(col(Delivery.id))
+            ).all()
+            if rows:  # else other senders took every one of them first: look again
+                return list(rows)
 
 
 def _section_key(summary: Summary) -> str:
@@ -334,7 +402,8 @@ class _Loop:
 
     def run(self, batch_size: int, progress: Progress | None) -> None:
         issue_id, lease = self.report.issue.id, self.config.delivery.lease_time
-        window = self.backend.max_in_flight or batch_size
+        in_flight = self.backend.max_in_flight
+        window = in_flight * self.config.delivery.in_flight_factor if in_flight else batch_size
         done = 0
         while not self._should_stop() and (claimed := _claim(self.engine, issue_id, self.owner, batch_size,
                                                               self.clock(), lease)):
@@ -431,8 +500,24 @@ def _record(
     done = {"claimed_by": None, "lease_expires_at": None, "updated_at": now}
     held = and_(Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
     schedule = config.delivery.retry_delays
+    sent = [r for r in window.results if r.status is SendStatus.SENT]
     with session(engine) as db:
+        if sent:  # one executemany for the common case: an ORM UPDATE per row was most of the sender's time
+            table = Delivery.__table__
+            written = db.connection().execute(
+                update(table)
+                .where(table.c.id == bindparam("row"), table.c.claimed_by == owner,
+                       table.c.status == DeliveryStatus.SENDING)
+                .values(claimed_by=None, lease_expires_at=None, updated_at=now, attempts=bindparam("tried"),
+                        message_id=bindparam("mid"), status=DeliveryStatus.SENT, sent_at=now,
+                        last_error=None),
+                [{"row": r.delivery_id, "tried": attempts[r.delivery_id] + 1,
+                  "mid": window.message_ids.get(r.delivery_id)} for r in sent],
+            )
+            report.sent += written.rowcount
         for result in window.results:
+            if result.status is SendStatus.SENT:
+                continue
             tried = attempts[result.delivery_id] + 1
             values: dict[str, Any] = {
                 **done, "attempts": tried, "message_id": window.message_ids.get(result.delivery_id)

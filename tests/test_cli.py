@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sqlite_only
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def invoke(*args: str):
 COMMANDS = [
     [], ["ingest"], ["run"], ["demo"], ["subscribers"], ["subscribers", "add"], ["subscribers", "import"],
     ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["subscribers", "erase"],
-    ["serve"], ["preview"], ["status"], ["digest"],
+    ["serve"], ["preview"], ["status"], ["worker"], ["digest"],
     ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"], ["digest", "check"],
     ["digest", "pause"], ["digest", "resume"], ["digest", "retry-failed"], ["digest", "cancel"],
     ["bounces"], ["bounces", "process"], ["summaries"], ["summaries", "list"], ["summaries", "show"],
@@ -43,7 +43,7 @@ def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Example" in result.output
-    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"], ["serve"], ["preview"], ["status"]):
+    if len(command) == 2 or command[:1] in (["ingest"], ["run"], ["demo"], ["serve"], ["preview"], ["status"], ["worker"]):
         assert "--config" in result.output
 
 
@@ -114,6 +114,7 @@ def test_the_whole_path_through_the_cli(tmp_path):
     )
 
 
+@sqlite_only  # the demo's database is a file in its folder
 def test_demo_with_a_config_uses_its_newsletter_and_templates_but_its_own_database(tmp_path):
     templates = tmp_path / "my-templates"
     templates.mkdir()
@@ -136,8 +137,10 @@ def test_demo_with_a_config_uses_its_newsletter_and_templates_but_its_own_databa
     ("replace", "expected"),
     [
         ({"timezone: Europe/London": "timezone: Europe"}, "schedule.timezone: 'Europe' is not an IANA timezone"),
-        ({"url: sqlite:///subscribers/newsletter.db": "url: sqlite:///config.yaml"}, "cannot open the database"),
-        ({"url: sqlite:///subscribers/newsletter.db": "url: sqlite:///config.yaml/x.db"}, "cannot create the database folder"),
+        pytest.param({"url: sqlite:///subscribers/newsletter.db": "url: sqlite:///config.yaml"},
+                     "cannot open the database", marks=sqlite_only),
+        pytest.param({"url: sqlite:///subscribers/newsletter.db": "url: sqlite:///config.yaml/x.db"},
+                     "cannot create the database folder", marks=sqlite_only),
         ({f"templates: {ROOT / 'templates'}": "templates: no-such-folder"}, "templates: the folder"),
     ],
     ids=["zone-folder", "not-a-database", "folder-is-a-file", "missing-templates"],
@@ -162,6 +165,7 @@ def test_export_to_an_impossible_place_says_so(tmp_path):
     assert result.exit_code == 1 and "cannot write" in result.output and "choose another --out" in result.output
 
 
+@sqlite_only  # the demo's database is a file in its folder
 def test_demo_never_overwrites_a_folder_that_is_not_a_demo(tmp_path):
     (tmp_path / "prod").mkdir()
     (tmp_path / "prod" / "config.yaml").write_text("newsletter: {}\n", encoding="utf-8")

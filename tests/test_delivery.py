@@ -385,3 +385,25 @@ def test_a_cancel_during_a_send_leaves_nothing_queued_or_sending(config, engine)
     report = send_issue(engine, config, CancelledMidway(FileOptions(), config=config), 1, batch_size=6)
     assert report.sent == 2 and "cancelled by another command" in report.stopped
     assert sorted(statuses(engine).values()) == ["sent"] * 2 + ["skipped"] * 4
+
+
+def test_in_flight_factor_hands_the_backend_bigger_windows_between_ledger_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "test-secret-key")
+    config = make_config(tmp_path, delivery={"batch_size": 100, "in_flight_factor": 3})
+    from newsletter.db import open_database
+
+    engine = open_database(config)
+    prepared(config, engine, *(f"w{n}@example.org" for n in range(14)))
+    windows = []
+
+    class Counting(FileBackend):
+        max_in_flight = 2
+
+        def send(self, batch):
+            windows.append(len(batch))
+            return super().send(batch)
+
+    report = send_issue(engine, config, Counting(FileOptions(), config=config), 1)
+    engine.dispose()
+    assert report.sent == 14
+    assert windows == [6, 6, 2]  # max_in_flight 2 x factor 3, recorded after each

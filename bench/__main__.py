@@ -1,0 +1,180 @@
+"""End-to-end send benchmark against Postfix's smtp-sink on loopback, with smtp-source as the reference.
+
+    .venv/bin/python -m bench [--subscribers 10000|100000|1000000] [--summaries 15] [--connections 8]
+                              [--workers 1] [--database-url postgresql+psycopg://...]
+
+Creates the subscribers and an issue of ``--summaries`` summaries in a temporary folder (SQLite there, or
+the given database, which must be empty), prepares the issue (timed), measures the per-message
+render+personalise cost in this process, then sends with ``--workers`` real `newsletter worker --until-done`
+processes (each with ``--connections`` SMTP connections) to ``smtp-sink``, measuring wall time and each
+sender's peak RSS (wait4). Finally ``smtp-source`` sends as many messages of the same size over the same
+total number of connections to the same sink. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from sqlalchemy import insert
+from sqlmodel import select
+
+from newsletter.config import load_config
+from newsletter.db import open_database, session
+from newsletter.delivery import _Composer
+from newsletter.digest import issue_items, prepare_issue
+from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, new_token, utcnow
+
+ROOT = Path(__file__).resolve().parent.parent
+SINK, SOURCE = "/usr/sbin/smtp-sink", "/usr/sbin/smtp-source"
+PARAGRAPH = ("The authors measured what happens when the method is applied at scale, compared it with two "
+             "earlier approaches and found a consistent improvement that holds across the data sets. ")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses to keep root privileges
+    sink = subprocess.Popen([SINK, *user, f"127.0.0.1:{port}", "1024"])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return sink
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("smtp-sink did not start")
+
+
+def write_config(folder: Path, port: int, connections: int, factor: int, database_url: str | None) -> Path:
+    settings = {
+        "newsletter": {"name": "Research Weekly", "sender": "Research Weekly <digest@example.org>",
+                       "postal_address": "1 Example Street, Example City", "site_url": "https://news.example.org"},
+        "database": {"url": database_url or "sqlite:///bench.db"},
+        "templates": str(ROOT / "templates"),
+        "backend": {"name": "smtp", "options": {"host": "127.0.0.1", "port": port, "security": "none",
+                                                "connections": connections}},
+        "delivery": {"batch_size": 1000, "in_flight_factor": factor},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+def fill(engine, subscribers: int, summaries: int) -> None:
+    now = utcnow()
+    with session(engine) as db:
+        for n in range(summaries):
+            db.add(Summary(uid=f"bench-{n}", title=f"Paper number {n}: a result worth reading",
+                           url=f"https://example.org/papers/{n}", source="Journal of Examples",
+                           category=("Neuroscience", "Climate", "Physics")[n % 3], summary=PARAGRAPH,
+                           key_points=[f"Finding {n}.{k}" for k in range(3)]))
+        db.commit()
+        for start in range(0, subscribers, 50_000):
+            rows = [{"email": f"reader{n:07d}@example.org", "name": f"Reader {n}", "status": SubscriberStatus.ACTIVE,
+                     "topics": [], "token": new_token(), "bounce_score": 0, "created_at": now, "updated_at": now}
+                    for n in range(start, min(start + 50_000, subscribers))]
+            db.execute(insert(Subscriber), rows)
+            db.commit()
+
+
+def per_message_cost(engine, config) -> tuple[float, int]:
+    """Seconds to personalise one message (the issue rendered once first), and the message size."""
+    with session(engine) as db:
+        issue = db.exec(select(Issue)).one()
+        composer = _Composer(config, issue, issue_items(db, issue))
+        people = db.exec(select(Subscriber).limit(2000)).all()
+    template = composer.template([])
+    start = time.perf_counter()
+    for person in people:
+        data = composer.compose(1, person, template).data
+    return (time.perf_counter() - start) / len(people), len(data)
+
+
+def send(config_path: Path, workers: int, profile: str | None) -> tuple[float, int]:
+    """Wall time of ``workers`` worker processes sending everything, and the largest peak RSS (bytes)."""
+    spy = ["py-spy", "record", "-r", "100", "--format", "raw", "-o", profile, "--"] if profile else []
+    command = [*spy, sys.executable, "-m", "newsletter", "worker", "--until-done", "--force", "--poll", "0.5",
+               "-c", str(config_path)]
+    start = time.perf_counter()
+    processes = [subprocess.Popen(command, cwd=config_path.parent, stdout=subprocess.DEVNULL) for _ in range(workers)]
+    peak = 0
+    for process in processes:
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            raise SystemExit(f"a worker failed with exit code {process.returncode}")
+        peak = max(peak, usage.ru_maxrss * 1024)
+    return time.perf_counter() - start, peak
+
+
+def reference(port: int, size: int, count: int, connections: int) -> float:
+    """smtp-source's messages per second for ``count`` messages of ``size`` bytes."""
+    start = time.perf_counter()
+    subprocess.run([SOURCE, "-l", str(size), "-m", str(count), "-s", str(connections), "-f", "a@example.org",
+                    "-t", "b@example.org", f"127.0.0.1:{port}"], check=True)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--summaries", type=int, default=15, choices=range(10, 21), metavar="10..20")
+    parser.add_argument("--connections", type=int, default=8, help="SMTP connections per worker")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--in-flight-factor", type=int, default=1, help="delivery.in_flight_factor")
+    parser.add_argument("--profile", metavar="FILE", help="record the workers with py-spy (raw format) into FILE; "
+                        "RSS is then py-spy's")
+    parser.add_argument("--database-url", help="an empty PostgreSQL database (default: SQLite in a temp folder)")
+    args = parser.parse_args()
+    for program in (SINK, SOURCE):
+        if not shutil.which(program):
+            raise SystemExit(f"{program} is missing: apt-get install postfix (the daemon need not run)")
+    os.environ.setdefault("NEWSLETTER_SECRET_KEY", "bench")
+    os.environ.pop("NEWSLETTER_DATABASE_URL", None)
+    with tempfile.TemporaryDirectory(prefix="newsletter-bench-") as folder:
+        port = free_port()
+        sink = start_sink(port)
+        try:
+            config_path = write_config(Path(folder), port, args.connections, args.in_flight_factor,
+                                       args.database_url)
+            config = load_config(config_path)
+            engine = open_database(config)
+            fill(engine, args.subscribers, args.summaries)
+            start = time.perf_counter()
+            prepared = prepare_issue(engine, config)
+            prepare_time = time.perf_counter() - start
+            cost, size = per_message_cost(engine, config)
+            engine.dispose()
+            elapsed, rss = send(config_path, args.workers, args.profile)
+            connections = args.connections * args.workers
+            source_rate = reference(port, size, min(args.subscribers, 20_000), connections)
+        finally:
+            sink.terminate()
+            sink.wait()
+    rate = prepared.recipient_count / elapsed
+    print(f"subscribers            {prepared.recipient_count:,} ({args.summaries} summaries, "
+          f"{args.workers} worker(s) x {args.connections} connection(s), in_flight_factor "
+          f"{args.in_flight_factor})")
+    print(f"message size           {size:,} bytes")
+    print(f"prepare issue          {prepare_time:.2f} s")
+    print(f"render+personalise     {cost * 1e6:.0f} µs/message")
+    print(f"send (end to end)      {elapsed:.1f} s, {rate:,.0f} msg/s")
+    print(f"peak RSS per sender    {rss / 2**20:.0f} MB")
+    print(f"smtp-source            {source_rate:,.0f} msg/s over {connections} connection(s)")
+    print(f"ours / smtp-source     {rate / source_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Many `newsletter worker` processes on one issue, against an SMTP server that counts every message.
+
+On the PostgreSQL pass the workers claim with FOR UPDATE SKIP LOCKED; on SQLite with short write
+transactions. A worker killed with SIGKILL while holding a leased batch runs as another machine (its own
+UTS namespace with another host name), so the others cannot see that it died and must wait for its lease.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from aiosmtpd.controller import Controller
+from sqlalchemy import insert
+from sqlmodel import col, func, select
+
+from newsletter.db import open_database, session
+from newsletter.digest import prepare_issue
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus
+from tests.conftest import ON_POSTGRES, ROOT, _free_port, make_config
+from tests.helpers import add_summaries
+from tests.test_crash import CountingHandler
+
+pytestmark = pytest.mark.slow
+CONNECTIONS = 2
+OTHER_HOST = "other-machine"
+# 20,000 deliveries take two minutes on SQLite here (the in-process aiosmtpd server is the bottleneck):
+# the full size runs on the PostgreSQL pass, the SQLite pass runs the same test on 2,000.
+DELIVERIES = 20_000 if ON_POSTGRES else 2_000
+
+
+def _people(count: int) -> list[str]:
+    return [f"reader{n:05d}@example.org" for n in range(count)]
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A prepared issue for ``count`` subscribers, a counting SMTP server, and a config file for workers."""
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "workers-test")
+    handler = CountingHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    engines = []
+
+    def build(count: int, lease: str, batch_size: int) -> tuple[Path, CountingHandler, object]:
+        settings = {
+            "newsletter": {"name": "Research Weekly", "sender": "Research Weekly <digest@example.org>",
+                           "postal_address": "1 Example Street, Example City",
+                           "site_url": "https://news.example.org"},
+            "database": {"url": "sqlite:///newsletter.db"},
+            "templates": str(ROOT / "templates"),
+            "backend": {"name": "smtp", "options": {"host": "127.0.0.1", "port": controller.port,
+                                                    "security": "none", "connections": CONNECTIONS}},
+            "delivery": {"batch_size": batch_size, "lease": lease},
+        }
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+        config = make_config(tmp_path, **{k: v for k, v in settings.items() if k != "templates"})
+        engine = open_database(config)
+        engines.append(engine)
+        add_summaries(engine, 3)
+        with session(engine) as db:
+            rows = [Subscriber(email=address, status=SubscriberStatus.ACTIVE).model_dump(exclude={"id"}) for address in _people(count)]
+            db.execute(insert(Subscriber), rows)
+            db.commit()
+        assert prepare_issue(engine, config).recipient_count == count
+        return tmp_path, handler, engine
+
+    yield build
+    for engine in engines:
+        engine.dispose()
+    controller.stop()
+
+
+def worker(base: Path, *, host: str | None = None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "newsletter", "worker", "--until-done", "--poll", "0.2",
+               "-c", str(base / "config.yaml")]
+    if host:  # a new UTS namespace: the same machine under another name, as a worker on another host
+        command = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh", *command]
+    return subprocess.Popen(command, cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def finish(processes: list[subprocess.Popen[bytes]]) -> list[str]:
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err.decode()
+        outputs.append(out.decode())
+    return outputs
+
+
+def ledger(engine) -> Counter[DeliveryStatus]:
+    with session(engine) as db:
+        return Counter(db.exec(select(Delivery.status)).all())
+
+
+def test_four_workers_send_20000_deliveries_each_exactly_once(world):
+    base, handler, engine = world(DELIVERIES, "10m", 250 if ON_POSTGRES else 50)
+    outputs = finish([worker(base) for _ in range(4)])
+
+    assert handler.received == Counter(dict.fromkeys(_people(DELIVERIES), 1))
+    assert ledger(engine) == Counter({DeliveryStatus.SENT: DELIVERIES})
+    with session(engine) as db:
+        assert db.exec(select(Issue.status)).one() is IssueStatus.SENT
+    sent_by = [sum(map(int, re.findall(r"\bsent (\d+),", out))) for out in outputs]
+    assert sum(sent_by) == DELIVERIES and all(sent_by), sent_by  # every worker did a share
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to run a worker as another host")
+def test_a_killed_workers_leased_batch_is_finished_by_the_others_after_its_lease_expires(world):
+    base, handler, engine = world(2_000, "8s", 40)  # a lease well beyond the time a batch takes
+    probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"cannot create a UTS namespace here: {probe.stderr.decode().strip()}")
+    victim = worker(base, host=OTHER_HOST)
+    handler.on_message = lambda total: total == 100 and os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=120)
+    handler.on_message = None
+    assert victim.returncode == -signal.SIGKILL  # killed in the middle of its batch
+    with session(engine) as db:
+        leased = db.exec(select(func.count()).where(
+            Delivery.status == DeliveryStatus.SENDING, col(Delivery.claimed_by).startswith(f"{OTHER_HOST}:")
+        )).one()
+    assert leased > 0  # its batch is still leased to it: nobody on this host can tell it died
+
+    finish([worker(base) for _ in range(3)])
+
+    assert ledger(engine) == Counter({DeliveryStatus.SENT: 2_000})
+    assert set(handler.received) == set(_people(2_000))  # nobody left out
+    duplicates = sum(n - 1 for n in handler.received.values())
+    assert duplicates <= CONNECTIONS  # only the messages in flight when it died, sent again

@@ -74,12 +74,23 @@ class SessionHandler(RecordingHandler):
 
     sessions: list[Any] = field(default_factory=list)
     drop_next_mail: bool = False
+    refuse_mail: str = ""  # a reply to MAIL FROM instead of 250
+    pipelining: bool = False  # offer PIPELINING (RFC 2920) in the EHLO reply
+    # For each MAIL FROM: had the client already sent its RCPT TO (without waiting for the reply)?
+    pipelined: list[bool] = field(default_factory=list)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        self.pipelined.append(b"RCPT TO" in server._reader._buffer)  # asyncio's buffered, not yet read bytes
         if self.drop_next_mail:  # like a server closing an idle connection
             self.drop_next_mail = False
             server.transport.close()
             return "421 4.4.2 Connection dropped"
+        if self.refuse_mail:
+            return self.refuse_mail
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -105,13 +116,15 @@ class RunningServer(SmtpServer):
             self.running = False
 
 
-@pytest.fixture
-def start_server() -> Iterator[Callable[..., RunningServer]]:
-    """Start aiosmtpd servers with a SessionHandler; ``kwargs`` go to aiosmtpd's Controller."""
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def start_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningServer]]:
+    """Start aiosmtpd servers with a SessionHandler; ``kwargs`` go to aiosmtpd's Controller. Every test
+    using it runs twice: against a server without PIPELINING and one offering it (then the backend sends
+    MAIL, RCPT and DATA in one write), since the two take different paths through the backend."""
     servers: list[RunningServer] = []
 
     def start(**kwargs: Any) -> RunningServer:
-        handler = SessionHandler()
+        handler = SessionHandler(pipelining=request.param)
         controller = Controller(handler, hostname="127.0.0.1", port=unused_port(), **kwargs)
         controller.start()
         servers.append(RunningServer("127.0.0.1", controller.port, handler, controller))
@@ -176,8 +189,9 @@ def auth_server(tls_server: Callable[..., RunningServer], authenticator: Authent
 
 
 def test_smtp_delivers_each_message_with_its_envelope_and_exact_bytes(
-    tmp_path: Path, smtp_server: SmtpServer
+    tmp_path: Path, start_server: Callable[..., RunningServer]
 ) -> None:
+    smtp_server = start_server()
     batch = [outgoing(n) for n in (1, 2, 3)]
     with smtp_backend(tmp_path, smtp_server) as backend:
         results = backend.send(batch)
@@ -188,7 +202,7 @@ def test_smtp_delivers_each_message_with_its_envelope_and_exact_bytes(
         (SENDER, [f"reader{n}@example.net"]) for n in (1, 2, 3)
     ]
     # aiosmtpd's envelope.content is the DATA payload with the terminating ".\r\n" removed and
-    # dot-stuffing undone. Our messages already end in CRLF, so smtplib adds nothing: the bytes received
+    # dot-stuffing undone. Our messages already end in CRLF, so nothing is added: the bytes received
     # must equal the bytes sent, including the 8-bit text and the line that starts with ".".
     for sent, received in zip(batch, smtp_server.messages):
         assert sent.data.endswith(b"\r\n")
@@ -210,10 +224,39 @@ def test_smtp_permanent_refusal_fails_only_that_recipient(
     assert server.handler.connections_per_message() == [1, 1]  # the refusal did not cost the connection
 
 
+def test_smtp_pipelines_the_envelope_only_when_the_server_offers_it(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    with smtp_backend(tmp_path, server) as backend:
+        results = backend.send([outgoing(n) for n in (1, 2, 3)])
+
+    assert [r.status for r in results] == [SendStatus.SENT] * 3
+    assert server.handler.pipelined == [server.handler.pipelining] * 3
+
+
+def test_smtp_refused_envelope_sender_is_retried_not_a_bounce_and_the_connection_goes_on(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    server.handler.refuse_mail = "553 5.7.1 Sender address rejected"
+    with smtp_backend(tmp_path, server) as backend:
+        refused = backend.send([outgoing(1)])
+        server.handler.refuse_mail = ""
+        accepted = backend.send([outgoing(2)])
+
+    assert refused[0].status is SendStatus.RETRY
+    assert refused[0].detail == f"envelope sender {SENDER} refused: 553 5.7.1 Sender address rejected"
+    assert accepted[0].status is SendStatus.SENT
+    assert [m.recipients for m in server.messages] == [["reader2@example.net"]]  # no empty message either
+    assert server.handler.connections_per_message() == [1]
+
+
 @pytest.mark.parametrize("reply", ["451 4.3.0 Mailbox busy, try later", "421 4.3.2 Service shutting down"])
 def test_smtp_temporary_refusal_is_retried_and_the_batch_goes_on(
-    tmp_path: Path, smtp_server: SmtpServer, reply: str
+    tmp_path: Path, start_server: Callable[..., RunningServer], reply: str
 ) -> None:
+    smtp_server = start_server()
     smtp_server.handler.reject["reader1@example.net"] = reply
     with smtp_backend(tmp_path, smtp_server) as backend:
         results = backend.send([outgoing(1), outgoing(2)])

@@ -1,7 +1,9 @@
 """The SMTP backend: hands each message to a mail server (a relay or a provider's submission port).
 
 One SMTP transaction (MAIL FROM, RCPT TO, DATA) per message, over connections opened as needed (the
-first by :meth:`SmtpBackend.open`), each kept for up to ``max_messages_per_connection`` messages.
+first by :meth:`SmtpBackend.open`), each kept for up to ``max_messages_per_connection`` messages. When the
+server offers PIPELINING (RFC 2920; Postfix and most relays do), MAIL, RCPT and DATA go out in one write
+and their replies are read together: two round trips per message instead of four.
 Per-message outcomes are results, never exceptions:
 
 - accepted → SENT, detail = the server's reply (often carries its queue id);
@@ -311,16 +313,45 @@ class _Lane:
                 )
             mail_options.append("SMTPUTF8")
 
+        content = _dot_stuffed(self.backend.sign(message.data))
+        if smtp.has_extn("pipelining"):
+            return self._pipelined(smtp, message, mail_options, content)
         code, reply = smtp.mail(message.envelope_from, mail_options)
         if code != 250:
             return self._refused(smtp, message, code, reply, sender=True)
         code, reply = smtp.rcpt(message.recipient)
         if code not in (250, 251):
             return self._refused(smtp, message, code, reply)
-        try:
-            code, reply = smtp.data(self.backend.sign(message.data))
-        except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
-            code, reply = exc.smtp_code, exc.smtp_error
+        smtp.putcmd("data")
+        code, reply = smtp.getreply()
+        if code != 354:
+            return self._refused(smtp, message, code, reply)
+        return self._content(smtp, message, content)
+
+    def _pipelined(self, smtp: smtplib.SMTP, message: OutgoingMessage, mail_options: list[str],
+                   content: bytes) -> SendResult:
+        """MAIL, RCPT and DATA in one write, their three replies read afterwards (RFC 2920), then the
+        content: two round trips per message instead of four."""
+        options = "".join(f" {option}" for option in mail_options)
+        envelope = (f"MAIL FROM:{smtplib.quoteaddr(message.envelope_from)}{options}\r\n"
+                    f"RCPT TO:{smtplib.quoteaddr(message.recipient)}\r\nDATA\r\n")
+        smtp.send(envelope.encode("utf-8" if "SMTPUTF8" in mail_options else "ascii"))
+        (mail, mail_reply), (rcpt, rcpt_reply), (data, data_reply) = (smtp.getreply() for _ in range(3))
+        if data == 354 and (mail != 250 or rcpt not in (250, 251)):
+            smtp.send(b".\r\n")  # a server that accepted DATA without a recipient gets an empty message
+            smtp.getreply()
+        if mail != 250:
+            return self._refused(smtp, message, mail, mail_reply, sender=True)
+        if rcpt not in (250, 251):
+            return self._refused(smtp, message, rcpt, rcpt_reply)
+        if data != 354:
+            return self._refused(smtp, message, data, data_reply)
+        return self._content(smtp, message, content)
+
+    def _content(self, smtp: smtplib.SMTP, message: OutgoingMessage, content: bytes) -> SendResult:
+        """Send the message after the server's 354; its result from the reply to the final dot."""
+        smtp.send(content + b".\r\n")
+        code, reply = smtp.getreply()
         if code != 250:
             return self._refused(smtp, message, code, reply)
         return SendResult(message.delivery_id, SendStatus.SENT, _reply_text(code, reply))
@@ -437,6 +468,15 @@ class _Lane:
             return f"{where}: {exc}; check backend.options.security and username in {source}"
         reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         return f"cannot connect to {where} ({reason}); check backend.options.host/port in {source}"
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """``data`` (CRLF lines) made safe for DATA: a line starting with "." gets a second one (RFC 5321
+    4.5.2), and it ends with CRLF. What smtplib's ``data()`` does, without its per-line regex."""
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed if stuffed.endswith(b"\r\n") else stuffed + b"\r\n"
 
 
 def _reply_text(code: int, reply: bytes | str) -> str:

@@ -424,6 +424,7 @@ class _Loop:
         self.report, self.clock, self.stop = report, clock, stop
         self.owner = _new_owner()
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
+        self.renew_at = clock()  # when the lease on the current batch is extended
 
     def run(self, batch_size: int, progress: Progress | None) -> None:
         issue_id, lease = self.report.issue.id, self.config.delivery.lease_time
@@ -444,6 +445,7 @@ class _Loop:
         with ThreadPoolExecutor(1, thread_name_prefix="newsletter-send") as sender:
             while not self._should_stop() and (claimed := _claim(self.engine, issue_id, self.owner, batch_size,
                                                                   self.clock(), lease)):
+                self.renew_at = self.clock() + lease / 2
                 try:
                     for start in range(0, len(claimed), size):
                         window = self._compose(claimed[start:start + size])  # while the previous one is sent
@@ -451,6 +453,7 @@ class _Loop:
                             record_out()
                             if self._should_stop():
                                 break
+                            self._keep_lease()
                         out = (window, sender.submit(self._send, window))
                     if out is not None:
                         record_out()
@@ -473,6 +476,24 @@ class _Loop:
             return True
         return False
 
+    def _keep_lease(self) -> None:
+        """Once half the lease is used up, extend it on the rows of the batch this sender still holds, so a
+        batch that takes longer than ``delivery.lease`` (a slow server, a rate limit) is not taken over,
+        and sent a second time, by another sender while this one is still working through it."""
+        now = self.clock()
+        if now < self.renew_at:
+            return
+        lease = self.config.delivery.lease_time
+        with session(self.engine) as db:
+            db.execute(
+                update(Delivery)
+                .where(Delivery.issue_id == self.report.issue.id, Delivery.claimed_by == self.owner,
+                       Delivery.status == DeliveryStatus.SENDING)
+                .values(lease_expires_at=now + lease)
+            )
+            db.commit()
+        self.renew_at = now + lease / 2
+
     def _compose(self, claimed: Sequence[Recipient]) -> _Window:
         window = _Window(claimed)
         for person in claimed:
@@ -493,15 +514,28 @@ class _Loop:
         return window
 
     def _send(self, window: _Window) -> list[SendResult]:
-        """The backend's results for the window; any failure of the backend itself is a DeliveryError."""
+        """One result per message of the window; any failure of the backend itself is a DeliveryError.
+
+        A message the backend returned no result for is RETRY (so it counts as an attempt and is given up
+        after the retry schedule), rather than released and sent again at once, for ever.
+        """
+        if not window.messages:
+            return []
         try:
-            return self.backend.send(window.messages) if window.messages else []
+            results = self.backend.send(window.messages)
         except NewsletterError:
             raise
         except Exception as exc:
             raise DeliveryError(
                 f"the {self.backend.describe()} backend failed: {exc}; the batch will be sent again"
             ) from exc
+        by_id = {r.delivery_id: r for r in results}
+        missing = [m.delivery_id for m in window.messages if m.delivery_id not in by_id]
+        if missing:
+            log.error("the %s backend returned no result for %d of %d messages (a bug in the backend); "
+                      "they will be retried", self.backend.describe(), len(missing), len(window.messages))
+        nothing = "the backend returned no result"
+        return [by_id.get(m.delivery_id) or SendResult(m.delivery_id, SendStatus.RETRY, nothing) for m in window.messages]
 
     def _record_window(self, window: _Window, sending: Future[list[SendResult]]) -> int:
         """Wait for the window's results and write them; returns how many deliveries it held."""

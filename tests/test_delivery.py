@@ -407,3 +407,45 @@ def test_in_flight_factor_hands_the_backend_bigger_windows_between_ledger_writes
     engine.dispose()
     assert report.sent == 14
     assert windows == [6, 6, 2]  # max_in_flight 2 x factor 3, recorded after each
+
+
+def test_a_batch_that_outlasts_the_lease_keeps_it_so_no_other_sender_takes_its_rows(config, engine):
+    """Each message takes 6 minutes (a rate limit, a slow server) against a 10-minute lease: the sender
+    extends its lease as it goes, so a second sender meanwhile finds nothing to take over."""
+    people = [f"p{n}@example.org" for n in range(4)]
+    prepared(config, engine, *people)
+    clock = [NOW]
+    sent_to: list[str] = []
+    others: list[int] = []
+
+    class Slow(FileBackend):
+        max_in_flight = 1
+
+        def send(self, batch):
+            clock[0] += timedelta(minutes=6)
+            others.append(send_issue(engine, config, create_backend(config), 1, clock=lambda: clock[0]).sent)
+            sent_to.extend(m.recipient for m in batch)
+            return super().send(batch)
+
+    report = send_issue(engine, config, Slow(FileOptions(), config=config), 1, batch_size=4, clock=lambda: clock[0])
+    assert report.sent == 4 and sorted(sent_to) == people
+    assert others == [0, 0, 0, 0]  # 24 minutes of sending, and the other sender never got a row
+
+
+def test_a_message_the_backend_returned_no_result_for_is_retried_later_not_resent_at_once(config, engine):
+    prepared(config, engine, "a@example.org", "b@example.org")
+    calls = []
+
+    class Forgetful(FileBackend):
+        max_in_flight = None
+
+        def send(self, batch):
+            calls.append(len(batch))
+            return super().send(batch)[:1]
+
+    report = send_issue(engine, config, Forgetful(FileOptions(), config=config), 1)
+    assert calls == [2]  # one call: the forgotten message is not sent again in the same run
+    assert (report.sent, report.retry) == (1, 1)
+    with session(engine) as db:
+        row = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.RETRY)).one()
+    assert (row.attempts, row.last_error) == (1, "the backend returned no result")

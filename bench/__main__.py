@@ -1,13 +1,13 @@
 """End-to-end send benchmark against Postfix's smtp-sink on loopback, with smtp-source as the reference.
 
-    .venv/bin/python -m bench [--subscribers 10000|100000|1000000] [--summaries 15] [--connections 8]
-                              [--workers 1] [--database-url postgresql+psycopg://...]
+    .venv/bin/python -m bench [--subscribers 10000|100000|1000000] [--summaries 10] [--connections 8]
+                              [--workers 1] [--in-flight-factor 1] [--database-url postgresql+psycopg://...]
 
 Creates the subscribers and an issue of ``--summaries`` summaries in a temporary folder (SQLite there, or
 the given database, which must be empty), prepares the issue (timed), measures the per-message
 render+personalise cost in this process, then sends with ``--workers`` real `newsletter worker --until-done`
 processes (each with ``--connections`` SMTP connections) to ``smtp-sink``, measuring wall time and each
-sender's peak RSS (wait4). Finally ``smtp-source`` sends as many messages of the same size over the same
+sender's peak RSS (VmHWM). Finally ``smtp-source`` sends as many messages of the same size over the same
 total number of connections to the same sink. See docs/benchmarks.md.
 """
 
@@ -102,21 +102,39 @@ def per_message_cost(engine, config) -> tuple[float, int]:
     return (time.perf_counter() - start) / len(people), len(data)
 
 
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM) in bytes so far; 0 once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def send(config_path: Path, workers: int, profile: str | None) -> tuple[float, int]:
-    """Wall time of ``workers`` worker processes sending everything, and the largest peak RSS (bytes)."""
+    """Wall time of ``workers`` worker processes sending everything, and the largest peak RSS (bytes).
+
+    The peak is read from /proc while the workers run, not from wait4: on Linux a child's ru_maxrss starts
+    from the parent's size at fork (this process, holding the list it just created), not from zero.
+    """
     spy = ["py-spy", "record", "-r", "100", "--format", "raw", "-o", profile, "--"] if profile else []
     command = [*spy, sys.executable, "-m", "newsletter", "worker", "--until-done", "--force", "--poll", "0.5",
                "-c", str(config_path)]
     start = time.perf_counter()
     processes = [subprocess.Popen(command, cwd=config_path.parent, stdout=subprocess.DEVNULL) for _ in range(workers)]
-    peak = 0
-    for process in processes:
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode:
-            raise SystemExit(f"a worker failed with exit code {process.returncode}")
-        peak = max(peak, usage.ru_maxrss * 1024)
-    return time.perf_counter() - start, peak
+    peaks = dict.fromkeys(range(workers), 0)
+    while any(process.poll() is None for process in processes):
+        for n, process in enumerate(processes):
+            peaks[n] = max(peaks[n], peak_rss(process.pid))
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    failed = [process.returncode for process in processes if process.returncode]
+    if failed:
+        raise SystemExit(f"a worker failed with exit code {failed[0]}")
+    return elapsed, max(peaks.values())
 
 
 def reference(port: int, size: int, count: int, connections: int) -> float:
@@ -130,7 +148,7 @@ def reference(port: int, size: int, count: int, connections: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", type=int, default=10_000)
-    parser.add_argument("--summaries", type=int, default=15, choices=range(10, 21), metavar="10..20")
+    parser.add_argument("--summaries", type=int, default=10, choices=range(10, 21), metavar="10..20")
     parser.add_argument("--connections", type=int, default=8, help="SMTP connections per worker")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--in-flight-factor", type=int, default=1, help="delivery.in_flight_factor")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
+from pathlib import Path
 
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
@@ -297,20 +298,25 @@ def _read(config: Config, box: MailboxSection) -> Iterator[tuple[bytes, Callable
         yield from _read_imap(box)
         return
     path = config.resolve(box.path or "")
+    where = f"{config.source}: bounces.mailbox.path: {path}"
     if not path.exists():
-        raise BounceError(f"{config.source}: bounces.mailbox.path: {path} does not exist")
+        raise BounceError(f"{where} does not exist; create it or set the path your mail server delivers bounces to")
+    store = _open_maildir(where, path) if box.type == "maildir" else _open_mbox(where, path)
+    if store is None:
+        return
     try:
-        store: mailbox.Mailbox = mailbox.Maildir(path, factory=None, create=False) if box.type == "maildir" \
-            else mailbox.mbox(path, create=False)
-        if box.type == "mbox":
-            store.lock()
-    except (OSError, mailbox.Error) as exc:
-        raise BounceError(f"cannot open the {box.type} mailbox {path} ({exc})") from None
-    try:
-        for key in list(store.keys()):
+        try:
+            keys = list(store.keys())
+        except OSError as exc:
+            raise BounceError(f"{where}: cannot read the {box.type} mailbox ({exc.strerror}); give the user "
+                              f"running newsletter read and write access to it") from None
+        for key in keys:
             try:
                 data = store.get_bytes(key)
             except KeyError:  # removed by someone else meanwhile
+                continue
+            except OSError as exc:
+                log.warning("cannot read message %s in %s (%s); left there", key, path, exc.strerror)
                 continue
             yield data, lambda key=key: store.discard(key)
     finally:
@@ -318,6 +324,53 @@ def _read(config: Config, box: MailboxSection) -> Iterator[tuple[bytes, Callable
             store.flush()
             store.unlock()
         store.close()
+
+
+_MAILDIR_FOLDERS = ("cur", "new", "tmp")
+
+
+def _open_maildir(where: str, path: Path) -> mailbox.Maildir | None:
+    """The Maildir at ``path``; None when it is a folder without cur/, new/ and tmp/ yet (nothing has been
+    delivered to it: a normal state before the first bounce). Missing ones of the three are created when
+    some exist. Raises BounceError when ``path`` is not a folder or cannot be used."""
+    if not path.is_dir():
+        raise BounceError(f"{where} is a file, not a Maildir folder; set the path to the Maildir folder bounces are "
+                          f"delivered to, or set bounces.mailbox.type: mbox if this file is an mbox mailbox")
+    present = [name for name in _MAILDIR_FOLDERS if (path / name).exists()]
+    for name in present:
+        if not (path / name).is_dir():
+            raise BounceError(f"{where}: {path / name} is a file, not a folder; a Maildir holds the folders "
+                              f"cur, new and tmp")
+    if not present:
+        log.info("bounce mailbox %s has no messages yet (no cur/, new/, tmp/)", path)
+        return None
+    try:
+        for name in _MAILDIR_FOLDERS:
+            if name not in present:
+                (path / name).mkdir(mode=0o700)
+        return mailbox.Maildir(path, factory=None, create=False)
+    except (OSError, mailbox.Error) as exc:
+        raise BounceError(f"{where}: cannot open the Maildir ({exc}); give the user running newsletter read and "
+                          f"write access to it") from None
+
+
+def _open_mbox(where: str, path: Path) -> mailbox.mbox:
+    """The mbox file at ``path``, locked. Raises BounceError when it is a folder, unreadable or locked."""
+    if path.is_dir():
+        raise BounceError(f"{where} is a folder, not an mbox file; set bounces.mailbox.type: maildir if it is a "
+                          f"Maildir, or set the path to the mbox file")
+    try:
+        store = mailbox.mbox(path, create=False)
+    except OSError as exc:
+        raise BounceError(f"{where}: cannot open the mbox file ({exc.strerror}); give the user running newsletter "
+                          f"read and write access to it") from None
+    try:
+        store.lock()
+    except (OSError, mailbox.Error) as exc:
+        store.close()
+        raise BounceError(f"{where}: cannot lock the mbox file ({exc}); another program holds it, try again "
+                          f"later") from None
+    return store
 
 
 def _read_imap(box: MailboxSection) -> Iterator[tuple[bytes, Callable[[], None]]]:

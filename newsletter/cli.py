@@ -282,7 +282,7 @@ def subscribers_import(
     with _opened(config) as (_config, engine), _progress() as bar:
         task = bar.add_task("importing", total=_data_lines(file))
         report = subscriber_list.import_csv(engine, file, on_row=lambda: bar.advance(task))
-    for line, problem in report.bad_rows:
+    for line, problem in sorted(report.bad_rows + report.notes()):
         errors.print(Text(f"{file}:{line}: {problem}"), soft_wrap=True)
     console.print(report.summary_line())
     if report.bad_rows:

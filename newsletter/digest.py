@@ -97,8 +97,15 @@ class PrepareResult:
     issue: Issue | None = None
     item_count: int = 0
     recipient_count: int = 0
+    later_issue: Issue | None = None  # EMPTY with no quiet note because this later period's issue exists
 
     def message(self) -> str:
+        if self.outcome is PrepareOutcome.EMPTY and self.later_issue is not None:
+            return (
+                f"{self.period.key}: no new summaries since the last issue; nothing prepared, and no quiet note: "
+                f"issue #{self.later_issue.number} for the later period {self.later_issue.period_key} was "
+                f"already prepared (by hand) and carries them"
+            )
         if self.outcome is PrepareOutcome.EMPTY:
             return f"{self.period.key}: no new summaries since the last issue; nothing prepared"
         if self.outcome is PrepareOutcome.NO_RECIPIENTS:
@@ -163,8 +170,9 @@ def prepare_issue(
 
     A given ``period`` is one that has ended (what the scheduler passes): only summaries ingested before its
     end go in, and when there are none and ``schedule.quiet_note`` is set, the issue carries that note
-    instead of being skipped. By hand (no ``period``) every waiting summary goes in and an empty period is
-    always skipped, since more may still arrive.
+    instead of being skipped, unless a later period already has an issue (prepared by hand before the
+    scheduled time: the summaries went out there). By hand (no ``period``) every waiting summary goes in and
+    an empty period is always skipped, since more may still arrive.
     """
     closed = period is not None
     period = period or period_containing(now or utcnow(), config.schedule.zone, config.schedule.cadence)
@@ -174,12 +182,15 @@ def prepare_issue(
             return PrepareResult(PrepareOutcome.EXISTS, period, existing)
         issue, items = draft_issue(db, config, period, before=period.end if closed else None)
         quiet = not items and closed and config.schedule.quiet_note is not None
+        later = _later_issue(db, period) if quiet else None
+        if later is not None:
+            quiet = False  # prepared by hand before the scheduled time: this period's summaries went out there
         if quiet:
             items = [_quiet_note(config, period)]
             issue.subject = render_subject(config, issue, items)
         if not items:
             log.info("%s: no new summaries, skipping", period.key)
-            return PrepareResult(PrepareOutcome.EMPTY, period)
+            return PrepareResult(PrepareOutcome.EMPTY, period, later_issue=later)
         active = db.exec(select(func.count()).where(Subscriber.status == SubscriberStatus.ACTIVE)).one()
         if not active:
             log.warning("%s: no active subscribers, not preparing an issue", period.key)
@@ -222,6 +233,12 @@ def prepare_issue(
 QUIET_TITLES = {"weekly": "A quiet week", "daily": "A quiet day", "monthly": "A quiet month"}
 
 
+def _later_issue(db: Session, period: Period) -> Issue | None:
+    """The newest issue of a period after ``period``, if one exists (``digest prepare`` run by hand early)."""
+    query = select(Issue).where(col(Issue.period_start) >= period.end).order_by(col(Issue.number).desc())
+    return db.exec(query).first()
+
+
 def _quiet_note(config: Config, period: Period) -> Summary:
     """The one item of a quiet period's issue: ``schedule.quiet_note`` as a summary, so the normal
     templates, archive and text part show it like any item."""
@@ -241,9 +258,19 @@ def find_issue(db: Session, number: int | None = None) -> Issue:
     issue = db.exec(query).first()
     if issue is None:
         if number is not None:
-            raise NewsletterError(f"there is no issue #{number}; `newsletter digest status` lists the issues")
+            raise NewsletterError(f"there is no issue #{number}; {_existing_numbers(db)}")
         raise NewsletterError("no issue has been prepared yet; run `newsletter digest prepare` first")
     return issue
+
+
+def _existing_numbers(db: Session) -> str:
+    """Which issue numbers exist, for an error about one that does not."""
+    low, high = db.exec(select(func.min(Issue.number), func.max(Issue.number))).one()
+    if high is None:
+        return "no issue has been prepared yet; run `newsletter digest prepare` first"
+    if low == high:
+        return f"the only issue is #{high}"
+    return f"issues go from #{low} to #{high}"
 
 
 def unfinished_issues(db: Session) -> list[Issue]:

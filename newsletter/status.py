@@ -75,18 +75,27 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
             {"period": p.period_key, "outcome": p.outcome.value, "due_at": _iso(p.due_at), "detail": p.detail}
             for p in periods
         ],
-        "feeds": [
-            {
-                "url": feed.url,
-                "last_fetch_at": _iso(feed.last_fetch_at),
-                "last_status": feed.last_status,
-                "last_error": feed.last_error,
-                "last_success_at": _iso(feed.last_success_at),
-            }
-            for feed in feed_states(engine)
-        ],
+        "feeds": _feeds(engine, config),
         "recent_failures": [{"job": f.job, "at": _iso(f.at), "error": f.error} for f in failures],
     }
+
+
+def _feeds(engine: Engine, config: Config) -> list[dict[str, Any]]:
+    """Every feed in ``ingest.feeds``, in config order, with its last fetch (all None: not fetched yet). A feed
+    fetched once but no longer configured (or fetched by hand with ``newsletter ingest URL``) is left out:
+    nothing polls it, so its last result says nothing about now."""
+    states = {feed.url: feed for feed in feed_states(engine)}
+    feeds = []
+    for url in dict.fromkeys(config.ingest.feeds):
+        feed = states.get(url)
+        feeds.append({
+            "url": url,
+            "last_fetch_at": _iso(feed.last_fetch_at) if feed else None,
+            "last_status": feed.last_status if feed else None,
+            "last_error": feed.last_error if feed else None,
+            "last_success_at": _iso(feed.last_success_at) if feed else None,
+        })
+    return feeds
 
 
 def _lease(lease: SchedulerLease | None, now: datetime) -> dict[str, Any] | None:
@@ -130,6 +139,9 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if status["feeds"]:
         lines.append("feeds:")
         for feed in status["feeds"]:
+            if feed["last_fetch_at"] is None:
+                lines.append(f"  {feed['url']}: not fetched yet")
+                continue
             error = f": {feed['last_error']}" if feed["last_error"] else ""
             lines.append(f"  {feed['url']}: {feed['last_status']} at {feed['last_fetch_at']}{error}")
     if status["recent_failures"]:

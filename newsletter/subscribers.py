@@ -1,9 +1,10 @@
 """The subscriber list as the operator manages it: add, import, list, remove, export, erase.
 
 Addresses are normalised with email-validator and unique case-insensitively. Nothing here ever moves an
-``unsubscribed``, ``bounced`` or ``complained`` address back to ``active``: only the subscriber can do
-that, by subscribing again (double opt-in, :mod:`newsletter.subscriptions`). An erased address leaves only
-a hash in the suppression list, and nothing adds it back.
+``unsubscribed``, ``bounced`` or ``complained`` address back to ``active``: only someone who unsubscribed
+can come back, by subscribing again (double opt-in, :mod:`newsletter.subscriptions`). ``bounced`` and
+``complained`` are final: not even an unsubscribe request changes them, so no subscribe form can undo
+them. An erased address leaves only a hash in the suppression list, and nothing adds it back.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ from newsletter.models import (
 )
 
 log = logging.getLogger(__name__)
+
+# Never mailed again, whatever anyone asks: an address that does not exist, or a person who reported us as spam.
+FINAL_STATUSES = (SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
+_FINAL_REASONS = {
+    SubscriberStatus.BOUNCED: "its mail server refused our mail",
+    SubscriberStatus.COMPLAINED: "its owner reported our mail as spam",
+}
 
 EXPORT_COLUMNS = ["email", "name", "status", "topics", "created_at", "confirmed_at", "unsubscribed_at"]
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
@@ -91,6 +99,11 @@ def add_subscriber(engine: Engine, raw_address: str, name: str | None = None, *,
         _refuse_suppressed(db, address)
         existing = find_subscriber(db, address)
         if existing is not None:
+            if existing.status in FINAL_STATUSES:
+                raise NewsletterError(
+                    f"{address} is {existing.status.value} ({_FINAL_REASONS[existing.status]}) and is never "
+                    f"mailed again"
+                )
             if existing.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
                 raise NewsletterError(
                     f"{address} is {existing.status.value}; only the subscriber can rejoin, by subscribing again"
@@ -134,12 +147,22 @@ class ImportReport:
     left_list: int = 0  # unsubscribed / bounced / complained: kept as they are
     suppressed: int = 0  # erased addresses: never added again
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (line number, problem)
+    duplicates: list[tuple[int, int, str]] = field(default_factory=list)  # (line, line of the first, address)
+    ignored_columns: list[str] = field(default_factory=list)  # header names other than email and name
 
     def summary_line(self) -> str:
+        """Counts that add up to the file's data rows (blank lines aside)."""
         return (
             f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"not reactivated {self.left_list}, erased (skipped) {self.suppressed}, bad rows {len(self.bad_rows)}"
+            f"not reactivated {self.left_list}, erased (skipped) {self.suppressed}, "
+            f"duplicates (skipped) {len(self.duplicates)}, bad rows {len(self.bad_rows)}"
         )
+
+    def notes(self) -> list[tuple[int, str]]:
+        """(line number, what to know) for what was skipped or ignored without being an error."""
+        notes = [(1, "ignored columns: " + ", ".join(self.ignored_columns))] if self.ignored_columns else []
+        notes += [(line, f"duplicate of line {first} ({address}), skipped") for line, first, address in self.duplicates]
+        return notes
 
 
 @dataclass(frozen=True)
@@ -155,13 +178,16 @@ def import_csv(
     """Upsert the subscribers of a CSV file with an ``email`` column (and optionally ``name``).
 
     Every row is validated first (``on_row`` is called after each, for a progress bar); bad rows are
-    reported by line number and the rest are written in one transaction. Raises NewsletterError when the
-    file cannot be read or has no ``email`` column.
+    reported by line number and the rest are written in one transaction. A repeated address (any case)
+    counts once, from its first row; the later rows are reported in ``duplicates``, and other columns in
+    ``ignored_columns``. Raises NewsletterError when the file cannot be read or has no ``email`` column.
     """
     report = ImportReport()
     latest: dict[str, _Row] = {}
     for row in _read_rows(path, report, on_row):
-        latest[row.address.lower()] = row  # a repeated address: the last row wins
+        first = latest.setdefault(row.address.lower(), row)  # a repeated address: the first row counts
+        if first is not row:
+            report.duplicates.append((row.line, first.line, row.address))
     added: list[dict[str, Any]] = []
     with session(engine) as db:
         existing = _existing_by_address(db, list(latest))
@@ -201,12 +227,15 @@ def _read_rows(path: Path, report: ImportReport, on_row: Callable[[], None] | No
     with handle:
         reader = csv.DictReader(handle)
         try:
-            columns = [name.strip().lower() for name in reader.fieldnames or []]
+            header = [name.strip() for name in reader.fieldnames or []]
         except (UnicodeDecodeError, csv.Error) as exc:
             raise NewsletterError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+        columns = [name.lower() for name in header]
         if "email" not in columns:
             raise NewsletterError(f"{path}: the first line must name the columns, including 'email' (and 'name')")
         reader.fieldnames = columns
+        ignored = (name or "(unnamed)" for name in header if name.lower() not in ("email", "name"))
+        report.ignored_columns = list(dict.fromkeys(ignored))
         try:
             for record in reader:
                 if on_row:
@@ -250,7 +279,8 @@ def list_subscribers(engine: Engine, status: SubscriberStatus | None = None) -> 
 
 
 def remove_subscriber(engine: Engine, raw_address: str, *, reason: str = "removed by operator") -> Subscriber:
-    """Unsubscribe an address (kept as ``unsubscribed`` so no later import adds it back)."""
+    """Unsubscribe an address (kept as ``unsubscribed`` so no later import adds it back). A ``bounced`` or
+    ``complained`` address keeps its status (see :func:`mark_unsubscribed`)."""
     address = normalise_address(raw_address)
     with session(engine) as db:
         subscriber = find_subscriber(db, address)
@@ -261,8 +291,23 @@ def remove_subscriber(engine: Engine, raw_address: str, *, reason: str = "remove
 
 
 def mark_unsubscribed(db: Session, subscriber: Subscriber, detail: dict[str, Any]) -> bool:
-    """Mark ``subscriber`` unsubscribed and commit; False (and no change) when they already were."""
+    """Mark ``subscriber`` unsubscribed and commit; False (and no change) when they already were.
+
+    A ``bounced`` or ``complained`` subscriber keeps that status, which is stricter than ``unsubscribed``
+    (the subscribe form may re-invite an unsubscribed address, never these): False, and the request is
+    recorded as an ``unsubscribed`` event with ``kept_status`` (once, however often the link is posted).
+    """
     if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        return False
+    if subscriber.status in FINAL_STATUSES:
+        latest = db.exec(
+            select(Event.kind).where(Event.subscriber_id == subscriber.id).order_by(col(Event.id).desc())
+        ).first()
+        if latest != EventKind.UNSUBSCRIBED:
+            db.add(Event(subscriber_id=subscriber.id, kind=EventKind.UNSUBSCRIBED,
+                         detail={**detail, "kept_status": subscriber.status.value}))
+            db.commit()
+        log.info("unsubscribe request from a %s subscriber: status kept", subscriber.status.value)
         return False
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = subscriber.updated_at = utcnow()

@@ -27,6 +27,7 @@ from newsletter.models import (
 )
 from newsletter.render import DEFAULT_SECTION
 from newsletter.subscribers import (
+    FINAL_STATUSES,
     clean_name,
     find_subscriber,
     is_suppressed,
@@ -49,7 +50,15 @@ class Consent:
 
 
 # Anyone can type any address into the form: it must not undo a bounce or a spam complaint.
-_NEVER_ASK_AGAIN = (SubscriberStatus.ACTIVE, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
+_NEVER_ASK_AGAIN = (SubscriberStatus.ACTIVE, *FINAL_STATUSES)
+# Nor one in the history: a row changed by hand (or by an older version, which let an unsubscribe request
+# turn "complained" into "unsubscribed") must not re-mail a person who reported us or an address that bounced.
+_NEVER_ASK_AFTER = (EventKind.COMPLAINT, EventKind.BOUNCE_HARD)
+
+
+def may_subscribe_again(subscriber: Subscriber) -> bool:
+    """Whether the subscribe form can ever send ``subscriber`` a confirmation (pages offer the form only then)."""
+    return subscriber.status not in FINAL_STATUSES
 
 
 def request_subscription(
@@ -57,10 +66,11 @@ def request_subscription(
 ) -> Subscriber | None:
     """Record a subscription request; returns the subscriber to send a confirmation email to, or None.
 
-    A new address (or one that left the list) becomes ``pending`` with ``consent`` recorded. None means
-    send nothing: the address is already active, bounced, complained, was erased, or had a confirmation within
-    :data:`CONFIRMATION_INTERVAL`. The returned subscriber's confirmation slot is taken (so concurrent
-    requests send one email); call :func:`release_confirmation` if sending fails. Raises InvalidAddress.
+    A new address (or one that unsubscribed) becomes ``pending`` with ``consent`` recorded. None means
+    send nothing: the address is already active, bounced or complained (now, or ever: a hard bounce or a
+    complaint in its history), was erased, or had a confirmation within :data:`CONFIRMATION_INTERVAL`.
+    The returned subscriber's confirmation slot is taken (so concurrent requests send one email); call
+    :func:`release_confirmation` if sending fails. Raises InvalidAddress.
     """
     now = now or utcnow()
     address = normalise_address(raw_address)
@@ -69,7 +79,7 @@ def request_subscription(
             log.info("subscription request for an erased address ignored")
             return None
         subscriber = find_subscriber(db, address)
-        if subscriber is not None and subscriber.status in _NEVER_ASK_AGAIN:
+        if subscriber is not None and (subscriber.status in _NEVER_ASK_AGAIN or _bounced_or_complained(db, subscriber)):
             return None
         if subscriber is None:
             subscriber = Subscriber(email=address, status=SubscriberStatus.PENDING, topics=[], created_at=now)
@@ -87,6 +97,15 @@ def request_subscription(
         claimed = _claim_confirmation(db, subscriber, now)
         db.commit()
     return subscriber if claimed else None
+
+
+def _bounced_or_complained(db: Session, subscriber: Subscriber) -> bool:
+    """Whether ``subscriber``'s history has a hard bounce or a complaint, whatever the status says now."""
+    query = select(Event.id).where(Event.subscriber_id == subscriber.id, col(Event.kind).in_(_NEVER_ASK_AFTER))
+    if db.exec(query).first() is None:
+        return False
+    log.info("subscription request for an address that bounced or complained ignored")
+    return True
 
 
 def _claim_confirmation(db: Session, subscriber: Subscriber, now: datetime) -> bool:
@@ -147,7 +166,8 @@ def confirm_subscription(
 
 
 def unsubscribe_by_token(engine: Engine, token: str, *, via: str) -> Subscriber | None:
-    """Unsubscribe the subscriber with ``token``; idempotent. None when no subscriber has it (erased)."""
+    """Unsubscribe the subscriber with ``token``; idempotent. None when no subscriber has it (erased). A
+    bounced or complained subscriber keeps that status (:func:`~newsletter.subscribers.mark_unsubscribed`)."""
     with session(engine) as db:
         subscriber = find_by_token(db, token)
         if subscriber is not None:

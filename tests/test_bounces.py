@@ -298,3 +298,80 @@ def test_a_malformed_report_is_left_in_the_mailbox_and_the_rest_processed(tmp_pa
     report = process_bounces(engine, config)
     assert (report.hard, report.left) == (1, 1)
     assert [m["Subject"] for m in mailbox.Maildir(tmp_path / "bounces.maildir")] == ["broken"]
+
+
+# -- a mailbox path that is not what its type expects --------------------------------------------------------------
+
+
+def test_a_maildir_folder_without_cur_new_tmp_is_an_empty_mailbox_not_an_error(tmp_path, engine, people):
+    (tmp_path / "bounces.maildir").mkdir()  # what a fresh install has before the first bounce arrives
+    report = process_bounces(engine, maildir_config(tmp_path))
+    assert (report.messages, report.left) == (0, 0)
+
+
+def test_a_maildir_missing_one_of_cur_new_tmp_gets_it_and_is_read(tmp_path, engine, people):
+    path = tmp_path / "bounces.maildir"
+    mailbox.Maildir(path, create=True).add(dsn("gone@example.net"))
+    (path / "cur").rmdir()
+    assert process_bounces(engine, maildir_config(tmp_path)).hard == 1
+    assert status_of(engine, "gone@example.net") is SubscriberStatus.BOUNCED
+
+
+def test_a_file_where_a_maildir_is_expected_is_a_one_line_error_naming_the_key(tmp_path, engine):
+    (tmp_path / "bounces.maildir").write_text("not a mailbox\n")
+    with pytest.raises(BounceError) as raised:
+        process_bounces(engine, maildir_config(tmp_path))
+    message = str(raised.value)
+    assert "\n" not in message and "bounces.mailbox.path" in message and "bounces.maildir" in message
+    assert "is a file, not a Maildir folder" in message and "bounces.mailbox.type: mbox" in message
+
+
+def test_a_folder_or_an_unreadable_file_where_an_mbox_is_expected_is_a_one_line_error(tmp_path, engine):
+    import os
+
+    (tmp_path / "bounces.mbox").mkdir()
+    with pytest.raises(BounceError, match=r"bounces.mailbox.path: .*bounces.mbox is a folder, not an mbox file"):
+        process_bounces(engine, maildir_config(tmp_path, "mbox"))
+    (tmp_path / "bounces.mbox").rmdir()
+    (tmp_path / "bounces.mbox").write_bytes(b"")
+    (tmp_path / "bounces.mbox").chmod(0)
+    try:
+        if os.access(tmp_path / "bounces.mbox", os.R_OK):
+            pytest.skip("running as root: permissions do not stop reading")
+        with pytest.raises(BounceError, match=r"bounces.mailbox.path: .*cannot open the mbox file \(Permission denied\)"):
+            process_bounces(engine, maildir_config(tmp_path, "mbox"))
+    finally:
+        (tmp_path / "bounces.mbox").chmod(0o600)
+
+
+def test_the_bounces_job_logs_a_bad_mailbox_path_as_one_line_without_a_traceback(tmp_path, engine, caplog):
+    import threading
+
+    from newsletter.schedule import build_jobs, run_job
+
+    (tmp_path / "bounces.maildir").write_text("not a mailbox\n")
+    config = maildir_config(tmp_path)
+    job = next(job for job in build_jobs(config, threading.Event()) if job.id == "bounces")
+    caplog.set_level("ERROR")
+    run_job(engine, config, job)
+    [record] = caplog.records
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert record.getMessage().startswith("job bounces failed: ") and "bounces.mailbox.path" in record.getMessage()
+
+
+def test_bounces_process_cli_says_what_is_wrong_with_the_path_in_one_line(tmp_path, engine):
+    from typer.testing import CliRunner
+
+    from newsletter.cli import app
+
+    (tmp_path / "bounces.maildir").write_text("not a mailbox\n")
+    config = maildir_config(tmp_path)
+    (tmp_path / "config.yaml").write_text(
+        "newsletter:\n  name: Research Weekly\n  sender: Research Weekly <digest@example.org>\n"
+        "  postal_address: 1 Example Street, Example City\n  site_url: https://news.example.org\n"
+        f"database:\n  url: {config.database.url}\n"
+        "bounces:\n  mailbox:\n    type: maildir\n    path: bounces.maildir\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["bounces", "process", "-c", str(tmp_path / "config.yaml")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert "bounces.mailbox.path" in result.output and "not a Maildir folder" in result.output

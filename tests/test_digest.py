@@ -3,16 +3,19 @@
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlmodel import select
 
 from newsletter.db import session
 from newsletter.digest import (
     PrepareOutcome,
     delivery_counts,
+    find_issue,
     period_before,
     period_containing,
     prepare_issue,
 )
+from newsletter.errors import NewsletterError
 from newsletter.models import Delivery, DeliveryStatus, Issue, SubscriberStatus, Summary
 from tests.helpers import add_people, add_summaries
 
@@ -94,3 +97,17 @@ def test_the_period_before_a_monday_send_is_the_week_that_just_ended():
     assert period_before(monday_morning, BERLIN).key == "2026-W47"
     assert period_before(datetime(2026, 1, 1, 9, tzinfo=BERLIN), BERLIN, "monthly").key == "2025-12"
     assert period_before(datetime(2026, 1, 1, 9, tzinfo=BERLIN), BERLIN, "daily").key == "2025-12-31"
+
+
+def test_asking_for_an_issue_that_does_not_exist_names_the_ones_that_do(config, engine):
+    with session(engine) as db:
+        with pytest.raises(NewsletterError, match=r"^there is no issue #3; no issue has been prepared yet"):
+            find_issue(db, 3)
+    add_people(engine, "a@example.org")
+    for week in (1, 2):
+        add_summaries(engine, 1)
+        prepare_issue(engine, config, now=datetime(2026, 1, 7 * week, 12, tzinfo=UTC))
+    with session(engine) as db:
+        with pytest.raises(NewsletterError, match=r"^there is no issue #99; issues go from #1 to #2$"):
+            find_issue(db, 99)
+        assert find_issue(db, 2).number == 2

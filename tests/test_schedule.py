@@ -293,6 +293,26 @@ def test_the_quiet_week_option_sends_a_short_note_instead(tmp_path, monkeypatch,
         assert db.exec(select(Summary).where(Summary.issue_id == None)).all() == []  # noqa: E711
 
 
+def test_no_quiet_note_after_an_issue_prepared_by_hand_before_the_scheduled_time(tmp_path, monkeypatch, engine,
+                                                                                caplog):
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin",
+                                             "quiet_note": "Nothing new this week."})
+    add_people(engine, "a@example.org")
+    add_summaries(engine, 2, at=IN_W47)
+    by_hand = prepare_issue(engine, config, now=(MONDAY_0800 - timedelta(hours=1)).astimezone(UTC))
+    assert by_hand.period.key == "2026-W48" and by_hand.item_count == 2  # W47's summaries, in the W48 issue
+
+    caplog.set_level("INFO")
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(minutes=1)).astimezone(UTC))
+    assert result.outcome is PeriodOutcome.EMPTY
+    assert [issue.period_key for issue in issues(engine)] == ["2026-W48"]  # no quiet-note issue for W47
+    assert "2026-W47: no new summaries" in caplog.text and "no quiet note: issue #1 for the later period 2026-W48" \
+        in caplog.text
+    mails = [path.read_text(encoding="utf-8") for path in (config.base_dir / "outbox").glob("*.eml")]
+    assert len(mails) == 1 and "A quiet week" not in mails[0]  # the by-hand issue, sent by the same run
+
+
 # --- the lease and failing jobs -----------------------------------------------------------------------
 
 

@@ -101,21 +101,27 @@ def test_a_missed_period_is_reported_by_if_due_and_status(tmp_path):
     engine.dispose()
 
 
-def test_status_shows_each_feed_and_its_last_fetch_result(tmp_path):
-    path = config_file(tmp_path)
+def test_status_shows_each_configured_feed_and_its_last_fetch_result(tmp_path):
+    feeds = ["https://a.example/feed.xml", "https://b.example/rss", "https://new.example/atom"]
+    path = config_file(tmp_path, **{"feeds: []": "feeds: [" + ", ".join(feeds) + "]"})
     engine = opened(path)
     with session(engine) as db:
         db.add(FeedState(url="https://a.example/feed.xml", last_fetch_at=utcnow(), last_status="ok"))
         db.add(FeedState(url="https://b.example/rss", last_fetch_at=utcnow(), last_status="error",
                          last_error="HTTP 503 from https://b.example/rss"))
+        db.add(FeedState(url="https://removed.example/rss", last_fetch_at=utcnow(), last_status="error",
+                         last_error="HTTP 404 from https://removed.example/rss"))  # taken out of the config
         db.commit()
     result = invoke("status", "--config", path)
     assert "https://a.example/feed.xml: ok at" in result.output
     assert "https://b.example/rss: error at" in result.output and "HTTP 503 from https://b.example/rss" in result.output
-    feeds = json.loads(invoke("status", "--json", "--config", path).output)["feeds"]
-    assert [(f["url"], f["last_status"]) for f in feeds] == [
-        ("https://a.example/feed.xml", "ok"), ("https://b.example/rss", "error")
+    assert "https://new.example/atom: not fetched yet" in result.output
+    assert "removed.example" not in result.output
+    listed = json.loads(invoke("status", "--json", "--config", path).output)["feeds"]
+    assert [(f["url"], f["last_status"]) for f in listed] == [
+        ("https://a.example/feed.xml", "ok"), ("https://b.example/rss", "error"), ("https://new.example/atom", None)
     ]
+    assert listed[2]["last_fetch_at"] is None
     engine.dispose()
 
 

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlmodel import select
 
 from newsletter.backends import create_backend
+from newsletter.db import session
 from newsletter.delivery import send_unfinished
 from newsletter.digest import prepare_issue
 from newsletter.errors import InvalidAddress, NewsletterError
-from newsletter.models import SubscriberStatus
+from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
 from newsletter.subscribers import (
     add_subscriber,
     erase_subscriber,
@@ -54,6 +56,22 @@ def test_removed_addresses_stay_removed(engine):
         remove_subscriber(engine, "nobody@example.org")
 
 
+@pytest.mark.parametrize("status", [SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED])
+def test_removing_a_bounced_or_complained_address_keeps_its_status(engine, status):
+    person = add_subscriber(engine, "ada@example.org")
+    with session(engine) as db:
+        person.status = status
+        db.add(person)
+        db.commit()
+    assert remove_subscriber(engine, "ada@example.org").status is status
+    with session(engine) as db:
+        assert db.exec(select(Subscriber.status)).one() is status
+        kinds = db.exec(select(Event.kind).order_by(Event.id)).all()
+    assert kinds == [EventKind.SUBSCRIBED, EventKind.UNSUBSCRIBED]  # the request is on record
+    with pytest.raises(NewsletterError, match=f"ada@example.org is {status.value} .* never mailed again"):
+        add_subscriber(engine, "ada@example.org")
+
+
 def write_csv(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "list.csv"
     path.write_text(text, encoding="utf-8")
@@ -81,11 +99,47 @@ def test_import_reports_bad_rows_by_line_and_imports_the_rest(engine, tmp_path):
     assert [line for line, _ in report.bad_rows] == [3, 8]
     assert "'broken-address' is not a valid email address" in report.bad_rows[0][1]
     assert (report.added, report.updated, report.left_list) == (2, 1, 1)
+    assert report.notes() == [(7, "duplicate of line 6 (dup@example.org), skipped")]
     people = {s.email: s for s in list_subscribers(engine)}
     assert people["known@example.org"].name == "New Name"
     assert people["gone@example.org"].status is SubscriberStatus.UNSUBSCRIBED
-    assert people["dup@example.org"].name == "Second"
+    assert people["dup@example.org"].name == "First"
     assert import_csv(engine, path).added == 0  # re-importing the same file adds nobody
+
+
+def test_import_counts_add_up_and_say_what_was_skipped_or_ignored(engine, tmp_path):
+    path = write_csv(
+        tmp_path,
+        "email,Name,Company,phone\n"
+        "a@example.org,A,Acme,1\n"
+        "b@example.org,B,Acme,2\n"
+        "A@EXAMPLE.org,A again,Acme,3\n"
+        "a@example.org,A thrice,Acme,4\n",
+    )
+    report = import_csv(engine, path)
+    assert report.summary_line() == (
+        "added 2, updated 0, unchanged 0, not reactivated 0, erased (skipped) 0, duplicates (skipped) 2, bad rows 0"
+    )  # 4 rows: 2 added + 2 duplicates
+    assert report.notes() == [
+        (1, "ignored columns: Company, phone"),
+        (4, "duplicate of line 2 (A@example.org), skipped"),
+        (5, "duplicate of line 2 (a@example.org), skipped"),
+    ]
+    assert [(s.email, s.name) for s in list_subscribers(engine)] == [("a@example.org", "A"), ("b@example.org", "B")]
+
+
+def test_import_cli_prints_duplicates_and_ignored_columns_by_line_and_still_succeeds(tmp_path):
+    from tests.test_cli import config_file, invoke
+
+    path = config_file(tmp_path)
+    csv_file = write_csv(tmp_path, "email,name,notes\na@example.org,A,x\nb@example.org,B,y\na@example.org,A,z\n")
+    result = invoke("subscribers", "import", csv_file, "--config", path)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if str(csv_file) in line]
+    assert lines == [f"{csv_file}:1: ignored columns: notes",
+                     f"{csv_file}:4: duplicate of line 2 (a@example.org), skipped"]
+    assert "added 2, updated 0, unchanged 0, not reactivated 0, erased (skipped) 0, duplicates (skipped) 1, " \
+        "bad rows 0" in result.output
 
 
 def test_import_without_an_email_column_is_refused(engine, tmp_path):

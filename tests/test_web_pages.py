@@ -409,6 +409,57 @@ def test_the_form_cannot_undo_a_bounce_or_a_spam_complaint(site):
     assert site.mails() == []
 
 
+def set_status(site: Site, address: str, status: SubscriberStatus) -> None:
+    with session(site.engine) as db:
+        person = db.exec(select(Subscriber).where(Subscriber.email == address)).one()
+        person.status = status
+        db.add(person)
+        db.commit()
+
+
+@pytest.mark.parametrize("status", [SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED])
+def test_an_unsubscribe_request_cannot_turn_a_bounce_or_complaint_into_a_way_back(site, status):
+    add_subscriber(site.engine, "angry@example.org")
+    set_status(site, "angry@example.org", status)
+    path = f"/unsubscribe/{site.signed(UNSUBSCRIBE, 'angry@example.org')}"
+    for _ in range(2):  # mail providers may post the one-click request more than once
+        answer = site.client.post(path, data={"List-Unsubscribe": "One-Click"})
+        assert answer.status_code == 200 and "You are unsubscribed" in answer.text
+        assert "Subscribe again" not in answer.text  # the form would do nothing for them
+    assert "Subscribe again" not in site.client.get(path).text
+    assert site.subscriber("angry@example.org").status is status
+    with session(site.engine) as db:
+        [asked] = db.exec(select(Event).where(Event.kind == EventKind.UNSUBSCRIBED)).all()
+    assert asked.detail == {"via": "one-click", "kept_status": status.value}
+
+    assert "Check your inbox" in subscribe(site, "angry@example.org").text
+    assert site.subscriber("angry@example.org").status is status
+    assert site.mails() == []
+
+
+def test_the_form_does_not_mail_an_address_whose_history_has_a_complaint_or_hard_bounce(site):
+    # Rows an older version (or a hand edit) turned from complained/bounced into unsubscribed.
+    for address, kind in (("angry@example.org", EventKind.COMPLAINT), ("gone@example.org", EventKind.BOUNCE_HARD)):
+        person = add_subscriber(site.engine, address)
+        set_status(site, address, SubscriberStatus.UNSUBSCRIBED)
+        with session(site.engine) as db:
+            db.add(Event(subscriber_id=person.id, kind=kind, detail={}))
+            db.commit()
+        assert "Check your inbox" in subscribe(site, address).text
+        assert site.subscriber(address).status is SubscriberStatus.UNSUBSCRIBED
+    assert site.mails() == []
+
+
+def test_someone_who_unsubscribed_is_still_offered_the_form_and_can_come_back(site):
+    add_subscriber(site.engine, "ada@example.org")
+    answer = site.client.post(f"/unsubscribe/{site.signed(UNSUBSCRIBE, 'ada@example.org')}")
+    assert "Changed your mind? Subscribe again" in answer.text
+    subscribe(site, "ada@example.org")
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.PENDING
+    [mail] = site.mails()
+    assert mail["Subject"] == "Confirm your subscription to Research Weekly"
+
+
 def test_the_pages_promise_the_configured_cadence(config, tmp_path):
     daily = make_site(tmp_path, schedule={"cadence": "daily", "cron": "0 8 * * *"})
     assert "Every day, the research summaries" in daily.client.get("/subscribe").text

@@ -38,6 +38,7 @@ from newsletter.subscriptions import (
     confirm_subscription,
     find_by_token,
     known_topics,
+    may_subscribe_again,
     release_confirmation,
     request_subscription,
     unsubscribe_by_token,
@@ -265,7 +266,7 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
         return subscriber
     if subscriber.status is not SubscriberStatus.ACTIVE and subscriber.status is not SubscriberStatus.PENDING:
         return notice(request, "You are unsubscribed", f"{subscriber.email} receives nothing more from this list.",
-                      link_url=f"{_root(request)}/subscribe", link_label="Subscribe again")
+                      **_rejoin_link(request, subscriber, "Subscribe again"))
     return notice(request, "Unsubscribe?", f"Stop sending {_state(request).config.newsletter.name} to {subscriber.email}.",
                   action_url=f"{_root(request)}/unsubscribe/{token}",
                   action_fields=[("List-Unsubscribe", "One-Click")], action_label="Unsubscribe",
@@ -287,7 +288,14 @@ def unsubscribe(request: Request, token: str) -> HTMLResponse:
     if subscriber is None:  # erased: already receives nothing, which is what was asked
         return notice(request, "You are unsubscribed", "Nothing more will be sent to you from this list.")
     return notice(request, "You are unsubscribed", f"{subscriber.email} will receive nothing more from this list.",
-                  link_url=f"{_root(request)}/subscribe", link_label="Changed your mind? Subscribe again")
+                  **_rejoin_link(request, subscriber, "Changed your mind? Subscribe again"))
+
+
+def _rejoin_link(request: Request, subscriber: Subscriber, label: str) -> dict[str, str]:
+    """The link to the subscribe form, for those the form can take back (not who bounced or complained)."""
+    if not may_subscribe_again(subscriber):
+        return {}
+    return {"link_url": f"{_root(request)}/subscribe", "link_label": label}
 
 
 # -- preferences ----------------------------------------------------------------------------------------

@@ -455,6 +455,8 @@ def digest_send(
             raise NewsletterError("--if-due decides which issue is due; leave out --issue")
         stop = threading.Event()
         with _opened(config) as (loaded, engine), _stop_on_signals(stop):
+            # cron's replacement for `newsletter run` logs like it; -v still decides how much
+            configure_logging(logging.getLogger().level, loaded.schedule.log_format)
             result = run_if_due(engine, loaded, halt=stop)
         for line in result.lines or ["nothing is due"]:
             console.print(Text(line))

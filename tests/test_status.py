@@ -86,6 +86,19 @@ def test_digest_send_if_due_does_the_scheduled_work_once(tmp_path):
     engine.dispose()
 
 
+def test_digest_send_if_due_logs_in_the_configured_format_like_run(tmp_path):
+    path = config_file(tmp_path, **{'cron: "0 8 * * mon"': 'cron: "* * * * *"', "log_format: plain": "log_format: json"})
+    engine = opened(path)
+    add_summaries(engine, 1, at=utcnow() - timedelta(days=8))
+    add_people(engine, "a@example.org")
+    result = invoke("-v", "digest", "send", "--if-due", "--config", path)
+    engine.dispose()
+    assert result.exit_code == 0, result.output
+    # one JSON object per line (but Alembic's, logged while the config was still being read)
+    logged = [json.loads(line) for line in result.stderr.splitlines() if "alembic" not in line]
+    assert any("issue #1: sent 1" in entry["message"] for entry in logged)
+
+
 def test_a_missed_period_is_reported_by_if_due_and_status(tmp_path):
     # The only scheduled weekday is the one three days ago: the last send time passed 2.5 to 3.5 days ago,
     # beyond the default 24 h grace period.

@@ -162,7 +162,7 @@ def send_issue(
 ) -> SendReport:
     """Send the deliveries of issue ``number`` that are due now; returns what this run did.
 
-    Raises NewsletterError for an unknown, paused or cancelled issue, and DeliveryError when the backend
+    Raises NewsletterError for an unknown, paused, cancelled or already sent issue, and DeliveryError when the backend
     fails as a whole; the claimed batch is then released for the next run, so nothing is lost.
     """
     with session(engine) as db:
@@ -171,6 +171,11 @@ def send_issue(
             raise NewsletterError(f"issue #{number} is paused; run `newsletter digest resume {number}` first")
         if issue.status is IssueStatus.CANCELLED:
             raise NewsletterError(f"issue #{number} was cancelled; nothing more is sent for it")
+        if issue.status is IssueStatus.SENT:
+            raise NewsletterError(
+                f"issue #{number} was sent already; `newsletter digest retry-failed {number}` queues its failed "
+                "deliveries again"
+            )
         items = issue_items(db, issue)
         report = SendReport(issue, total=_due_count(db, issue.id, clock(), config.delivery.lease_time))
         if issue.status is IssueStatus.PREPARED:

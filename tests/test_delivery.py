@@ -48,6 +48,8 @@ def test_file_backend_gets_one_message_per_subscriber_and_a_rerun_sends_nothing(
         assert all(d.message_id and d.sent_at and d.attempts == 1 for d in db.exec(select(Delivery)))
     with pytest.raises(NewsletterError, match="already sent and no newer issue is prepared"):
         send_unfinished(engine, config, create_backend(config))
+    with pytest.raises(NewsletterError, match="issue #1 was sent already; `newsletter digest retry-failed 1`"):
+        send_issue(engine, config, create_backend(config), 1)
     assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 3
 
 

@@ -85,9 +85,11 @@ def open_database(config: Config) -> Engine:
     try:
         upgrade(engine)
     except DBAPIError as exc:  # unreachable server, a file that is not a database, no permission, ...
+        reason = " ".join(str(exc.orig).split())  # PostgreSQL's hints come on lines of their own
+        shown = engine.url.render_as_string(hide_password=True)
         raise NewsletterError(
-            f"cannot open the database {config.database.url!r} ({exc.orig}); check database.url in "
-            f"{config.source} or NEWSLETTER_DATABASE_URL"
+            f"cannot open the database {shown!r} ({reason}); check database.url in {config.source} or "
+            "NEWSLETTER_DATABASE_URL"
         ) from None
     return engine
 

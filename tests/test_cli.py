@@ -160,6 +160,16 @@ def test_a_bad_database_url_in_the_environment_is_blamed_on_the_variable(tmp_pat
     assert result.output.startswith("error: NEWSLETTER_DATABASE_URL: 'mysql://x' must start with sqlite:///")
 
 
+def test_an_unreachable_postgresql_server_is_one_line_without_the_password(tmp_path):
+    url = "postgresql+psycopg://newsletter:s3cret@127.0.0.1:1/newsletter"  # nothing listens on port 1
+    result = runner.invoke(app, ["subscribers", "list", "--config", str(config_file(tmp_path))],
+                           env={"NEWSLETTER_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "cannot open the database 'postgresql+psycopg://newsletter:***@127.0.0.1:1/newsletter'" in result.output
+    assert "s3cret" not in result.output
+
+
 def test_export_to_an_impossible_place_says_so(tmp_path):
     result = invoke("subscribers", "export", "--out", tmp_path / "no" / "such" / "dir.csv", "--config", config_file(tmp_path))
     assert result.exit_code == 1 and "cannot write" in result.output and "choose another --out" in result.output

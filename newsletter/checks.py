@@ -34,13 +34,12 @@ from newsletter.digest import draft_issue, find_issue, issue_items, period_conta
 from newsletter.errors import NewsletterError
 from newsletter.message import build_message, make_message_id
 from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, utcnow
-from newsletter.render import RecipientValues, RenderedIssue, render_issue
+from newsletter.render import MAX_SUBJECT_CHARS, RecipientValues, RenderedIssue, render_issue
 from newsletter.tokens import LinkSigner
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" above this much HTML
 SIZE_WARNING_BYTES = 90 * 1024
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
-MAX_SUBJECT_CHARS = 100
 SAMPLE_READER = Subscriber(email="reader@example.org", name="Sample Reader", token="sample-reader")
 
 
@@ -321,7 +320,8 @@ def load_issue(engine: Engine, config: Config, number: int | None = None, *, now
 
 def _sample(db: Session) -> Subscriber:
     query = select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(col(Subscriber.id))
-    return db.exec(query).first() or SAMPLE_READER
+    # limit(1): the ORM buffers a whole result, so .first() alone would load every subscriber
+    return db.exec(query.limit(1)).first() or SAMPLE_READER
 
 
 def check_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None

@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from newsletter.errors import ConfigError
+from newsletter.urls import http_url_problem
 
 DEFAULT_CONFIG_FILE = "config.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///subscribers/newsletter.db"
@@ -242,10 +243,11 @@ class IngestSection(_Section):
     @field_validator("feeds")
     @classmethod
     def _http_feeds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Checked here, once, so that one bad entry stops the start with its name instead of failing every poll.
         for url in value:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-                raise ValueError(f"{url!r} must be an absolute http(s) URL such as https://example.org/feed.xml")
+            problem = http_url_problem(url, example="https://example.org/feed.xml")
+            if problem:
+                raise ValueError(f"{url!r} {problem}")
         return value
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")

@@ -51,6 +51,9 @@ DIGEST_MJML_TEMPLATE = "digest.mjml.j2"
 DIGEST_TEXT_TEMPLATE = "digest.txt.j2"
 
 DEFAULT_SECTION = "More research"  # the section for summaries without a category
+MAX_SUBJECT_CHARS = 100  # the pre-send check's limit: a subject must be shorter than this
+SUBJECT_LIMIT = MAX_SUBJECT_CHARS - 1  # the longest subject that passes
+MIN_SUBJECT_TITLE = 15  # below this much room for the title, fit_subject drops the tail rather than the title
 MAX_KEY_POINTS = 5
 PREHEADER_LIMIT = 150
 TEXT_WIDTH = 72
@@ -323,6 +326,9 @@ def template_environment(config: Config) -> Environment:
     )
     env.filters["wrap"] = wrap_text
     env.filters["paragraphs"] = paragraphs
+    env.filters["shorten"] = shorten
+    env.globals["fit_subject"] = fit_subject
+    env.globals["subject_limit"] = SUBJECT_LIMIT
     return env
 
 
@@ -343,6 +349,41 @@ def wrap_text(text: str, width: int = TEXT_WIDTH, indent: str = "", subsequent_i
         for p in paragraphs_
         if p
     )  # fmt: skip
+
+
+def shorten(text: str, width: int) -> str:
+    """The ``shorten`` filter: ``text`` on one line in at most ``width`` characters, cut at a word with "…".
+
+    A text without a space early enough (one very long word) is cut inside the word; ``width`` below 1 gives "".
+    """
+    flat = " ".join(str(text).split())
+    if len(flat) <= width:
+        return flat
+    if width < 1:
+        return ""
+    cut = flat[: width - 1]
+    if flat[width - 1] != " " and " " in cut:  # the cut falls inside a word: drop that word
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:·–—-") + "…"
+
+
+def fit_subject(head: str, title: str, tail: str = "", limit: int = SUBJECT_LIMIT) -> str:
+    """``head + title + tail`` in at most ``limit`` characters, for ``subject.txt.j2``.
+
+    The title is shortened at a word (:func:`shorten`) to leave room for ``head`` (the newsletter's name and
+    number) and ``tail`` (" and 3 more"). If that would leave the title under ``MIN_SUBJECT_TITLE`` characters
+    (a long newsletter name), the tail is dropped; if even ``head`` leaves no room, the whole line is shortened.
+    """
+    head, tail = re.sub(r"\s+", " ", str(head)).lstrip(), re.sub(r"\s+", " ", str(tail)).rstrip()
+    title = " ".join(str(title).split())
+    if len(head) + len(title) + len(tail) <= limit:
+        return head + title + tail
+    if limit - len(head) - len(tail) < MIN_SUBJECT_TITLE:
+        tail = ""
+    room = limit - len(head) - len(tail)
+    if room < min(MIN_SUBJECT_TITLE, len(title)):
+        return shorten(head + title, limit)
+    return head + shorten(title, room) + tail
 
 
 def paragraphs(text: str) -> list[str]:

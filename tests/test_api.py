@@ -104,3 +104,19 @@ def test_markdown_and_html_fields_are_rendered_and_sanitised(client, engine) -> 
     markdown, html = rows(engine)
     assert (markdown.title, markdown.summary) == ("Bold title", "Denser spindles, better recall.")
     assert (html.summary, html.body) == ("First sentence here. Second one.", "First sentence here. Second one.")
+
+
+def test_a_missing_summary_is_cut_from_the_cleaned_body_not_the_markup(client, engine) -> None:
+    link = "https://example.org/" + "a-very-long-path/" * 25
+    body = (f'<p>Short first sentence with <a href="{link}">a link</a> in it. A second sentence follows.</p>'
+            "<script>alert(1)</script><p>A third, in its own paragraph.</p>")
+    assert len(body) > 400  # the configured summary_length: the raw HTML alone is over it
+    items = [{"title": "HTML", "body": body, "format": "html", "url": "https://example.org/h"},
+             {"title": "MD", "body": "**Short** first sentence with [a link](https://example.org) in it.",
+              "key_findings": ["**Denser** spindles"], "format": "markdown", "url": "https://example.org/m"}]
+    assert client.post("/api/summaries", json=items, headers=AUTH).status_code == 201
+    html, markdown = rows(engine)
+    assert html.summary == ("Short first sentence with a link in it. A second sentence follows. "
+                            "A third, in its own paragraph.")
+    assert markdown.summary == "Short first sentence with a link in it."
+    assert markdown.key_points == ["Denser spindles"]  # rendered as in .md files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -169,3 +170,22 @@ def test_the_draft_is_keyed_by_the_configured_cadence(tmp_path, engine, monkeypa
     issue, _items, description, _reader = load_issue(engine, monthly)
     assert description.startswith("draft of issue #1")
     assert len(issue.period_key) == 7 and "W" not in issue.period_key  # 2026-11, not 2026-W47
+
+
+def test_an_ordinary_issue_with_a_long_first_title_passes_the_subject_check(tmp_path: Path) -> None:
+    # The audit's repro: three items whose first title is ~95 characters gave "[subject] ... 121 characters".
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump({**DEMO_SETTINGS, "backend": {"name": "file", "options": {"outbox": "outbox"}}}))
+    title = "Older adults with denser sleep spindles remembered more word pairs the next morning in a cohort"
+    assert len(title) == 95
+    items = [{"title": t, "summary": "A sentence.", "url": f"https://example.org/{n}"}
+             for n, t in enumerate([title, "Second paper", "Third paper"])]
+    feed = tmp_path / "items.jsonl"
+    feed.write_text("\n".join(json.dumps(item) for item in items), encoding="utf-8")
+    assert cli(config_file, "ingest", str(feed)).exit_code == 0
+    engine = open_database(make_config(tmp_path, **DEMO_SETTINGS))
+    add_people(engine, "ada@example.org")
+    engine.dispose()
+    checked = cli(config_file, "digest", "check")
+    assert checked.exit_code == 0, checked.output
+    assert "[subject]" not in checked.output

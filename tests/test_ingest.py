@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from newsletter.config import IngestSection
 from newsletter.db import session
 from newsletter.errors import ConfigError, IngestError
 from newsletter.ingest import (
@@ -23,10 +24,12 @@ from newsletter.ingest import (
     find_files,
     ingest_items,
     ingest_paths,
+    readers_by_extension,
     validate_item,
 )
 from newsletter.ingest.jsonfile import JsonLinesReader, JsonReader
 from newsletter.ingest.markdown import MarkdownReader
+from newsletter.ingest.store import read_file
 from newsletter.models import Issue, Summary
 from newsletter.resources import sample_summaries_dir
 
@@ -123,7 +126,7 @@ def test_markdown_body_supplies_summary_and_key_findings(tmp_path: Path) -> None
 
     assert summary.summary == "Fermentable fibre lowered glucose peaks after breakfast and lunch."
     assert summary.key_points == ["Peaks fell by 1.1 mmol/L, on average", "Meal order mattered little"]
-    assert summary.body == "# Fibre and glucose\n\n## Caveats\n\nShort trial."
+    assert summary.body == "Fibre and glucose\n\nCaveats\n\nShort trial."  # Markdown rendered to text
 
 
 def test_markdown_front_matter_wins_over_the_body(tmp_path: Path) -> None:
@@ -146,7 +149,7 @@ def test_markdown_front_matter_wins_over_the_body(tmp_path: Path) -> None:
 
     assert summary.summary == "From the front matter."
     assert summary.key_points == ["Front-matter finding"]
-    assert summary.body == "A paragraph that stays in the body.\n\n## Key points\n- Body bullet"
+    assert summary.body == "A paragraph that stays in the body.\n\nKey points\n\n• Body bullet"
 
 
 def test_json_reader_reads_one_object_or_an_array(tmp_path: Path) -> None:
@@ -388,7 +391,7 @@ def test_an_impossible_front_matter_date_rejects_that_file_only(engine: Engine, 
             "---\ntitle: A\ndate: 0001-01-01 00:00:00 +01:00\n---\nP.\n",
             ":3: field 'date': 0001-01-01T00:00:00+01:00 is out of range once converted to UTC; check the",
         ),
-        ("paper.md", "---\ntitle: A\nurl: http://[::1\n---\nP.\n", ":3: field 'url': 'http://[::1' must be"),
+        ("paper.md", "---\ntitle: A\nurl: http://[::1\n---\nP.\n", ":3: field 'url': 'http://[::1' has an unclosed '['"),
         ("paper.md", "---\ntitle: " + "[" * 5000 + "\n---\nP.\n", ": front matter is nested too deeply"),
         (
             "notes.jsonl",
@@ -593,3 +596,84 @@ def test_a_link_the_pre_send_checks_would_refuse_is_refused_at_ingest(engine, tm
     report = ingest_paths(engine, [bad])
     assert report.added == 0 and len(report.rejected) == 1
     assert "quotes" in str(report.rejected[0]) and "%22" in str(report.rejected[0])
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://localhost:abc/x", "'https://localhost:abc/x' has 'abc' as its port, which must be a number"),
+        ("https://example.org:99999/x", "has the port 99999, which does not exist; ports go from 1 to 65,535"),
+        ("https://localhost/x", "has the host 'localhost', which readers cannot reach"),
+        ("https://[2001:db8::1/x", "has an unclosed '[' in its host"),
+        ("https://exa mple.org/x", "contains spaces or control characters; percent-encode them"),
+    ],
+)
+def test_a_bad_url_is_rejected_saying_what_is_wrong_with_it(engine, tmp_path, url, expected):
+    path = write(tmp_path, "one.jsonl", jsonl(item("A", url=url)))
+    message = only_message(ingest_paths(engine, [path]))
+    assert message.startswith(f"{path}:1: field 'url': ") and expected in message
+    if "space" not in expected:
+        assert "percent-encode" not in message  # advice about characters only where characters are at fault
+
+
+# --- Markdown is rendered; a missing summary is the same extractive summary in every reader ---------------
+
+LONG_PARAGRAPH = (
+    "Older adults with **denser** sleep spindles [remembered more](https://example.org/recall) word pairs the "
+    "next morning, in a home study of 212 people. The link held after accounting for total sleep time and "
+    "sleep efficiency. It was strongest for pairs learned just before bed, when spindles were most frequent. "
+    "The authors argue that spindle density is a cheap marker for trials of memory interventions in old age. "
+    "A follow-up will test whether boosting spindles with timed sounds improves recall."
+)
+LONG_TEXT = LONG_PARAGRAPH.replace("**denser**", "denser").replace(
+    "[remembered more](https://example.org/recall)", "remembered more"
+)
+
+
+def test_markdown_files_are_rendered_to_clean_text_like_the_api(tmp_path: Path) -> None:
+    path = write(tmp_path, "paper.md", """\
+        ---
+        title: Spindles
+        summary: "**Denser** spindles, [better](https://example.org/b) recall."
+        ---
+        Older adults with **denser** spindles [remembered more](https://example.org/r).
+
+        ## Details
+
+        - *Home* EEG, `two` nights
+        <script>alert(1)</script>
+
+        ## Key findings
+
+        - **Spindle** density [tracks](https://example.org/t) recall
+        - 1. not a list
+        """)
+    [item] = MarkdownReader().read(path)
+    assert item.summary == "Denser spindles, better recall."
+    assert item.key_points == ["Spindle density tracks recall", "1. not a list"]
+    assert item.body == "Older adults with denser spindles remembered more.\n\nDetails\n\n• Home EEG, two nights"
+    everything = " ".join([item.summary, item.body, *item.key_points])
+    for raw in ("**", "](", "##", "`", "<script", "alert"):
+        assert raw not in everything
+
+
+def test_a_long_first_markdown_paragraph_is_cut_at_a_sentence_and_kept_in_the_body(tmp_path: Path) -> None:
+    path = write(tmp_path, "paper.md", f"---\ntitle: Spindles\n---\n{LONG_PARAGRAPH}\n\n## Caveats\n\nSmall study.\n")
+    assert len(LONG_TEXT) > 400
+    [item] = MarkdownReader().read(path)
+    assert item.summary == LONG_TEXT.rsplit(" A follow-up", 1)[0]  # within ingest.summary_length (400)
+    assert item.body == f"{LONG_TEXT}\n\nCaveats\n\nSmall study."
+    reader = MarkdownReader()
+    reader.settings = IngestSection(summary_length=120)
+    [short] = reader.read(path)
+    assert short.summary == "Older adults with denser sleep spindles remembered more word pairs the next morning, in a home study of 212 people."
+
+
+@pytest.mark.parametrize("name", ["one.json", "list.json", "lines.jsonl"])
+def test_json_items_with_only_a_body_get_the_same_extractive_summary(tmp_path: Path, name: str) -> None:
+    record = {"title": "Spindles", "body": f"<p>{LONG_TEXT}</p>", "url": "https://example.org/s"}
+    text = json.dumps([record]) if name == "list.json" else json.dumps(record)
+    path = write(tmp_path, name, text + "\n")
+    [item] = read_file(path, readers_by_extension(), IngestSection())
+    assert item.summary == LONG_TEXT.rsplit(" A follow-up", 1)[0]
+    assert item.body == LONG_TEXT

@@ -102,7 +102,7 @@ def test_rss2_items_keep_guid_link_date_category_image_and_sanitised_text(engine
     result = fetch_feed(engine, url, SETTINGS)
     assert (result.status, result.report.added) == ("ok", 2)
     rows = stored(engine)
-    senolytic = rows["digest-2026-0413-senolytic"]  # the guid is the identity
+    senolytic = rows[f"{url}#guid=digest-2026-0413-senolytic"]  # the guid, within its feed, is the identity
     assert senolytic.summary == "Old mice given dasatinib plus quercetin repaired injured muscle almost as well as young mice."
     assert (senolytic.source, senolytic.category) == ("Example Science Digest", "Longevity & Aging")
     assert senolytic.image_url == "https://digest.example.org/img/muscle.jpg"
@@ -217,3 +217,118 @@ def test_no_bytes_crash_the_feed_reader_with_anything_but_ingest_error(tmp_path_
         FeedReader().read(path)
     except IngestError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://example.org:abc/feed", "has 'abc' as its port, which must be a number"),
+        ("https://localhost:abc/x", "has 'abc' as its port, which must be a number"),
+        ("http://example.org:70000/feed", "has the port 70000, which does not exist"),
+        ("http://[::1/feed", "has an unclosed '['"),
+    ],
+)
+def test_an_invalid_feed_url_is_a_failed_fetch_saying_what_is_wrong(engine, url, problem) -> None:
+    result = fetch_feed(engine, url, SETTINGS)
+    assert result.status == "error" and result.error.startswith(problem)
+    assert "percent-encode" not in result.error
+    assert feed_states(engine) == []  # a typo is not remembered as a feed
+
+
+def test_the_cli_reports_an_invalid_feed_url_in_one_line(tmp_path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from newsletter.cli import app
+    from newsletter.demo import DEMO_SETTINGS
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(DEMO_SETTINGS))
+    result = CliRunner().invoke(app, ["ingest", "http://example.org:abc/feed", "--config", str(config_file)],
+                                env={"NEWSLETTER_SECRET_KEY": "k", "COLUMNS": "200"})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # not a crash
+    assert "failed: http://example.org:abc/feed: has 'abc' as its port, which must be a number" in result.output
+
+
+def test_poll_feeds_records_an_invalid_url_and_fetches_the_other_feeds(engine, feed_server, tmp_path) -> None:
+    good = feed_server.serve("/atom.xml", Feed((FEEDS / "atom.xml").read_bytes()))
+    config = make_config(tmp_path, ingest={"feeds": [good]})
+    # A config built in code skips validation; a bad entry must still not stop the feeds after it.
+    config = config.model_copy(update={"ingest": config.ingest.model_copy(
+        update={"feeds": ("http://example.org:abc/feed", good)})})
+    result = poll_feeds(engine, config)
+    assert [r.status for r in result.feeds] == ["error", "ok"]
+    assert "'abc' as its port" in result.failed[0].error
+    assert len(stored(engine)) == 1
+
+
+@pytest.mark.parametrize(
+    ("feed", "message"),
+    [
+        ("http://example.org:abc/feed", "ingest.feeds: 'http://example.org:abc/feed' has 'abc' as its port"),
+        ("https://example.org:0/feed.xml", "ingest.feeds: 'https://example.org:0/feed.xml' has the port 0"),
+        ("https://:8080/feed.xml", "ingest.feeds: 'https://:8080/feed.xml' has no host name"),
+    ],
+)
+def test_a_bad_feed_url_in_the_config_names_the_key_and_the_entry(tmp_path, feed, message) -> None:
+    from newsletter.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path, ingest={"feeds": ["https://example.org/good.xml", feed]})
+    assert message in str(caught.value)
+
+
+def rss(*items: str) -> bytes:
+    return ('<?xml version="1.0"?><rss version="2.0"><channel><title>Feed</title><link>https://a.example.org/</link>'
+            + "".join(items) + "</channel></rss>").encode()
+
+
+def rss_item(title: str, guid: str | None = None, link: str | None = None, permalink: bool = False) -> str:
+    flag = "" if permalink else ' isPermaLink="false"'
+    return (f"<item><title>{title}</title><description>About {title}.</description>"
+            + (f"<guid{flag}>{guid}</guid>" if guid else "") + (f"<link>{link}</link>" if link else "") + "</item>")
+
+
+def test_the_same_local_guid_in_two_feeds_is_two_summaries(engine, feed_server) -> None:
+    first = feed_server.serve("/one.xml", Feed(rss(rss_item("Peat bogs", "42", "https://one.example.org/peat"))))
+    second = feed_server.serve("/two.xml", Feed(rss(rss_item("Sea grass", "42", "https://two.example.org/grass"))))
+    assert fetch_feed(engine, first, SETTINGS).report.summary_line().startswith("added 1, updated 0")
+    assert fetch_feed(engine, second, SETTINGS).report.summary_line().startswith("added 1, updated 0")
+    assert sorted(row.title for row in stored(engine).values()) == ["Peat bogs", "Sea grass"]
+    assert fetch_feed(engine, first, SETTINGS).status == "not-modified"
+    assert len(stored(engine)) == 2
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        rss_item("Peat bogs", "https://site.example.org/peat", permalink=True),  # a permalink guid
+        rss_item("Peat bogs", "https://site.example.org/?p=42"),  # WordPress: a URL, though not a permalink
+        rss_item("Peat bogs", link="https://site.example.org/peat"),  # no guid: the link
+        rss_item("Peat bogs", "tag:site.example.org,2026:peat"),  # a tag: URI names itself
+    ],
+)
+def test_one_article_in_two_feeds_is_still_one_summary(engine, feed_server, entry) -> None:
+    first = feed_server.serve("/science.xml", Feed(rss(entry)))
+    second = feed_server.serve("/climate.xml", Feed(rss(entry)))
+    assert fetch_feed(engine, first, SETTINGS).report.added == 1
+    again = fetch_feed(engine, second, SETTINGS).report
+    assert (again.added, again.unchanged) == (0, 1)
+
+
+def test_a_feed_ingested_before_guids_were_scoped_keeps_its_rows(engine, feed_server) -> None:
+    url = feed_server.serve("/one.xml", Feed(rss(rss_item("Peat bogs", "42", "https://one.example.org/peat"),
+                                                 rss_item("Sea grass", "43", "https://one.example.org/grass"))))
+    with session(engine) as db:  # as the old reader stored them: under the bare guid, origin the feed's URL
+        db.add(Summary(uid="42", origin=url, title="Peat bogs", summary="About Peat bogs.", issue_id=None,
+                       url="https://one.example.org/peat", source="Feed"))
+        db.add(Summary(uid="43", origin="https://other.example.org/feed", title="Other", summary="Other."))
+        db.commit()
+        before = db.exec(select(Summary).where(Summary.uid == "42")).one()
+    result = fetch_feed(engine, url, SETTINGS)
+    assert (result.report.added, result.report.updated + result.report.unchanged) == (1, 1)
+    rows = stored(engine)
+    assert rows[f"{url}#guid=42"].id == before.id  # the same row, now under its scoped uid: not sent twice
+    assert rows["43"].title == "Other"  # another feed's row under the same bare guid is left alone
+    assert rows[f"{url}#guid=43"].title == "Sea grass"
+    assert len(rows) == 3

@@ -334,3 +334,41 @@ def test_wrap_filter_keeps_paragraphs_and_long_urls() -> None:
     wrapped = render.wrap_text("word " * 30 + "\n\nnext paragraph " + url, width=40)
     assert all(len(line) <= 40 or line == url for line in wrapped.splitlines())
     assert "\n\nnext paragraph\n" + url in wrapped
+
+
+@pytest.mark.parametrize("name", ["Research Weekly", "The Quarterly Digest of Longevity, Sleep and Climate Research"])
+@pytest.mark.parametrize("title_words", [1, 12, 16, 40])
+@pytest.mark.parametrize("count", [1, 3, 120])
+def test_the_default_subject_stays_under_the_pre_send_limit(
+    tmp_path: Path, name: str, title_words: int, count: int
+) -> None:
+    newsletter = {**DEMO_SETTINGS["newsletter"], "name": name}
+    config = make_config(tmp_path, newsletter=newsletter)
+    title = " ".join(["Spindles"] * title_words)
+    summaries = (make_summaries() * 40)[:count]
+    summaries[0].title = title
+    subject = render.render_subject(config, make_issue(number=1234), summaries)
+    assert len(subject) < 100, subject
+    assert subject.startswith(f"{name} #1234: Spindles")
+    if count > 1:
+        assert subject.endswith(f" and {count - 1} more")
+    if len(f"{name} #1234: {title}") + (len(f" and {count - 1} more") if count > 1 else 0) < 100:
+        assert title in subject  # nothing is cut that fits
+    else:
+        assert "Spindles…" in subject and "Spindl…" not in subject  # cut after a whole word
+
+
+def test_a_newsletter_name_near_its_limit_still_gives_a_subject_under_100(tmp_path: Path) -> None:
+    newsletter = {**DEMO_SETTINGS["newsletter"], "name": " ".join(["Research"] * 11)}  # 98 characters
+    summaries = make_summaries()
+    summaries[0].title = "Sleep spindles " * 10
+    subject = render.render_subject(make_config(tmp_path, newsletter=newsletter), make_issue(), summaries)
+    assert len(subject) < 100 and subject.startswith("Research Research") and subject.endswith("…")
+
+
+def test_the_shorten_filter_cuts_at_a_word_with_an_ellipsis() -> None:
+    assert render.shorten("Sleep spindles predict recall", 100) == "Sleep spindles predict recall"
+    assert render.shorten("Sleep spindles predict recall", 20) == "Sleep spindles…"
+    assert render.shorten("Sleep spindles, predict recall", 16) == "Sleep spindles…"  # no dangling comma
+    assert render.shorten("Supercalifragilistic", 10) == "Supercali…"  # one long word: cut inside it
+    assert render.shorten("Sleep", 0) == ""

@@ -34,8 +34,15 @@ from pydantic import (
 from newsletter.checks import link_problem
 from newsletter.config import IngestSection
 from newsletter.errors import IngestError
-from newsletter.ingest.clean import normalise_title, sanitise
+from newsletter.ingest.clean import (
+    extractive_summary,
+    markdown_inline_to_text,
+    markdown_to_text,
+    normalise_title,
+    sanitise,
+)
 from newsletter.plugins import load_plugin
+from newsletter.urls import http_url_problem
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +143,11 @@ class SummaryIn(BaseModel):
     def _absolute_http(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            parts = urlsplit(value)
-            absolute = parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
-        except ValueError:  # an unclosed IPv6 bracket, ...
-            absolute = False
-        if not absolute or re.search(r"\s", value):
-            raise ValueError(f"{value!r} must be an absolute http(s) URL such as https://example.org/paper")
-        problem = link_problem(value)  # the pre-send checks' rule: what passes here also passes there
+        problem = http_url_problem(value, example="https://example.org/paper", public=True)
+        if problem is None and (check := link_problem(value)):  # what passes here also passes the pre-send check
+            problem = f"{check}; check the URL"
         if problem:
-            raise ValueError(f"{value!r} {problem}; percent-encode such characters (\" is %22)")
+            raise ValueError(f"{value!r} {problem}")
         return value
 
     @field_validator("published_at", mode="before")
@@ -175,6 +177,33 @@ class SummaryIn(BaseModel):
             raise ValueError(
                 f"{value.isoformat()} is out of range once converted to UTC; check the year"
             ) from None
+
+
+def render_markdown_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``summary`` and ``body`` rendered from Markdown to plain text, and each key point (under
+    any of its names) rendered inline: what ``format: markdown`` means in the API, and what the text of a
+    ``.md`` file is. Values that are not text are left for validation to report."""
+    data = dict(data)
+    for key in ("summary", "body"):
+        if isinstance(data.get(key), str):
+            data[key] = markdown_to_text(data[key])
+    for key in input_names("key_points"):
+        if isinstance(data.get(key), list):
+            data[key] = [markdown_inline_to_text(p) if isinstance(p, str) else p for p in data[key]]
+    return data
+
+
+def fill_missing_summary(data: Any, summary_length: int) -> Any:
+    """The one rule for an item without a summary: the extractive summary of its body's cleaned text.
+
+    The body is cleaned first (HTML reduced to text by the nh3 allow-list, as validation will), so the cut
+    counts what a reader sees, then cut at a sentence end within ``summary_length``
+    (:func:`~newsletter.ingest.clean.extractive_summary`). Anything else is returned unchanged.
+    """
+    if not isinstance(data, dict) or data.get("summary") or not isinstance(data.get("body"), str):
+        return data
+    text = sanitise(data["body"])
+    return {**data, "summary": extractive_summary(text, summary_length)} if text.strip() else data
 
 
 def input_names(field: str) -> tuple[str, ...]:
@@ -260,6 +289,26 @@ def compute_uid(item: SummaryIn) -> str:
     day = item.published_at.date().isoformat() if item.published_at else ""
     normalised = "\n".join(" ".join(part.lower().split()) for part in (item.title, item.source or "", day))
     return "sha256:" + hashlib.sha256(normalised.encode()).hexdigest()
+
+
+# A feed's own guid scoped to the feed: "<feed URL>#guid=<guid>" (a canonical URL has no fragment of its own).
+_SCOPED_UID = re.compile(r"(?P<scope>[a-z][a-z0-9+.-]*:[^\s#]*)#guid=(?P<guid>.+)", re.DOTALL)
+
+
+def scoped_uid(scope: str, local_id: str) -> str:
+    """The uid of an item whose id is only unique inside ``scope`` (a feed's URL): ``<scope>#guid=<id>``.
+
+    Hashed like a long URL when it would not fit the uid column (and then :func:`unscoped_uid` is None).
+    """
+    uid = f"{canonical_url(scope)}#guid={local_id}"
+    return uid if len(uid) <= MAX_UID_LENGTH else "sha256:" + hashlib.sha256(uid.encode()).hexdigest()
+
+
+def unscoped_uid(uid: str) -> str | None:
+    """The id a :func:`scoped_uid` was made from (what such an item was stored under before ids were
+    scoped), or None for any other uid."""
+    match = _SCOPED_UID.fullmatch(uid)
+    return match.group("guid") if match else None
 
 
 def read_text(path: Path) -> str:

@@ -3,10 +3,12 @@
 - :func:`sanitise` runs anything that looks like HTML through nh3's allow-list (scripts, styles and
   their content are dropped, attributes and unknown tags removed), then reduces it to text, keeping
   paragraph breaks. Plain text passes through unchanged apart from control characters.
-- :func:`markdown_to_text` renders Markdown with markdown-it-py, then sanitises the HTML the same way.
+- :func:`markdown_to_text` renders Markdown with markdown-it-py, then sanitises the HTML the same way
+  (:func:`markdown_inline_to_text` for one line, such as a key point).
 - :func:`normalise_title` makes a one-line title: tags stripped, control characters and runs of
   whitespace collapsed into single spaces.
-- :func:`extractive_summary` is the first sentences of a text up to a length, cut at a sentence end.
+- :func:`extractive_summary` is the first sentences of a text up to a length, cut at a sentence end: the
+  summary of every item that comes without one (see ``newsletter.ingest.base.fill_missing_summary``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ _BLOCK_END = re.compile(r"<\s*(?:br\s*/?|/\s*(?:p|div|ul|ol|blockquote|h[1-6]|pr
 _LIST_ITEM = re.compile(r"<\s*li\s*>", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])")
-_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+# Raw HTML is passed through to nh3, which cleans it like HTML anywhere else; escaped, a "<script>" would
+# come out as literal text that validation then cleans again, losing the paragraphs around it.
+_MARKDOWN = MarkdownIt("commonmark", {"html": True})
 
 
 def strip_controls(text: str, *, keep_newlines: bool = True) -> str:
@@ -70,8 +74,14 @@ def sanitise(text: str) -> str:
 
 
 def markdown_to_text(text: str) -> str:
-    """Markdown rendered with markdown-it-py (raw HTML disabled), then sanitised to plain text."""
+    """Markdown rendered with markdown-it-py, then sanitised to plain text (raw HTML in it by the allow-list)."""
     return html_to_text(_MARKDOWN.render(text))
+
+
+def markdown_inline_to_text(text: str) -> str:
+    """One line of Markdown (a list entry): emphasis, links and code rendered to text, no block structure,
+    so that ``1. Spindles`` stays a sentence rather than becoming a list."""
+    return html_to_text(_MARKDOWN.renderInline(text))
 
 
 def normalise_title(text: str) -> str:

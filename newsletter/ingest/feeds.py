@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,10 +30,11 @@ from newsletter import __version__
 from newsletter.config import Config, IngestSection
 from newsletter.db import session
 from newsletter.errors import IngestError
-from newsletter.ingest.base import Reader, SummaryIn, validate_item
+from newsletter.ingest.base import Reader, SummaryIn, scoped_uid, validate_item
 from newsletter.ingest.clean import extractive_summary, sanitise
 from newsletter.ingest.store import IngestReport, ingest_items
 from newsletter.models import FeedState, utcnow
+from newsletter.urls import http_url_problem
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,9 @@ class FeedReader(Reader):
             content = path.read_bytes()
         except OSError as exc:
             raise IngestError(f"{path}: cannot be read ({exc.strerror}); check the path") from None
-        items, skipped = feed_items(content, where=str(path), settings=self.settings)
+        # A saved feed's local guids are scoped to the file itself: its self link, if it has one, may be a
+        # template's (the same in unrelated feeds), which would merge what the scoping keeps apart.
+        items, skipped = feed_items(content, where=str(path), settings=self.settings, scope=path.resolve().as_uri())
         if skipped:
             raise IngestError(skipped[0])  # a file is all or nothing, like every other file
         return items
@@ -70,22 +74,48 @@ def parse_feed(content: bytes, *, where: str) -> Any:
     return parsed
 
 
-def feed_items(content: bytes, *, where: str, settings: IngestSection) -> tuple[list[SummaryIn], list[str]]:
-    """The feed's items as summaries (undated ones without a date), and a message per item skipped."""
+def feed_items(
+    content: bytes, *, where: str, settings: IngestSection, scope: str
+) -> tuple[list[SummaryIn], list[str]]:
+    """The feed's items as summaries (undated ones without a date), and a message per item skipped.
+
+    ``scope`` is the feed's URL (for a saved file, the file's ``file:`` URI): a guid that is not globally
+    unique is only unique within it (see :func:`entry_uid`).
+    """
     parsed = parse_feed(content, where=where)
     source = parsed.feed.get("title") or None
     items, skipped = [], []
     for index, entry in enumerate(parsed.entries):
         label = entry.get("id") or entry.get("link") or f"item {index + 1}"
         try:
-            items.append(validate_item(_entry_fields(entry, source, settings), where=where,
+            items.append(validate_item(_entry_fields(entry, source, settings, scope), where=where,
                                        item=f"item {label!r}"))
         except IngestError as exc:
             skipped.append(str(exc))
     return items, skipped
 
 
-def _entry_fields(entry: Any, source: str | None, settings: IngestSection) -> dict[str, Any]:
+# Ids that name themselves world-wide: a URL (RSS permalinks, and WordPress's isPermaLink="false" guids,
+# which are the same in every feed of one site), an RFC 4151 tag: or a urn: (Atom ids, by RFC 4287).
+_GLOBAL_ID = re.compile(r"(?:https?://[^/\s?#]+|tag:|urn:)", re.IGNORECASE)
+
+
+def entry_uid(entry: Any, scope: str) -> str | None:
+    """The identity of a feed item: its guid / Atom id, else its link; None if it has neither.
+
+    A guid that is not a URL, tag: or urn: (``<guid isPermaLink="false">42</guid>``) is only unique within
+    its feed, so it is scoped to ``scope`` (:func:`~newsletter.ingest.base.scoped_uid`): two feeds' item
+    "42" are two summaries. A URL guid or a link stays global, so one article in two feeds is one summary.
+    Such items were stored under the bare guid before; the upsert adopts that row when it came from the
+    same origin (:func:`~newsletter.ingest.store.ingest_items`), so re-fetching a feed does not duplicate it.
+    """
+    guid = str(entry.get("id") or "").strip()
+    if not guid:
+        return entry.get("link") or None
+    return guid if _GLOBAL_ID.match(guid) else scoped_uid(scope, guid)
+
+
+def _entry_fields(entry: Any, source: str | None, settings: IngestSection, scope: str) -> dict[str, Any]:
     content = next((part.get("value") for part in entry.get("content", []) if part.get("value")), None)
     summary = sanitise(entry.get("summary") or "") or sanitise(content or "")
     if len(summary) > settings.summary_length:
@@ -100,7 +130,7 @@ def _entry_fields(entry: Any, source: str | None, settings: IngestSection) -> di
         "title": entry.get("title") or "",
         "summary": summary,
         "url": entry.get("link") or None,
-        "uid": entry.get("id") or entry.get("link") or None,
+        "uid": entry_uid(entry, scope),
         "source": source,
         "category": terms[0] if terms else None,
         "tags": terms,
@@ -151,6 +181,10 @@ def fetch_feed(
     Never raises for a feed's own failure (network, HTTP status, size, not a feed): the result says
     "error" and the message is logged. Database errors propagate.
     """
+    problem = http_url_problem(url, example="https://example.org/feed.xml")
+    if problem:  # a typo on the command line: nothing to fetch, and nothing to remember about it
+        log.info("feed not fetched: %s %s", url, problem)  # the caller reports it, as it does rejected files
+        return FeedResult(url, "error", error=problem)
     state = _state(engine, url)
     headers = {"User-Agent": USER_AGENT, "Accept": "application/rss+xml, application/atom+xml, */*;q=0.5"}
     if state.etag:
@@ -164,12 +198,12 @@ def fetch_feed(
         if response.status_code == 304:
             result = FeedResult(url, "not-modified")
         else:
-            items, skipped = feed_items(content, where=url, settings=settings)
+            items, skipped = feed_items(content, where=url, settings=settings, scope=url)
             report = ingest_items(engine, items, origin=url, undated=utcnow())
             result = FeedResult(url, "ok", report, skipped)
             for message in skipped:
                 log.warning("skipped %s", message)
-    except (httpx.HTTPError, IngestError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, IngestError) as exc:  # InvalidURL is not an HTTPError
         message = str(exc) if isinstance(exc, IngestError) else f"{url}: {_describe(exc)}"
         log.error("feed failed, will retry at the next poll: %s", message)
         result = FeedResult(url, "error", error=message.removeprefix(f"{url}: "))
@@ -199,9 +233,11 @@ def _get(client: httpx.Client, url: str, headers: dict[str, str], limit: int) ->
         return response, b"".join(chunks)
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+def _describe(exc: httpx.HTTPError | httpx.InvalidURL) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out (ingest.fetch_timeout_seconds)"
+    if isinstance(exc, httpx.InvalidURL):
+        return f"is not a valid URL ({' '.join(str(exc).split())}); check the host and the port"
     return f"cannot be fetched ({' '.join(str(exc).split()) or type(exc).__name__})"
 
 

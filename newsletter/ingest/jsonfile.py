@@ -1,6 +1,7 @@
 """JSON summaries: ``.json`` holds one object or an array of objects; ``.jsonl`` holds one object per line.
 
-Keys are the fields of :class:`~newsletter.ingest.base.SummaryIn` (``title``, ``summary``, ``url`` ...).
+Keys are the fields of :class:`~newsletter.ingest.base.SummaryIn` (``title``, ``summary``, ``url`` ...). An item
+with a ``body`` but no ``summary`` gets the body's first sentences (as in the API).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.errors import IngestError
-from newsletter.ingest.base import Reader, SummaryIn, read_text, validate_item
+from newsletter.ingest.base import Reader, SummaryIn, fill_missing_summary, read_text, validate_item
 
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
@@ -31,12 +32,14 @@ class JsonReader(Reader):
             raise IngestError(
                 f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the syntax there"
             ) from None
-        positions = _Positions(text)
+        positions, length = _Positions(text), self.settings.summary_length
         if isinstance(data, dict):
+            data = fill_missing_summary(data, length)
             return [validate_item(data, where=where, lines=positions.key_lines(_skip(text, 0)))]
         if isinstance(data, list):
             return [
-                validate_item(entry, where=where, lines=positions.key_lines(start), item=f"item at index {i}")
+                validate_item(fill_missing_summary(entry, length), where=where, lines=positions.key_lines(start),
+                              item=f"item at index {i}")
                 for i, (entry, start) in enumerate(zip(data, positions.item_starts(), strict=True))
             ]
         raise IngestError(f"{path}: expected an object or an array of objects, got {type(data).__name__}")
@@ -60,7 +63,7 @@ class JsonLinesReader(Reader):
                     f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
                     f"each line must hold one complete object"
                 ) from None
-            items.append(validate_item(data, where=f"{path}:{number}"))
+            items.append(validate_item(fill_missing_summary(data, self.settings.summary_length), where=f"{path}:{number}"))
         return items
 
 

@@ -1,8 +1,10 @@
 """Markdown summaries: YAML front matter between ``---`` lines, then a Markdown body.
 
 Fields come from the front matter. The body supplies what the front matter leaves out: its first
-paragraph becomes ``summary``, the bullets under a "Key findings" (or "Key points") heading become
-``key_points``, and what remains is ``body``::
+paragraph becomes ``summary`` (cut to its first sentences when longer than ``ingest.summary_length``, the
+whole paragraph then staying in the body), the bullets under a "Key findings" (or "Key points") heading
+become ``key_points``, and what remains is ``body``. Text is Markdown, front matter values included: it is
+rendered with markdown-it-py and reduced to clean plain text, exactly like the API's ``format: markdown``::
 
     ---
     title: Sleep spindles predict next-day recall
@@ -30,8 +32,10 @@ from newsletter.ingest.base import (
     SummaryIn,
     input_names,
     read_text,
+    render_markdown_fields,
     validate_item,
 )
+from newsletter.ingest.clean import extractive_summary, markdown_to_text
 
 _FENCE = "---"
 _LINE_OFFSET = 2  # YAML counts lines from 0, and the front matter starts on the file's line 2
@@ -52,15 +56,24 @@ class MarkdownReader(Reader):
             points, body = _key_points(body)
             if points:
                 data["key_points"] = points
+        paragraph = None
         if not data.get("summary"):
-            summary, body = _first_paragraph(body)
-            if not summary:
+            paragraph, body = _first_paragraph(body)
+            if not paragraph:
                 raise IngestError(
                     f"{path}: no summary; add 'summary:' to the front matter or a paragraph after it"
                 )
-            data["summary"] = summary
-        if body and not data.get("body"):
+        body_from_file = bool(body) and not data.get("body")
+        if body_from_file:
             data["body"] = body
+        # The text is Markdown, in the front matter too: rendered and cleaned like the API's format: markdown.
+        data = render_markdown_fields(data)
+        if paragraph is not None:
+            text = markdown_to_text(paragraph)
+            data["summary"] = extractive_summary(text, self.settings.summary_length)
+            if data["summary"] != " ".join(text.split()) and (body_from_file or not data.get("body")):
+                # cut to its first sentences: the whole paragraph stays, at the start of the body
+                data["body"] = "\n\n".join(part for part in (text, data.get("body")) if part)
         return [validate_item(data, where=str(path), lines=lines)]
 
 
@@ -169,10 +182,11 @@ def _key_points(body: str) -> tuple[list[str], str]:
 
 
 def _first_paragraph(body: str) -> tuple[str | None, str]:
-    """The first paragraph that is not a heading (lines joined), and the body without it."""
+    """The first paragraph that is not a heading and has text (not a lone HTML comment, say), lines joined,
+    and the body without it."""
     blocks = _BLANK_LINES.split(body.strip())
     for index, block in enumerate(blocks):
-        if block.strip() and not _HEADING.match(block.lstrip()):
+        if block.strip() and not _HEADING.match(block.lstrip()) and markdown_to_text(block):
             paragraph = " ".join(line.strip() for line in block.splitlines())
             return paragraph, "\n\n".join(blocks[:index] + blocks[index + 1 :]).strip()
     return None, body

@@ -29,6 +29,7 @@ from newsletter.ingest.base import (
     explain,
     reader_for,
     readers_by_extension,
+    unscoped_uid,
 )
 from newsletter.models import Summary, utcnow
 
@@ -186,6 +187,7 @@ def _upsert(
     rows: list[Summary] = []
     with session(engine) as db, db.begin():
         existing = _rows_by_uid(db, list(latest))
+        existing.update(_adopt_unscoped(db, latest, existing, origin))
         for uid, item in latest.items():
             values = item.model_dump(include=CONTENT_FIELDS)
             row = existing.get(uid)
@@ -207,6 +209,30 @@ def _upsert(
         db.flush()
         report.ids = [row.id for row in rows if row.id is not None]
     return report
+
+
+def _adopt_unscoped(
+    db: Session, latest: dict[str, SummaryIn], existing: dict[str, Summary], origin: str
+) -> dict[str, Summary]:
+    """Rows stored under a bare feed guid before guids were scoped to their feed, renamed to the scoped uid.
+
+    Only a row last written by the same ``origin`` (the feed's URL, or the file) is taken: that row is this
+    feed's item, so it is updated in place (keeping its issue and ingest time) instead of duplicated. A row
+    that another feed overwrote under the same bare guid stays that feed's; this one gets a new row.
+    """
+    wanted = {
+        legacy: uid
+        for uid in latest
+        if uid not in existing and (legacy := unscoped_uid(uid)) is not None and legacy not in latest
+    }
+    adopted = {}
+    for legacy, row in _rows_by_uid(db, list(wanted)).items():
+        if row.origin == origin:
+            row.uid = wanted[legacy]
+            adopted[row.uid] = row
+    if adopted:
+        log.info("%s: %d summaries stored under a bare feed guid now have their feed-scoped uid", origin, len(adopted))
+    return adopted
 
 
 def _rows_by_uid(db: Session, uids: list[str]) -> dict[str, Summary]:

@@ -10,7 +10,7 @@ The shape we read, every part but the title optional::
     Image: regenerating muscle fibres             <- image description
     Summary                                       <- headed sections; bullets start with •, - or *
     ...
-    Enjoyed this summary? ... inbox every week    <- promotional tail: dropped, with all that follows
+    Enjoyed this summary? ... inbox every week    <- promotional tail at the very end: dropped
 
 :func:`parse_page` turns such text into the fields of a summary and is shared with the HTML reader. It
 never invents a field: what it does not find stays empty.
@@ -51,12 +51,13 @@ _ACCESS_AT_END = _label_at_end(ACCESS_MARKERS)
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
            "october", "november", "december")
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_VIEWS_OR_READ = r"(?:[\d.,]+\s*[km]?\s+views?|\d+\s*min(?:ute)?s?\s+read)"  # "1,204 views", "6 min read"
 _DATE_LINE = re.compile(
     rf"^(?:(?:mon|tues|wednes|thurs|fri|satur|sun)day,?\s+)?"
     rf"(?:(?P<m1>{_MONTH})\s+(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<y1>\d{{4}})"
     rf"|(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+(?P<m2>{_MONTH}),?\s+(?P<y2>\d{{4}})"
     rf"|(?P<iso>\d{{4}}-\d{{2}}-\d{{2}}))"
-    rf"(?:\s*[·•|,–-]?\s*(?:[\d.,]+\s*[km]?\s+views?|\d+\s*min(?:ute)?s?\s+read))*\s*$",
+    rf"(?:\s*[·•|,–-]?\s*{_VIEWS_OR_READ})*\s*$",
     re.IGNORECASE,
 )
 _PUBLISHED_IN = re.compile(r"^published\s+in[:\s]\s*(?P<source>.+?)\.?$", re.IGNORECASE)
@@ -75,14 +76,31 @@ _KNOWN_HEADINGS = re.compile(
     r"introduction|implications|takeaways|study design|what this means|tl;?dr|in brief|at a glance)$",
     re.IGNORECASE,
 )
-_TAIL = re.compile(
+# what follows "Subscribe", "Sign up" or "Contact us" in a pitch, and not in "Sign up rates doubled"
+_CALL_TO_ACTION = r"to|for|now|today|here|free|and|at|via|with|by|below|on|if|us|anytime"
+_TAIL = re.compile(  # a line of a newsletter pitch or contact block
     r"^(?:enjoyed this|liked this|get (?:the|our|more)\b.*\binbox|.*\binbox every (?:week|day|month)|"
-    r"subscribe\b|sign up\b|reach out to us|contact us|call us|get in touch|share this|follow us|"
-    r"related (?:summaries|articles|posts|reading)|faqs?\b|frequently asked questions|want more\b|"
-    r"(?:phone|tel|call)\s*[:.]?\s*\+?\d|book a (?:call|consultation|demo)|"
+    rf"(?:subscribe|sign up|contact us)(?:$|[\s,]*[.!:—–-]|\s+(?:{_CALL_TO_ACTION})\b)|"  # as a call to action
+    r"reach out to us|call us|get in touch|share this|follow us|"
+    r"want more\b|(?:phone|tel|call)\s*[:.]?\s*\+?\d|book a (?:call|consultation|demo)|"
     r"\+?[\d\s().\-]{9,}$)",
     re.IGNORECASE,
 )
+_TAIL_SECTION = re.compile(  # a section of the tail: whatever follows it belongs to it (questions and answers)
+    r"^(?:faqs?|frequently asked questions|related (?:summaries|articles|posts|reading)|you may also like|"
+    r"read next|more from us)\b",
+    re.IGNORECASE,
+)
+_TAIL_LIKE = re.compile(  # what else a tail holds, though it does not start one
+    r"^(?:©|\(c\)|copyright\b|all rights reserved|privacy policy|terms\b|unsubscribe\b|https?://\S+$|"
+    r"[^\s@]+@[^\s@]+\.\w+$)",
+    re.IGNORECASE,
+)
+_MAX_TAIL_LABEL_WORDS = 4  # "Twitter", "Share on LinkedIn": short unpunctuated lines among the tail
+_META_LINE = re.compile(rf"^{_VIEWS_OR_READ}(?:\s*[·•|,–-]\s*{_VIEWS_OR_READ})*\s*$", re.IGNORECASE)  # not content
+_ARTICLES = {"a", "an", "the"}
+_CONNECTORS = {"&", "and", "of", "+", "/", "-", "–"}
+_MAX_CATEGORY_WORDS = 4
 _MAX_HEADING_WORDS = 12
 _MAX_HEADING_CHARS = 90
 
@@ -126,10 +144,15 @@ def parse_page(text: str, *, where: str, summary_length: int) -> dict[str, Any]:
         raise IngestError(f"{where}: the page is empty; copy the page's text into the file")
     data: dict[str, Any] = {}
     position = 0
-    labels = _labels(content[0][1]) if len(content) > 1 else None
+    labels = _labels_line(content)
     if labels is not None:
         data.update(labels)
         position = 1
+    while position < len(content) - 1 and _is_date_or_meta(content[position][1]):  # never a date as the title
+        number, line = content[position]
+        if "published_at" not in data and (date := _DATE_LINE.match(line)):
+            data["published_at"] = _date(date, where, number)
+        position += 1
     data["title"] = content[position][1]
     position = _header(content, position, data, where)
     body_lines = _until_tail([line for _number, line in numbered if _number > _line_before(content, position)])
@@ -143,24 +166,83 @@ def _line_before(content: list[tuple[int, str]], position: int) -> int:
     return content[position - 1][0] if position > 0 else 0
 
 
-def _labels(line: str) -> dict[str, Any] | None:
-    """Category, type and access marker from a run-together labels line, or None if it is not one."""
-    rest, found = line.strip(), {}
+def _labels_line(content: list[tuple[int, str]]) -> dict[str, Any] | None:
+    """Category, type and access marker from the page's first line, or None if it is the title.
+
+    It is a labels line when the known labels (article types, access markers) at its end are run together
+    with the category (``Longevity & AgingResearch PaperPaywall``), set off by separators
+    (``Health & Fitness · Meta-Analysis · Free``) or are all there is (``Paywall``), and a title follows.
+    A line where they merely follow a space (``Neuroscience Review``), or a category alone
+    (``Longevity & Aging``), is one only when a title and then the date (or source) line follow and the
+    rest looks like a category: so ``A Year of Climate News`` or ``The Week in Review`` stay titles.
+    """
+    if len(content) < 2 or not _could_be_title(content[1][1]):
+        return None
+    line = content[0][1]
+    found, category, gap = _split_labels(line)
+    run_together = bool(found) and (not category or gap == "" or gap.strip(" \t") != "")
+    if run_together:
+        if category and (":" in category or len(category.split()) > 5 or category[-1] in ".!?"):
+            return None  # a title that happens to end in "Review" or "News", not a labels line
+    elif not (
+        _title_then_header(content) and _looks_like_category(category) and len(content[1][1]) > len(line)
+    ):
+        return None
+    if category:
+        found["category"] = category
+    return found
+
+
+def _split_labels(line: str) -> tuple[dict[str, Any], str, str]:
+    """The labels at the end of ``line``, what is before them, and the text between the two."""
+    rest, found, start = line.strip(), {}, None
     access = _ACCESS_AT_END.search(rest)
     if access:
         found["paywalled"] = ACCESS_MARKERS[access.group(1)]
-        rest = rest[: access.start()].rstrip(_SEPARATOR_CHARS)
+        start = access.start()
+        rest = rest[:start].rstrip(_SEPARATOR_CHARS)
     kind = _TYPE_AT_END.search(rest)
     if kind:
         found["article_type"] = kind.group(1)
-        rest = rest[: kind.start()].rstrip(_SEPARATOR_CHARS)
-    if not found:
-        return None
-    if rest:
-        if ":" in rest or len(rest.split()) > 5 or rest[-1] in ".!?":
-            return None  # a title that happens to end in "Review" or "News", not a labels line
-        found["category"] = rest
-    return found
+        start = kind.start()
+        rest = rest[:start].rstrip(_SEPARATOR_CHARS)
+    gap = line.strip()[len(rest) : start] if start is not None else ""
+    return found, rest, gap
+
+
+def _could_be_title(line: str) -> bool:
+    """Not a line of the header after a title (date, view count, source, image), a heading or a bullet."""
+    return not (
+        _is_date_or_meta(line) or _PUBLISHED_IN.match(line) or _IMAGE.match(line) or _BULLET.match(line)
+        or _KNOWN_HEADINGS.match(line.rstrip(":")) or _TAIL.match(line) or len(line) > 300
+    )
+
+
+def _title_then_header(content: list[tuple[int, str]]) -> bool:
+    """A title at ``content[1]`` (perhaps with a subtitle) followed by the date or source line."""
+    def header(position: int) -> bool:
+        line = content[position][1] if position < len(content) else ""
+        return bool(_DATE_LINE.match(line) or _PUBLISHED_IN.match(line))
+
+    title = content[1][1]
+    if title.endswith(".") or not _could_be_title(title):
+        return False
+    return header(2) or (len(content) > 2 and _could_be_title(content[2][1]) and not content[2][1].endswith(".")
+                         and header(3))
+
+
+def _looks_like_category(text: str) -> bool:
+    """A short label in title case (``Longevity & Aging``), not a phrase (``The Week in``, ``A Year of``)."""
+    words = text.split()
+    if not words or len(words) > _MAX_CATEGORY_WORDS or len(text) > 40 or any(c in text for c in ":.!?,;\"“"):
+        return False
+    if words[0].lower() in _ARTICLES or words[-1].lower() in _CONNECTORS | {"in", "on", "at", "for", "to"}:
+        return False
+    return all(word[0].isupper() or word[0].isdigit() or word.lower() in _CONNECTORS for word in words)
+
+
+def _is_date_or_meta(line: str) -> bool:
+    return bool(_DATE_LINE.match(line) or _META_LINE.match(line))
 
 
 def _header(content: list[tuple[int, str]], title: int, data: dict[str, Any], where: str) -> int:
@@ -173,6 +255,8 @@ def _header(content: list[tuple[int, str]], title: int, data: dict[str, Any], wh
             break
         if "published_at" not in data and (date := _DATE_LINE.match(line)):
             data["published_at"] = _date(date, where, number)
+        elif _META_LINE.match(line):
+            pass  # "1,204 views" on a line of its own: dropped
         elif "source" not in data and (published := _PUBLISHED_IN.match(line)):
             data["source"] = published.group("source")
         elif "image_alt" not in data and (image := _IMAGE.match(line)):
@@ -190,7 +274,7 @@ def _looks_like_subtitle(line: str, content: list[tuple[int, str]], position: in
     if len(line) > 200 or line.endswith(".") or _BULLET.match(line) or _TAIL.match(line):
         return False
     following = content[position + 1][1] if position + 1 < len(content) else ""
-    return bool(_DATE_LINE.match(following) or _PUBLISHED_IN.match(following) or _IMAGE.match(following))
+    return bool(_is_date_or_meta(following) or _PUBLISHED_IN.match(following) or _IMAGE.match(following))
 
 
 def _date(match: re.Match[str], where: str, line: int) -> datetime:
@@ -210,11 +294,32 @@ def _date(match: re.Match[str], where: str, line: int) -> datetime:
 
 
 def _until_tail(lines: list[str]) -> list[str]:
-    """``lines`` up to the first line of the promotional tail (newsletter pitches, contact, FAQ)."""
-    for index, line in enumerate(lines):
-        if _TAIL.match(line.strip()):
-            return lines[:index]
-    return lines
+    """``lines`` without the promotional tail: newsletter pitches, contact lines and FAQ at the very end.
+
+    The tail starts at a pitch or contact line (``Subscribe``, ``Contact us``, a phone number) or a tail
+    section (``FAQ``, ``Related articles``: what follows it is its content) and holds nothing but such
+    lines, copyright and link lines and short labels. An ordinary paragraph after it means the article
+    goes on, so a line that merely starts with "Sign up" or "Subscribe" in the text is kept.
+    """
+    start: int | None = None
+    in_section = False
+    for index, raw in enumerate(lines):
+        line = raw.strip()
+        if not line:
+            continue
+        if _TAIL_SECTION.match(line):
+            start, in_section = index if start is None else start, True
+        elif _TAIL.match(line):
+            start = index if start is None else start
+        elif start is not None and (
+            (in_section and not _KNOWN_HEADINGS.match(line.rstrip(":")))
+            or _TAIL_LIKE.match(line)
+            or (len(line.split()) <= _MAX_TAIL_LABEL_WORDS and line[-1] not in ".!?")
+        ):
+            continue
+        else:
+            start, in_section = None, False  # the article goes on: what looked like its tail was not
+    return lines if start is None else lines[:start]
 
 
 def _is_heading_text(line: str) -> bool:
@@ -238,6 +343,8 @@ def _sections(lines: list[str]) -> list[_Section]:
         if not line:
             previous_blank = True
             continue
+        if _META_LINE.match(line):
+            continue  # a view count or reading time on its own, wherever the copy put it
         if _is_heading_text(line) and (_KNOWN_HEADINGS.match(line.rstrip(":")) or (
             previous_blank and _followed_by_text(lines, index)
         )):

@@ -2,9 +2,10 @@
 
 Authorisation is ``Authorization: Bearer <NEWSLETTER_API_TOKEN>``; without the variable set the API refuses
 every request. Fields are those of the summary files (``title``, ``summary``, ``url`` ...), plus
-``format``: ``text`` (default), ``markdown`` (``summary`` and ``body`` rendered with markdown-it-py) or
-``html`` (cleaned with the nh3 allow-list, like every field). An item without a ``summary`` but with a
-``body`` gets the body's first sentences.
+``format``: ``text`` (default), ``markdown`` (``summary``, ``body`` and key points rendered with
+markdown-it-py, as in ``.md`` files) or ``html`` (cleaned with the nh3 allow-list, like every field). An
+item without a ``summary`` but with a ``body`` gets the first sentences of the body's cleaned text, up to
+``ingest.summary_length``.
 
 Answers: 201 ``{"ids": [...], "added": n, "updated": n, "unchanged": n}``; 400 ``{"errors": [{"index": i,
 "error": "..."}]}`` with nothing stored if any item is bad (a request is one transaction); 401 without a
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse
 from newsletter.config import Config
 from newsletter.errors import IngestError
 from newsletter.ingest import SummaryIn, ingest_items, validate_item
-from newsletter.ingest.clean import extractive_summary, markdown_to_text
+from newsletter.ingest.base import fill_missing_summary, render_markdown_fields
 
 router = APIRouter()
 FORMATS = ("text", "markdown", "html")
@@ -88,9 +89,5 @@ def _prepared(entry: Any, summary_length: int) -> Any:
     if form not in FORMATS:
         raise IngestError(f"field 'format': {form!r} is not one of {', '.join(FORMATS)}")
     if form == "markdown":
-        for key in ("summary", "body"):
-            if isinstance(entry.get(key), str):
-                entry[key] = markdown_to_text(entry[key])
-    if not entry.get("summary") and isinstance(entry.get("body"), str) and entry["body"].strip():
-        entry["summary"] = extractive_summary(entry["body"], summary_length)
-    return entry
+        entry = render_markdown_fields(entry)
+    return fill_missing_summary(entry, summary_length)  # cut from the cleaned text, as every reader does

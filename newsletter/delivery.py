@@ -306,6 +306,27 @@ def _dead_owners(db: Session, issue_id: int | None) -> list[str]:
     return dead
 
 
+def _claimable(db: Session, issue_id: int | None, now: datetime, limit: int) -> list[int]:
+    """Up to ``limit`` ids of due deliveries, in id order: queued ones first, then retries whose time has
+    come, then rows whose lease expired. Each kind is read along the (issue, status, id) index, so a claim
+    costs the same at the millionth row as at the first (one query over all three kinds made the database
+    sort every due row of the issue for each claim)."""
+    kinds = (
+        Delivery.status == DeliveryStatus.QUEUED,
+        and_(Delivery.status == DeliveryStatus.RETRY, col(Delivery.next_attempt_at) <= now),
+        and_(Delivery.status == DeliveryStatus.SENDING, col(Delivery.lease_expires_at) < now),
+    )
+    ids: list[int] = []
+    for kind in kinds:
+        if len(ids) >= limit:
+            break
+        ids += db.exec(
+            select(Delivery.id).where(Delivery.issue_id == issue_id, kind).order_by(col(Delivery.id))
+            .limit(limit - len(ids)).with_for_update(skip_locked=True)
+        ).all()
+    return ids
+
+
 def _claim(engine: Engine, issue_id: int | None, owner: str, limit: int, now: datetime,
            lease: timedelta) -> list[Recipient]:
     """Lease up to ``limit`` due deliveries to ``owner``; returns only the rows this owner got."""
@@ -324,10 +345,7 @@ def _claim(engine: Engine, issue_id: int | None, owner: str, limit: int, now: da
         # SQLite ignores it; its short write transaction and the due condition checked again in the UPDATE
         # make a concurrent sender that claimed a row first win.
         while True:
-            ids = list(db.exec(
-                select(Delivery.id).where(_due(issue_id, now)).order_by(col(Delivery.id)).limit(limit)
-                .with_for_update(skip_locked=True)
-            ))
+            ids = _claimable(db, issue_id, now, limit)
             if not ids:
                 return []
             db.execute(

@@ -165,7 +165,7 @@ class Delivery(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
-        Index("ix_delivery_issue_status", "issue_id", "status"),
+        Index("ix_delivery_issue_status", "issue_id", "status", "id"),  # claims read it in id order
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -25,6 +25,13 @@ from tests.helpers import add_people, add_summaries
 NOW = datetime(2026, 11, 18, 9, tzinfo=UTC)
 
 
+@pytest.fixture
+def config(config):
+    """Windows of exactly ``max_in_flight`` messages (``in_flight_factor`` 1): the tests that stop, pause
+    or cancel a send in the middle count on it."""
+    return config.model_copy(update={"delivery": config.delivery.model_copy(update={"in_flight_factor": 1})})
+
+
 def statuses(engine) -> dict[str, str]:
     with session(engine) as db:
         rows = db.exec(select(Subscriber.email, Delivery.status).join(Delivery)).all()

@@ -67,9 +67,10 @@ class Backend:
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
-    # How many messages may be handed over before their results are written to the ledger: after a crash,
-    # at most this many can be sent twice. None = the whole batch, for backends where sending the same
-    # message again replaces it (files) or does nothing.
+    # How many messages the backend carries at once. The loop hands over this many times
+    # delivery.in_flight_factor before it writes their results to the ledger: after a crash, at most that
+    # many can be sent twice. None = the whole batch, for backends where sending the same message again
+    # replaces it (files) or does nothing.
     max_in_flight: int | None = 1
 
     def __init__(self, options: BaseModel, *, config: Config) -> None:

@@ -130,6 +130,34 @@ def test_kill_9_at_random_moments_loses_no_one_and_duplicates_only_what_was_in_f
     assert all(len(handler.message_ids[a]) == 1 for a in duplicates)  # a duplicate is recognisably the same
 
 
+def test_kill_9_at_random_times_in_the_send_loop_loses_no_one(world):
+    """The kills above land while the sender waits for a reply; these land at a random time after the
+    first message of each run (composing, claiming, writing the ledger or waiting), on a timer."""
+    base, handler, engine = world
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(4):
+        process = sender(base)
+        timer = threading.Timer(rng.uniform(0, 0.3), lambda p=process: p.poll() is None and os.kill(p.pid, signal.SIGKILL))
+        started = handler.total
+        handler.on_message = lambda total, t=timer, s=started: total == s + 1 and t.start()
+        code = process.wait(timeout=120)
+        timer.cancel()
+        kills += code == -signal.SIGKILL
+    handler.on_message = None
+    if ledger(engine)[DeliveryStatus.SENT] < len(PEOPLE):  # else a run outlived its timer and finished
+        final = sender(base)
+        _, err = final.communicate(timeout=120)
+        assert final.returncode == 0, err.decode()
+
+    print(f"seed {seed}: {kills} kills")
+    assert kills >= 1
+    assert ledger(engine) == Counter({DeliveryStatus.SENT: len(PEOPLE)})
+    assert set(handler.received) == set(PEOPLE)  # nobody skipped
+    assert sum(n - 1 for n in handler.received.values()) <= kills * IN_FLIGHT
+
+
 def test_sigterm_drains_the_messages_in_flight_and_leaves_nothing_ambiguous(world):
     base, handler, engine = world
     process = sender(base)

@@ -155,6 +155,9 @@ class Item:
     tags: tuple[str, ...]
     image_url: str | None
     image_alt: str
+    subtitle: str | None = None
+    article_type: str | None = None  # "Research Paper", "Review", ...
+    paywalled: bool = False  # the source needs a subscription to read in full
     ref: int | None = None
 
 
@@ -234,6 +237,9 @@ def _item(summary: Summary, config: Config) -> Item:
         tags=tuple(summary.tags),
         image_url=image_url,
         image_alt=" ".join((summary.image_alt or summary.title).split()) if image_url else "",
+        subtitle=" ".join((summary.subtitle or "").split()) or None,
+        article_type=" ".join((summary.article_type or "").split()) or None,
+        paywalled=bool(summary.paywalled),
     )
 
 

@@ -180,6 +180,19 @@ def test_summary_text_is_escaped_in_html(config: Config) -> None:
     assert '<script>alert("x")</script>' in text  # the text part is not HTML: nothing to escape
 
 
+def test_subtitle_article_type_and_paywall_are_shown_in_both_parts(config: Config) -> None:
+    summaries = make_summaries()
+    summaries[0].subtitle = "Why teenagers learn motor skills overnight"
+    summaries[0].article_type = "Research Paper"
+    summaries[0].paywalled = True
+    html, text = render_issue(config, make_issue(), summaries).personalise(ALICE)
+    assert "<em>Why teenagers learn motor skills overnight</em>" in html
+    assert "Research Paper · Journal of Neuroscience" in html and "· Paywalled" in html
+    assert "Why teenagers learn motor skills overnight" in text
+    assert "Research Paper · Journal of Neuroscience" in text and "· Paywalled" in text
+    assert text.count("Paywalled") == html.count("Paywalled") == 1  # only the item behind a paywall
+
+
 def test_links_that_are_not_http_are_dropped(config: Config) -> None:
     summaries = make_summaries()
     summaries[2].url = "javascript:alert(1)"

@@ -253,16 +253,19 @@ def _leftover(engine: Engine, numbers: Sequence[int]) -> int:
         ).one()
 
 
+def _due_kinds(now: datetime) -> tuple[Any, ...]:
+    """The states in which a delivery may be claimed at ``now``: queued, a retry whose time has come, or
+    sending under a lease that expired."""
+    return (
+        Delivery.status == DeliveryStatus.QUEUED,
+        and_(Delivery.status == DeliveryStatus.RETRY, col(Delivery.next_attempt_at) <= now),
+        and_(Delivery.status == DeliveryStatus.SENDING, col(Delivery.lease_expires_at) < now),
+    )
+
+
 def _due(issue_id: int | None, now: datetime) -> Any:
     """Deliveries of the issue that may be claimed at ``now``."""
-    return and_(
-        Delivery.issue_id == issue_id,
-        or_(
-            Delivery.status == DeliveryStatus.QUEUED,
-            and_(Delivery.status == DeliveryStatus.RETRY, col(Delivery.next_attempt_at) <= now),
-            and_(Delivery.status == DeliveryStatus.SENDING, col(Delivery.lease_expires_at) < now),
-        ),
-    )
+    return and_(Delivery.issue_id == issue_id, or_(*_due_kinds(now)))
 
 
 def _due_count(db: Session, issue_id: int | None, now: datetime, lease: timedelta) -> int:
@@ -311,13 +314,8 @@ def _claimable(db: Session, issue_id: int | None, now: datetime, limit: int) -> 
     come, then rows whose lease expired. Each kind is read along the (issue, status, id) index, so a claim
     costs the same at the millionth row as at the first (one query over all three kinds made the database
     sort every due row of the issue for each claim)."""
-    kinds = (
-        Delivery.status == DeliveryStatus.QUEUED,
-        and_(Delivery.status == DeliveryStatus.RETRY, col(Delivery.next_attempt_at) <= now),
-        and_(Delivery.status == DeliveryStatus.SENDING, col(Delivery.lease_expires_at) < now),
-    )
     ids: list[int] = []
-    for kind in kinds:
+    for kind in _due_kinds(now):
         if len(ids) >= limit:
             break
         ids += db.exec(
@@ -350,7 +348,8 @@ def _claim(engine: Engine, issue_id: int | None, owner: str, limit: int, now: da
                 return []
             db.execute(
                 update(Delivery)
-                .where(col(Delivery.id).in_(ids), _due(issue_id, now))
+                # by id alone: with the issue in the condition SQLite scans the issue's whole index
+                .where(col(Delivery.id).in_(ids), or_(*_due_kinds(now)))
                 .values(status=DeliveryStatus.SENDING, claimed_by=owner, lease_expires_at=now + lease, updated_at=now)
             )
             db.commit()

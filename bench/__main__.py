@@ -1,7 +1,7 @@
 """End-to-end send benchmark against Postfix's smtp-sink on loopback, with smtp-source as the reference.
 
     .venv/bin/python -m bench [--subscribers 10000|100000|1000000] [--summaries 10] [--connections 8]
-                              [--workers 1] [--in-flight-factor 1] [--database-url postgresql+psycopg://...]
+                              [--workers 1] [--in-flight-factor 4] [--database-url postgresql+psycopg://...]
 
 Creates the subscribers and an issue of ``--summaries`` summaries in a temporary folder (SQLite there, or
 the given database, which must be empty), prepares the issue (timed), measures the per-message
@@ -57,7 +57,7 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("smtp-sink did not start")
 
 
-def write_config(folder: Path, port: int, connections: int, factor: int, database_url: str | None) -> Path:
+def write_config(folder: Path, port: int, connections: int, factor: int | None, database_url: str | None) -> Path:
     settings = {
         "newsletter": {"name": "Research Weekly", "sender": "Research Weekly <digest@example.org>",
                        "postal_address": "1 Example Street, Example City", "site_url": "https://news.example.org"},
@@ -65,7 +65,7 @@ def write_config(folder: Path, port: int, connections: int, factor: int, databas
         "templates": str(ROOT / "templates"),
         "backend": {"name": "smtp", "options": {"host": "127.0.0.1", "port": port, "security": "none",
                                                 "connections": connections}},
-        "delivery": {"batch_size": 1000, "in_flight_factor": factor},
+        "delivery": {"batch_size": 1000, **({"in_flight_factor": factor} if factor else {})},
     }
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(settings), encoding="utf-8")
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--summaries", type=int, default=10, choices=range(10, 21), metavar="10..20")
     parser.add_argument("--connections", type=int, default=8, help="SMTP connections per worker")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--in-flight-factor", type=int, default=1, help="delivery.in_flight_factor")
+    parser.add_argument("--in-flight-factor", type=int, help="delivery.in_flight_factor (default: the config's)")
     parser.add_argument("--profile", metavar="FILE", help="record the workers with py-spy (raw format) into FILE; "
                         "RSS is then py-spy's")
     parser.add_argument("--database-url", help="an empty PostgreSQL database (default: SQLite in a temp folder)")
@@ -184,7 +184,7 @@ def main() -> None:
     rate = prepared.recipient_count / elapsed
     print(f"subscribers            {prepared.recipient_count:,} ({args.summaries} summaries, "
           f"{args.workers} worker(s) x {args.connections} connection(s), in_flight_factor "
-          f"{args.in_flight_factor})")
+          f"{config.delivery.in_flight_factor})")
     print(f"message size           {size:,} bytes")
     print(f"prepare issue          {prepare_time:.2f} s")
     print(f"render+personalise     {cost * 1e6:.0f} µs/message")

@@ -35,8 +35,8 @@ def main() -> None:
     rendered = render_issue(config, make_issue(), make_summaries())
     padding = "<p>" + "Padding text to reach a realistic digest size. " * 20 + "</p>"
     while len(rendered.html.encode()) < 55_000:
-        rendered = RenderedIssue(rendered.subject, rendered.preheader, rendered.html.replace("</body>", padding + "</body>"),
-                                 rendered.text, rendered.markers)
+        html = rendered.html.replace("</body>", padding + "</body>")
+        rendered = RenderedIssue(rendered.subject, rendered.preheader, html, rendered.text, rendered.markers)
     people = [
         RecipientValues(f"reader{n}@example.org", f"Reader {n}", f"https://news.example.org/unsubscribe/tok{n:08d}",
                         f"https://news.example.org/preferences/tok{n:08d}")

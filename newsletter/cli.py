@@ -227,7 +227,9 @@ def summaries_edit(summary_id: SummaryId, config: ConfigOption = None) -> None:
         try:
             after = click.edit(before, extension=".yaml", require_save=True)
         except click.ClickException as exc:  # no editor, or it exited with an error
-            raise NewsletterError(f"{exc.format_message()}; set $EDITOR to an editor that works, e.g. EDITOR=nano") from None
+            raise NewsletterError(
+                f"{exc.format_message()}; set $EDITOR to an editor that works, e.g. EDITOR=nano"
+            ) from None
         if after is None or after == before:
             console.print("no changes")
             return
@@ -677,16 +679,22 @@ def worker(
     """Send prepared issues side by side with other workers (on this machine or others sharing a PostgreSQL
     database), until Ctrl-C/SIGTERM. Each claims batches of deliveries under a lease (FOR UPDATE SKIP
     LOCKED on PostgreSQL), so no delivery is sent by two workers; a dead worker's batch is taken over when
-    its lease (delivery.lease) expires. An issue failing the pre-send checks is left alone unless --force.
+    its lease (delivery.lease) expires. An issue failing the pre-send checks is left alone unless --force
+    (checked again every minute); a mail server that is down is tried again every --poll seconds. With
+    --until-done: exit 1 when the server cannot be reached or an issue fails its checks.
 
     Example: newsletter worker --config config.yaml   (start one per core or per host; --until-done for a batch job)
     """
+    refused: set[int] = set()
+
     def ready(number: int) -> bool:
         try:
             _check_before_sending(engine, loaded, number, force)
         except NewsletterError as exc:
             errors.print(Text(f"error: {exc}"), soft_wrap=True)
+            refused.add(number)
             return False
+        refused.discard(number)
         return True
 
     stop = threading.Event()
@@ -697,6 +705,10 @@ def worker(
                        batch_size=batch_size, stop=stop)
     for report in reports:
         console.print(Text(f"{report.summary_line()} (via {backend.describe()})"))
+    if until_done and refused:
+        numbers = ", ".join(f"#{number}" for number in sorted(refused))
+        raise NewsletterError(f"issue {numbers} not sent: it fails the pre-send checks above; fix them, or send "
+                              "anyway with --force")
 
 
 @app.command()

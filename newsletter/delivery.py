@@ -1,8 +1,9 @@
 """The send loop and its ledger: every (issue, subscriber) pair is sent once, and a run can always resume.
 
 ``send_issue`` repeatedly claims a batch of deliveries (a lease with an owner and an expiry, taken in a
-short write transaction), then sends the batch in windows of at most ``backend.max_in_flight`` messages,
-recording each window's results in one transaction, only to rows the sender still holds. So a crash
+short write transaction), then sends the batch in windows of ``backend.max_in_flight`` ×
+``delivery.in_flight_factor`` messages, recording each window's results in one transaction, only to rows
+the sender still holds; the next window is composed while one is sent. So a crash
 (even ``kill -9``) can leave at most one window ambiguous: those messages may have gone out without their
 result being written, and are sent again by the next run (their deterministic Message-ID makes the copy
 recognisable). Claimed rows not yet handed over go back to ``queued``.
@@ -22,12 +23,12 @@ or cancelled by another command, or when more than ``delivery.pause_error_rate``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import socket
 import threading
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -177,7 +178,7 @@ def send_issue(
                 "deliveries again"
             )
         items = issue_items(db, issue)
-        report = SendReport(issue, total=_due_count(db, issue.id, clock(), config.delivery.lease_time))
+        report = SendReport(issue, total=_due_count(db, issue.id, clock()))
         if issue.status is IssueStatus.PREPARED:
             issue.status = IssueStatus.SENDING
             db.add(issue)
@@ -201,6 +202,7 @@ def work(
     ready: Callable[[int], bool] = lambda number: True,
     until_done: bool = False,
     poll: float = 5.0,
+    recheck: float = 60.0,
     batch_size: int | None = None,
     clock: Callable[[], datetime] = utcnow,
     stop: threading.Event | None = None,
@@ -210,33 +212,45 @@ def work(
 
     Between passes it waits ``poll`` seconds, so it picks up new issues, retries that come due and rows
     whose holder died (lease expired, or a process on this host that is gone). ``ready(number)`` is asked
-    once per issue before its first message (the pre-send checks); an issue it refuses is left alone. With
-    ``until_done`` it returns once no such issue has a queued or leased delivery (retries waiting for their
-    time do not count). Returns one report per issue and pass that found something to do.
+    before an issue's first message (the pre-send checks); an issue it refuses is left alone and asked
+    about again after ``recheck`` seconds, so a fixed template is picked up without a restart. When the
+    backend fails as a whole (a server that is down, a refused login) the error is logged and the issue
+    tried again on the next pass. With ``until_done`` it returns once no issue it may send has a queued or
+    leased delivery (retries waiting for their time do not count), and raises the backend's DeliveryError
+    instead of waiting for the server. Returns one report per issue and pass that found something to do.
     """
     stop = stop or threading.Event()
-    decided: dict[int, bool] = {}
+    approved: set[int] = set()
+    refused_at: dict[int, float] = {}  # issue number -> when ready() last refused it (monotonic)
     reports: list[SendReport] = []
     while not stop.is_set():
         with session(engine) as db:
             issues = [issue for issue in unfinished_issues(db) if issue.status in SENDABLE]
-            due = {i.number for i in issues if _due_count(db, i.id, clock(), config.delivery.lease_time)}
-        numbers = [issue.number for issue in issues]
-        for number in numbers:
+            due = {i.number for i in issues if _due_count(db, i.id, clock())}
+        for number in [issue.number for issue in issues]:
             if number not in due:  # nothing to claim: do not connect to the server for nothing
                 continue
-            if number not in decided:
-                decided[number] = ready(number)
-            if not decided[number]:
-                continue
+            if number not in approved:
+                if time.monotonic() - refused_at.get(number, -recheck) < recheck:
+                    continue
+                if not ready(number):
+                    refused_at[number] = time.monotonic()
+                    continue
+                approved.add(number)
+                refused_at.pop(number, None)
             try:
                 report = send_issue(engine, config, backend, number, batch_size=batch_size, clock=clock, stop=stop)
+            except DeliveryError as exc:
+                if until_done:
+                    raise
+                log.error("issue #%d: %s; trying again in %g s", number, exc, poll)
+                continue
             except NewsletterError as exc:  # paused or cancelled since the list was read
                 log.info("issue #%d: %s", number, exc)
                 continue
             if report.total:
                 reports.append(report)
-        if until_done and not _leftover(engine, [n for n in numbers if decided.get(n, True)]):
+        if until_done and not _leftover(engine, [i.number for i in issues if i.number not in refused_at]):
             break
         stop.wait(poll)
     return reports
@@ -268,7 +282,7 @@ def _due(issue_id: int | None, now: datetime) -> Any:
     return and_(Delivery.issue_id == issue_id, or_(*_due_kinds(now)))
 
 
-def _due_count(db: Session, issue_id: int | None, now: datetime, lease: timedelta) -> int:
+def _due_count(db: Session, issue_id: int | None, now: datetime) -> int:
     orphaned = db.exec(
         select(func.count()).select_from(Delivery).where(
             Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING,
@@ -280,7 +294,7 @@ def _due_count(db: Session, issue_id: int | None, now: datetime, lease: timedelt
 
 def due_now(db: Session, issue: Issue, now: datetime | None = None) -> int:
     """How many deliveries of ``issue`` a send at ``now`` would claim (0: a send would do nothing)."""
-    return _due_count(db, issue.id, now or utcnow(), timedelta(0))
+    return _due_count(db, issue.id, now or utcnow())
 
 
 def _new_owner() -> str:
@@ -470,20 +484,26 @@ class _Loop:
                 self.renew_at = self.clock() + lease / 2
                 try:
                     for start in range(0, len(claimed), size):
-                        window = self._compose(claimed[start:start + size])  # while the previous one is sent
+                        # composed while the backend sends the previous window, to keep its connections busy
+                        window = self._compose(claimed[start:start + size])
                         if out is not None:
                             record_out()
                             if self._should_stop():
                                 break
                             self._keep_lease()
+                        window = self._still_held(window)
                         out = (window, sender.submit(self._send, window))
                     if out is not None:
                         record_out()
                 finally:
-                    if out is not None:  # composing failed while a window was out: keep what it sent
-                        with contextlib.suppress(Exception):
+                    if out is not None:  # this thread failed while a window was out: try to keep its results
+                        try:
                             record_out()
-                    _release(self.engine, [r.delivery_id for r in claimed], self.owner)  # all not recorded
+                        except Exception:
+                            log.exception("could not record the results of the window in flight; its "
+                                          "messages will be sent again")
+                    # rows stopped early, or whose window failed, go back to the queue for the next run
+                    _release(self.engine, [r.delivery_id for r in claimed], self.owner)
 
     def _should_stop(self) -> bool:
         if self.report.stopped:
@@ -515,6 +535,36 @@ class _Loop:
             )
             db.commit()
         self.renew_at = now + lease / 2
+
+    def _still_held(self, window: _Window) -> _Window:
+        """``window`` with its lease extended, less any row this sender no longer holds.
+
+        If the previous window took longer than the lease (a stalled server, a suspended machine), another
+        sender may have taken over later rows of the batch meanwhile: they are its to send now, so they are
+        dropped here instead of being sent twice.
+        """
+        ids = [person.delivery_id for person in window.claimed]
+        with session(self.engine) as db:
+            held = set(db.execute(
+                update(Delivery)
+                .where(col(Delivery.id).in_(ids), Delivery.claimed_by == self.owner,
+                       Delivery.status == DeliveryStatus.SENDING)
+                .values(lease_expires_at=self.clock() + self.config.delivery.lease_time)
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            ).scalars())
+            db.commit()
+        if len(held) == len(ids):
+            return window
+        log.warning("issue #%d: %d deliveries of this batch were taken over by another sender while its "
+                    "lease ran out; leaving them to it", self.report.issue.number, len(ids) - len(held))
+        return _Window(
+            [person for person in window.claimed if person.delivery_id in held],
+            messages=[m for m in window.messages if m.delivery_id in held],
+            results=[r for r in window.results if r.delivery_id in held],
+            skipped={k: v for k, v in window.skipped.items() if k in held},
+            message_ids={k: v for k, v in window.message_ids.items() if k in held},
+        )
 
     def _compose(self, claimed: Sequence[Recipient]) -> _Window:
         window = _Window(claimed)
@@ -557,7 +607,8 @@ class _Loop:
             log.error("the %s backend returned no result for %d of %d messages (a bug in the backend); "
                       "they will be retried", self.backend.describe(), len(missing), len(window.messages))
         nothing = "the backend returned no result"
-        return [by_id.get(m.delivery_id) or SendResult(m.delivery_id, SendStatus.RETRY, nothing) for m in window.messages]
+        return [by_id.get(m.delivery_id) or SendResult(m.delivery_id, SendStatus.RETRY, nothing)
+                for m in window.messages]
 
     def _record_window(self, window: _Window, sending: Future[list[SendResult]]) -> int:
         """Wait for the window's results and write them; returns how many deliveries it held."""
@@ -581,7 +632,10 @@ class _Loop:
                 f"check `newsletter digest status {self.report.issue.number}`, then "
                 f"`newsletter digest resume {self.report.issue.number}`"
             )
-            pause_issue(self.engine, self.report.issue.number)
+            try:
+                pause_issue(self.engine, self.report.issue.number)
+            except NewsletterError:  # another sender or an operator paused or cancelled it first
+                pass
             log.warning("issue #%d %s", self.report.issue.number, reason)
             self.report.stopped = reason
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import socketserver
+import threading
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -82,6 +84,13 @@ class SessionHandler(RecordingHandler):
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        reply = await super().handle_RCPT(server, session, envelope, address, options)
+        if reply.startswith("421"):  # as a real server does: the reply, then the connection is closed
+            server.transport.write(f"{reply}\r\n".encode())
+            server.transport.close()
+        return reply
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         self.pipelined.append(b"RCPT TO" in server._reader._buffer)  # asyncio's buffered, not yet read bytes
@@ -264,6 +273,37 @@ def test_smtp_temporary_refusal_is_retried_and_the_batch_goes_on(
     assert (results[0].status, results[0].detail) == (SendStatus.RETRY, reply)
     assert results[1].status is SendStatus.SENT
     assert [m.recipients for m in smtp_server.messages] == [["reader2@example.net"]]
+
+
+def test_smtp_pipelined_envelope_refused_although_data_got_354_ends_with_an_empty_message(tmp_path: Path) -> None:
+    """RFC 2920 says a server must refuse DATA when no recipient was accepted; one that answers 354 anyway
+    is given the lone "." it now waits for, so the connection stays in step for the next message."""
+    script = {b"MAIL": b"250 OK", b"RCPT": b"550 5.1.1 No such user", b"DATA": b"354 Go ahead", b".": b"554 No recipients",
+              b"RSET": b"250 OK", b"QUIT": b"221 Bye"}
+    seen: list[bytes] = []
+
+    class Sloppy(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"220 sloppy ESMTP\r\n")
+            for line in self.rfile:
+                command = line.strip().split(b" ")[0].split(b":")[0].upper()
+                seen.append(command)
+                if command == b"EHLO":
+                    self.wfile.write(b"250-sloppy\r\n250 PIPELINING\r\n")
+                    continue
+                self.wfile.write(script[command] + b"\r\n")
+                if command == b"QUIT":
+                    return
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Sloppy) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = SmtpServer("127.0.0.1", server.server_address[1], RecordingHandler())
+        with smtp_backend(tmp_path, address) as backend:
+            results = backend.send([outgoing(1), outgoing(2)])
+        server.shutdown()
+
+    assert [(r.status, r.detail) for r in results] == [(SendStatus.FAILED, "550 5.1.1 No such user")] * 2
+    assert seen[1:] == [b"MAIL", b"RCPT", b"DATA", b".", b"RSET"] * 2 + [b"QUIT"]
 
 
 def test_smtp_reconnects_after_max_messages_per_connection(

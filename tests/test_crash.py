@@ -139,7 +139,8 @@ def test_kill_9_at_random_times_in_the_send_loop_loses_no_one(world):
     kills = 0
     for _ in range(4):
         process = sender(base)
-        timer = threading.Timer(rng.uniform(0, 0.3), lambda p=process: p.poll() is None and os.kill(p.pid, signal.SIGKILL))
+        kill = lambda p=process: p.poll() is None and os.kill(p.pid, signal.SIGKILL)  # noqa: E731
+        timer = threading.Timer(rng.uniform(0, 0.1), kill)  # well within a run of 150 messages
         started = handler.total
         handler.on_message = lambda total, t=timer, s=started: total == s + 1 and t.start()
         code = process.wait(timeout=120)

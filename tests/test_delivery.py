@@ -1,15 +1,24 @@
 """The send loop: everyone once, nothing twice, failures recorded, and an interrupted run resumes."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from newsletter.backends import create_backend
+from newsletter.backends import SendResult, SendStatus, create_backend
 from newsletter.backends.file import FileBackend, FileOptions
 from newsletter.db import session
-from newsletter.delivery import LEASE, send_issue, send_unfinished, write_preview
+from newsletter.delivery import (
+    LEASE,
+    _claim,
+    pause_issue,
+    send_issue,
+    send_unfinished,
+    work,
+    write_preview,
+)
 from newsletter.digest import prepare_issue
 from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.models import (
@@ -458,3 +467,91 @@ def test_a_message_the_backend_returned_no_result_for_is_retried_later_not_resen
     with session(engine) as db:
         row = db.exec(select(Delivery).where(Delivery.status == DeliveryStatus.RETRY)).one()
     assert (row.attempts, row.last_error) == (1, "the backend returned no result")
+
+
+def test_a_sender_whose_window_outlasted_the_lease_leaves_rows_taken_over_meanwhile_alone(config, engine):
+    """One message takes 11 minutes against a 10-minute lease; meanwhile another sender takes over the rest
+    of the batch. The slow sender must not send those rows too."""
+    people = [f"p{n}@example.org" for n in range(4)]
+    prepared(config, engine, *people)
+    clock = [NOW]
+    handed_over: list[str] = []
+    taken: list[int] = []
+
+    class Stalled(FileBackend):
+        max_in_flight = 1
+
+        def send(self, batch):
+            clock[0] += timedelta(minutes=11)
+            if not taken:  # another host's claim, while this window is still on the wire
+                taken.extend(r.delivery_id for r in _claim(engine, 1, "other-host:1:x", 4, clock[0], LEASE))
+            handed_over.extend(m.recipient for m in batch)
+            return super().send(batch)
+
+    report = send_issue(engine, config, Stalled(FileOptions(), config=config), 1, batch_size=4, clock=lambda: clock[0])
+    assert len(taken) == 4  # every lease had run out, the window on the wire's too (the in-flight bound)
+    assert handed_over == ["p0@example.org"] and report.sent == 0  # none of the rest is sent twice
+
+
+class _Outage(FileBackend):
+    """A backend whose server is down for the first ``outages`` opens."""
+
+    outages = 1
+    opened = 0
+
+    def open(self):
+        type(self).opened += 1
+        if type(self).opened <= self.outages:
+            raise DeliveryError("cannot connect to mail.example.org:587 (Connection refused)")
+        super().open()
+
+
+def test_the_worker_tries_again_after_an_outage_and_stops_with_it_when_until_done(config, engine, caplog):
+    prepared(config, engine, "a@example.org")
+    with pytest.raises(DeliveryError, match="Connection refused"):
+        work(engine, config, type("Down", (_Outage,), {"outages": 99})(FileOptions(), config=config),
+             until_done=True, poll=0)
+
+    stop = threading.Event()
+    backend = type("Flaky", (_Outage,), {})(FileOptions(), config=config)
+    finished = threading.Thread(target=lambda: [stop.wait(30), stop.set()])
+    original = backend.send
+    backend.send = lambda batch: [stop.set(), original(batch)][1]  # stop once the message is out
+    finished.start()
+    reports = work(engine, config, backend, poll=0, stop=stop)
+    assert [r.sent for r in reports] == [1]
+    assert "trying again in 0 s" in caplog.text
+
+
+def test_the_worker_asks_again_about_an_issue_its_checks_refused(config, engine):
+    prepared(config, engine, "a@example.org")
+    answers = iter([False, True])
+    asked = []
+
+    def ready(number: int) -> bool:
+        asked.append(number)
+        return next(answers)
+
+    stop = threading.Event()
+    backend = FileBackend(FileOptions(), config=config)
+    original = backend.send
+    backend.send = lambda batch: [stop.set(), original(batch)][1]
+    reports = work(engine, config, backend, ready=ready, poll=0, recheck=0, stop=stop)
+    assert asked == [1, 1] and [r.sent for r in reports] == [1]
+    refused = work(engine, config, backend, ready=lambda number: False, until_done=True, poll=0)
+    assert refused == []  # until_done: a refused issue does not keep the worker waiting
+
+
+def test_sending_pauses_itself_even_when_another_sender_paused_the_issue_first(config, engine):
+    prepared(config, engine, *(f"p{n}@example.org" for n in range(4)))
+
+    class Failing(FileBackend):
+        max_in_flight = None
+
+        def send(self, batch):
+            pause_issue(engine, 1)  # a second worker crossed the error limit first
+            return [SendResult(m.delivery_id, SendStatus.FAILED, "550 5.7.1 Content refused") for m in batch]
+
+    config = config.model_copy(update={"delivery": config.delivery.model_copy(update={"pause_window": 4})})
+    report = send_issue(engine, config, Failing(FileOptions(), config=config), 1)
+    assert report.stopped.startswith("paused: 100% of the last 4 messages failed")

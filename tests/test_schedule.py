@@ -10,8 +10,8 @@ from sqlmodel import col, select
 
 from newsletter.backends.file import FileBackend, FileOptions
 from newsletter.db import session
-from newsletter.errors import NewsletterError
 from newsletter.digest import issue_items, prepare_issue
+from newsletter.errors import NewsletterError
 from newsletter.models import (
     Delivery,
     DeliveryStatus,

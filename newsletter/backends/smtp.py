@@ -68,7 +68,8 @@ class SmtpOptions(BaseModel):
     # A PEM file of CA certificates to trust instead of the system's, for a relay with a private CA.
     # Relative to the config file's folder.
     ca_file: str | None = None
-    # Parallel connections; also how many messages may be in flight (sent, result not yet recorded).
+    # Parallel connections; times delivery.in_flight_factor, how many messages may be in flight (sent,
+    # result not yet recorded).
     connections: int = Field(default=4, ge=1, le=64)
     # Messages per second over all connections together; 0 = as fast as the server takes them.
     rate_limit: float = Field(default=0, ge=0)
@@ -96,6 +97,7 @@ class SmtpOptions(BaseModel):
 
 
 DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
+_ENVELOPE_ACCEPTED = ((250,), (250, 251), (354,))  # the replies to MAIL FROM, RCPT TO and DATA that go on
 # What DKIM's h= covers (those present in the message): what a reader sees and the one-click unsubscribe.
 DKIM_HEADERS = (
     b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id", b"List-Unsubscribe",
@@ -303,7 +305,8 @@ class _Lane:
         smtp = self.session()
         self.backend.limiter.acquire()
         self._messages_on_connection += 1
-        mail_options = [f"SIZE={len(message.data)}"] if smtp.has_extn("size") else []
+        content = _dot_stuffed(self.backend.sign(message.data))
+        mail_options = [f"SIZE={len(content)}"] if smtp.has_extn("size") else []
         if not (message.envelope_from + message.recipient).isascii():
             if not smtp.has_extn("smtputf8"):
                 return SendResult(
@@ -312,41 +315,45 @@ class _Lane:
                     f"{message.recipient}: non-ASCII address, but {self.address} does not offer SMTPUTF8",
                 )
             mail_options.append("SMTPUTF8")
-
-        content = _dot_stuffed(self.backend.sign(message.data))
-        if smtp.has_extn("pipelining"):
-            return self._pipelined(smtp, message, mail_options, content)
-        code, reply = smtp.mail(message.envelope_from, mail_options)
-        if code != 250:
-            return self._refused(smtp, message, code, reply, sender=True)
-        code, reply = smtp.rcpt(message.recipient)
-        if code not in (250, 251):
-            return self._refused(smtp, message, code, reply)
-        smtp.putcmd("data")
-        code, reply = smtp.getreply()
-        if code != 354:
-            return self._refused(smtp, message, code, reply)
+        replies = self._envelope(smtp, message, mail_options)
+        for (code, reply), accepted, sender in zip(replies, _ENVELOPE_ACCEPTED, (True, False, False), strict=False):
+            if code not in accepted:
+                return self._refused(smtp, message, code, reply, sender=sender)
         return self._content(smtp, message, content)
 
-    def _pipelined(self, smtp: smtplib.SMTP, message: OutgoingMessage, mail_options: list[str],
-                   content: bytes) -> SendResult:
-        """MAIL, RCPT and DATA in one write, their three replies read afterwards (RFC 2920), then the
-        content: two round trips per message instead of four."""
+    def _envelope(self, smtp: smtplib.SMTP, message: OutgoingMessage, mail_options: list[str]
+                  ) -> list[tuple[int, bytes]]:
+        """The replies to MAIL FROM, RCPT TO and DATA, in order, up to the first refusal.
+
+        When the server offers PIPELINING (RFC 2920) the three commands go out in one write and the replies
+        are read afterwards: two round trips per message instead of four. Reading stops at a 421, after
+        which the server closes the connection.
+        """
         options = "".join(f" {option}" for option in mail_options)
-        envelope = (f"MAIL FROM:{smtplib.quoteaddr(message.envelope_from)}{options}\r\n"
-                    f"RCPT TO:{smtplib.quoteaddr(message.recipient)}\r\nDATA\r\n")
-        smtp.send(envelope.encode("utf-8" if "SMTPUTF8" in mail_options else "ascii"))
-        (mail, mail_reply), (rcpt, rcpt_reply), (data, data_reply) = (smtp.getreply() for _ in range(3))
-        if data == 354 and (mail != 250 or rcpt not in (250, 251)):
+        commands = (f"MAIL FROM:{smtplib.quoteaddr(message.envelope_from)}{options}",
+                    f"RCPT TO:{smtplib.quoteaddr(message.recipient)}", "DATA")
+        if any(ch in command for command in commands for ch in "\r\n"):  # never a second command in an address
+            raise ValueError(f"line break in the envelope of {message.recipient!r}")
+        encoding = "utf-8" if "SMTPUTF8" in mail_options else "ascii"
+        replies: list[tuple[int, bytes]] = []
+        if not smtp.has_extn("pipelining"):
+            for command, accepted in zip(commands, _ENVELOPE_ACCEPTED, strict=True):
+                smtp.send(f"{command}\r\n".encode(encoding))
+                replies.append(smtp.getreply())
+                if replies[-1][0] not in accepted:
+                    break
+            return replies
+        smtp.send("".join(f"{command}\r\n" for command in commands).encode(encoding))
+        for _ in commands:
+            replies.append(smtp.getreply())
+            if replies[-1][0] == 421:
+                return replies
+        envelope_replies = zip(replies[:2], _ENVELOPE_ACCEPTED[:2], strict=True)
+        refused = any(code not in accepted for (code, _), accepted in envelope_replies)
+        if refused and replies[2][0] == 354:
             smtp.send(b".\r\n")  # a server that accepted DATA without a recipient gets an empty message
             smtp.getreply()
-        if mail != 250:
-            return self._refused(smtp, message, mail, mail_reply, sender=True)
-        if rcpt not in (250, 251):
-            return self._refused(smtp, message, rcpt, rcpt_reply)
-        if data != 354:
-            return self._refused(smtp, message, data, data_reply)
-        return self._content(smtp, message, content)
+        return replies
 
     def _content(self, smtp: smtplib.SMTP, message: OutgoingMessage, content: bytes) -> SendResult:
         """Send the message after the server's 354; its result from the reply to the final dot."""

@@ -63,7 +63,8 @@ class JsonLinesReader(Reader):
                     f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
                     f"each line must hold one complete object"
                 ) from None
-            items.append(validate_item(fill_missing_summary(data, self.settings.summary_length), where=f"{path}:{number}"))
+            filled = fill_missing_summary(data, self.settings.summary_length)
+            items.append(validate_item(filled, where=f"{path}:{number}"))
         return items
 
 

@@ -202,9 +202,10 @@ def confirm_page(request: Request, token: str) -> HTMLResponse:
         state.signer.verify(CONFIRM, token)
     except InvalidToken as exc:
         return _bad_link(request, exc, "confirmation")
-    return notice(request, "Confirm your subscription",
-                  f"One more click and {state.config.newsletter.name} will arrive {EVERY[state.config.schedule.cadence]}.",
-                  action_url=f"{_root(request)}/confirm/{token}", action_fields=[], action_label="Confirm my subscription")
+    letter, cadence = state.config.newsletter.name, EVERY[state.config.schedule.cadence]
+    return notice(request, "Confirm your subscription", f"One more click and {letter} will arrive {cadence}.",
+                  action_url=f"{_root(request)}/confirm/{token}", action_fields=[],
+                  action_label="Confirm my subscription")
 
 
 @router.post("/confirm/{token}", response_class=HTMLResponse)
@@ -267,7 +268,8 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     if subscriber.status is not SubscriberStatus.ACTIVE and subscriber.status is not SubscriberStatus.PENDING:
         return notice(request, "You are unsubscribed", f"{subscriber.email} receives nothing more from this list.",
                       **_rejoin_link(request, subscriber, "Subscribe again"))
-    return notice(request, "Unsubscribe?", f"Stop sending {_state(request).config.newsletter.name} to {subscriber.email}.",
+    letter = _state(request).config.newsletter.name
+    return notice(request, "Unsubscribe?", f"Stop sending {letter} to {subscriber.email}.",
                   action_url=f"{_root(request)}/unsubscribe/{token}",
                   action_fields=[("List-Unsubscribe", "One-Click")], action_label="Unsubscribe",
                   link_url=_preferences_url(request, subscriber), link_label="Or choose fewer topics instead")
@@ -305,7 +307,8 @@ def _preferences_url(request: Request, subscriber: Subscriber) -> str:
     return f"{_root(request)}/preferences/{_state(request).signer.sign(PREFERENCES, subscriber.token)}"
 
 
-def _preferences_page(request: Request, token: str, subscriber: Subscriber, status: int = 200, **flags: Any) -> HTMLResponse:
+def _preferences_page(request: Request, token: str, subscriber: Subscriber, status: int = 200,
+                      **flags: Any) -> HTMLResponse:
     state = _state(request)
     topics = known_topics(state.engine)
     chosen = set(subscriber.topics)

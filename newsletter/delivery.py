@@ -461,6 +461,8 @@ class _Loop:
         self.owner = _new_owner()
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
         self.renew_at = clock()  # when the lease on the current batch is extended
+        self.lease_until = clock()  # when it runs out unless extended
+        self.held: set[int] | None = None  # the batch's rows still held, once the lease ran out (None: all)
 
     def run(self, batch_size: int, progress: Progress | None) -> None:
         issue_id, lease = self.report.issue.id, self.config.delivery.lease_time
@@ -481,7 +483,8 @@ class _Loop:
         with ThreadPoolExecutor(1, thread_name_prefix="newsletter-send") as sender:
             while not self._should_stop() and (claimed := _claim(self.engine, issue_id, self.owner, batch_size,
                                                                   self.clock(), lease)):
-                self.renew_at = self.clock() + lease / 2
+                self.renew_at, self.lease_until = self.clock() + lease / 2, self.clock() + lease
+                self.held = None
                 try:
                     for start in range(0, len(claimed), size):
                         # composed while the backend sends the previous window, to keep its connections busy
@@ -491,7 +494,8 @@ class _Loop:
                             if self._should_stop():
                                 break
                             self._keep_lease()
-                        window = self._still_held(window)
+                        if self.held is not None:
+                            window = self._only_held(window, self.held)
                         out = (window, sender.submit(self._send, window))
                     if out is not None:
                         record_out()
@@ -521,43 +525,37 @@ class _Loop:
     def _keep_lease(self) -> None:
         """Once half the lease is used up, extend it on the rows of the batch this sender still holds, so a
         batch that takes longer than ``delivery.lease`` (a slow server, a rate limit) is not taken over,
-        and sent a second time, by another sender while this one is still working through it."""
+        and sent a second time, by another sender while this one is still working through it.
+
+        If the lease had already run out (one window took longer than the lease), another sender may have
+        taken over rows of the batch meanwhile: ``self.held`` then says which rows are still this sender's.
+        """
         now = self.clock()
         if now < self.renew_at:
             return
+        ran_out = now >= self.lease_until
         lease = self.config.delivery.lease_time
         with session(self.engine) as db:
-            db.execute(
+            held = set(db.execute(
                 update(Delivery)
                 .where(Delivery.issue_id == self.report.issue.id, Delivery.claimed_by == self.owner,
                        Delivery.status == DeliveryStatus.SENDING)
                 .values(lease_expires_at=now + lease)
-            )
-            db.commit()
-        self.renew_at = now + lease / 2
-
-    def _still_held(self, window: _Window) -> _Window:
-        """``window`` with its lease extended, less any row this sender no longer holds.
-
-        If the previous window took longer than the lease (a stalled server, a suspended machine), another
-        sender may have taken over later rows of the batch meanwhile: they are its to send now, so they are
-        dropped here instead of being sent twice.
-        """
-        ids = [person.delivery_id for person in window.claimed]
-        with session(self.engine) as db:
-            held = set(db.execute(
-                update(Delivery)
-                .where(col(Delivery.id).in_(ids), Delivery.claimed_by == self.owner,
-                       Delivery.status == DeliveryStatus.SENDING)
-                .values(lease_expires_at=self.clock() + self.config.delivery.lease_time)
                 .returning(Delivery.id)
                 .execution_options(synchronize_session=False)
             ).scalars())
             db.commit()
-        if len(held) == len(ids):
+        if ran_out:
+            self.held = held
+        self.renew_at, self.lease_until = now + lease / 2, now + lease
+
+    def _only_held(self, window: _Window, held: set[int]) -> _Window:
+        """``window`` less the rows another sender took over: they are its to send now, not to send twice."""
+        if all(person.delivery_id in held for person in window.claimed):
             return window
-        log.warning("issue #%d: %d deliveries of this batch were taken over by another sender while its "
-                    "lease ran out; leaving them to it", self.report.issue.number, len(ids) - len(held))
+        lost = sum(person.delivery_id not in held for person in window.claimed)
+        log.warning("issue #%d: %d deliveries were taken over by another sender while this one's lease had run "
+                    "out; leaving them to it", self.report.issue.number, lost)
         return _Window(
             [person for person in window.claimed if person.delivery_id in held],
             messages=[m for m in window.messages if m.delivery_id in held],

@@ -169,17 +169,22 @@ def test_an_imap_mailbox_without_password_says_which_variable(tmp_path, engine, 
         process_bounces(engine, config)
 
 
+def write_config_file(tmp_path, config) -> None:
+    """A config.yaml for the CLI: the test's database and the Maildir ``bounces.maildir`` beside it."""
+    (tmp_path / "config.yaml").write_text(
+        "newsletter:\n  name: Research Weekly\n  sender: Research Weekly <digest@example.org>\n"
+        "  postal_address: 1 Example Street, Example City\n  site_url: https://news.example.org\n"
+        f"database:\n  url: {config.database.url}\n"
+        "bounces:\n  mailbox:\n    type: maildir\n    path: bounces.maildir\n", encoding="utf-8")
+
+
 def test_bounces_process_cli_reports_what_it_did(tmp_path, engine, people):
     from typer.testing import CliRunner
 
     from newsletter.cli import app
 
     config = maildir_config(tmp_path)
-    (tmp_path / "config.yaml").write_text(
-        "newsletter:\n  name: Research Weekly\n  sender: Research Weekly <digest@example.org>\n"
-        "  postal_address: 1 Example Street, Example City\n  site_url: https://news.example.org\n"
-        f"database:\n  url: {config.database.url}\n"
-        "bounces:\n  mailbox:\n    type: maildir\n    path: bounces.maildir\n", encoding="utf-8")
+    write_config_file(tmp_path, config)
     mailbox.Maildir(tmp_path / "bounces.maildir", create=True).add(dsn("gone@example.net"))
     result = CliRunner().invoke(app, ["bounces", "process", "-c", str(tmp_path / "config.yaml")])
     assert result.exit_code == 0, result.output
@@ -366,11 +371,7 @@ def test_bounces_process_cli_says_what_is_wrong_with_the_path_in_one_line(tmp_pa
 
     (tmp_path / "bounces.maildir").write_text("not a mailbox\n")
     config = maildir_config(tmp_path)
-    (tmp_path / "config.yaml").write_text(
-        "newsletter:\n  name: Research Weekly\n  sender: Research Weekly <digest@example.org>\n"
-        "  postal_address: 1 Example Street, Example City\n  site_url: https://news.example.org\n"
-        f"database:\n  url: {config.database.url}\n"
-        "bounces:\n  mailbox:\n    type: maildir\n    path: bounces.maildir\n", encoding="utf-8")
+    write_config_file(tmp_path, config)
     result = CliRunner().invoke(app, ["bounces", "process", "-c", str(tmp_path / "config.yaml")])
     assert result.exit_code == 1
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

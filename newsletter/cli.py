@@ -705,6 +705,8 @@ def worker(
                        batch_size=batch_size, stop=stop)
     for report in reports:
         console.print(Text(f"{report.summary_line()} (via {backend.describe()})"))
+    if not reports and not refused:
+        console.print("nothing to send: no prepared issue has deliveries due")
     if until_done and refused:
         numbers = ", ".join(f"#{number}" for number in sorted(refused))
         raise NewsletterError(f"issue {numbers} not sent: it fails the pre-send checks above; fix them, or send "

@@ -231,7 +231,7 @@ def work(
             if number not in due:  # nothing to claim: do not connect to the server for nothing
                 continue
             if number not in approved:
-                if time.monotonic() - refused_at.get(number, -recheck) < recheck:
+                if number in refused_at and time.monotonic() - refused_at[number] < recheck:
                     continue
                 if not ready(number):
                     refused_at[number] = time.monotonic()
@@ -460,8 +460,7 @@ class _Loop:
         self.report, self.clock, self.stop = report, clock, stop
         self.owner = _new_owner()
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
-        self.renew_at = clock()  # when the lease on the current batch is extended
-        self.lease_until = clock()  # when it runs out unless extended
+        self.renew_at = clock()  # when the lease on the current batch is extended: half way through it
         self.held: set[int] | None = None  # the batch's rows still held, once the lease ran out (None: all)
 
     def run(self, batch_size: int, progress: Progress | None) -> None:
@@ -483,8 +482,7 @@ class _Loop:
         with ThreadPoolExecutor(1, thread_name_prefix="newsletter-send") as sender:
             while not self._should_stop() and (claimed := _claim(self.engine, issue_id, self.owner, batch_size,
                                                                   self.clock(), lease)):
-                self.renew_at, self.lease_until = self.clock() + lease / 2, self.clock() + lease
-                self.held = None
+                self.renew_at, self.held = self.clock() + lease / 2, None
                 try:
                     for start in range(0, len(claimed), size):
                         # composed while the backend sends the previous window, to keep its connections busy
@@ -533,8 +531,8 @@ class _Loop:
         now = self.clock()
         if now < self.renew_at:
             return
-        ran_out = now >= self.lease_until
         lease = self.config.delivery.lease_time
+        ran_out = now >= self.renew_at + lease / 2
         with session(self.engine) as db:
             held = set(db.execute(
                 update(Delivery)
@@ -547,22 +545,17 @@ class _Loop:
             db.commit()
         if ran_out:
             self.held = held
-        self.renew_at, self.lease_until = now + lease / 2, now + lease
+        self.renew_at = now + lease / 2
 
     def _only_held(self, window: _Window, held: set[int]) -> _Window:
-        """``window`` less the rows another sender took over: they are its to send now, not to send twice."""
-        if all(person.delivery_id in held for person in window.claimed):
-            return window
-        lost = sum(person.delivery_id not in held for person in window.claimed)
-        log.warning("issue #%d: %d deliveries were taken over by another sender while this one's lease had run "
-                    "out; leaving them to it", self.report.issue.number, lost)
-        return _Window(
-            [person for person in window.claimed if person.delivery_id in held],
-            messages=[m for m in window.messages if m.delivery_id in held],
-            results=[r for r in window.results if r.delivery_id in held],
-            skipped={k: v for k, v in window.skipped.items() if k in held},
-            message_ids={k: v for k, v in window.message_ids.items() if k in held},
-        )
+        """``window`` without the messages of rows another sender took over: they are its to send now (what
+        is recorded for them is ignored anyway, since :func:`_record` writes only to rows still held)."""
+        messages = [m for m in window.messages if m.delivery_id in held]
+        if len(messages) < len(window.messages):
+            log.warning("issue #%d: %d deliveries were taken over by another sender while this one's lease had "
+                        "run out; leaving them to it", self.report.issue.number, len(window.messages) - len(messages))
+            window.messages = messages
+        return window
 
     def _compose(self, claimed: Sequence[Recipient]) -> _Window:
         window = _Window(claimed)

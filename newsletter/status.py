@@ -17,6 +17,7 @@ from newsletter.db import session
 from newsletter.digest import delivery_counts, pending_summaries, unfinished_issues
 from newsletter.ingest.feeds import feed_states
 from newsletter.models import (
+    FeedState,
     Issue,
     JobFailure,
     ScheduledPeriod,
@@ -85,17 +86,17 @@ def _feeds(engine: Engine, config: Config) -> list[dict[str, Any]]:
     fetched once but no longer configured (or fetched by hand with ``newsletter ingest URL``) is left out:
     nothing polls it, so its last result says nothing about now."""
     states = {feed.url: feed for feed in feed_states(engine)}
-    feeds = []
-    for url in dict.fromkeys(config.ingest.feeds):
-        feed = states.get(url)
-        feeds.append({
-            "url": url,
-            "last_fetch_at": _iso(feed.last_fetch_at) if feed else None,
-            "last_status": feed.last_status if feed else None,
-            "last_error": feed.last_error if feed else None,
-            "last_success_at": _iso(feed.last_success_at) if feed else None,
-        })
-    return feeds
+    feeds = [states.get(url) or FeedState(url=url) for url in dict.fromkeys(config.ingest.feeds)]
+    return [
+        {
+            "url": feed.url,
+            "last_fetch_at": _iso(feed.last_fetch_at),
+            "last_status": feed.last_status,
+            "last_error": feed.last_error,
+            "last_success_at": _iso(feed.last_success_at),
+        }
+        for feed in feeds
+    ]
 
 
 def _lease(lease: SchedulerLease | None, now: datetime) -> dict[str, Any] | None:

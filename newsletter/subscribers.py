@@ -301,7 +301,7 @@ def mark_unsubscribed(db: Session, subscriber: Subscriber, detail: dict[str, Any
         return False
     if subscriber.status in FINAL_STATUSES:
         latest = db.exec(
-            select(Event.kind).where(Event.subscriber_id == subscriber.id).order_by(col(Event.id).desc())
+            select(Event.kind).where(Event.subscriber_id == subscriber.id).order_by(col(Event.id).desc()).limit(1)
         ).first()
         if latest != EventKind.UNSUBSCRIBED:
             db.add(Event(subscriber_id=subscriber.id, kind=EventKind.UNSUBSCRIBED,

@@ -244,3 +244,9 @@ def test_pause_resume_retry_failed_cancel_and_status_through_the_cli(tmp_path):
     assert "sent 2" in status.output and ": sent" in status.output
     cancelled = invoke("digest", "cancel", "--config", path)
     assert cancelled.exit_code == 1 and "issue #1 is already sent; nothing to cancel" in cancelled.output
+
+
+def test_a_worker_with_nothing_to_send_says_so_and_exits(tmp_path):
+    result = invoke("worker", "--until-done", "--config", config_file(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "nothing to send: no prepared issue has deliveries due" in result.output

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, create_engine, text
 
@@ -63,6 +64,22 @@ def make_config(base_dir: Path, **overrides: Any) -> Config:
     }
     data.update(overrides)
     return config_from_mapping(data, base_dir=base_dir, source=str(base_dir / "config.yaml"))
+
+
+def write_smtp_config(base_dir: Path, port: int, connections: int, **delivery: Any) -> Config:
+    """``config.yaml`` in ``base_dir`` for `newsletter` processes the test starts (SMTP to 127.0.0.1:``port``
+    over ``connections`` connections, ``delivery`` settings, SQLite beside it), and the same config loaded."""
+    settings: dict[str, Any] = {
+        "newsletter": {"name": "Research Weekly", "sender": "Research Weekly <digest@example.org>",
+                       "postal_address": "1 Example Street, Example City", "site_url": "https://news.example.org"},
+        "database": {"url": "sqlite:///newsletter.db"},
+        "templates": str(ROOT / "templates"),
+        "backend": {"name": "smtp", "options": {"host": "127.0.0.1", "port": port, "security": "none",
+                                                "connections": connections}},
+        "delivery": delivery,
+    }
+    (base_dir / "config.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return make_config(base_dir, **{k: v for k, v in settings.items() if k != "templates"})
 
 
 @pytest.fixture

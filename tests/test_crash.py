@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiosmtpd.controller import Controller
 from sqlmodel import select
 
 from newsletter.config import DeliverySection
-from newsletter.db import session
+from newsletter.db import open_database, session
 from newsletter.digest import prepare_issue
 from newsletter.models import Delivery, DeliveryStatus
-from tests.conftest import ROOT, _free_port, make_config
+from tests.conftest import ROOT, _free_port, write_smtp_config
 from tests.helpers import add_people, add_summaries
 
 pytestmark = pytest.mark.slow
@@ -65,19 +64,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     handler = CountingHandler()
     controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
     controller.start()
-    settings = {
-        "newsletter": {"name": "Research Weekly", "sender": "Research Weekly <digest@example.org>",
-                       "postal_address": "1 Example Street, Example City", "site_url": "https://news.example.org"},
-        "database": {"url": "sqlite:///newsletter.db"},
-        "templates": str(ROOT / "templates"),
-        "backend": {"name": "smtp", "options": {"host": "127.0.0.1", "port": controller.port, "security": "none",
-                                                "connections": CONNECTIONS}},
-        "delivery": {"batch_size": 20},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
-    config = make_config(tmp_path, **{k: v for k, v in settings.items() if k != "templates"})
-    from newsletter.db import open_database
-
+    config = write_smtp_config(tmp_path, controller.port, CONNECTIONS, batch_size=20)
     engine = open_database(config)
     add_summaries(engine, 2)
     add_people(engine, *PEOPLE)

@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 from aiosmtpd.controller import Controller
 from sqlalchemy import insert
 from sqlmodel import col, func, select
@@ -25,8 +24,15 @@ from sqlmodel import col, func, select
 from newsletter.config import DeliverySection
 from newsletter.db import open_database, session
 from newsletter.digest import prepare_issue
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus
-from tests.conftest import ON_POSTGRES, ROOT, _free_port, make_config
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from tests.conftest import ON_POSTGRES, ROOT, _free_port, write_smtp_config
 from tests.helpers import add_summaries
 from tests.test_crash import CountingHandler
 
@@ -53,23 +59,13 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     engines = []
 
     def build(count: int, lease: str, batch_size: int) -> tuple[Path, CountingHandler, object]:
-        settings = {
-            "newsletter": {"name": "Research Weekly", "sender": "Research Weekly <digest@example.org>",
-                           "postal_address": "1 Example Street, Example City",
-                           "site_url": "https://news.example.org"},
-            "database": {"url": "sqlite:///newsletter.db"},
-            "templates": str(ROOT / "templates"),
-            "backend": {"name": "smtp", "options": {"host": "127.0.0.1", "port": controller.port,
-                                                    "security": "none", "connections": CONNECTIONS}},
-            "delivery": {"batch_size": batch_size, "lease": lease},
-        }
-        (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
-        config = make_config(tmp_path, **{k: v for k, v in settings.items() if k != "templates"})
+        config = write_smtp_config(tmp_path, controller.port, CONNECTIONS, batch_size=batch_size, lease=lease)
         engine = open_database(config)
         engines.append(engine)
         add_summaries(engine, 3)
         with session(engine) as db:
-            rows = [Subscriber(email=address, status=SubscriberStatus.ACTIVE).model_dump(exclude={"id"}) for address in _people(count)]
+            rows = [Subscriber(email=address, status=SubscriberStatus.ACTIVE).model_dump(exclude={"id"})
+                    for address in _people(count)]
             db.execute(insert(Subscriber), rows)
             db.commit()
         assert prepare_issue(engine, config).recipient_count == count

@@ -80,6 +80,9 @@ class SessionHandler(RecordingHandler):
     pipelining: bool = False  # offer PIPELINING (RFC 2920) in the EHLO reply
     # For each MAIL FROM: had the client already sent its RCPT TO (without waiting for the reply)?
     pipelined: list[bool] = field(default_factory=list)
+    # For each message: had the next message's MAIL FROM come with it (before the reply to the final dot)?
+    next_envelope_along: list[bool] = field(default_factory=list)
+    refuse_data: dict[str, str] = field(default_factory=dict)  # recipient -> reply to the final dot
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
@@ -105,6 +108,13 @@ class SessionHandler(RecordingHandler):
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.next_envelope_along.append(b"MAIL FROM" in server._reader._buffer)
+        refusal = self.refuse_data.get(envelope.rcpt_tos[0], "")
+        if refusal.startswith("421"):
+            server.transport.write(f"{refusal}\r\n".encode())
+            server.transport.close()
+        if refusal:
+            return refusal
         self.sessions.append(session)
         return await super().handle_DATA(server, session, envelope)
 
@@ -244,6 +254,54 @@ def test_smtp_pipelines_the_envelope_only_when_the_server_offers_it(
     assert server.handler.pipelined == [server.handler.pipelining] * 3
 
 
+def test_smtp_pipelining_sends_the_next_envelope_with_the_message_before(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    """One round trip per message: the content, the final dot and the next MAIL, RCPT and DATA go out
+    together (RFC 2920 lets the content start a group). The last message of a batch has no next."""
+    server = start_server()
+    with smtp_backend(tmp_path, server) as backend:
+        results = backend.send([outgoing(n) for n in (1, 2, 3)])
+
+    assert [r.status for r in results] == [SendStatus.SENT] * 3
+    assert server.handler.next_envelope_along == [server.handler.pipelining] * 2 + [False]
+    assert server.handler.connections_per_message() == [1, 1, 1]
+
+
+def test_smtp_message_refused_at_the_final_dot_fails_alone_and_the_next_one_goes_on(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    """A refusal of the content must not send an RSET, which a server that already took the next
+    message's pipelined DATA would read as that message's content."""
+    server = start_server()
+    server.handler.refuse_data["reader2@example.net"] = "554 5.7.1 Message content rejected"
+    with smtp_backend(tmp_path, server) as backend:
+        results = backend.send([outgoing(n) for n in (1, 2, 3)])
+
+    assert [(r.status, r.detail) for r in results] == [
+        (SendStatus.SENT, "250 Message accepted"),
+        (SendStatus.FAILED, "554 5.7.1 Message content rejected"),
+        (SendStatus.SENT, "250 Message accepted"),
+    ]
+    assert [m.recipients for m in server.messages] == [["reader1@example.net"], ["reader3@example.net"]]
+    assert server.messages[1].data == outgoing(3).data
+    assert server.handler.connections_per_message() == [1, 1]
+
+
+def test_smtp_421_at_the_final_dot_retries_that_message_and_the_next_goes_on_a_new_connection(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server()
+    server.handler.refuse_data["reader2@example.net"] = "421 4.3.2 Shutting down"
+    with smtp_backend(tmp_path, server) as backend:
+        results = backend.send([outgoing(n) for n in (1, 2, 3)])
+
+    assert [r.status for r in results] == [SendStatus.SENT, SendStatus.RETRY, SendStatus.SENT]
+    assert results[1].detail == "421 4.3.2 Shutting down"
+    assert [m.recipients for m in server.messages] == [["reader1@example.net"], ["reader3@example.net"]]
+    assert server.handler.connections_per_message() == [1, 2]
+
+
 def test_smtp_refused_envelope_sender_is_retried_not_a_bounce_and_the_connection_goes_on(
     tmp_path: Path, start_server: Callable[..., RunningServer]
 ) -> None:
@@ -351,10 +409,10 @@ def test_smtp_server_lost_mid_batch_leaves_the_rest_for_retry(
         lane = backend._lanes[0]
         original = lane._transaction
 
-        def stop_after_first(message: OutgoingMessage) -> SendResult:
+        def stop_after_first(message: OutgoingMessage, following: OutgoingMessage | None) -> SendResult:
             if message.delivery_id == 3:
                 server.stop()
-            return original(message)
+            return original(message, following)
 
         lane._transaction = stop_after_first  # type: ignore[method-assign]
         results = backend.send([outgoing(2), outgoing(3), outgoing(4)])

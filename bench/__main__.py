@@ -7,8 +7,10 @@ Creates the subscribers and an issue of ``--summaries`` summaries in a temporary
 the given database, which must be empty), prepares the issue (timed), measures the per-message
 render+personalise cost in this process, then sends with ``--workers`` real `newsletter worker --until-done`
 processes (each with ``--connections`` SMTP connections) to ``smtp-sink``, measuring wall time and each
-sender's peak RSS (VmHWM). Finally ``smtp-source`` sends as many messages of the same size over the same
-total number of connections to the same sink. See docs/benchmarks.md.
+sender's peak RSS (VmHWM) and CPU time. Before and after that, ``smtp-source`` sends as many messages (at
+most 20,000) of the same size over the same total number of connections to the same sink, once opening a
+connection per message (its default) and once keeping them open (``-d``); the reference is the mean of
+the two runs. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -114,8 +116,18 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def send(config_path: Path, workers: int, profile: str | None) -> tuple[float, int]:
-    """Wall time of ``workers`` worker processes sending everything, and the largest peak RSS (bytes).
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far (from /proc); 0 once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def send(config_path: Path, workers: int, profile: str | None) -> tuple[float, int, float]:
+    """Wall time of ``workers`` worker processes sending everything, the largest peak RSS (bytes), and the
+    CPU time they used together (seconds).
 
     The peak is read from /proc while the workers run, not from wait4: on Linux a child's ru_maxrss starts
     from the parent's size at fork (this process, holding the list it just created), not from zero.
@@ -126,22 +138,25 @@ def send(config_path: Path, workers: int, profile: str | None) -> tuple[float, i
     start = time.perf_counter()
     processes = [subprocess.Popen(command, cwd=config_path.parent, stdout=subprocess.DEVNULL) for _ in range(workers)]
     peaks = dict.fromkeys(range(workers), 0)
+    cpu = dict.fromkeys(range(workers), 0.0)
     while any(process.poll() is None for process in processes):
         for n, process in enumerate(processes):
             peaks[n] = max(peaks[n], peak_rss(process.pid))
+            cpu[n] = max(cpu[n], cpu_seconds(process.pid))
         time.sleep(0.05)
     elapsed = time.perf_counter() - start
     failed = [process.returncode for process in processes if process.returncode]
     if failed:
         raise SystemExit(f"a worker failed with exit code {failed[0]}")
-    return elapsed, max(peaks.values())
+    return elapsed, max(peaks.values()), sum(cpu.values())
 
 
-def reference(port: int, size: int, count: int, connections: int) -> float:
-    """smtp-source's messages per second for ``count`` messages of ``size`` bytes."""
+def reference(port: int, size: int, count: int, connections: int, *, keep: bool) -> float:
+    """smtp-source's messages per second for ``count`` messages of ``size`` bytes; with ``keep`` (its -d)
+    each connection carries many messages, as ours do, instead of one."""
     start = time.perf_counter()
-    subprocess.run([SOURCE, "-l", str(size), "-m", str(count), "-s", str(connections), "-f", "a@example.org",
-                    "-t", "b@example.org", f"127.0.0.1:{port}"], check=True)
+    subprocess.run([SOURCE, *(["-d"] if keep else []), "-l", str(size), "-m", str(count), "-s", str(connections),
+                    "-f", "a@example.org", "-t", "b@example.org", f"127.0.0.1:{port}"], check=True)
     return count / (time.perf_counter() - start)
 
 
@@ -175,9 +190,17 @@ def main() -> None:
             prepare_time = time.perf_counter() - start
             cost, size = per_message_cost(engine, config)
             engine.dispose()
-            elapsed, rss = send(config_path, args.workers, args.profile)
             connections = args.connections * args.workers
-            source_rate = reference(port, size, min(args.subscribers, 20_000), connections)
+            count = min(args.subscribers, 20_000)
+
+            def references() -> tuple[float, float]:
+                return (reference(port, size, count, connections, keep=False),
+                        reference(port, size, count, connections, keep=True))
+
+            before = references()  # the reference runs before and after ours: this machine's speed drifts
+            elapsed, rss, cpu = send(config_path, args.workers, args.profile)
+            after = references()
+            source_rate, kept_rate = ((b + a) / 2 for b, a in zip(before, after, strict=True))
         finally:
             sink.terminate()
             sink.wait()
@@ -190,8 +213,13 @@ def main() -> None:
     print(f"render+personalise     {cost * 1e6:.0f} µs/message")
     print(f"send (end to end)      {elapsed:.1f} s, {rate:,.0f} msg/s")
     print(f"peak RSS per sender    {rss / 2**20:.0f} MB")
-    print(f"smtp-source            {source_rate:,.0f} msg/s over {connections} connection(s)")
-    print(f"ours / smtp-source     {rate / source_rate:.2f}")
+    print(f"sender CPU             {cpu:.1f} s, {cpu / prepared.recipient_count * 1e6:.0f} µs/message "
+          "(user + system, start-up included)")
+    print(f"smtp-source            {source_rate:,.0f} msg/s over {connections} connection(s), one message each "
+          f"(its default; {before[0]:,.0f} before ours, {after[0]:,.0f} after)")
+    print(f"smtp-source -d         {kept_rate:,.0f} msg/s over {connections} connection(s) kept open, as ours are "
+          f"({before[1]:,.0f} before, {after[1]:,.0f} after)")
+    print(f"ours / smtp-source     {rate / source_rate:.2f} ({rate / kept_rate:.2f} of smtp-source -d)")
 
 
 if __name__ == "__main__":

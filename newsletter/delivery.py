@@ -462,6 +462,7 @@ class _Loop:
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
         self.renew_at = clock()  # when the lease on the current batch is extended: half way through it
         self.held: set[int] | None = None  # the batch's rows still held, once the lease ran out (None: all)
+        self._status = select(Issue.status).where(Issue.id == report.issue.id)
 
     def run(self, batch_size: int, progress: Progress | None) -> None:
         issue_id, lease = self.report.issue.id, self.config.delivery.lease_time
@@ -513,8 +514,8 @@ class _Loop:
         if self.stop is not None and self.stop.is_set():
             self.report.stopped = "stopped on request; in-flight messages were recorded"
             return True
-        with session(self.engine) as db:
-            status = db.exec(select(Issue.status).where(Issue.id == self.report.issue.id)).one()
+        with self.engine.connect() as connection:  # once per window: a plain connection costs half a Session
+            status = connection.execute(self._status).scalar_one()
         if status not in SENDABLE:
             self.report.stopped = f"the issue was {status.value} by another command"
             return True

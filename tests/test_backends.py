@@ -6,6 +6,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -268,6 +269,45 @@ def test_smtp_pipelining_sends_the_next_envelope_with_the_message_before(
     assert server.handler.connections_per_message() == [1, 1, 1]
 
 
+def test_smtp_under_a_rate_limit_sends_no_envelope_early(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    """The limiter's wait must not fall between a message's DATA and its content."""
+    server = start_server()
+    with smtp_backend(tmp_path, server, rate_limit=1000) as backend:
+        results = backend.send([outgoing(n) for n in (1, 2, 3)])
+
+    assert [r.status for r in results] == [SendStatus.SENT] * 3
+    assert server.handler.next_envelope_along == [False] * 3
+
+
+def test_smtp_a_next_message_that_cannot_be_prepared_does_not_stop_the_one_before(
+    tmp_path: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    """Preparing the next message (here its DKIM signature) fails after this one's DATA got its 354:
+    this one is still delivered, the error comes up at the next one, and the connection it left in an
+    unknown state is not used again."""
+    server = start_server()
+    with smtp_backend(tmp_path, server, timeout=30) as backend:
+        sign = backend.sign
+
+        def failing_sign(data: bytes) -> bytes:
+            if b"reader2@" in data:
+                raise RuntimeError("the DKIM key cannot sign")
+            return sign(data)
+
+        backend.sign = failing_sign  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="cannot sign"):
+            backend.send([outgoing(1), outgoing(2)])
+        started = time.monotonic()
+        later = backend.send([outgoing(3)])
+        took = time.monotonic() - started
+
+    assert later[0].status is SendStatus.SENT
+    assert [m.recipients for m in server.messages] == [["reader1@example.net"], ["reader3@example.net"]]
+    assert took < 10  # not a wait for the 30 s timeout on a connection stuck in DATA
+
+
 def test_smtp_message_refused_at_the_final_dot_fails_alone_and_the_next_one_goes_on(
     tmp_path: Path, start_server: Callable[..., RunningServer]
 ) -> None:
@@ -409,10 +449,10 @@ def test_smtp_server_lost_mid_batch_leaves_the_rest_for_retry(
         lane = backend._lanes[0]
         original = lane._transaction
 
-        def stop_after_first(message: OutgoingMessage, following: OutgoingMessage | None) -> SendResult:
+        def stop_after_first(message: OutgoingMessage, take_following: Any) -> SendResult:
             if message.delivery_id == 3:
                 server.stop()
-            return original(message, following)
+            return original(message, take_following)
 
         lane._transaction = stop_after_first  # type: ignore[method-assign]
         results = backend.send([outgoing(2), outgoing(3), outgoing(4)])
@@ -693,6 +733,23 @@ def test_smtp_sends_over_parallel_connections(tmp_path: Path) -> None:
     assert handler.peak == 3 and handler.all_in.is_set()
     assert len(set(handler.connections_per_message())) == 3
     assert sorted(m.recipients[0] for m in handler.messages) == sorted(f"reader{n}@example.net" for n in range(1, 7))
+
+
+def test_smtp_a_batch_no_larger_than_the_connections_uses_every_connection(tmp_path: Path) -> None:
+    """A connection takes its next message only when it can send that message's envelope early: without
+    PIPELINING, never, so four messages go over four connections at once, not two by two."""
+    handler = ConcurrentHandler(expected=4)
+    controller = Controller(handler, hostname="127.0.0.1", port=unused_port())
+    controller.start()
+    try:
+        server = SmtpServer("127.0.0.1", controller.port, handler)
+        with smtp_backend(tmp_path, server, connections=4) as backend:
+            results = backend.send([outgoing(n) for n in range(1, 5)])
+    finally:
+        controller.stop()
+    assert [r.status for r in results] == [SendStatus.SENT] * 4
+    assert handler.peak == 4
+    assert len(set(handler.connections_per_message())) == 4
 
 
 def test_rate_limiter_spaces_messages_evenly_across_threads() -> None:

@@ -191,9 +191,17 @@ class SmtpBackend(Backend):
         def work(lane: _Lane) -> None:
             index = take()
             while index is not None:
-                following = take()  # taken now so that its envelope can go out with this message
+                following: int | None = None
+
+                def take_following() -> OutgoingMessage | None:
+                    """The message this lane sends next, taken when its envelope can go out early."""
+                    nonlocal following
+                    if following is None:
+                        following = take()
+                    return None if following is None else batch[following]
+
                 try:
-                    results[index] = lane.send_one(batch[index], None if following is None else batch[following])
+                    results[index] = lane.send_one(batch[index], take_following)
                 except DeliveryError as exc:
                     results[index] = SendResult(batch[index].delivery_id, SendStatus.RETRY, str(exc))
                     failures[index] = exc
@@ -201,7 +209,7 @@ class SmtpBackend(Backend):
                         with lock:
                             waiting.appendleft(following)  # for the other lanes
                     return  # this lane is down; the others go on
-                index = following
+                index = following if following is not None else take()
 
         lanes = self._lanes[: max(1, min(len(self._lanes), len(batch)))]
         if self._pool is None or len(lanes) == 1:
@@ -307,26 +315,37 @@ class _Lane:
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send_one(self, message: OutgoingMessage, following: OutgoingMessage | None = None) -> SendResult:
+    def send_one(self, message: OutgoingMessage,
+                 take_following: Callable[[], OutgoingMessage | None] = lambda: None) -> SendResult:
         """Send one message, reconnecting once if the connection was lost; DeliveryError if that fails.
 
-        ``following``, the message this lane sends next, may have its envelope sent along with this
-        message's content (see :meth:`_content`); the next call must then be for it.
+        ``take_following`` gives the message this lane is to send next (the same one on every call), taken
+        only when its envelope can go out with this message's content (see :meth:`_content`); the next
+        call must then be for that message.
         """
         try:
-            return self._transaction(message, following)
+            return self._attempt(message, take_following)
         except OSError as exc:  # SMTPServerDisconnected, resets, timeouts; refusals are results already
             log.warning("lost the connection to %s (%s); reconnecting", self.address, exc)
             self._drop()
         try:
-            return self._transaction(message, following)
+            return self._attempt(message, take_following)
         except OSError as exc:
             self._drop()
             raise DeliveryError(
                 f"lost the connection to {self.address} again right after reconnecting ({exc})"
             ) from None
 
-    def _transaction(self, message: OutgoingMessage, following: OutgoingMessage | None) -> SendResult:
+    def _attempt(self, message: OutgoingMessage, take_following: Callable[[], OutgoingMessage | None]) -> SendResult:
+        try:
+            return self._transaction(message, take_following)
+        except Exception as exc:
+            if not isinstance(exc, OSError):  # a bug or a failed DKIM signature, in mid-transaction:
+                self._drop()  # the connection's state is unknown, so it is not used again
+            raise
+
+    def _transaction(self, message: OutgoingMessage, take_following: Callable[[], OutgoingMessage | None]
+                     ) -> SendResult:
         """MAIL, RCPT and DATA for one message. Refusals become results; a lost connection raises OSError."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead.message is message:  # its envelope went out with the last message
@@ -345,7 +364,7 @@ class _Lane:
         for (code, reply), accepted, sender in zip(replies, _ENVELOPE_ACCEPTED, (True, False, False), strict=False):
             if code not in accepted:
                 return self._refused(smtp, message, code, reply, sender=sender)
-        return self._content(smtp, envelope, following)
+        return self._content(smtp, envelope, take_following)
 
     def _prepare(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> _Envelope | SendResult:
         """The message's content and envelope commands for this connection, counted against the rate limit
@@ -401,18 +420,25 @@ class _Lane:
             smtp.getreply()
         return replies
 
-    def _content(self, smtp: smtplib.SMTP, envelope: _Envelope, following: OutgoingMessage | None) -> SendResult:
+    def _content(self, smtp: smtplib.SMTP, envelope: _Envelope,
+                 take_following: Callable[[], OutgoingMessage | None]) -> SendResult:
         """Send the message after the server's 354; its result from the reply to the final dot.
 
-        With PIPELINING, the envelope of ``following`` goes out in the same write (RFC 2920 lets the
-        message content start a group of commands), so each message costs one round trip instead of two;
-        the next :meth:`_transaction` reads its replies. Not when this connection has carried its share.
+        With PIPELINING, the envelope of the lane's next message goes out in the same write (RFC 2920 lets
+        the message content start a group of commands), so each message costs one round trip instead of
+        two; the next :meth:`_transaction` reads its replies. Not when this connection has carried its
+        share, and not under a rate limit (its wait would fall between DATA and the content).
         """
         message = envelope.message
         ahead: _Envelope | SendResult | None = None
-        if following is not None and smtp.has_extn("pipelining") and \
+        if smtp.has_extn("pipelining") and not self.backend.limiter.interval and \
                 self._messages_on_connection < self.options.max_messages_per_connection:
-            ahead = self._prepare(smtp, following)
+            following = take_following()
+            if following is not None:
+                try:
+                    ahead = self._prepare(smtp, following)
+                except Exception:  # e.g. its DKIM signature: raised again in its own transaction, not here
+                    ahead = None  # in the middle of this one's DATA
         if isinstance(ahead, _Envelope):
             smtp.send(envelope.content + b".\r\n" + b"".join(ahead.commands))
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import os
 import socket
 import uuid
@@ -26,6 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 from newsletter.config import Config, config_from_mapping
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
+from newsletter.logs import HANDLER_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
@@ -53,6 +55,19 @@ def _database_per_test(_postgres_admin: Engine | None, monkeypatch: pytest.Monke
         connection.execute(text(f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in TEST_DATABASE_URL else "?"
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"{TEST_DATABASE_URL}{separator}options=-csearch_path%3D{schema}")
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_left_behind() -> Iterator[None]:
+    """A command run in a test points newsletter's stderr handler at that run's captured stream, which is
+    closed afterwards; a server thread still logging later (aiosmtpd's "EOF received") then printed
+    "--- Logging error ---" tracebacks into the test output."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def make_config(base_dir: Path, **overrides: Any) -> Config:

@@ -337,11 +337,14 @@ class _Lane:
             ) from None
 
     def _attempt(self, message: OutgoingMessage, take_following: Callable[[], OutgoingMessage | None]) -> SendResult:
+        """One try at the transaction. Any error but a lost connection (a failed DKIM signature, a bug)
+        may come in mid-transaction, so that connection is not used again."""
         try:
             return self._transaction(message, take_following)
-        except Exception as exc:
-            if not isinstance(exc, OSError):  # a bug or a failed DKIM signature, in mid-transaction:
-                self._drop()  # the connection's state is unknown, so it is not used again
+        except OSError:
+            raise
+        except Exception:
+            self._drop()
             raise
 
     def _transaction(self, message: OutgoingMessage, take_following: Callable[[], OutgoingMessage | None]

@@ -440,8 +440,8 @@ class _Lane:
             if following is not None:
                 try:
                     ahead = self._prepare(smtp, following)
-                except Exception:  # e.g. its DKIM signature: raised again in its own transaction, not here
-                    ahead = None  # in the middle of this one's DATA
+                except Exception:  # noqa: BLE001  (e.g. its DKIM signature)
+                    ahead = None  # the error comes up again in its own transaction, not in this one's DATA
         if isinstance(ahead, _Envelope):
             smtp.send(envelope.content + b".\r\n" + b"".join(ahead.commands))
         else:

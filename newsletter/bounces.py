@@ -330,8 +330,8 @@ _MAILDIR_FOLDERS = ("cur", "new", "tmp")
 
 
 def _open_maildir(where: str, path: Path) -> mailbox.Maildir | None:
-    """The Maildir at ``path``; None when it is a folder without cur/, new/ and tmp/ yet (nothing has been
-    delivered to it: a normal state before the first bounce). Missing ones of the three are created when
+    """The Maildir at ``path``; None when it is an empty folder (nothing has been delivered to it yet: a
+    normal state before the first bounce). Missing ones of the three are created when
     some exist. Raises BounceError when ``path`` is not a folder or cannot be used."""
     if not path.is_dir():
         raise BounceError(f"{where} is a file, not a Maildir folder; set the path to the Maildir folder bounces are "
@@ -342,6 +342,10 @@ def _open_maildir(where: str, path: Path) -> mailbox.Maildir | None:
             raise BounceError(f"{where}: {path / name} is a file, not a folder; a Maildir holds the folders "
                               f"cur, new and tmp")
     if not present:
+        others = sorted(entry.name for entry in path.iterdir())
+        if others:  # e.g. a home folder with the Maildir inside: bounces would never be read
+            raise BounceError(f"{where} is not a Maildir (no cur/, new/ or tmp/, but {', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}); set the path to the Maildir folder itself")
         log.info("bounce mailbox %s has no messages yet (no cur/, new/, tmp/)", path)
         return None
     try:

@@ -105,6 +105,9 @@ class NewsletterSection(_Section):
                 f"{value!r} must be an absolute http(s) URL without spaces, query or fragment, "
                 f"such as https://example.org (an international domain in its xn-- form)"
             )
+        problem = http_url_problem(value, example="https://example.org")  # a bad port, an invalid host
+        if problem:
+            raise ValueError(f"{value!r} {problem}")
         return value.rstrip("/")
 
     @cached_property  # read for every message sent: parsed once

@@ -21,7 +21,9 @@ def http_url_problem(url: str, *, example: str, public: bool = False) -> str | N
     also requires a host name with a dot, as links in an email must have (``localhost`` opens nothing on a
     reader's machine). The message starts with a verb so it reads after the URL: ``'…' has … ; …``.
     """
-    if not url or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+    if not url:
+        return f"is empty; write an absolute http(s) URL such as {example}"
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         return "contains spaces or control characters; percent-encode them (a space is %20)"
     if any(ch in '<>"' for ch in url):
         return 'contains quotes or angle brackets; percent-encode them (" is %22, < is %3C, > is %3E)'

@@ -718,16 +718,24 @@ class ConcurrentHandler(SessionHandler):
         return await super().handle_DATA(server, session, envelope)
 
 
-def test_smtp_sends_over_parallel_connections(tmp_path: Path) -> None:
-    handler = ConcurrentHandler(expected=3)
+def send_over_parallel_connections(
+    tmp_path: Path, connections: int, messages: int
+) -> tuple[ConcurrentHandler, list[SendResult]]:
+    """Send ``messages`` over ``connections`` connections to a server that holds each DATA until that many
+    sessions are in DATA at once."""
+    handler = ConcurrentHandler(expected=connections)
     controller = Controller(handler, hostname="127.0.0.1", port=unused_port())
     controller.start()
     try:
         server = SmtpServer("127.0.0.1", controller.port, handler)
-        with smtp_backend(tmp_path, server, connections=3) as backend:
-            results = backend.send([outgoing(n) for n in range(1, 7)])
+        with smtp_backend(tmp_path, server, connections=connections) as backend:
+            return handler, backend.send([outgoing(n) for n in range(1, messages + 1)])
     finally:
         controller.stop()
+
+
+def test_smtp_sends_over_parallel_connections(tmp_path: Path) -> None:
+    handler, results = send_over_parallel_connections(tmp_path, connections=3, messages=6)
     assert [r.status for r in results] == [SendStatus.SENT] * 6
     assert [r.delivery_id for r in results] == list(range(1, 7))
     assert handler.peak == 3 and handler.all_in.is_set()
@@ -738,15 +746,7 @@ def test_smtp_sends_over_parallel_connections(tmp_path: Path) -> None:
 def test_smtp_a_batch_no_larger_than_the_connections_uses_every_connection(tmp_path: Path) -> None:
     """A connection takes its next message only when it can send that message's envelope early: without
     PIPELINING, never, so four messages go over four connections at once, not two by two."""
-    handler = ConcurrentHandler(expected=4)
-    controller = Controller(handler, hostname="127.0.0.1", port=unused_port())
-    controller.start()
-    try:
-        server = SmtpServer("127.0.0.1", controller.port, handler)
-        with smtp_backend(tmp_path, server, connections=4) as backend:
-            results = backend.send([outgoing(n) for n in range(1, 5)])
-    finally:
-        controller.stop()
+    handler, results = send_over_parallel_connections(tmp_path, connections=4, messages=4)
     assert [r.status for r in results] == [SendStatus.SENT] * 4
     assert handler.peak == 4
     assert len(set(handler.connections_per_message())) == 4

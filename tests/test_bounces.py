@@ -314,6 +314,16 @@ def test_a_maildir_folder_without_cur_new_tmp_is_an_empty_mailbox_not_an_error(t
     assert (report.messages, report.left) == (0, 0)
 
 
+def test_a_folder_that_holds_other_things_than_a_maildir_is_a_one_line_error(tmp_path, engine, people):
+    (tmp_path / "bounces.maildir" / "Maildir" / "new").mkdir(parents=True)  # the home folder, not the Maildir
+    with pytest.raises(BounceError) as raised:
+        process_bounces(engine, maildir_config(tmp_path))
+    message = str(raised.value)
+    assert "\n" not in message and "bounces.mailbox.path" in message
+    assert "is not a Maildir (no cur/, new/ or tmp/, but Maildir)" in message
+    assert "set the path to the Maildir folder itself" in message
+
+
 def test_a_maildir_missing_one_of_cur_new_tmp_gets_it_and_is_read(tmp_path, engine, people):
     path = tmp_path / "bounces.maildir"
     mailbox.Maildir(path, create=True).add(dsn("gone@example.net"))

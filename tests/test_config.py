@@ -89,6 +89,8 @@ def test_bad_addresses_and_urls_are_refused(tmp_path):
     for bad in ("news.example.org", "https://news.example.org/my news", "https://", "ftp://example.org"):
         with pytest.raises(ConfigError, match=f"newsletter.site_url: '{bad}' must be an absolute http"):
             load_config(write(tmp_path, VALID.replace("https://news.example.org/", f"'{bad}'")))
+    with pytest.raises(ConfigError, match="newsletter.site_url: 'https://news.example.org:abc' has 'abc' as its port"):
+        load_config(write(tmp_path, VALID.replace("https://news.example.org/", "https://news.example.org:abc")))
     assert load_config(write(tmp_path, VALID.replace(".org/", ".org/letters/"))).newsletter.site_url == (
         "https://news.example.org/letters"
     )

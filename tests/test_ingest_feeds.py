@@ -226,6 +226,7 @@ def test_no_bytes_crash_the_feed_reader_with_anything_but_ingest_error(tmp_path_
         ("https://localhost:abc/x", "has 'abc' as its port, which must be a number"),
         ("http://example.org:70000/feed", "has the port 70000, which does not exist"),
         ("http://[::1/feed", "has an unclosed '['"),
+        ("", "is empty; write an absolute http(s) URL such as https://example.org/feed.xml"),
     ],
 )
 def test_an_invalid_feed_url_is_a_failed_fetch_saying_what_is_wrong(engine, url, problem) -> None:

@@ -203,7 +203,7 @@ def fetch_feed(
             result = FeedResult(url, "ok", report, skipped)
             for message in skipped:
                 log.warning("skipped %s", message)
-    except (httpx.HTTPError, httpx.InvalidURL, IngestError) as exc:  # InvalidURL is not an HTTPError
+    except (httpx.HTTPError, IngestError) as exc:  # the URL was checked above (http_url_problem)
         message = str(exc) if isinstance(exc, IngestError) else f"{url}: {_describe(exc)}"
         log.error("feed failed, will retry at the next poll: %s", message)
         result = FeedResult(url, "error", error=message.removeprefix(f"{url}: "))
@@ -233,11 +233,9 @@ def _get(client: httpx.Client, url: str, headers: dict[str, str], limit: int) ->
         return response, b"".join(chunks)
 
 
-def _describe(exc: httpx.HTTPError | httpx.InvalidURL) -> str:
+def _describe(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out (ingest.fetch_timeout_seconds)"
-    if isinstance(exc, httpx.InvalidURL):
-        return f"is not a valid URL ({' '.join(str(exc).split())}); check the host and the port"
     return f"cannot be fetched ({' '.join(str(exc).split()) or type(exc).__name__})"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -116,39 +117,32 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used so far (from /proc); 0 once it has exited."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
 def send(config_path: Path, workers: int, profile: str | None) -> tuple[float, int, float]:
     """Wall time of ``workers`` worker processes sending everything, the largest peak RSS (bytes), and the
     CPU time they used together (seconds).
 
     The peak is read from /proc while the workers run, not from wait4: on Linux a child's ru_maxrss starts
-    from the parent's size at fork (this process, holding the list it just created), not from zero.
+    from the parent's size at fork (this process, holding the list it just created), not from zero. The CPU
+    time is what the children waited for meanwhile used (getrusage), which is exact.
     """
     spy = ["py-spy", "record", "-r", "100", "--format", "raw", "-o", profile, "--"] if profile else []
     command = [*spy, sys.executable, "-m", "newsletter", "worker", "--until-done", "--force", "--poll", "0.5",
                "-c", str(config_path)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     processes = [subprocess.Popen(command, cwd=config_path.parent, stdout=subprocess.DEVNULL) for _ in range(workers)]
-    peaks = dict.fromkeys(range(workers), 0)
-    cpu = dict.fromkeys(range(workers), 0.0)
+    peaks = [0] * workers
     while any(process.poll() is None for process in processes):
         for n, process in enumerate(processes):
             peaks[n] = max(peaks[n], peak_rss(process.pid))
-            cpu[n] = max(cpu[n], cpu_seconds(process.pid))
         time.sleep(0.05)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     failed = [process.returncode for process in processes if process.returncode]
     if failed:
         raise SystemExit(f"a worker failed with exit code {failed[0]}")
-    return elapsed, max(peaks.values()), sum(cpu.values())
+    return elapsed, max(peaks), cpu
 
 
 def reference(port: int, size: int, count: int, connections: int, *, keep: bool) -> float:

@@ -654,7 +654,7 @@ def run(config: ConfigOption = None) -> None:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
-        logging.getLogger(__name__).info("received %s, stopping after the batch in flight", signal.Signals(signum).name)
+        logging.getLogger(__name__).info("received %s, stopping after the window in flight", signal.Signals(signum).name)
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

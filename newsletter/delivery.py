@@ -90,10 +90,8 @@ class SendReport:
     stopped: str = ""  # why the run stopped early ("" when it ran out of due deliveries)
 
     def count(self, status: DeliveryStatus) -> None:
-        """Count one recorded result (sent, retry or failed)."""
-        if status is DeliveryStatus.SENT:
-            self.sent += 1
-        elif status is DeliveryStatus.RETRY:
+        """Count one recorded result that was not sent (retry or failed); sent ones are counted in bulk."""
+        if status is DeliveryStatus.RETRY:
             self.retry += 1
         else:
             self.failed += 1
@@ -460,7 +458,7 @@ class _Loop:
         self.report, self.clock, self.stop = report, clock, stop
         self.owner = _new_owner()
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
-        self.renew_at = clock()  # when the lease on the current batch is extended: half way through it
+        self.expires_at = clock()  # when the lease on the current batch runs out (set by each claim)
         self.held: set[int] | None = None  # the batch's rows still held, once the lease ran out (None: all)
         self._status = select(Issue.status).where(Issue.id == report.issue.id)
 
@@ -483,7 +481,7 @@ class _Loop:
         with ThreadPoolExecutor(1, thread_name_prefix="newsletter-send") as sender:
             while not self._should_stop() and (claimed := _claim(self.engine, issue_id, self.owner, batch_size,
                                                                   self.clock(), lease)):
-                self.renew_at, self.held = self.clock() + lease / 2, None
+                self.expires_at, self.held = self.clock() + lease, None
                 try:
                     for start in range(0, len(claimed), size):
                         # composed while the backend sends the previous window, to keep its connections busy
@@ -522,18 +520,20 @@ class _Loop:
         return False
 
     def _keep_lease(self) -> None:
-        """Once half the lease is used up, extend it on the rows of the batch this sender still holds, so a
-        batch that takes longer than ``delivery.lease`` (a slow server, a rate limit) is not taken over,
-        and sent a second time, by another sender while this one is still working through it.
+        """Once a tenth of the lease is used up, extend it on the rows of the batch this sender still holds
+        (between windows, so at most one UPDATE per tenth of the lease), so a batch that takes longer than
+        ``delivery.lease`` (a slow server, a rate limit) is not taken over, and sent a second time, by
+        another sender while this one is still working through it; only a window longer than nine tenths
+        of the lease can outlast it.
 
-        If the lease had already run out (one window took longer than the lease), another sender may have
-        taken over rows of the batch meanwhile: ``self.held`` then says which rows are still this sender's.
+        If the lease had already run out, another sender may have taken over rows of the batch meanwhile:
+        ``self.held`` then says which rows are still this sender's.
         """
         now = self.clock()
-        if now < self.renew_at:
-            return
         lease = self.config.delivery.lease_time
-        ran_out = now >= self.renew_at + lease / 2
+        if now < self.expires_at - lease * 0.9:
+            return
+        ran_out = now >= self.expires_at
         with session(self.engine) as db:
             held = set(db.execute(
                 update(Delivery)
@@ -546,7 +546,7 @@ class _Loop:
             db.commit()
         if ran_out:
             self.held = held
-        self.renew_at = now + lease / 2
+        self.expires_at = now + lease
 
     def _only_held(self, window: _Window, held: set[int]) -> _Window:
         """``window`` without the messages of rows another sender took over: they are its to send now (what

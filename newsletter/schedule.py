@@ -401,7 +401,7 @@ def run_scheduler(
     """Run the jobs until ``stop`` is set, firing them only while this process holds the lease.
 
     On taking the lease the digest job runs at once (catch-up; it does nothing when the period is done).
-    When ``stop`` is set, a send stops after its batch in flight, the running job finishes, and the lease
+    When ``stop`` is set, a send stops after its window in flight, the running job finishes, and the lease
     is released.
     """
     owner = owner or lease_owner_name()

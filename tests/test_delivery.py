@@ -450,6 +450,29 @@ def test_a_batch_that_outlasts_the_lease_keeps_it_so_no_other_sender_takes_its_r
     assert others == [0, 0, 0, 0]  # 24 minutes of sending, and the other sender never got a row
 
 
+def test_windows_shorter_than_the_lease_keep_it_wherever_they_start(config, engine):
+    """Two windows of 4 min 54 s and 5 min 12 s against a 10-minute lease: the first ends just before
+    half the lease, so a sender that renewed only from half way on let the lease run out in the second."""
+    config = config.model_copy(update={"delivery": config.delivery.model_copy(update={"in_flight_factor": 1})})
+    prepared(config, engine, "p0@example.org", "p1@example.org", "p2@example.org")
+    clock = [NOW]
+    steps = iter([timedelta(minutes=4, seconds=54), timedelta(minutes=5, seconds=12), timedelta(seconds=1)])
+    taken: list[int] = []
+
+    class Slow(FileBackend):
+        max_in_flight = 1
+
+        def send(self, batch):
+            clock[0] += next(steps)
+            if clock[0] > NOW + LEASE and not taken:
+                taken.extend(r.delivery_id for r in _claim(engine, 1, "other-host:1:x", 3, clock[0], LEASE))
+            return super().send(batch)
+
+    report = send_issue(engine, config, Slow(FileOptions(), config=config), 1, batch_size=3, clock=lambda: clock[0])
+    assert report.sent == 3
+    assert taken == []  # another sender found nothing to take over
+
+
 def test_a_message_the_backend_returned_no_result_for_is_retried_later_not_resent_at_once(config, engine):
     prepared(config, engine, "a@example.org", "b@example.org")
     calls = []

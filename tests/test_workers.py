@@ -21,7 +21,6 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import insert
 from sqlmodel import col, func, select
 
-from newsletter.config import DeliverySection
 from newsletter.db import open_database, session
 from newsletter.digest import prepare_issue
 from newsletter.models import (
@@ -34,11 +33,9 @@ from newsletter.models import (
 )
 from tests.conftest import ON_POSTGRES, ROOT, _free_port, write_smtp_config
 from tests.helpers import add_summaries
-from tests.test_crash import CountingHandler
+from tests.test_crash import CONNECTIONS, IN_FLIGHT, CountingHandler, ledger
 
 pytestmark = pytest.mark.slow
-CONNECTIONS = 2
-IN_FLIGHT = CONNECTIONS * DeliverySection().in_flight_factor  # one window, with the default factor
 OTHER_HOST = "other-machine"
 # 20,000 deliveries take two minutes on SQLite here (the in-process aiosmtpd server is the bottleneck):
 # the full size runs on the PostgreSQL pass, the SQLite pass runs the same test on 2,000.
@@ -93,11 +90,6 @@ def finish(processes: list[subprocess.Popen[bytes]]) -> list[str]:
         assert process.returncode == 0, err.decode()
         outputs.append(out.decode())
     return outputs
-
-
-def ledger(engine) -> Counter[DeliveryStatus]:
-    with session(engine) as db:
-        return Counter(db.exec(select(Delivery.status)).all())
 
 
 def test_four_workers_send_20000_deliveries_each_exactly_once(world):

@@ -160,6 +160,12 @@ class Item:
     paywalled: bool = False  # the source needs a subscription to read in full
     ref: int | None = None
 
+    @property
+    def meta(self) -> list[str]:
+        """The item's source line, in order and without the missing parts: type, source, date, "Paywalled"."""
+        parts = (self.article_type, self.source, self.published_label, "Paywalled" if self.paywalled else None)
+        return [part for part in parts if part]
+
 
 @dataclass(frozen=True)
 class Section:

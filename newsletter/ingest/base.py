@@ -222,9 +222,13 @@ def allowed_fields() -> str:
 
 
 def validate_item(
-    data: Any, *, where: str, lines: Mapping[str, int] | None = None, item: str = ""
+    data: Any, *, where: str, lines: Mapping[str, int] | None = None, item: str = "",
+    summary_length: int | None = None,
 ) -> SummaryIn:
     """``data`` as a :class:`SummaryIn`; raises IngestError ``{where}[:{line}]: [{item}: ]{problem}``.
+
+    With ``summary_length``, an item that has a body but no summary gets one (:func:`fill_missing_summary`):
+    what structured input (JSON, the API) needs; readers that find the summary themselves leave it out.
 
     ``where`` names the file (``path``, or ``path:line`` when the reader knows the item's line).
     ``lines``, if given, maps input keys to their line in the file, and ``""`` to the item's first line:
@@ -232,6 +236,8 @@ def validate_item(
     else at none. ``item`` says which item of the file, e.g. ``item at index 3``. The problem names the
     field and what to write instead.
     """
+    if summary_length is not None:
+        data = fill_missing_summary(data, summary_length)
     if not isinstance(data, dict):
         key, problem = None, f"expected an object of fields (title, summary, ...), got {type(data).__name__}"
     else:

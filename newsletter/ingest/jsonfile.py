@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.errors import IngestError
-from newsletter.ingest.base import Reader, SummaryIn, fill_missing_summary, read_text, validate_item
+from newsletter.ingest.base import Reader, SummaryIn, read_text, validate_item
 
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
@@ -34,12 +34,11 @@ class JsonReader(Reader):
             ) from None
         positions, length = _Positions(text), self.settings.summary_length
         if isinstance(data, dict):
-            data = fill_missing_summary(data, length)
-            return [validate_item(data, where=where, lines=positions.key_lines(_skip(text, 0)))]
+            return [validate_item(data, where=where, lines=positions.key_lines(_skip(text, 0)), summary_length=length)]
         if isinstance(data, list):
             return [
-                validate_item(fill_missing_summary(entry, length), where=where, lines=positions.key_lines(start),
-                              item=f"item at index {i}")
+                validate_item(entry, where=where, lines=positions.key_lines(start), item=f"item at index {i}",
+                              summary_length=length)
                 for i, (entry, start) in enumerate(zip(data, positions.item_starts(), strict=True))
             ]
         raise IngestError(f"{path}: expected an object or an array of objects, got {type(data).__name__}")
@@ -63,8 +62,7 @@ class JsonLinesReader(Reader):
                     f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
                     f"each line must hold one complete object"
                 ) from None
-            filled = fill_missing_summary(data, self.settings.summary_length)
-            items.append(validate_item(filled, where=f"{path}:{number}"))
+            items.append(validate_item(data, where=f"{path}:{number}", summary_length=self.settings.summary_length))
         return items
 
 

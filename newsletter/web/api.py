@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from newsletter.config import Config
 from newsletter.errors import IngestError
 from newsletter.ingest import SummaryIn, ingest_items, validate_item
-from newsletter.ingest.base import fill_missing_summary, render_markdown_fields
+from newsletter.ingest.base import render_markdown_fields
 
 router = APIRouter()
 FORMATS = ("text", "markdown", "html")
@@ -56,7 +56,8 @@ async def post_summaries(request: Request) -> JSONResponse:
     problems: list[dict[str, Any]] = []
     for index, entry in enumerate(entries):
         try:
-            items.append(validate_item(_prepared(entry, config.ingest.summary_length), where=f"item {index}"))
+            items.append(validate_item(_prepared(entry), where=f"item {index}",
+                                       summary_length=config.ingest.summary_length))
         except IngestError as exc:
             problems.append({"index": index, "error": str(exc).removeprefix(f"item {index}: ")})
     if not entries or problems:
@@ -80,8 +81,8 @@ def _too_large(limit: int) -> JSONResponse:
                         status_code=413)
 
 
-def _prepared(entry: Any, summary_length: int) -> Any:
-    """``entry`` with ``format`` applied and removed, and an extractive summary when only a body is given."""
+def _prepared(entry: Any) -> Any:
+    """``entry`` with ``format`` applied and removed."""
     if not isinstance(entry, dict):
         return entry
     entry = dict(entry)
@@ -90,4 +91,4 @@ def _prepared(entry: Any, summary_length: int) -> Any:
         raise IngestError(f"field 'format': {form!r} is not one of {', '.join(FORMATS)}")
     if form == "markdown":
         entry = render_markdown_fields(entry)
-    return fill_missing_summary(entry, summary_length)  # cut from the cleaned text, as every reader does
+    return entry

@@ -492,7 +492,7 @@ class _Loop:
                                 break
                             self._keep_lease()
                         if self.held is not None:
-                            window = self._only_held(window, self.held)
+                            self._leave_taken_over(window, self.held)
                         out = (window, sender.submit(self._send, window))
                     if out is not None:
                         record_out()
@@ -548,15 +548,14 @@ class _Loop:
             self.held = held
         self.expires_at = now + lease
 
-    def _only_held(self, window: _Window, held: set[int]) -> _Window:
-        """``window`` without the messages of rows another sender took over: they are its to send now (what
-        is recorded for them is ignored anyway, since :func:`_record` writes only to rows still held)."""
+    def _leave_taken_over(self, window: _Window, held: set[int]) -> None:
+        """Drop from ``window`` the messages of rows another sender took over: they are its to send now
+        (what is recorded for them is ignored anyway, since :func:`_record` writes only to rows still held)."""
         messages = [m for m in window.messages if m.delivery_id in held]
         if len(messages) < len(window.messages):
             log.warning("issue #%d: %d deliveries were taken over by another sender while this one's lease had "
                         "run out; leaving them to it", self.report.issue.number, len(window.messages) - len(messages))
             window.messages = messages
-        return window
 
     def _compose(self, claimed: Sequence[Recipient]) -> _Window:
         window = _Window(claimed)

@@ -35,6 +35,16 @@ ON_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
 sqlite_only = pytest.mark.skipif(ON_POSTGRES, reason="SQLite-specific (file, pragmas or locking)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Browser assertions wait for their condition up to 30 s, not Playwright's 5 s: on a busy machine a page
+    can take longer than that to load, and waiting longer costs nothing when it is quick."""
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        return
+    expect.set_options(timeout=30_000)
+
+
 @pytest.fixture(scope="session")
 def _postgres_admin() -> Iterator[Engine | None]:
     if not ON_POSTGRES:

@@ -62,12 +62,12 @@ def test_subscribe_confirm_choose_topics_and_unsubscribe_in_a_browser(server):
             page.get_by_role("button", name="Subscribe").click()
             sync_api.expect(page.get_by_role("heading")).to_have_text("Check your inbox")
 
-            [confirmation] = outbox.messages(mail_folder)
+            [confirmation] = outbox.wait_for_messages(mail_folder, 1)
             page.goto(outbox.link(confirmation, "confirm"))
             page.get_by_role("button", name="Confirm my subscription").click()
             sync_api.expect(page.get_by_role("heading")).to_have_text("Your preferences")
             sync_api.expect(page.get_by_role("status")).to_contain_text("Your subscription is confirmed")
-            assert outbox.messages(mail_folder)[-1]["Subject"] == "Welcome to Research Weekly"
+            assert outbox.wait_for_messages(mail_folder, 2)[-1]["Subject"] == "Welcome to Research Weekly"
 
             page.get_by_label("Climate").check()
             page.get_by_label("Name").fill("Ada Lovelace")

@@ -33,7 +33,7 @@ from newsletter.models import (
 )
 from tests.conftest import ON_POSTGRES, ROOT, _free_port, write_smtp_config
 from tests.helpers import add_summaries
-from tests.test_crash import CONNECTIONS, IN_FLIGHT, CountingHandler, ledger
+from tests.test_crash import CONNECTIONS, IN_FLIGHT, CountingHandler, claim_holders, ledger
 
 pytestmark = pytest.mark.slow
 OTHER_HOST = "other-machine"
@@ -94,7 +94,9 @@ def finish(processes: list[subprocess.Popen[bytes]]) -> list[str]:
 
 def test_four_workers_send_20000_deliveries_each_exactly_once(world):
     base, handler, engine = world(DELIVERIES, "10m", 250 if ON_POSTGRES else 50)
+    handler.hold_until = lambda: claim_holders(engine) == 4  # all four hold a batch before any is sent
     outputs = finish([worker(base) for _ in range(4)])
+    assert not handler.barrier_timed_out, "not every worker claimed a batch"
 
     assert handler.received == Counter(dict.fromkeys(_people(DELIVERIES), 1))
     assert ledger(engine) == Counter({DeliveryStatus.SENT: DELIVERIES})

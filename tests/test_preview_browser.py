@@ -16,11 +16,12 @@ import uvicorn
 
 from newsletter.web.preview import create_preview_app
 from tests.preview_support import Project, make_project
+from tests.tools import missing
 
 CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+    missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)", module=True)
 
 TITLES = [f"Paper number {n}" for n in range(3)]
 

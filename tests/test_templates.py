@@ -7,7 +7,6 @@ rendered with the same variables and lenient undefined values, so a template add
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import warnings
 from html.parser import HTMLParser
@@ -27,6 +26,7 @@ from newsletter.render import (
 )
 from tests.conftest import ROOT
 from tests.helpers import make_issue, make_summaries
+from tests.tools import missing, require
 
 TEMPLATES = sorted(path.name for path in (ROOT / "templates").glob("*.mjml.j2"))
 VALIDATOR = ROOT / "tools" / "mjml" / "node_modules" / ".bin" / "mjml"
@@ -66,30 +66,40 @@ def test_every_template_compiles_with_mjml_python_without_warnings(config: Confi
     assert "<mj-" not in html and html.lstrip().lower().startswith("<!doctype html>")
 
 
-def test_every_template_passes_the_official_mjml_validator_in_strict_mode(config: Config, tmp_path: Path) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed, so the official MJML validator (npm package mjml) cannot run")
-    assert VALIDATOR.exists(), "the MJML validator is missing: run `npm ci --prefix tools/mjml` (.ci/run does)"
+@pytest.fixture(scope="session")
+def validator() -> Path:
+    """The official MJML validator (npm package mjml, pinned in tools/mjml), installed on first use."""
+    require("node", "node is not installed, so the official MJML validator cannot run (apt-get install nodejs npm)")
+    if not VALIDATOR.exists():
+        npm = require("npm", "npm is not installed, so the official MJML validator cannot be installed (apt-get install npm)")
+        result = subprocess.run([npm, "ci", "--prefix", str(VALIDATOR.parents[2]), "--no-audit", "--no-fund"],
+                                capture_output=True, text=True, timeout=600)
+        if result.returncode or not VALIDATOR.exists():
+            missing(f"`npm ci --prefix tools/mjml` failed: {(result.stderr or result.stdout).strip()[-300:]}")
+    return VALIDATOR
+
+
+def test_every_template_passes_the_official_mjml_validator_in_strict_mode(
+    config: Config, tmp_path: Path, validator: Path
+) -> None:
     files = []
     for name in TEMPLATES:
         path = tmp_path / name.replace(".j2", "")
         path.write_text(rendered_mjml(config, name), encoding="utf-8")
         files.append(str(path))
     result = subprocess.run(
-        [str(VALIDATOR), "--config.validationLevel", "strict", "--validate", *files],
+        [str(validator), "--config.validationLevel", "strict", "--validate", *files],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_strict_validator_rejects_an_invalid_attribute(config: Config, tmp_path: Path) -> None:
+def test_strict_validator_rejects_an_invalid_attribute(config: Config, tmp_path: Path, validator: Path) -> None:
     """The validator test above can fail: the same call refuses MJML with an unknown attribute."""
-    if shutil.which("node") is None or not VALIDATOR.exists():
-        pytest.skip("node or the MJML validator is not installed")
     bad = tmp_path / "bad.mjml"
     bad.write_text(rendered_mjml(config, "digest.mjml.j2").replace("<mj-text", '<mj-text colour="red"', 1))
     result = subprocess.run(
-        [str(VALIDATOR), "--config.validationLevel", "strict", "--validate", str(bad)],
+        [str(validator), "--config.validationLevel", "strict", "--validate", str(bad)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0 and "colour" in result.stdout + result.stderr

@@ -20,8 +20,11 @@ from newsletter.web.app import create_app
 from tests import outbox
 from tests.conftest import make_config
 from tests.helpers import add_summaries
+from tests.tools import missing
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); no Playwright browser download
+if not CHROMIUM.exists():
+    missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)", module=True)
 
 
 @pytest.fixture

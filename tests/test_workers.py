@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from newsletter.models import (
 )
 from tests.conftest import ON_POSTGRES, ROOT, _free_port, write_smtp_config
 from tests.helpers import add_summaries
+from tests.tools import missing, require
 from tests.test_crash import CONNECTIONS, IN_FLIGHT, CountingHandler, claim_holders, ledger
 
 pytestmark = pytest.mark.slow
@@ -106,12 +106,12 @@ def test_four_workers_send_20000_deliveries_each_exactly_once(world):
     assert sum(sent_by) == DELIVERIES and all(sent_by), sent_by  # every worker did a share
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to run a worker as another host")
 def test_a_killed_workers_leased_batch_is_finished_by_the_others_after_its_lease_expires(world):
+    require("unshare", "needs unshare(1) (util-linux) to run a worker as another host")
     base, handler, engine = world(2_000, "8s", 40)  # a lease well beyond the time a batch takes
     probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True)
     if probe.returncode:
-        pytest.skip(f"cannot create a UTS namespace here: {probe.stderr.decode().strip()}")
+        missing(f"cannot create a UTS namespace here (needs root): {probe.stderr.decode().strip()}")
     victim = worker(base, host=OTHER_HOST)
     handler.on_message = lambda total: total == 100 and os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=120)

@@ -677,3 +677,17 @@ def test_json_items_with_only_a_body_get_the_same_extractive_summary(tmp_path: P
     [item] = read_file(path, readers_by_extension(), IngestSection())
     assert item.summary == LONG_TEXT.rsplit(" A follow-up", 1)[0]
     assert item.body == LONG_TEXT
+
+
+def test_without_the_html_extra_an_html_page_is_one_rejected_file_saying_what_to_install(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "trafilatura", None)  # as if the extra were not installed
+    (tmp_path / "page.html").write_text("<html><head><title>A study</title></head><body><p>It found.</p></body></html>")
+    (tmp_path / "note.md").write_text("---\ntitle: A note\nurl: https://example.org/note\n---\nWhat it says.\n")
+    report = ingest_paths(engine, [tmp_path])
+    assert report.added == 1
+    [rejected] = report.rejected
+    assert rejected.path == tmp_path / "page.html"
+    assert rejected.message.startswith(f"{tmp_path / 'page.html'}: ") and "\n" not in rejected.message
+    assert "pip install 'newsletter[html]'" in rejected.message

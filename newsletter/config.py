@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
 from functools import cached_property
@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
@@ -40,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from newsletter.cron import parse_cron
 from newsletter.errors import ConfigError
 from newsletter.urls import http_url_problem
 
@@ -179,14 +179,7 @@ class ScheduleSection(_Section):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        try:
-            trigger = CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(
-                f"{value!r} is not a 5-field cron expression such as '0 8 * * mon' ({exc})"
-            ) from None
-        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
-            raise ValueError(f"{value!r} never fires (no such date); use e.g. '0 8 * * mon'")
+        parse_cron(value)  # CronError is a ValueError: pydantic reports it under the key
         return value
 
     @field_validator("quiet_note")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
 from functools import cached_property
@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
@@ -40,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from newsletter.cron import parse_cron
 from newsletter.errors import ConfigError
 from newsletter.urls import http_url_problem
 
@@ -179,14 +179,7 @@ class ScheduleSection(_Section):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        try:
-            trigger = CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(
-                f"{value!r} is not a 5-field cron expression such as '0 8 * * mon' ({exc})"
-            ) from None
-        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
-            raise ValueError(f"{value!r} never fires (no such date); use e.g. '0 8 * * mon'")
+        parse_cron(value)  # CronError is a ValueError: pydantic reports it under the key
         return value
 
     @field_validator("quiet_note")
@@ -253,16 +246,21 @@ class IngestSection(_Section):
                 raise ValueError(f"{url!r} {problem}")
         return value
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = timedelta(days=365)  # beyond this a lease or a retry delay is a typo, and dates would overflow
 
 
 def parse_duration(value: str) -> timedelta:
-    """``"90s"``, ``"5m"``, ``"2h"`` or ``"3d"`` as a timedelta; ValueError otherwise."""
+    """``"90s"``, ``"5m"``, ``"2h"`` or ``"3d"`` (at most a year) as a timedelta; ValueError otherwise."""
     match = _DURATION.match(str(value))
-    if not match or int(match[1]) == 0:
+    digits = match[1].lstrip("0") if match else ""
+    if not digits:
         raise ValueError(f"{value!r} is not a duration such as 30s, 5m, 2h or 1d")
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    # the length first: int() of thousands of digits is itself an error
+    if len(digits) > 9 or int(digits) * _UNITS[match[2]] > MAX_DURATION.total_seconds():  # type: ignore[index]
+        raise ValueError(f"{value!r} is longer than a year (365d), the longest duration allowed")
+    return timedelta(seconds=int(digits) * _UNITS[match[2]])  # type: ignore[index]
 
 
 class DeliverySection(_Section):
@@ -329,7 +327,7 @@ class BouncesSection(_Section):
     verp: bool = False
     return_path: str | None = None  # default: the sender's address (with VERP: bounces@<the sender's domain>)
     soft_limit: int = Field(default=3, ge=1)  # this many soft bounces ...
-    soft_days: int = Field(default=14, ge=1)  # ... within this many days mark a subscriber bounced
+    soft_days: int = Field(default=14, ge=1, le=3650)  # ... within this many days mark a subscriber bounced
     mailbox: MailboxSection | None = None
 
     @field_validator("return_path")
@@ -427,7 +425,12 @@ def load_config(path: str | Path | None = None) -> Config:
             f"{chosen}: config file not found; pass --config PATH or copy config.yaml from the project"
         )
     try:
-        data = yaml.safe_load(chosen.read_text(encoding="utf-8"))
+        data = yaml.load(chosen.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{chosen}:{exc.line}: the key '{exc.key}' is there twice (first on line {exc.first}); "
+            f"keep one, otherwise only the last would count"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{chosen}:{mark.line + 1}" if mark else str(chosen)
@@ -442,6 +445,28 @@ def load_config(path: str | Path | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{chosen}: expected a mapping of settings at the top level, see config.yaml")
     return config_from_mapping(data, base_dir=chosen.resolve().parent, source=str(chosen))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, which YAML loaders take as "the last
+    wins": a setting that silently does not count. Keys brought in by a merge (``<<: *base``) may be
+    overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _value in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                first = seen.setdefault((key_node.tag, key_node.value), line)
+                if first != line:
+                    raise _DuplicateKey(key_node.value, line, first)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _describe(exc: ValidationError, source: str) -> str:

@@ -29,7 +29,6 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +38,7 @@ from newsletter.backends import create_backend
 from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import Config
+from newsletter.cron import cron_trigger, parse_cron
 from newsletter.db import session
 from newsletter.delivery import SENDABLE, SendReport, due_now, send_issue
 from newsletter.digest import (
@@ -71,29 +71,9 @@ LEASE_NAME = "scheduler"
 # --- when the digest is due ---------------------------------------------------------------------------
 
 
-class WallClockCronTrigger(CronTrigger):
-    """A CronTrigger that fires once at a local time the autumn DST change repeats (the first time).
-
-    APScheduler fires such a time twice (02:30 summer time, then 02:30 winter time). A time the spring
-    change skips fires once, at the same UTC moment winter time would give it (02:30 → 03:30 local).
-    """
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        fire = super().get_next_fire_time(previous_fire_time, now)
-        while fire is not None and _second_occurrence(fire):
-            fire = super().get_next_fire_time(fire, fire)
-        return fire
-
-
-def _second_occurrence(moment: datetime) -> bool:
-    """True when ``moment``'s local wall time happened once already that day (the repeated hour)."""
-    first = moment.replace(fold=0)
-    return first.astimezone(UTC) != moment.astimezone(UTC)
-
-
-def digest_trigger(config: Config) -> CronTrigger:
-    """The configured cron expression, evaluated in the configured timezone, once per wall-clock time."""
-    return WallClockCronTrigger.from_crontab(config.schedule.cron, timezone=config.schedule.zone)
+def digest_trigger(config: Config) -> BaseTrigger:
+    """The configured cron expression, read as Debian's cron reads it, in the configured timezone."""
+    return cron_trigger(parse_cron(config.schedule.cron), config.schedule.zone)
 
 
 def next_run_time(config: Config, after: datetime | None = None) -> datetime:

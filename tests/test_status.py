@@ -155,3 +155,13 @@ def test_a_paused_older_issue_is_not_hidden_by_a_newer_one(tmp_path):
     data = json.loads(invoke("status", "--json", "--config", path).output)
     assert data["older_unfinished_issues"] == [{"number": 1, "status": "paused", "deliveries": {"queued": 1}}]
     engine.dispose()
+
+
+def test_status_reads_weekday_numbers_as_crontab_does(tmp_path):
+    # "1" is Monday in every crontab; APScheduler's from_crontab read it as Tuesday, and 7 (Sunday) was refused.
+    for cron, weekday in (("0 8 * * 1", "Mon"), ("0 8 * * 0", "Sun"), ("0 8 * * 7", "Sun"), ("0 8 * * 5", "Fri")):
+        path = config_file(tmp_path, **{'cron: "0 8 * * mon"': f'cron: "{cron}"'})
+        result = invoke("status", "--json", "--config", path)
+        assert result.exit_code == 0, result.output
+        local = datetime.fromisoformat(json.loads(result.output)["schedule"]["next_run_local"])
+        assert (local.strftime("%a"), local.hour) == (weekday, 8), cron

@@ -2,16 +2,19 @@
 
 The shape we read, every part but the title optional::
 
-    Longevity & AgingResearch PaperPaywall       <- labels run together: category, type, access marker
+    Longevity & AgingResearch PaperPaywall       <- labels run together (or " · "): category, type, access
     Senolytic cocktail restores muscle repair     <- title
-    A two-drug regimen revived stem cells         <- subtitle
+    A two-drug regimen revived stem cells.        <- subtitle: a phrase or a sentence, before a header line
     Monday, April 13, 2026 · 1,204 views          <- date (a view count or reading time may follow)
-    Published in Nature Aging                     <- source
-    Image: regenerating muscle fibres             <- image description
+    Published in Nature Aging                     <- source ("Published in:", "Source:", "Journal:")
+    Image: regenerating muscle fibres             <- image description (also without "Image:", see below)
     Summary                                       <- headed sections; bullets start with •, - or *
     ...
     Enjoyed this summary? ... inbox every week    <- promotional tail at the very end: dropped
 
+The header zone (everything before the first section heading or paragraph) is read line by line, each
+line classified on its own, in any order, with or without blank lines between: so one unexpected line
+does not push the rest into the text. docs/ingest.md lists the shapes and what is never guessed.
 :func:`parse_page` turns such text into the fields of a summary and is shared with the HTML reader. It
 never invents a field: what it does not find stays empty.
 """
@@ -53,14 +56,16 @@ _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "augu
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _VIEWS_OR_READ = r"(?:[\d.,]+\s*[km]?\s+views?|\d+\s*min(?:ute)?s?\s+read)"  # "1,204 views", "6 min read"
 _DATE_LINE = re.compile(
-    rf"^(?:(?:mon|tues|wednes|thurs|fri|satur|sun)day,?\s+)?"
+    rf"^(?:(?:mon|tue|tues|wed|wednes|thu|thur|thurs|fri|sat|satur|sun)(?:day)?\.?,?\s+)?"
     rf"(?:(?P<m1>{_MONTH})\s+(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<y1>\d{{4}})"
     rf"|(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+(?P<m2>{_MONTH}),?\s+(?P<y2>\d{{4}})"
     rf"|(?P<iso>\d{{4}}-\d{{2}}-\d{{2}}))"
     rf"(?:\s*[·•|,–-]?\s*{_VIEWS_OR_READ})*\s*$",
     re.IGNORECASE,
 )
-_PUBLISHED_IN = re.compile(r"^published\s+in[:\s]\s*(?P<source>.+?)\.?$", re.IGNORECASE)
+_SOURCE_LINE = re.compile(  # "Published in Nature Aging", "Published in: ...", "Source: ...", "Journal: ..."
+    r"^(?:(?:originally\s+)?published\s+in\s*:?|source\s*:|journal\s*:)\s*(?P<source>\S.*?)\.?$", re.IGNORECASE
+)
 _IMAGE = re.compile(
     r"^\[?(?:image(?:\s+description)?|photo|illustration|figure|picture)\s*[:–-]\s*(?P<alt>.+?)\]?$",
     re.IGNORECASE,
@@ -135,7 +140,8 @@ def parse_page(text: str, *, where: str, summary_length: int) -> dict[str, Any]:
 
     The summary is the "Summary" section, else the page's first paragraph; a first paragraph longer than
     ``summary_length`` is shortened to its first sentences (the whole paragraph stays in the body).
-    Key points are the bullets of a findings section, else the page's own (non-standard) headings.
+    Key points are the bullets of a findings section; a page without one has none (its section headings,
+    "How the Drug Acts on the Brain", are not findings).
     """
     lines = [line.rstrip() for line in strip_controls(text).split("\n")]
     numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1)]
@@ -213,7 +219,7 @@ def _split_labels(line: str) -> tuple[dict[str, Any], str, str]:
 def _could_be_title(line: str) -> bool:
     """Not a line of the header after a title (date, view count, source, image), a heading or a bullet."""
     return not (
-        _is_date_or_meta(line) or _PUBLISHED_IN.match(line) or _IMAGE.match(line) or _BULLET.match(line)
+        _is_date_or_meta(line) or _SOURCE_LINE.match(line) or _IMAGE.match(line) or _BULLET.match(line)
         or _KNOWN_HEADINGS.match(line.rstrip(":")) or _TAIL.match(line) or len(line) > 300
     )
 
@@ -222,13 +228,12 @@ def _title_then_header(content: list[tuple[int, str]]) -> bool:
     """A title at ``content[1]`` (perhaps with a subtitle) followed by the date or source line."""
     def header(position: int) -> bool:
         line = content[position][1] if position < len(content) else ""
-        return bool(_DATE_LINE.match(line) or _PUBLISHED_IN.match(line))
+        return bool(_DATE_LINE.match(line) or _SOURCE_LINE.match(line))
 
     title = content[1][1]
     if title.endswith(".") or not _could_be_title(title):
         return False
-    return header(2) or (len(content) > 2 and _could_be_title(content[2][1]) and not content[2][1].endswith(".")
-                         and header(3))
+    return header(2) or (len(content) > 2 and _could_be_title(content[2][1]) and header(3))  # a subtitle between
 
 
 def _looks_like_category(text: str) -> bool:
@@ -246,35 +251,88 @@ def _is_date_or_meta(line: str) -> bool:
 
 
 def _header(content: list[tuple[int, str]], title: int, data: dict[str, Any], where: str) -> int:
-    """Reads subtitle, date, source and image description after the title (at ``content[title]``);
-    returns the position in ``content`` where the body starts."""
+    """Reads the header zone after the title (at ``content[title]``): each line is classified on its own
+    (date, view count or reading time, source, image description, subtitle), in any order and with or
+    without blank lines between them. Returns the position in ``content`` where the text starts: the first
+    line that is none of these (a section heading or a paragraph)."""
     position = title + 1
+    dated_or_sourced = False  # a date or source line seen: only after one is a bare image description read
     while position < len(content):
         number, line = content[position]
-        if _is_heading_text(line) and _KNOWN_HEADINGS.match(line.rstrip(":")):
+        if _is_heading_text(line) and _KNOWN_HEADINGS.match(line.rstrip(":").strip()):
             break
-        if "published_at" not in data and (date := _DATE_LINE.match(line)):
-            data["published_at"] = _date(date, where, number)
-        elif _META_LINE.match(line):
+        kind = _header_kind(line)
+        if kind == "date":
+            if "published_at" not in data:
+                date = _DATE_LINE.match(line)
+                assert date is not None
+                data["published_at"] = _date(date, where, number)
+        elif kind == "source":
+            source = _SOURCE_LINE.match(line)
+            assert source is not None
+            data.setdefault("source", source.group("source"))
+        elif kind == "image":
+            image = _IMAGE.match(line)
+            assert image is not None
+            data.setdefault("image_alt", image.group("alt"))
+        elif kind == "meta":
             pass  # "1,204 views" on a line of its own: dropped
-        elif "source" not in data and (published := _PUBLISHED_IN.match(line)):
-            data["source"] = published.group("source")
-        elif "image_alt" not in data and (image := _IMAGE.match(line)):
-            data["image_alt"] = image.group("alt")
-        elif position == title + 1 and _looks_like_subtitle(line, content, position):
+        elif position == title + 1 and _is_subtitle(content, position):
             data["subtitle"] = line
+        elif "image_alt" not in data and dated_or_sourced and _is_bare_image_description(content, position):
+            data["image_alt"] = line
         else:
             break
+        dated_or_sourced = dated_or_sourced or kind in ("date", "source")
         position += 1
     return position
 
 
-def _looks_like_subtitle(line: str, content: list[tuple[int, str]], position: int) -> bool:
-    """A short line right after the title, not a sentence, and followed by the date, source or image line."""
-    if len(line) > 200 or line.endswith(".") or _BULLET.match(line) or _TAIL.match(line):
+def _header_kind(line: str) -> str | None:
+    """What a line of the header says by its own shape: "date", "meta", "source", "image" or None."""
+    if _DATE_LINE.match(line):
+        return "date"
+    if _META_LINE.match(line):
+        return "meta"
+    if _SOURCE_LINE.match(line):
+        return "source"
+    if _IMAGE.match(line):
+        return "image"
+    return None
+
+
+def _is_subtitle(content: list[tuple[int, str]], position: int) -> bool:
+    """The line right after the title, when a date, view count, source or image line follows it: a phrase
+    or a whole sentence. Without such a line after it, it is the text's first paragraph (never guessed)."""
+    line = content[position][1]
+    if len(line) > 300 or _BULLET.match(line) or _TAIL.match(line):
         return False
     following = content[position + 1][1] if position + 1 < len(content) else ""
-    return bool(_is_date_or_meta(following) or _PUBLISHED_IN.match(following) or _IMAGE.match(following))
+    return _header_kind(following) is not None
+
+
+_MIN_IMAGE_WORDS = 8
+_MIN_IMAGE_CHARS = 50
+
+
+def _is_bare_image_description(content: list[tuple[int, str]], position: int) -> bool:
+    """An image description without an ``Image:`` prefix, after the date or source line: a long
+    descriptive line (8+ words), not a sentence (no closing punctuation), not in Title Case as a heading is,
+    and standing alone (a blank line, a header line or the end after it, where a heading has its text)."""
+    number, line = content[position]
+    words = line.split()
+    if (
+        len(words) < _MIN_IMAGE_WORDS or len(line) < _MIN_IMAGE_CHARS or line[-1] in ".!?:;,…\"”)"
+        or _BULLET.match(line) or _TAIL.match(line) or _KNOWN_HEADINGS.match(line.rstrip(":"))
+    ):
+        return False
+    long_words = [word for word in words[1:] if len(word) > 3 and word[0].isalpha()]
+    if long_words and all(word[0].isupper() for word in long_words):
+        return False  # "How the Drug Acts on the Brain": a heading
+    if position + 1 == len(content):
+        return True
+    next_number, following = content[position + 1]
+    return next_number > number + 1 or _header_kind(following) is not None
 
 
 def _date(match: re.Match[str], where: str, line: int) -> datetime:
@@ -385,12 +443,8 @@ def _fill_from_sections(sections: list[_Section], data: dict[str, Any], where: s
                 if paragraph in section.paragraphs:
                     section.paragraphs.remove(paragraph)
                     break
-    if findings is not None:
+    if findings is not None:  # only a findings section has findings: other headings stay in the body
         data["key_points"] = findings.bullets
-    else:
-        own = [s.heading for s in rest if s.heading and not _KNOWN_HEADINGS.match(s.heading)]
-        if own:
-            data["key_points"] = own
     body = "\n\n".join(section.text() for section in rest if section.paragraphs or section.heading)
     if body.strip():
         data["body"] = body

@@ -6,6 +6,8 @@ configuration mistakes, 1 otherwise); nothing a user can fix ends in a traceback
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import json
 import logging
 import os
@@ -67,8 +69,18 @@ console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
 
+# The --config given before the command (`newsletter --config X cmd`), set by the root callback of each run.
+_ROOT_CONFIG: contextvars.ContextVar[Path | None] = contextvars.ContextVar("root_config", default=None)
+
+
+def _verbose(_ctx: Any, _param: Any, value: bool) -> None:
+    if value:
+        configure_logging(logging.INFO)
+
+
 class _Group(TyperGroup):
-    """Turns NewsletterError anywhere below into one line on stderr and the error's exit code."""
+    """Turns NewsletterError anywhere below into one line on stderr and the error's exit code, and lets every
+    command take ``-v`` after its name as well as before it."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -76,6 +88,22 @@ class _Group(TyperGroup):
         except NewsletterError as exc:
             errors.print(Text(f"error: {exc}"), soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            return None
+        if command.short_help is None and command.help:  # the list of commands: one paragraph, reflowed
+            command.short_help = " ".join(command.help.split("\n\n")[0].split())
+        if isinstance(command, TyperGroup) or any(p.name == "verbose" for p in command.params):
+            return command
+        # The root's own --verbose option (built by typer), copied: here it sets the log level itself instead
+        # of being handed to the command's function.
+        root_verbose = next(p for p in ctx.find_root().command.params if p.name == "verbose")
+        verbose = copy.copy(root_verbose)
+        verbose.expose_value, verbose.callback = False, _verbose
+        command.params.append(verbose)
+        return command
 
 
 def _app(help_text: str, **kwargs: Any) -> typer.Typer:
@@ -113,13 +141,20 @@ ConfigOption = Annotated[
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does.")] = False,
+    config: ConfigOption = None,
 ) -> None:
     configure_logging(logging.INFO if verbose else logging.WARNING)
+    _ROOT_CONFIG.set(config)
+
+
+def _chosen(config_path: Path | None) -> Path | None:
+    """The command's ``--config``, else the one given before the command (``newsletter --config X cmd``)."""
+    return config_path if config_path is not None else _ROOT_CONFIG.get()
 
 
 @contextmanager
 def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
-    config = load_config(config_path)
+    config = load_config(_chosen(config_path))
     engine = open_database(config)
     try:
         yield config, engine
@@ -750,7 +785,7 @@ def preview(
 
     from newsletter.web.preview import LOOPBACK, create_preview_app
 
-    path = Path(config or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)
+    path = Path(_chosen(config) or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)
     settings = load_config(path).preview
     host = host or settings.host
     port = port or settings.port
@@ -777,6 +812,7 @@ def demo(
     """
     from newsletter.demo import run_demo
 
+    config = _chosen(config)
     result = run_demo(directory, load_config(config) if config else None)
     console.print(result.report())
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
@@ -70,13 +71,26 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def alembic_config() -> AlembicConfig:
+    """Alembic's settings for the migrations shipped in the package."""
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return settings
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration. Existing data is kept; safe to call on every start."""
-    alembic_config = AlembicConfig()
-    alembic_config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    """Bring the schema to the newest migration, logging (INFO) the revisions it went from and to. Existing
+    data is kept; safe to call on every start."""
+    settings = alembic_config()
     with engine.begin() as connection:
-        alembic_config.attributes["connection"] = connection
-        command.upgrade(alembic_config, "head")
+        before = MigrationContext.configure(connection).get_current_revision()
+        settings.attributes["connection"] = connection
+        command.upgrade(settings, "head")
+        after = MigrationContext.configure(connection).get_current_revision()
+    if before is None:
+        log.info("database schema created at %s", after)
+    elif before != after:
+        log.info("database schema upgraded from %s to %s", before, after)
 
 
 def open_database(config: Config) -> Engine:

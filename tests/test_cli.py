@@ -250,3 +250,29 @@ def test_a_worker_with_nothing_to_send_says_so_and_exits(tmp_path):
     result = invoke("worker", "--until-done", "--config", config_file(tmp_path))
     assert result.exit_code == 0, result.output
     assert "nothing to send: no prepared issue has deliveries due" in result.output
+
+
+def test_config_and_verbose_are_accepted_before_or_after_the_command(tmp_path):
+    config = config_file(tmp_path)
+    assert invoke("--config", config, "subscribers", "add", "ada@example.org").exit_code == 0
+    assert invoke("subscribers", "add", "bob@example.org", "--config", config).exit_code == 0
+    listed = invoke("-c", config, "subscribers", "list")
+    assert listed.exit_code == 0 and "ada@example.org" in listed.output and "bob@example.org" in listed.output
+    sample = ROOT / "newsletter" / "samples" / "summaries" / "01-senolytic-muscle-repair.md"
+    quiet = invoke("--config", config, "ingest", sample)
+    after = invoke("ingest", sample, "--config", config, "-v")
+    before = invoke("-v", "--config", config, "ingest", sample)
+    assert " INFO " not in quiet.stderr
+    for verbose in (after, before):  # -v logs what each stage does, wherever it is written
+        assert f"INFO newsletter.ingest.store: {sample}: added 0, updated 0, unchanged 1" in verbose.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    # the command's own --config wins over the one before the command
+    assert invoke("--config", config_file(other), "subscribers", "list", "--config", config).output == listed.output
+
+
+def test_the_list_of_commands_shows_each_summary_as_one_reflowed_paragraph():
+    listing = runner.invoke(app, ["digest", "--help"], env={"COLUMNS": "100"}).output
+    send = listing[listing.index("│ send"):listing.index("│ check")]
+    lines = [line.strip("│ ").strip() for line in send.splitlines()]
+    assert all(len(line) > 60 for line in lines[:-1]), send  # no line cut short where the docstring broke

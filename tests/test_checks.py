@@ -22,7 +22,7 @@ from newsletter.cli import app
 from newsletter.config import Config
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
-from newsletter.message import build_message
+from newsletter.message import MessageTemplate
 from newsletter.render import RecipientValues, RenderedIssue, render_issue
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries, make_issue, make_summaries
@@ -31,6 +31,10 @@ READER = RecipientValues(
     "ada@example.org", "Ada", "https://news.example.org/unsubscribe/T", "https://news.example.org/preferences/T"
 )
 MESSAGE_ID = "<issue-12.abc@example.org>"
+
+
+def build_message(config: Config, rendered: RenderedIssue, values: RecipientValues, *, message_id: str) -> bytes:
+    return MessageTemplate(config, rendered).personalise(values, message_id=message_id)
 
 
 def rules(config: Config, rendered: RenderedIssue, message: bytes | None = None) -> dict[str, str]:

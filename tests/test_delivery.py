@@ -234,7 +234,7 @@ def smtp_config(config, server, **options):
 
 
 def test_topics_select_sections_render_once_per_selection_and_skip_when_nothing_matches(config, engine, monkeypatch):
-    from newsletter import delivery
+    from newsletter import message as builder
 
     add_summaries(engine, 2, category="Neuroscience")
     add_summaries(engine, 1, category="Climate")
@@ -249,8 +249,8 @@ def test_topics_select_sections_render_once_per_selection_and_skip_when_nothing_
         db.commit()
     prepare_issue(engine, config, now=NOW)
     renders = []
-    original = delivery.render_issue
-    monkeypatch.setattr(delivery, "render_issue", lambda c, i, items: renders.append(len(items)) or original(c, i, items))
+    original = builder.render_issue
+    monkeypatch.setattr(builder, "render_issue", lambda c, i, items: renders.append(len(items)) or original(c, i, items))
 
     report = send_issue(engine, config, create_backend(config), 1, batch_size=2)
 

@@ -158,11 +158,11 @@ def _subject(message: EmailMessage) -> list[Finding]:
 
 def _preheader(rendered: RenderedIssue, html_part: str | None) -> list[Finding]:
     if not rendered.preheader.strip():
-        return [Finding("preheader", "<mj-preview>", "the preheader is empty; inboxes show the start of the "
-                        "body instead (fill <mj-preview> in digest.mjml.j2)")]
+        return [Finding("preheader", "preheader", "the preheader is empty; inboxes show the start of the "
+                        "body instead (include partials/preheader.mjml.j2 first in <mj-body>)")]
     if html_part is not None and html.escape(rendered.preheader, quote=False) not in html_part.replace("&#39;", "'"):
-        return [Finding("preheader", "HTML part", "the preheader is not in the HTML; keep <mj-preview> in the "
-                        "template's <mj-head>")]
+        return [Finding("preheader", "HTML part", "the preheader is not in the HTML; include "
+                        "partials/preheader.mjml.j2 first in the template's <mj-body>")]
     return []
 
 

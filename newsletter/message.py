@@ -71,8 +71,10 @@ _Q_TEXT = frozenset(range(0x21, 0x7F)) - frozenset(b"=?_")
 def single_line(value: str | None) -> str:
     """``value`` with each run of whitespace (CR, LF, tab, Unicode line breaks) as one space and control
     characters and unpaired surrogates (which no charset can carry) dropped."""
-    kept = "".join(ch for ch in value or "" if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cs"))
-    return " ".join(kept.split())
+    value = value or ""
+    if not value.isprintable():  # else there is no control character to drop (the common case, fast)
+        value = "".join(ch for ch in value if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cs"))
+    return " ".join(value.split())
 
 
 def header_text(value: str | None, *, used: int, phrase: bool = False) -> str:
@@ -324,7 +326,8 @@ class MessageTemplate:
             if url.lower().startswith("https://"):
                 out.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")  # RFC 8058 needs https
         out.append(self._mime)
-        raw = {field: getattr(dataclasses.replace(values, name=name), field) or "" for field in self.fields}
+        values = dataclasses.replace(values, name=name)
+        raw = {field: getattr(values, field) or "" for field in self.fields}
         text_values = {field: qp_encode(value) for field, value in raw.items()}
         html_values = {field: qp_encode(html_escaping.escape(value, quote=True)) for field, value in raw.items()}
         for piece in self._pieces:

@@ -42,7 +42,7 @@ from sqlalchemy import Engine, and_, bindparam, exists, func, or_, update
 from sqlmodel import Session, col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
-from newsletter.bounces import record_bounce, return_path
+from newsletter.bounces import record_bounce
 from newsletter.checks import build_sample, load_issue
 from newsletter.config import Config
 from newsletter.db import session
@@ -61,7 +61,6 @@ from newsletter.models import (
     IssueStatus,
     Subscriber,
     SubscriberStatus,
-    Summary,
     utcnow,
 )
 

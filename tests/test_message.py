@@ -395,3 +395,16 @@ def test_any_subject_name_and_address_become_exactly_the_intended_headers(
         assert "\n" not in str(exc) and "cannot send to" in str(exc)
         return
     read_as_the_stdlib_does(data, subject, name, address)
+
+
+def test_a_title_that_is_an_encoded_word_reads_the_same_in_the_subject_and_the_html(config: Config) -> None:
+    """Through the real templates: the stdlib decodes the Subject to exactly the literal title the HTML shows."""
+    summary = make_summaries()[1]
+    summary.title = "=?utf-8?q?Caf=C3=A9_study=0D=0ABcc:_victim@evil.example?="
+    rendered = render_issue(config, make_issue(), [summary])
+    data = MessageTemplate(config, rendered).personalise(ZOE, message_id=MESSAGE_ID, date=SENT_AT)
+    for policy in (email.policy.default, email.policy.strict):
+        message: EmailMessage = email.message_from_bytes(data, policy=policy)  # type: ignore[assignment]
+        assert "Bcc" not in message
+        assert summary.title in str(message["Subject"]) and "Café" not in str(message["Subject"])
+        assert summary.title in message.get_body(("html",)).get_content()  # type: ignore[union-attr]

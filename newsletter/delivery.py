@@ -42,8 +42,8 @@ from sqlalchemy import Engine, and_, bindparam, exists, func, or_, update
 from sqlmodel import Session, col, select
 
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
-from newsletter.bounces import record_bounce, return_path
-from newsletter.checks import load_issue
+from newsletter.bounces import record_bounce
+from newsletter.checks import build_sample, load_issue
 from newsletter.config import Config
 from newsletter.db import session
 from newsletter.digest import (
@@ -52,8 +52,8 @@ from newsletter.digest import (
     issue_items,
     unfinished_issues,
 )
-from newsletter.errors import DeliveryError, InvalidAddress, NewsletterError
-from newsletter.message import MessageTemplate, make_message_id
+from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.message import Composer, message_parts
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -61,11 +61,8 @@ from newsletter.models import (
     IssueStatus,
     Subscriber,
     SubscriberStatus,
-    Summary,
     utcnow,
 )
-from newsletter.render import DEFAULT_SECTION, RecipientValues, render_issue
-from newsletter.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +178,7 @@ def send_issue(
             issue.status = IssueStatus.SENDING
             db.add(issue)
             db.commit()
-    composer = _Composer(config, issue, items, backend)
+    composer = Composer(config, issue, items, backend.extra_headers())
     loop = _Loop(engine, config, backend, composer, report, clock, stop)
     if progress:
         progress(issue.number, 0, report.total)
@@ -392,49 +389,6 @@ class Recipient:
     token: str
 
 
-def _section_key(summary: Summary) -> str:
-    return (" ".join((summary.category or "").split()) or DEFAULT_SECTION).casefold()
-
-
-class _Composer:
-    """Turns a claimed delivery into message bytes. Renders once per distinct topic selection (cached)."""
-
-    def __init__(self, config: Config, issue: Issue, items: Sequence[Summary], backend: Backend | None = None) -> None:
-        self.config = config
-        self.issue = issue
-        self.items = list(items)
-        self.links = LinkSigner(config)
-        self.extra_headers = backend.extra_headers() if backend is not None else {}
-        self._templates: dict[tuple[int | None, ...], MessageTemplate] = {}
-
-    def values(self, subscriber: Subscriber | Recipient) -> RecipientValues:
-        return RecipientValues(
-            email=subscriber.email,
-            name=subscriber.name or "",
-            unsubscribe_url=self.links.unsubscribe_url(subscriber.token),
-            preferences_url=self.links.preferences_url(subscriber.token),
-        )
-
-    def template(self, topics: Sequence[str]) -> MessageTemplate | None:
-        """The encoded issue for a topic selection (empty = everything); None when it has no item."""
-        wanted = {" ".join(t.split()).casefold() for t in topics if t and t.strip()}
-        chosen = [s for s in self.items if not wanted or _section_key(s) in wanted]
-        if not chosen:
-            return None
-        key = tuple(s.id for s in chosen)
-        if key not in self._templates:
-            rendered = render_issue(self.config, self.issue, chosen)
-            self._templates[key] = MessageTemplate(self.config, rendered, extra_headers=self.extra_headers)
-        return self._templates[key]
-
-    def compose(self, delivery_id: int, subscriber: Subscriber | Recipient,
-                template: MessageTemplate) -> OutgoingMessage:
-        message_id = make_message_id(self.config, self.issue.number, subscriber.token)
-        data = template.personalise(self.values(subscriber), message_id=message_id)
-        return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
-                               message_id, data)
-
-
 @dataclass
 class _Window:
     """One window of claimed deliveries: what goes to the backend, and what is written in one transaction."""
@@ -452,7 +406,7 @@ class _Loop:
     thread), the next one is composed; it is handed over only once the previous one is recorded, so at
     most one window is ever in flight."""
 
-    def __init__(self, engine: Engine, config: Config, backend: Backend, composer: _Composer, report: SendReport,
+    def __init__(self, engine: Engine, config: Config, backend: Backend, composer: Composer, report: SendReport,
                  clock: Callable[[], datetime], stop: threading.Event | None) -> None:
         self.engine, self.config, self.backend, self.composer = engine, config, backend, composer
         self.report, self.clock, self.stop = report, clock, stop
@@ -569,8 +523,12 @@ class _Loop:
                 continue
             try:
                 message = self.composer.compose(person.delivery_id, person, template)
-            except InvalidAddress as exc:  # an address no message can be built for fails alone
-                window.results.append(SendResult(person.delivery_id, SendStatus.FAILED, str(exc)))
+            except Exception as exc:  # noqa: BLE001  a message that cannot be built fails alone, with its reason
+                if not isinstance(exc, ValueError):  # InvalidAddress is one; anything else is a bug to report
+                    log.exception("issue #%d: could not build the message for delivery %d",
+                                  self.report.issue.number, person.delivery_id)
+                window.results.append(SendResult(person.delivery_id, SendStatus.FAILED,
+                                                 f"the message could not be built: {exc}", bounce=False))
                 continue
             window.messages.append(message)
             window.message_ids[person.delivery_id] = message.message_id
@@ -604,7 +562,7 @@ class _Loop:
     def _record_window(self, window: _Window, sending: Future[list[SendResult]]) -> int:
         """Wait for the window's results and write them; returns how many deliveries it held."""
         results = sending.result()
-        window.bounce = {r.delivery_id for r in results if r.status is SendStatus.FAILED}
+        window.bounce = {r.delivery_id for r in results if r.status is SendStatus.FAILED and r.bounce}
         window.results.extend(results)
         _record(self.engine, self.config, self.owner, window, self.report, self.clock())
         self._watch_errors(window.results)
@@ -727,18 +685,15 @@ def write_preview(
     yet (nothing is saved), otherwise the newest issue. The sample recipient is the first active
     subscriber, or a made-up reader when the list is empty.
     """
-    issue, items, description, sample = load_issue(engine, config, number, now=now)
-    composer = _Composer(config, issue, items)
-    template = composer.template(sample.topics) or composer.template([])
-    assert template is not None
-    html, text = template.rendered.personalise(composer.values(sample))
-    message = composer.compose(0, sample, template)
+    sample = build_sample(config, *load_issue(engine, config, number, now=now))
+    data = sample.message
+    html, text = message_parts(data)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        files = PreviewFiles(description, out_dir / "issue.html", out_dir / "issue.txt", out_dir / "sample.eml")
+        files = PreviewFiles(sample.description, out_dir / "issue.html", out_dir / "issue.txt", out_dir / "sample.eml")
         files.html.write_text(html, encoding="utf-8")
         files.text.write_text(text, encoding="utf-8")
-        files.eml.write_bytes(message.data)
+        files.eml.write_bytes(data)
     except OSError as exc:
         raise NewsletterError(f"cannot write the preview into {out_dir} ({exc.strerror})") from None
     return files

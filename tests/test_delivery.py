@@ -234,7 +234,7 @@ def smtp_config(config, server, **options):
 
 
 def test_topics_select_sections_render_once_per_selection_and_skip_when_nothing_matches(config, engine, monkeypatch):
-    from newsletter import delivery
+    from newsletter import message as builder
 
     add_summaries(engine, 2, category="Neuroscience")
     add_summaries(engine, 1, category="Climate")
@@ -249,8 +249,8 @@ def test_topics_select_sections_render_once_per_selection_and_skip_when_nothing_
         db.commit()
     prepare_issue(engine, config, now=NOW)
     renders = []
-    original = delivery.render_issue
-    monkeypatch.setattr(delivery, "render_issue", lambda c, i, items: renders.append(len(items)) or original(c, i, items))
+    original = builder.render_issue
+    monkeypatch.setattr(builder, "render_issue", lambda c, i, items: renders.append(len(items)) or original(c, i, items))
 
     report = send_issue(engine, config, create_backend(config), 1, batch_size=2)
 
@@ -578,3 +578,58 @@ def test_sending_pauses_itself_even_when_another_sender_paused_the_issue_first(c
     config = config.model_copy(update={"delivery": config.delivery.model_copy(update={"pause_window": 4})})
     report = send_issue(engine, config, Failing(FileOptions(), config=config), 1)
     assert report.stopped.startswith("paused: 100% of the last 4 messages failed")
+
+
+def test_a_poisoned_subscriber_in_the_middle_of_a_window_fails_alone_and_everyone_else_is_sent_once(
+    config, engine, smtp_server, tmp_path, monkeypatch
+):
+    """Windows of four over a real SMTP server with real DKIM signatures. One subscriber's message cannot be
+    signed (dkimpy refuses it: the one thing here that is made to fail) and one's cannot be built at all;
+    each fails alone with its reason, is not taken for a bounce, and every other subscriber is sent exactly
+    once, this run and the next."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "dkim.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {
+        "host": smtp_server.host, "port": smtp_server.port, "security": "none", "connections": 4,
+        "dkim_selector": "s1", "dkim_private_key": str(tmp_path / "dkim.pem")}},
+        delivery={"in_flight_factor": 1})
+    real_sign = dkim.sign
+
+    def sign(message: bytes, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if b"poison@example.org" in message:
+            raise dkim.DKIMException("this message cannot be signed")
+        return real_sign(message, *args, **kwargs)
+
+    monkeypatch.setattr(dkim, "sign", sign)
+    people = ["p0@example.org", "p1@example.org", "poison@example.org", "p3@example.org",
+              "p4@example.org", "jörg@example.org", "p6@example.org", "p7@example.org"]
+    prepared(smtp, engine, *people)
+
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+
+    good = [p for p in people if p not in ("poison@example.org", "jörg@example.org")]
+    assert (report.sent, report.failed, report.bounced) == (6, 2, 0)
+    assert report.issue.status is IssueStatus.SENT
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == sorted(good)  # each exactly once
+    assert statuses(engine) == {p: "failed" if p not in good else "sent" for p in people}
+    with session(engine) as db:
+        errors = {s.email: d.last_error for d, s in db.exec(select(Delivery, Subscriber).join(Subscriber)).all()}
+        assert {s.email: s.status for s in db.exec(select(Subscriber))} == dict.fromkeys(people, SubscriberStatus.ACTIVE)
+    assert "could not be DKIM-signed" in errors["poison@example.org"]
+    assert "this message cannot be signed" in errors["poison@example.org"]
+    assert "cannot send to 'jörg@example.org'" in errors["jörg@example.org"]
+    dns = {b"s1._domainkey.example.org.": f"v=DKIM1; k=rsa; p={public}".encode()}
+    assert all(dkim.verify(m.data, dnsfunc=lambda name, timeout=5: dns.get(name)) for m in smtp_server.messages)
+
+    with pytest.raises(NewsletterError, match="sent already"):
+        send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(days=3))
+    assert len(smtp_server.messages) == 6

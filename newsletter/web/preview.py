@@ -47,14 +47,14 @@ from newsletter.backends import OutgoingMessage, SendStatus, create_backend
 from newsletter.checks import (
     IssueSample,
     build_sample,
-    check_message,
+    check_sample,
     load_issue,
     sample_values,
 )
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
 from newsletter.errors import ConfigError, NewsletterError
-from newsletter.message import build_message
+from newsletter.message import MessageTemplate, message_parts
 from newsletter.models import Issue, Subscriber, Summary
 from newsletter.render import template_dirs
 
@@ -129,8 +129,8 @@ class PreviewState:
                 if ref != "next" and not ref.isdigit():
                     raise NewsletterError(f"{ref[:20]!r} is not an issue: choose 'next' or an issue number")
                 number = None if ref == "next" else int(ref)
-                issue, items, description, recipient = load_issue(self.engine, self.config, number)
-                cached = build_sample(self.config, issue, items, description, recipient)
+                issue, items, description, recipients = load_issue(self.engine, self.config, number)
+                cached = build_sample(self.config, issue, items, description, recipients)
             except NewsletterError as exc:
                 cached = exc
             self._cache[key] = cached
@@ -229,7 +229,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             try:
                 sample = state.sample(issue)
                 context["sample"] = sample
-                context["findings"] = check_message(state.config, sample.rendered, sample.message)
+                context["findings"] = check_sample(state.config, sample)
                 context["text"], context["source"], context["headers"] = _parts(sample)
             except NewsletterError as exc:
                 context["problem"] = str(exc)
@@ -242,7 +242,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             sample = state.sample(issue)
         except NewsletterError as exc:
             return HTMLResponse(_ERROR_FRAME.render(problem=str(exc)), status_code=200)
-        html_part, _text = sample.rendered.personalise(sample.values)
+        html_part, _text = message_parts(sample.message)
         return HTMLResponse(html_part)
 
     @app.get("/events")
@@ -287,7 +287,7 @@ def _send_test(state: PreviewState, to: str, ref: str) -> str:
     values = sample_values(config, Subscriber(email=address, name="", token=f"preview-{address}"))
     rendered = replace(sample.rendered, subject=f"[Test] {sample.rendered.subject}")
     message_id = f"<preview-{uuid.uuid4().hex}@{config.newsletter.sender_domain}>"
-    data = build_message(config, rendered, values, message_id=message_id)
+    data = MessageTemplate(config, rendered).personalise(values, message_id=message_id)
     backend = create_backend(config)
     with backend:
         envelope = config.bounces.return_path or config.newsletter.sender_address
@@ -304,7 +304,7 @@ def _issue_numbers(state: PreviewState) -> list[int]:
 
 def _parts(sample: IssueSample) -> tuple[str, str, str]:
     """(text part, raw source, headers) of the sample message, for the page's other views."""
-    _html, text = sample.rendered.personalise(sample.values)
+    _html, text = message_parts(sample.message)
     source = sample.message.decode("utf-8", errors="replace").replace("\r\n", "\n")
     headers = BytesHeaderParser(policy=default_policy).parsebytes(sample.message)
     return text, source, "\n".join(f"{name}: {value}" for name, value in headers.items())

@@ -11,6 +11,8 @@ import copy
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -814,7 +816,19 @@ def demo(
 
     config = _chosen(config)
     result = run_demo(directory, load_config(config) if config else None)
-    console.print(result.report())
+    console.print(result.report(_how_to_run_again()))
+
+
+def _how_to_run_again() -> str:
+    """How the user runs newsletter again from this shell: ``newsletter`` when that is on PATH and is this
+    program; else the path they typed (``.venv/bin/newsletter`` after the README's first command)."""
+    script = Path(sys.argv[0])
+    if script.name == "__main__.py":  # python -m newsletter
+        return f"{shlex.quote(sys.executable)} -m newsletter"
+    on_path = shutil.which("newsletter")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "newsletter"
+    return shlex.quote(sys.argv[0])
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ subscribers, prepares this week's issue, renders it and sends it through the fil
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from newsletter.errors import NewsletterError
 from newsletter.ingest import IngestReport, ingest_paths
 from newsletter.resources import sample_subscribers_csv, sample_summaries_dir
 from newsletter.subscribers import ImportReport, import_csv
+from newsletter.tokens import key_file, write_key_file
 
 DEMO_MARKER = "# Written by `newsletter demo`"
 DEMO_SETTINGS = {
@@ -47,7 +49,8 @@ class DemoResult:
     sent: SendReport
     outbox: Path
 
-    def report(self) -> str:
+    def report(self, command: str = "newsletter") -> str:
+        """What the demo did and where its files are; ``command`` is how to run newsletter again from here."""
         directory = self.config.base_dir
         return "\n".join(
             [
@@ -61,7 +64,7 @@ class DemoResult:
                 f"sample message: {self.preview.eml}",
                 f"outbox:         {self.outbox} ({len(list(self.outbox.glob('*.eml')))} .eml files)",
                 "",
-                f"Try the other commands on it: newsletter digest status --config {directory / 'config.yaml'}",
+                f"Try the other commands on it: {command} digest status --config {directory / 'config.yaml'}",
             ]
         )
 
@@ -114,6 +117,8 @@ def run_demo(directory: Path, user_config: Config | None = None) -> DemoResult:
     except OSError as exc:
         raise NewsletterError(f"cannot prepare the demo folder {directory} ({exc.strerror}); pass --dir") from None
     config = load_config(config_path)
+    if not os.environ.get("NEWSLETTER_SECRET_KEY") and not key_file(config).exists():
+        write_key_file(key_file(config))  # the demo's own key, in its folder: nothing to warn about
     engine = open_database(config)
     try:
         ingested = ingest_paths(engine, [sample_summaries_dir()])

@@ -20,6 +20,7 @@ from newsletter.web.app import create_app
 from tests import outbox
 from tests.conftest import make_config
 from tests.helpers import add_summaries
+from tests.preview_support import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); no Playwright browser download
 
@@ -62,6 +63,7 @@ def test_subscribe_confirm_choose_topics_and_unsubscribe_in_a_browser(server):
             page.get_by_role("button", name="Subscribe").click()
             sync_api.expect(page.get_by_role("heading")).to_have_text("Check your inbox")
 
+            wait_for(lambda: outbox.messages(mail_folder), timeout=20)  # sent after the answer
             [confirmation] = outbox.messages(mail_folder)
             page.goto(outbox.link(confirmation, "confirm"))
             page.get_by_role("button", name="Confirm my subscription").click()

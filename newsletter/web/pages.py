@@ -32,6 +32,7 @@ from newsletter.errors import (
     NewsletterError,
 )
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.subscribers import normalise_address
 from newsletter.subscriptions import (
     Confirmation,
     Consent,
@@ -156,7 +157,8 @@ def subscribe(
 ) -> HTMLResponse:
     """Subscribe form endpoint (usable from another site's form): creates a pending subscriber and sends a
     confirmation email. The answer, and how long it takes, is the same whether or not the address is
-    already on the list: the email goes out after the response."""
+    already on the list: only what depends on the request alone (rate limit, honeypot, the address's
+    syntax) happens before the answer; the database and the email come after it."""
     state = _state(request)
     ip, user_agent = _client(request)
     if not state.limiter.allow(ip or "unknown"):
@@ -171,15 +173,26 @@ def subscribe(
     if website.strip():
         log.info("subscribe form honeypot filled; ignoring the request")
         return check_inbox
-    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
     try:
-        subscriber = request_subscription(state.engine, email[:400], name, consent, now=state.clock())
+        address = normalise_address(email[:400])
     except InvalidAddress:
         return page(request, "subscribe.html", 400, title="Subscribe", email=email[:400], name=name[:200],
                     error="That does not look like an email address. Please check it and try again.")
-    if subscriber is not None:
-        background.add_task(_send_confirmation, state, subscriber)
+    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
+    background.add_task(_subscribe_after_answering, state, address, name, consent, state.clock())
     return check_inbox
+
+
+def _subscribe_after_answering(state: WebState, address: str, name: str, consent: Consent, now: datetime) -> None:
+    """Record the request and send the confirmation, if the address gets one. Runs after the answer went
+    out, so an error is logged, never shown."""
+    try:
+        subscriber = request_subscription(state.engine, address, name, consent, now=now)
+    except Exception:  # nobody waits for the answer any more: the log is the only place to tell
+        log.exception("could not record a subscription request")
+        return
+    if subscriber is not None:
+        _send_confirmation(state, subscriber)
 
 
 def _send_confirmation(state: WebState, subscriber: Subscriber) -> None:

@@ -6,15 +6,18 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from playwright.sync_api import expect
 
 from tests.conftest import ROOT
 
@@ -77,3 +80,56 @@ def newsletter_serve(config_file: Path, *args: str, env: dict[str, str] | None =
             server.terminate()
             server.wait(timeout=20)
 
+
+# An attacker's page that frames ours; onload counts every frame that finished, refused or not.
+FRAMING = """<!doctype html><title>Win a prize</title>
+<script>window.loaded = 0;</script>
+{frames}
+<iframe src="/own" onload="window.loaded++"></iframe>"""
+REFUSED = "chrome-error://chromewebdata/"  # what Chromium shows in a frame it refused to load
+
+
+@contextmanager
+def another_site(page: str) -> Iterator[str]:
+    """A web server of its own on a loopback port (so another origin, and the same address space, which
+    Chromium's private network rules look at) answering ``page`` at ``/`` and a page of its own at
+    ``/own``; yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            body = (page if self.path == "/" else "<p id=own>framed</p>").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def frame_from_another_site(browser: Any, urls: list[str]) -> list[str]:
+    """What a page of another site framing ``urls`` and then a page of its own ends up showing in each
+    frame: the URL of each frame's document, once every frame has loaded."""
+    frames = "\n".join(f'<iframe src="{url}" onload="window.loaded++"></iframe>' for url in urls)
+    page = browser.new_page()
+    try:
+        for url in urls:  # each one loads fine on its own
+            assert page.goto(url).ok, url
+        with another_site(FRAMING.format(frames=frames)) as origin:
+            page.goto(f"{origin}/")
+            page.wait_for_function(f"window.loaded === {len(urls) + 1}")
+            expect(page.frame_locator("iframe").last.locator("#own")).to_have_text("framed")  # framing works here
+            return [frame.url.replace(origin, "<other site>") for frame in page.main_frame.child_frames]
+    finally:
+        page.close()

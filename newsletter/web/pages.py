@@ -8,9 +8,6 @@ confirmation link and 404 for a subscriber who no longer exists, always with a p
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +44,7 @@ from newsletter.subscriptions import (
 )
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE, LinkSigner
 from newsletter.web import mail
+from newsletter.web.limits import Backoff, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +53,7 @@ PAGES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(default=True)
 )
 EVERY = {"weekly": "every week", "daily": "every day", "monthly": "every month"}  # by schedule.cadence
-RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip counts requests in the last hour
-
-
-class RateLimiter:
-    """At most ``limit`` events per key in a sliding ``window`` (seconds); in memory, per process."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        """Count one event for ``key``; False when it is over the limit (the event is not counted then)."""
-        now = self.clock()
-        with self._lock:
-            if len(self._seen) > 10_000:  # forget idle keys so memory stays bounded
-                self._seen = {k: q for k, q in self._seen.items() if q and q[-1] > now - self.window}
-            seen = self._seen.setdefault(key, deque())
-            while seen and seen[0] <= now - self.window:
-                seen.popleft()
-            if len(seen) >= self.limit:
-                return False
-            seen.append(now)
-            return True
+RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip requests per client per hour
 
 
 @dataclass
@@ -89,7 +64,8 @@ class WebState:
     engine: Engine
     clock: Callable[[], datetime]
     signer: LinkSigner
-    limiter: RateLimiter
+    limiter: RateLimiter  # subscribe requests per client
+    backoff: Backoff  # wrong API tokens per client
 
 
 def _state(request: Request) -> WebState:
@@ -101,7 +77,7 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     config = _state(request).config
     site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
     defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False,
-                "every": EVERY[config.schedule.cadence]}
+                "latest": None, "every": EVERY[config.schedule.cadence]}
     html = PAGES.get_template(template).render({**defaults, **context})
     return HTMLResponse(html, status_code=status)
 
@@ -161,7 +137,7 @@ def subscribe(
     syntax) happens before the answer; the database and the email come after it."""
     state = _state(request)
     ip, user_agent = _client(request)
-    if not state.limiter.allow(ip or "unknown"):
+    if not state.limiter.allow(ip):
         log.warning("subscribe rate limit reached for an IP address")
         return notice(request, "Too many requests",
                       "Too many subscription requests came from your network. Please try again in an hour.",

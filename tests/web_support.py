@@ -53,8 +53,10 @@ class Served:
 
 
 @contextmanager
-def newsletter_serve(config_file: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
-    """Run ``newsletter serve`` on a free loopback port until the block ends; waits until it answers."""
+def newsletter_serve(config_file: Path, *args: str, env: dict[str, str] | None = None,
+                     cpus: set[int] | None = None) -> Iterator[Served]:
+    """Run ``newsletter serve`` on a free loopback port until the block ends; waits until it answers.
+    ``cpus``: the only processors it may run on."""
     port = free_port()
     log_path = config_file.parent / "serve.log"
     environment = {"NEWSLETTER_SECRET_KEY": "web-test-secret-key", **os.environ, **(env or {})}
@@ -63,6 +65,8 @@ def newsletter_serve(config_file: Path, *args: str, env: dict[str, str] | None =
             [sys.executable, "-m", "newsletter", "serve", "--port", str(port), "--config", str(config_file), *args],
             env=environment, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
+        if cpus is not None:  # still one thread, starting up: the threads it starts later inherit this
+            os.sched_setaffinity(server.pid, cpus)
         served = Served(f"http://127.0.0.1:{port}", log_path)
         try:
             deadline = time.monotonic() + 60

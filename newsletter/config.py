@@ -12,7 +12,10 @@ Environment variables (secrets never go in the file):
 - ``NEWSLETTER_SECRET_KEY``: signs the tokens in unsubscribe links (see :mod:`newsletter.tokens`).
 - ``NEWSLETTER_SMTP_PASSWORD``: the SMTP backend's login password.
 - ``NEWSLETTER_API_TOKEN``: the bearer token ``POST /api/summaries`` accepts (unset: the API refuses all).
+- ``NEWSLETTER_PREVIEW_TOKEN``: the preview's token (instead of ``preview.token``).
 - ``NEWSLETTER_IMAP_PASSWORD``: the bounce mailbox's IMAP password.
+
+A token, from the file or the environment, shorter than :data:`MIN_SECRET_LENGTH` stops the start.
 """
 
 from __future__ import annotations
@@ -217,12 +220,31 @@ class PreviewSection(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8025, ge=1, le=65535)
-    token: str | None = Field(default=None, min_length=16)
+    token: str | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        problem = _short_secret("the preview's token", value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @property
     def access_token(self) -> str | None:
         """The token the preview requires, the environment first (secrets do not belong in the file)."""
         return os.environ.get("NEWSLETTER_PREVIEW_TOKEN") or self.token
+
+
+MIN_SECRET_LENGTH = 16  # every token we check, wherever it comes from (file or environment)
+
+
+def _short_secret(what: str, value: str | None) -> str | None:
+    """Why ``value`` is too short to be a secret someone must not guess, or None when it is long enough."""
+    if value is None or len(value) >= MIN_SECRET_LENGTH:
+        return None
+    return (f"{what} must be at least {MIN_SECRET_LENGTH} characters (it has {len(value)}); make one with: "
+            f"python3 -c 'import secrets; print(secrets.token_urlsafe(24))'")
 
 
 class IngestSection(_Section):
@@ -391,6 +413,12 @@ def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) ->
             f"{source}: ingest.api_token: secrets do not go in the file; set NEWSLETTER_API_TOKEN instead"
         )
     api_token = os.environ.get("NEWSLETTER_API_TOKEN", "").strip()
+    for variable, what, value in (("NEWSLETTER_API_TOKEN", "the API token", api_token),
+                                  ("NEWSLETTER_PREVIEW_TOKEN", "the preview's token",
+                                   os.environ.get("NEWSLETTER_PREVIEW_TOKEN", ""))):
+        problem = _short_secret(what, value) if value else None  # set but empty: not set
+        if problem:
+            raise ConfigError(f"{variable}: {problem}")
     if api_token:
         data["ingest"] = {**(section if isinstance(section, dict) else {}), "api_token": api_token}
     database_url = os.environ.get("NEWSLETTER_DATABASE_URL")

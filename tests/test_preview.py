@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -56,7 +58,7 @@ def test_past_issues_are_listed_and_shown(client: TestClient, project: Project) 
     page = client.get("/?issue=1").text
     assert "issue #1 (prepared)" in page and "?issue=1&view=html" in page, page
     assert "there is no issue #9" in client.get("/?issue=9").text
-    assert "is not an issue" in client.get("/?issue=abc").text
+    assert "is not an issue" in client.get("/?issue=abc").text  # status: test_a_malformed_issue_reference_...
 
 
 def test_template_error_shows_file_and_line_and_the_server_keeps_going(client: TestClient, project: Project) -> None:
@@ -128,3 +130,83 @@ def test_cli_refuses_another_address_without_a_token(project: Project) -> None:
         env={"NEWSLETTER_SECRET_KEY": "k", "NEWSLETTER_PREVIEW_TOKEN": ""},
     )  # fmt: skip
     assert result.exit_code == 2 and "needs a token" in result.output
+
+
+def test_an_ipv6_loopback_host_is_answered_with_or_without_a_port(client: TestClient) -> None:
+    for host in ("[::1]", "[::1]:8025", "localhost", "127.0.0.1"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+    for host in ("[::2]", "[::1]x", "127.0.0.1.evil.example", "evil.example:8025", ""):
+        assert client.get("/", headers={"Host": host}).status_code == 403, host
+
+
+@pytest.mark.parametrize(("ref", "reason"), [
+    ("99999999999999999999", "there is no issue #99999999999999999999"),
+    ("2147483648", "there is no issue #2147483648"),
+    ("²", "is not an issue"),
+    ("abc", "is not an issue"),
+    ("-1", "is not an issue"),
+])  # fmt: skip
+def test_a_malformed_issue_reference_is_400_with_one_line(client: TestClient, ref: str, reason: str) -> None:
+    for path in ("/", "/email"):
+        response = client.get(path, params={"issue": ref})
+        assert response.status_code == 400, (path, response.status_code)
+        assert reason in response.text and "Traceback" not in response.text
+    assert 'aria-label="Issue"' in client.get("/", params={"issue": ref}).text  # the way back is still there
+
+
+def directives(policy: str) -> dict[str, str]:
+    return {name: value for name, _, value in (part.strip().partition(" ") for part in policy.split(";"))}
+
+
+def test_the_page_runs_only_its_own_script_and_style_and_cannot_be_framed(client: TestClient) -> None:
+    page = client.get("/")
+    policy = directives(page.headers["content-security-policy"])
+    nonce = re.fullmatch(r"'nonce-([A-Za-z0-9_-]{16,})'", policy["script-src"])[1]
+    assert policy["style-src"] == f"'nonce-{nonce}'" and policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'" and policy["frame-src"] == "'self'"  # the event stream, the frame
+    assert policy["frame-ancestors"] == "'none'" and page.headers["x-frame-options"] == "DENY"
+    assert page.text.count(f'nonce="{nonce}"') == 2 and page.text.count("<script") == 1
+    assert " style=" not in page.text and " on" + "load=" not in page.text
+    assert client.get("/").headers["content-security-policy"] != page.headers["content-security-policy"]
+    frame = client.get("/email")
+    policy = directives(frame.headers["content-security-policy"])
+    assert policy["frame-ancestors"] == "'self'" and frame.headers["x-frame-options"] == "SAMEORIGIN"
+    assert policy["default-src"] == "'none'" and "script-src" not in policy
+    assert "'unsafe-inline'" in policy["style-src"]  # an email's styles are inline by nature
+
+
+def test_wrong_tokens_lock_the_client_out_for_longer_and_longer(project: Project, monkeypatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_PREVIEW_TOKEN", "a-long-enough-preview-token")
+    app = create_preview_app(project.config_file, project.engine, require_token=True)
+    now = [1000.0]
+    app.state.preview.backoff.clock = lambda: now[0]
+    with TestClient(app, base_url="http://192.0.2.10:8025") as client:
+        for _ in range(10):
+            assert client.get("/").status_code == 403  # no token at all is not a guess
+        for _ in range(6):
+            assert client.get("/?token=a-wrong-token-of-some-length").status_code == 403
+        locked = client.get("/?token=a-long-enough-preview-token")
+        assert locked.status_code == 429 and locked.headers["retry-after"] == "1"
+        assert locked.text == "too many wrong tokens from your address; try again in 1 s"
+        now[0] += 1
+        assert client.get("/?token=a-long-enough-preview-token").status_code == 200
+        client.cookies.set("newsletter_preview_token", "a-wrong-cookie-of-some-length")
+        assert client.get("/email").status_code == 403  # a wrong cookie is a guess too
+        assert client.get("/email?token=a-long-enough-preview-token").status_code == 200
+
+
+def test_a_short_token_in_the_environment_stops_the_preview_with_one_line(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def started(*_args, **_kwargs):
+        raise AssertionError("the preview started with a short token")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    result = CliRunner().invoke(
+        cli_app, ["preview", "--host", "0.0.0.0", "--config", str(project.config_file)],
+        env={"NEWSLETTER_SECRET_KEY": "k", "NEWSLETTER_PREVIEW_TOKEN": "x"},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("error: NEWSLETTER_PREVIEW_TOKEN: the preview's token must be at least 16 "
+                                     "characters (it has 1); make one with: python3 -c 'import secrets; "
+                                     "print(secrets.token_urlsafe(24))'")

@@ -195,6 +195,16 @@ def test_requests_per_ip_are_limited(tmp_path, config):
     site.engine.dispose()
 
 
+def test_rotating_addresses_inside_one_ipv6_slash_64_share_the_limit(tmp_path, config):
+    site = make_site(tmp_path, web={"subscribe_limit_per_ip": 3})
+    answers = [TestClient(site.client.app, client=(f"2001:db8:7:8::{n:x}", 5000))
+               .post("/subscribe", data={"email": f"p{n}@example.org"}).status_code for n in range(1, 6)]
+    assert answers == [200, 200, 200, 429, 429]
+    neighbour = TestClient(site.client.app, client=("2001:db8:7:9::1", 5000))
+    assert neighbour.post("/subscribe", data={"email": "q@example.org"}).status_code == 200
+    site.engine.dispose()
+
+
 def test_a_bad_address_gets_the_form_back_with_one_line(site):
     response = subscribe(site, "not an address", name="<b>Eve</b>")
     assert response.status_code == 400

@@ -1,4 +1,5 @@
-"""Public archive of past issues (``/archive``, ``/archive/<number>``) and their Atom feed.
+"""Public archive of past issues (``/archive``, ``/archive/<number>``), their Atom feed, and the front page
+(``/``: the subscribe form with the latest issue).
 
 An archived issue is rendered by the digest's own renderer with neutral recipient values: no subscriber's
 address, name or personal link ever appears in it (the unsubscribe and preferences links point to a page
@@ -21,6 +22,7 @@ from newsletter.digest import issue_items
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
 from newsletter.render import RecipientValues, as_utc, format_date, render_issue
 from newsletter.web.pages import _root, _state, notice, page
+from newsletter.web.security import EMAIL_POLICY
 
 router = APIRouter()
 # An issue is public once it has reached someone: its "view in browser" link must keep working even if
@@ -42,7 +44,22 @@ def _public_issues(request: Request, limit: int | None = None) -> list[Issue]:
         return list(db.exec(query.limit(limit) if limit else query))
 
 
+@router.get("/", response_class=HTMLResponse)
+@router.head("/", response_class=HTMLResponse)  # a route per method: each its own operation id
+def front_page(request: Request) -> HTMLResponse:
+    """The subscribe page, with the latest issue's subject and titles (where every masthead links)."""
+    latest = None
+    with session(_state(request).engine) as db:
+        issue = db.exec(select(Issue).where(PUBLIC).order_by(col(Issue.number).desc()).limit(1)).first()
+        if issue is not None:
+            latest = {"number": issue.number, "subject": issue.subject, "date": format_date(_published(issue).date()),
+                      "titles": [item.title for item in issue_items(db, issue)]}
+    return page(request, "subscribe.html", title="Subscribe", email="", name="", error=None, indexable=True,
+                latest=latest, feed_url=f"{_root(request)}/archive/feed.atom")
+
+
 @router.get("/archive", response_class=HTMLResponse)
+@router.head("/archive", response_class=HTMLResponse)
 def archive_index(request: Request) -> HTMLResponse:
     """Every issue that went out, newest first."""
     issues = [
@@ -54,6 +71,7 @@ def archive_index(request: Request) -> HTMLResponse:
 
 
 @router.get("/archive/feed.atom")
+@router.head("/archive/feed.atom")  # feed readers check for changes with HEAD
 def archive_feed(request: Request) -> Response:
     """An Atom feed of the newest issues, each linking to its archived page."""
     config = _state(request).config
@@ -84,6 +102,7 @@ def archive_feed(request: Request) -> Response:
 
 
 @router.get("/archive/{number}", response_class=HTMLResponse)
+@router.head("/archive/{number}", response_class=HTMLResponse)
 def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> HTMLResponse:
     """One issue as it was emailed ("view in browser"), without anything personal."""
     state = _state(request)
@@ -104,4 +123,5 @@ def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 
         if len(cache) >= CACHED_PAGES:
             cache.pop(next(iter(cache), None), None)  # the oldest; tolerant of a concurrent request
         cache[key] = render_issue(state.config, issue, items).personalise(neutral)[0]
-    return HTMLResponse(cache[key])
+    # the email's own inline styles and remote images, nothing else (newsletter.web.security)
+    return HTMLResponse(cache[key], headers={"Content-Security-Policy": EMAIL_POLICY})

@@ -8,9 +8,6 @@ confirmation link and 404 for a subscriber who no longer exists, always with a p
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +29,7 @@ from newsletter.errors import (
     NewsletterError,
 )
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.subscribers import normalise_address
 from newsletter.subscriptions import (
     Confirmation,
     Consent,
@@ -46,6 +44,7 @@ from newsletter.subscriptions import (
 )
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE, LinkSigner
 from newsletter.web import mail
+from newsletter.web.limits import Backoff, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +53,7 @@ PAGES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(default=True)
 )
 EVERY = {"weekly": "every week", "daily": "every day", "monthly": "every month"}  # by schedule.cadence
-RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip counts requests in the last hour
-
-
-class RateLimiter:
-    """At most ``limit`` events per key in a sliding ``window`` (seconds); in memory, per process."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        """Count one event for ``key``; False when it is over the limit (the event is not counted then)."""
-        now = self.clock()
-        with self._lock:
-            if len(self._seen) > 10_000:  # forget idle keys so memory stays bounded
-                self._seen = {k: q for k, q in self._seen.items() if q and q[-1] > now - self.window}
-            seen = self._seen.setdefault(key, deque())
-            while seen and seen[0] <= now - self.window:
-                seen.popleft()
-            if len(seen) >= self.limit:
-                return False
-            seen.append(now)
-            return True
+RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip requests per client per hour
 
 
 @dataclass
@@ -88,7 +64,8 @@ class WebState:
     engine: Engine
     clock: Callable[[], datetime]
     signer: LinkSigner
-    limiter: RateLimiter
+    limiter: RateLimiter  # subscribe requests per client
+    backoff: Backoff  # wrong API tokens per client
 
 
 def _state(request: Request) -> WebState:
@@ -100,7 +77,7 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     config = _state(request).config
     site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
     defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False,
-                "every": EVERY[config.schedule.cadence]}
+                "latest": None, "every": EVERY[config.schedule.cadence]}
     html = PAGES.get_template(template).render({**defaults, **context})
     return HTMLResponse(html, status_code=status)
 
@@ -156,10 +133,11 @@ def subscribe(
 ) -> HTMLResponse:
     """Subscribe form endpoint (usable from another site's form): creates a pending subscriber and sends a
     confirmation email. The answer, and how long it takes, is the same whether or not the address is
-    already on the list: the email goes out after the response."""
+    already on the list: only what depends on the request alone (rate limit, honeypot, the address's
+    syntax) happens before the answer; the database and the email come after it."""
     state = _state(request)
     ip, user_agent = _client(request)
-    if not state.limiter.allow(ip or "unknown"):
+    if not state.limiter.allow(ip):
         log.warning("subscribe rate limit reached for an IP address")
         return notice(request, "Too many requests",
                       "Too many subscription requests came from your network. Please try again in an hour.",
@@ -171,15 +149,26 @@ def subscribe(
     if website.strip():
         log.info("subscribe form honeypot filled; ignoring the request")
         return check_inbox
-    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
     try:
-        subscriber = request_subscription(state.engine, email[:400], name, consent, now=state.clock())
+        address = normalise_address(email[:400])
     except InvalidAddress:
         return page(request, "subscribe.html", 400, title="Subscribe", email=email[:400], name=name[:200],
                     error="That does not look like an email address. Please check it and try again.")
-    if subscriber is not None:
-        background.add_task(_send_confirmation, state, subscriber)
+    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
+    background.add_task(_subscribe_after_answering, state, address, name, consent, state.clock())
     return check_inbox
+
+
+def _subscribe_after_answering(state: WebState, address: str, name: str, consent: Consent, now: datetime) -> None:
+    """Record the request and send the confirmation, if the address gets one. Runs after the answer went
+    out, so an error is logged, never shown."""
+    try:
+        subscriber = request_subscription(state.engine, address, name, consent, now=now)
+    except Exception:  # nobody waits for the answer any more: the log is the only place to tell
+        log.exception("could not record a subscription request")
+        return
+    if subscriber is not None:
+        _send_confirmation(state, subscriber)
 
 
 def _send_confirmation(state: WebState, subscriber: Subscriber) -> None:

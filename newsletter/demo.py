@@ -8,6 +8,7 @@ subscribers, prepares this week's issue, renders it and sends it through the fil
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ class DemoResult:
                 f"sample message: {self.preview.eml}",
                 f"outbox:         {self.outbox} ({len(list(self.outbox.glob('*.eml')))} .eml files)",
                 "",
-                f"Try the other commands on it: {command} digest status --config {directory / 'config.yaml'}",
+                f"Try the other commands on it: {command} digest status --config "
+                f"{shlex.quote(str(directory / 'config.yaml'))}",
             ]
         )
 

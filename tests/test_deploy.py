@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_the_dockerfile_builds_in_two_stages_with_dependencies_before_the_source
     build, final = _stages((DEPLOY / "Dockerfile").read_text(encoding="utf-8"))
     steps = [f"{instruction} {arguments}" for instruction, arguments in build]
     position = {name: next(i for i, step in enumerate(steps) if re.search(pattern, step)) for name, pattern in {
-        "copy pyproject": r"^COPY pyproject\.toml ",
+        "copy pyproject": r"^COPY pyproject\.toml deploy/requirements\.py ",
         "install dependencies": r"^RUN .*pip install .*-r requirements\.txt",
         "copy source": r"^COPY newsletter/ ",
         "install project": r"^RUN .*pip install .*--no-deps \.",
@@ -101,3 +102,18 @@ def test_the_image_runs_as_a_user_keeps_the_database_on_a_volume_and_checks_its_
     port = final["EXPOSE"]
     assert f"http://127.0.0.1:{port}/healthz" in final["HEALTHCHECK"]
     assert f'"--port", "{port}"' in final["CMD"] and '"serve"' in final["CMD"]
+
+
+def test_the_image_installs_the_project_dependencies_and_the_chosen_extras(tmp_path: Path) -> None:
+    build = dict(_stages((DEPLOY / "Dockerfile").read_text(encoding="utf-8"))[0])
+    extras = build["ARG"].partition("EXTRAS=")[2]
+    assert set(extras.split(",")) == {"postgres", "dkim", "html"}  # PostgreSQL, DKIM and HTML pages work in it
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    listed = subprocess.run([sys.executable, str(DEPLOY / "requirements.py"), extras], cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout.split()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert listed[:len(project["dependencies"])] == project["dependencies"]
+    assert {"psycopg[binary]>=3.1", "dkimpy>=1.1"} <= set(listed) and any(d.startswith("trafilatura") for d in listed)
+    wrong = subprocess.run([sys.executable, str(DEPLOY / "requirements.py"), "postgress"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert wrong.returncode == 1 and wrong.stderr.strip().startswith("unknown extra postgress; choose from ")

@@ -28,7 +28,7 @@ def readme_command(heading: str) -> str:
 
 
 def test_the_first_command_installs_runs_the_demo_quietly_and_its_hint_works(tmp_path: Path) -> None:
-    project = tmp_path / "newsletter"
+    project = tmp_path / "my projects" / "newsletter"  # a space in the path: the hint must still work as printed
     shutil.copytree(ROOT, project, ignore=LEFT_OUT)
     environment = {name: value for name, value in os.environ.items() if not name.startswith("NEWSLETTER_")}
     first = subprocess.run(["bash", "-c", readme_command("## The two commands")], cwd=project, env=environment,

@@ -96,6 +96,13 @@ def test_the_sqlite_backup_step_makes_a_consistent_copy_while_the_database_is_in
     copy.dispose()
     assert emails == ["kept@example.org", "late@example.org"]
 
+    # a later change is lost with a restore: the backup's contents come back
+    assert run(".venv/bin/newsletter subscribers add after@example.org", installed).returncode == 0
+    restored = run(documented_lines("restore: SQLite"), installed)
+    assert restored.returncode == 0, restored.stderr
+    listed = run(".venv/bin/newsletter subscribers list", installed)
+    assert "late@example.org" in listed.stdout and "after@example.org" not in listed.stdout
+
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL pass only (NEWSLETTER_TEST_DATABASE_URL)")
 def test_the_postgresql_backup_step_makes_a_dump_that_pg_restore_reads(installed: Path) -> None:
@@ -109,3 +116,23 @@ def test_the_postgresql_backup_step_makes_a_dump_that_pg_restore_reads(installed
                              capture_output=True, text=True, timeout=60)
     schema = make_url(url).query["options"].partition("search_path=")[2]
     assert re.search(rf"TABLE DATA {schema} subscriber ", listing.stdout), listing.stdout[:2000]
+
+    # restored into an empty database, the subscriber is there
+    admin = create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    empty = f"restore_{schema}"
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {empty}"))
+    target = make_url(TEST_DATABASE_URL).set(database=empty)
+    try:
+        restored = run(documented_lines("restore: PostgreSQL"), installed,
+                       DATABASE_URL=target.set(drivername="postgresql").render_as_string(hide_password=False))
+        assert restored.returncode == 0, restored.stderr
+        copy = create_engine(target)
+        with copy.connect() as connection:
+            emails = connection.execute(text(f"select email from {schema}.subscriber")).scalars().all()
+        copy.dispose()
+        assert emails == ["kept@example.org"]
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {empty} WITH (FORCE)"))
+        admin.dispose()

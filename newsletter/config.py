@@ -455,8 +455,9 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         data = yaml.load(chosen.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except _DuplicateKey as exc:
+        first = "on this line" if exc.first == exc.line else f"(first on line {exc.first})"
         raise ConfigError(
-            f"{chosen}:{exc.line}: the key '{exc.key}' is there twice (first on line {exc.first}); "
+            f"{chosen}:{exc.line}: the key '{exc.key}' is there twice {first}; "
             f"keep one, otherwise only the last would count"
         ) from None
     except yaml.YAMLError as exc:
@@ -486,15 +487,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     wins": a setting that silently does not count. Keys brought in by a merge (``<<: *base``) may be
     overridden, as YAML intends."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[tuple[str, str], int] = {}
-        for key_node, _value in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                line = key_node.start_mark.line + 1
-                first = seen.setdefault((key_node.tag, key_node.value), line)
-                if first != line:
-                    raise _DuplicateKey(key_node.value, line, first)
-        return super().construct_mapping(node, deep=deep)
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()  # mappings whose own keys were checked (ids of their nodes)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Every mapping passes here before it is read, and merged mappings before they are merged; the
+        # first time, its keys are its own. Flattening then puts the merged keys beside them in place, so a
+        # node read again (an anchor used twice) is not checked again.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, _value in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    line = key_node.start_mark.line + 1
+                    if (key_node.tag, key_node.value) in seen:
+                        raise _DuplicateKey(key_node.value, line, seen[(key_node.tag, key_node.value)])
+                    seen[(key_node.tag, key_node.value)] = line
+        super().flatten_mapping(node)
 
 
 def _describe(exc: ValidationError, source: str) -> str:

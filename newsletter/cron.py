@@ -105,11 +105,14 @@ def parse_cron(text: str) -> CronSchedule:
         either_day=not fields[2].startswith("*") and not fields[4].startswith("*"),
         by_the_clock=fields[0].startswith("*") or fields[1].startswith("*"),
     )
-    if not schedule.either_day and not any(
-        day <= calendar.monthrange(2024, month)[1] for month in months for day in days  # 2024: a leap year
-    ):
+    if not schedule.either_day and not _some_date(days, months):
         raise CronError(f"{text!r} never fires (no such date); use e.g. {EXAMPLE}")
     return schedule
+
+
+def _some_date(days: frozenset[int], months: frozenset[int]) -> bool:
+    """Some month of ``months`` has a day of ``days`` (29 February counts: leap years have it)."""
+    return any(day <= calendar.monthrange(2024, month)[1] for month in months for day in days)  # 2024: leap
 
 
 def _parse_field(text: str, spec: _Field, expression: str) -> frozenset[int]:
@@ -169,8 +172,10 @@ def cron_trigger(schedule: CronSchedule, zone: tzinfo) -> BaseTrigger:
             timezone=zone,
         )
 
-    if schedule.either_day:
+    if schedule.either_day and _some_date(schedule.days, schedule.months):
         inner: BaseTrigger = OrTrigger([crontrigger(schedule.days, None), crontrigger(None, schedule.weekdays)])
+    elif schedule.either_day:  # "0 0 31 2 mon": only the weekdays can match (APScheduler would look for a
+        inner = crontrigger(None, schedule.weekdays)  # 31 February up to the year 9999 for every fire time)
     else:
         inner = crontrigger(schedule.days, schedule.weekdays)
     return DebianCronTrigger(inner, zone, by_the_clock=schedule.by_the_clock)

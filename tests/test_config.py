@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from newsletter.config import load_config
+from newsletter.config import _UniqueKeyLoader, load_config
 from newsletter.errors import ConfigError
 from tests.conftest import ROOT, make_config
 
@@ -170,8 +171,11 @@ def test_the_reference_config_works_when_copied_anywhere(tmp_path, monkeypatch):
         (VALID + "schedule:\n  cadence: daily\nschedule:\n  cadence: weekly\n",
          ":9: the key 'schedule' is there twice (first on line 7)"),
         (VALID.replace("  site_url:", "  name: Other\n  site_url:"), ":6: the key 'name' is there twice (first on line 3)"),
+        (VALID + "backend: {name: smtp, name: file}\n", ":7: the key 'name' is there twice on this line"),
+        (VALID + "schedule: {cadence: daily,\n  cadence: weekly}\n", ":8: the key 'cadence' is there twice (first on line 7)"),
+        (VALID + "delivery:\n  <<: {batch_size: 5}\n  lease: 5m\n  lease: 7m\n", ":10: the key 'lease' is there twice (first on line 9)"),
     ],
-    ids=["in-a-section", "a-section", "top-of-newsletter"],
+    ids=["in-a-section", "a-section", "top-of-newsletter", "one-line", "flow-over-two-lines", "beside-a-merge"],
 )
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -180,10 +184,24 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path, text, expected):
     assert str(caught.value).startswith(f"{path}{expected}")
 
 
-def test_keys_brought_in_by_a_yaml_merge_may_be_overridden(tmp_path):
-    merged = VALID + "delivery:\n  <<: {batch_size: 5, lease: 5m}\n  lease: 7m\n"
-    delivery = load_config(write(tmp_path, merged)).delivery
+@pytest.mark.parametrize(
+    "merged",
+    ["delivery:\n  <<: {batch_size: 5, lease: 5m}\n  lease: 7m\n",
+     "delivery: {<<: {batch_size: 5, lease: 5m}, lease: 7m}\n"],  # all on one line
+    ids=["block", "one-line"],
+)
+def test_keys_brought_in_by_a_yaml_merge_may_be_overridden(tmp_path, merged):
+    text = VALID + merged
+    delivery = load_config(write(tmp_path, text)).delivery
     assert (delivery.batch_size, delivery.lease) == (5, "7m")
+
+
+def test_a_merged_mapping_used_again_by_its_anchor_keeps_its_overrides() -> None:
+    # Merging flattens &base in place (its merged keys and its own override side by side) before &base is
+    # read again through *base: the override is not taken for a key given twice.
+    text = "delivery: {<<: &base {<<: {batch_size: 5, lease: 5m}, lease: 6m}, lease: 7m}\nagain: *base\n"
+    data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    assert data == {"delivery": {"batch_size": 5, "lease": "7m"}, "again": {"batch_size": 5, "lease": "6m"}}
 
 
 @pytest.mark.parametrize(

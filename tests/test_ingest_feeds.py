@@ -445,3 +445,71 @@ def test_an_external_entity_is_never_read(engine, tmp_path) -> None:
             f"read from a file or URL; remove the DOCTYPE"
         )
     assert stored(engine) == {}
+
+
+NESTED = '<!ENTITY b "bbbbbbbbbb"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">'
+HIDING = {  # what stands in the DOCTYPE before the declarations, hiding them from a scan that ends at "<a"
+    "comment": "<!-- see <a> -->",
+    "processing-instruction": "<?note see <a> ?>",
+    "entity-value": '<!ENTITY link "see <a href=\'x\'>">',
+    "comment-and-line-breaks": "\n<!-- see <a> -->\n",
+}
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "cp037"])
+@pytest.mark.parametrize("hiding", sorted(HIDING))
+def test_no_markup_before_a_declaration_hides_it_from_the_check(engine, tmp_path, hiding, encoding) -> None:
+    # cp037 (EBCDIC), which feedparser recognises by the first bytes and reads like any other encoding
+    feed = tmp_path / "hidden.xml"
+    document = (
+        f'<?xml version="1.0" encoding="{encoding}"?>\n<!DOCTYPE rss [\n{HIDING[hiding]}\n{NESTED}\n]>\n'
+        '<rss version="2.0"><channel><title>T</title><item><title>Laugh &c;</title>'
+        "<description>A summary.</description><link>https://example.org/c</link></item></channel></rss>\n"
+    )
+    feed.write_bytes(document.encode(encoding))
+    [rejection] = ingest_paths(engine, [feed]).rejected
+    assert rejection.message == (
+        f"{feed}: not read: the feed declares &c; in terms of other entities, which could expand to "
+        f"gigabytes (a 'billion laughs'); remove the DOCTYPE"
+    )
+    assert stored(engine) == {}
+
+
+@pytest.mark.parametrize("declaration", [
+    '<!ENTITY xxe SYSTEM "file:///etc/passwd">', '<!ENTITY % p "x">',
+])
+def test_external_and_parameter_entities_behind_a_comment_are_refused(engine, tmp_path, declaration) -> None:
+    feed = tmp_path / "hidden.xml"
+    feed.write_text(
+        f'<?xml version="1.0"?><!DOCTYPE rss [<!-- <a> -->{declaration}]><rss version="2.0"><channel>'
+        "<title>T</title><item><title>X</title><description>A summary.</description>"
+        "<link>https://example.org/x</link></item></channel></rss>", encoding="utf-8")
+    [rejection] = ingest_paths(engine, [feed]).rejected
+    assert "remove the DOCTYPE" in rejection.message
+    assert stored(engine) == {}
+
+
+def test_a_declaration_that_is_only_text_is_not_a_declaration(engine, tmp_path) -> None:
+    # A security blog quotes an external entity in an item and in a comment: the feed declares nothing.
+    feed = tmp_path / "blog.xml"
+    feed.write_text(
+        '<?xml version="1.0"?><!DOCTYPE rss [<!-- not used: <!ENTITY xxe SYSTEM "file:///etc/passwd"> -->'
+        '<!ENTITY copy "&#169;">]><rss version="2.0"><channel><title>Sec &copy;</title><item><title>XXE</title>'
+        '<description><![CDATA[Never accept <!ENTITY xxe SYSTEM "file:///etc/passwd"> from a stranger.]]>'
+        "</description><link>https://example.org/xxe</link></item></channel></rss>", encoding="utf-8")
+    report = ingest_paths(engine, [feed])
+    assert (report.added, report.rejected) == (1, [])
+    [summary] = stored(engine).values()
+    assert summary.source == "Sec ©" and summary.summary.startswith("Never accept")  # the HTML cleaned as ever
+
+
+def test_an_unsafe_declaration_after_a_malformed_part_of_the_doctype_is_refused(engine, tmp_path) -> None:
+    # expat stops at "<!BOGUS>" before it reads the declarations: the whole document is scanned instead.
+    feed = tmp_path / "malformed.xml"
+    feed.write_text(
+        f'<?xml version="1.0"?><!DOCTYPE rss [<!BOGUS> <!-- <a> -->{NESTED}]><rss version="2.0"><channel>'
+        "<title>T</title><item><title>&c;</title><description>A summary.</description>"
+        "<link>https://example.org/x</link></item></channel></rss>", encoding="utf-8")
+    [rejection] = ingest_paths(engine, [feed]).rejected
+    assert "declares &c; in terms of other entities" in rejection.message
+    assert stored(engine) == {}

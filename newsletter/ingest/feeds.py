@@ -16,6 +16,7 @@ from __future__ import annotations
 import calendar
 import html.entities
 import logging
+import pyexpat
 import re
 import xml.sax
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import feedparser
+# feedparser's own step that turns a feed into UTF-8 before its XML parser sees it (not in its API)
+from feedparser.encodings import convert_to_utf8
 import httpx
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -115,12 +118,63 @@ _DECLARATION = re.compile(
 _ONE_CHARACTER = re.compile(rb"&#(?:[0-9]+|x[0-9A-Fa-f]+);")
 
 
+class _FirstElement(Exception):
+    """Raised by the prolog check's handler: the DOCTYPE is over, nothing more can be declared."""
+
+
 def _unsafe_declaration(content: bytes) -> str | None:
-    """What is unsafe about the entities the document's DOCTYPE declares (before its first element), if
-    anything: a parameter or external entity, or a value that refers to other entities."""
-    first_element = re.search(rb"<[A-Za-z_]", content)
-    prolog = content[: first_element.start()] if first_element else content
-    for match in _DECLARATION.finditer(prolog):
+    """What is unsafe about the entities the document declares, if anything: a parameter or external
+    entity, or one whose value refers to other entities.
+
+    The declarations are those expat (the parser of feedparser's strict mode) reads from the bytes
+    feedparser gives it (the document turned into UTF-8 as feedparser does, so a UTF-16 or EBCDIC feed is
+    checked too), up to the first element. Comments, processing instructions and quoted values in the
+    DOCTYPE are expat's to skip, so no markup before a declaration can hide it, and a declaration quoted in
+    a comment or a CDATA section is not one. A document whose prolog expat cannot read is scanned whole:
+    any ``<!ENTITY`` in it that would be unsafe refuses it.
+    """
+    scratch: dict[str, Any] = {}
+    text = convert_to_utf8({}, content, scratch)
+    if not scratch.get("encoding"):
+        text = content  # no encoding fits: feedparser's loose parser reads it, expanding nothing of its own
+    found: list[str] = []
+
+    def declared(name: str, parameter: int, value: str | None, _base: Any, system: str | None,
+                 public: str | None, _notation: Any) -> None:
+        if found:
+            return
+        if parameter:
+            found.append(f"declares the parameter entity %{name}; which would be read from elsewhere; "
+                         f"remove the DOCTYPE")
+        elif system is not None or public is not None:
+            kind = "PUBLIC" if public is not None else "SYSTEM"
+            found.append(f"declares &{name}; as an external entity ({kind}), whose content would be read "
+                         f"from a file or URL; remove the DOCTYPE")
+        elif value is not None and "&" in value:  # the value with its character references resolved
+            found.append(f"declares &{name}; in terms of other entities, which could expand to gigabytes "
+                         f"(a 'billion laughs'); remove the DOCTYPE")
+        if found:
+            raise _FirstElement
+
+    def first_element(*_args: Any) -> None:
+        raise _FirstElement
+
+    parser = pyexpat.ParserCreate()
+    parser.EntityDeclHandler = declared
+    parser.StartElementHandler = first_element
+    try:
+        parser.Parse(text, True)
+    except _FirstElement:
+        return found[0] if found else None
+    except (pyexpat.ExpatError, ValueError, LookupError):
+        pass  # not well-formed before its first element (feedparser will say so), or an unknown encoding
+    return _unsafe_declaration_anywhere(text)
+
+
+def _unsafe_declaration_anywhere(text: bytes) -> str | None:
+    """The first unsafe ``<!ENTITY`` anywhere in ``text`` (a document expat could not read up to its first
+    element, where what is a declaration cannot be told)."""
+    for match in _DECLARATION.finditer(text):
         name = match["name"].decode("ascii", "replace")
         value = match["dq"] if match["dq"] is not None else match["sq"]
         if match["parameter"]:

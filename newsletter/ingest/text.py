@@ -14,7 +14,9 @@ The shape we read, every part but the title optional::
 
 The header zone (everything before the first section heading or paragraph) is read line by line, each
 line classified on its own, in any order, with or without blank lines between: so one unexpected line
-does not push the rest into the text. docs/ingest.md lists the shapes and what is never guessed.
+does not push the rest into the text. Two header lines are known by their place, not their shape (the
+subtitle, an image description without ``Image:``); neither is ever the page's only paragraph, which is
+its text. docs/ingest.md lists the shapes and what is never guessed.
 :func:`parse_page` turns such text into the fields of a summary and is shared with the HTML reader. It
 never invents a field: what it does not find stays empty.
 """
@@ -160,9 +162,15 @@ def parse_page(text: str, *, where: str, summary_length: int) -> dict[str, Any]:
             data["published_at"] = _date(date, where, number)
         position += 1
     data["title"] = content[position][1]
-    position = _header(content, position, data, where)
-    body_lines = _until_tail([line for _number, line in numbered if _number > _line_before(content, position)])
-    sections = _sections(body_lines)
+    title, before_header = position, dict(data)
+    position, guessed = _header(content, title, data, where)
+    sections = _sections(_until_tail([line for n, line in numbered if n > _line_before(content, position)]))
+    if guessed and not _has_summary_text(sections):
+        # The page's only text sits where a subtitle or bare image description could: it is the text, and
+        # the header ends before it (never a rejected page for a guess of ours).
+        data = before_header
+        position, _guessed = _header(content, title, data, where, end=guessed[-1])
+        sections = _sections(_until_tail([line for n, line in numbered if n > _line_before(content, position)]))
     _fill_from_sections(sections, data, where, summary_length)
     return data
 
@@ -250,14 +258,19 @@ def _is_date_or_meta(line: str) -> bool:
     return bool(_DATE_LINE.match(line) or _META_LINE.match(line))
 
 
-def _header(content: list[tuple[int, str]], title: int, data: dict[str, Any], where: str) -> int:
-    """Reads the header zone after the title (at ``content[title]``): each line is classified on its own
-    (date, view count or reading time, source, image description, subtitle), in any order and with or
-    without blank lines between them. Returns the position in ``content`` where the text starts: the first
-    line that is none of these (a section heading or a paragraph)."""
+def _header(
+    content: list[tuple[int, str]], title: int, data: dict[str, Any], where: str, end: int | None = None
+) -> tuple[int, list[int]]:
+    """Reads the header zone after the title (at ``content[title]``), at most up to position ``end``: each
+    line is classified on its own (date, view count or reading time, source, image description, subtitle),
+    in any order and with or without blank lines between them. Returns the position in ``content`` where
+    the text starts (the first line that is none of these: a section heading or a paragraph), and the
+    positions of the lines read by their place rather than their shape (subtitle, bare image description),
+    which the caller gives back to the text when the page would have no text without them."""
     position = title + 1
+    guessed: list[int] = []
     dated_or_sourced = False  # a date or source line seen: only after one is a bare image description read
-    while position < len(content):
+    while position < len(content) and (end is None or position < end):
         number, line = content[position]
         if _is_heading_text(line) and _KNOWN_HEADINGS.match(line.rstrip(":").strip()):
             break
@@ -279,13 +292,15 @@ def _header(content: list[tuple[int, str]], title: int, data: dict[str, Any], wh
             pass  # "1,204 views" on a line of its own: dropped
         elif position == title + 1 and _is_subtitle(content, position):
             data["subtitle"] = line
+            guessed.append(position)
         elif "image_alt" not in data and dated_or_sourced and _is_bare_image_description(content, position):
             data["image_alt"] = line
+            guessed.append(position)
         else:
             break
         dated_or_sourced = dated_or_sourced or kind in ("date", "source")
         position += 1
-    return position
+    return position, guessed
 
 
 def _header_kind(line: str) -> str | None:
@@ -303,7 +318,8 @@ def _header_kind(line: str) -> str | None:
 
 def _is_subtitle(content: list[tuple[int, str]], position: int) -> bool:
     """The line right after the title, when a date, view count, source or image line follows it: a phrase
-    or a whole sentence. Without such a line after it, it is the text's first paragraph (never guessed)."""
+    or a whole sentence. Without such a line after it, it is the text's first paragraph (never guessed);
+    so is it when it would be the page's only paragraph (see :func:`parse_page`)."""
     line = content[position][1]
     if len(line) > 300 or _BULLET.match(line) or _TAIL.match(line):
         return False
@@ -313,26 +329,35 @@ def _is_subtitle(content: list[tuple[int, str]], position: int) -> bool:
 
 _MIN_IMAGE_WORDS = 8
 _MIN_IMAGE_CHARS = 50
+_SENTENCE_INSIDE = re.compile(r"[.!?][\"”)]?\s+[A-Z]")  # "… young mice. Clearing …": text, not a description
 
 
 def _is_bare_image_description(content: list[tuple[int, str]], position: int) -> bool:
     """An image description without an ``Image:`` prefix, after the date or source line: a long
-    descriptive line (8+ words), not a sentence (no closing punctuation), not in Title Case as a heading is,
-    and standing alone (a blank line, a header line or the end after it, where a heading has its text)."""
+    descriptive line (8+ words), one phrase (no closing punctuation, no sentence ending inside it), not in
+    Title Case as a heading is, standing alone (a blank line, a header line or the end after it, where a
+    heading has its text), and held in the header: right under a header line with no blank line between, or
+    with a header line after it. Between blank lines it is a heading or a paragraph of the text (never
+    guessed); so is it when it would be the page's only paragraph (see :func:`parse_page`)."""
     number, line = content[position]
     words = line.split()
     if (
         len(words) < _MIN_IMAGE_WORDS or len(line) < _MIN_IMAGE_CHARS or line[-1] in ".!?:;,…\"”)"
         or _BULLET.match(line) or _TAIL.match(line) or _KNOWN_HEADINGS.match(line.rstrip(":"))
+        or _SENTENCE_INSIDE.search(line)
     ):
         return False
     long_words = [word for word in words[1:] if len(word) > 3 and word[0].isalpha()]
     if long_words and all(word[0].isupper() for word in long_words):
         return False  # "How the Drug Acts on the Brain": a heading
+    previous_number, previous = content[position - 1]
+    under_a_header_line = previous_number == number - 1 and _header_kind(previous) is not None
     if position + 1 == len(content):
-        return True
+        return under_a_header_line
     next_number, following = content[position + 1]
-    return next_number > number + 1 or _header_kind(following) is not None
+    if _header_kind(following) is not None:
+        return True
+    return next_number > number + 1 and under_a_header_line
 
 
 def _date(match: re.Match[str], where: str, line: int) -> datetime:
@@ -421,14 +446,30 @@ def _sections(lines: list[str]) -> list[_Section]:
 
 
 def _followed_by_text(lines: list[str], index: int) -> bool:
+    """The next line is a sentence, a bullet, or too long to be a heading (a paragraph without its stop)."""
     following = next((line.strip() for line in lines[index + 1 :] if line.strip()), "")
-    return bool(following) and (bool(_BULLET.match(following)) or following[-1] in ".!?:\"”)")
+    return bool(following) and (
+        bool(_BULLET.match(following)) or following[-1] in ".!?:\"”)" or not _is_heading_text(following)
+    )
+
+
+def _pick_sections(sections: list[_Section]) -> tuple[_Section | None, _Section | None, list[_Section]]:
+    """The summary section, the findings section (with bullets) and the other sections."""
+    summary_section = next((s for s in sections if s.heading and _SUMMARY_HEADING.match(s.heading)), None)
+    findings = next((s for s in sections if s.heading and _FINDINGS_HEADING.match(s.heading) and s.bullets), None)
+    return summary_section, findings, [s for s in sections if s is not summary_section and s is not findings]
+
+
+def _has_summary_text(sections: list[_Section]) -> bool:
+    """A summary can be taken from ``sections``: a Summary section with text, or a paragraph elsewhere."""
+    summary_section, _findings, rest = _pick_sections(sections)
+    if summary_section is not None and summary_section.paragraphs:
+        return True
+    return any(not p.startswith("• ") for s in rest for p in s.paragraphs)
 
 
 def _fill_from_sections(sections: list[_Section], data: dict[str, Any], where: str, length: int) -> None:
-    summary_section = next((s for s in sections if s.heading and _SUMMARY_HEADING.match(s.heading)), None)
-    findings = next((s for s in sections if s.heading and _FINDINGS_HEADING.match(s.heading) and s.bullets), None)
-    rest = [s for s in sections if s is not summary_section and s is not findings]
+    summary_section, findings, rest = _pick_sections(sections)
     if summary_section is not None and summary_section.paragraphs:
         data["summary"] = "\n\n".join(summary_section.paragraphs)
     else:
@@ -445,6 +486,10 @@ def _fill_from_sections(sections: list[_Section], data: dict[str, Any], where: s
                     break
     if findings is not None:  # only a findings section has findings: other headings stay in the body
         data["key_points"] = findings.bullets
-    body = "\n\n".join(section.text() for section in rest if section.paragraphs or section.heading)
+    in_body = [  # the findings section's paragraphs that are not findings (a line after the list) stay, in place
+        _Section(None, [p for p in s.paragraphs if not p.startswith("• ")]) if s is findings else s
+        for s in sections if s is not summary_section
+    ]
+    body = "\n\n".join(section.text() for section in in_body if section.paragraphs or section.heading)
     if body.strip():
         data["body"] = body

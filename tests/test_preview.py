@@ -176,6 +176,23 @@ def test_the_page_runs_only_its_own_script_and_style_and_cannot_be_framed(client
     assert "'unsafe-inline'" in policy["style-src"]  # an email's styles are inline by nature
 
 
+def test_an_unexpected_error_is_a_500_with_the_headers_and_one_line(project: Project) -> None:
+    app = create_preview_app(project.config_file, project.engine)
+
+    def broken() -> None:
+        raise RuntimeError("a bug whose details belong in the log")
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, base_url="http://127.0.0.1:8025", raise_server_exceptions=False) as client:
+        response = client.get("/broken")
+    assert response.status_code == 500
+    assert response.text == "The server could not answer this request: an error on its side, written to its log."
+    policy = directives(response.headers["content-security-policy"])
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert response.headers["x-frame-options"] == "DENY" and response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "same-origin"
+
+
 def test_wrong_tokens_lock_the_client_out_for_longer_and_longer(project: Project, monkeypatch) -> None:
     monkeypatch.setenv("NEWSLETTER_PREVIEW_TOKEN", "a-long-enough-preview-token")
     app = create_preview_app(project.config_file, project.engine, require_token=True)

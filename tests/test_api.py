@@ -15,7 +15,9 @@ from newsletter.cli import app as cli_app
 from newsletter.db import session
 from newsletter.demo import DEMO_SETTINGS
 from newsletter.errors import ConfigError
+from newsletter.ingest import SummaryIn
 from newsletter.models import Summary
+from newsletter.web.api import FORMATS
 from newsletter.web.app import create_app
 from tests.conftest import make_config
 
@@ -34,6 +36,21 @@ def client(tmp_path, monkeypatch, engine) -> TestClient:
 def rows(engine) -> list[Summary]:
     with session(engine) as db:
         return list(db.exec(select(Summary).order_by(Summary.id)))
+
+
+def test_the_published_schema_is_summary_in_s_own_so_the_two_cannot_drift(client) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/api/summaries"]["post"]["requestBody"]
+    one, many = body["content"]["application/json"]["schema"]["anyOf"]
+    assert many == {"type": "array", "items": one}
+    model = SummaryIn.model_json_schema()
+    assert set(one["properties"]) == set(model["properties"]) | {"format"}
+    for name, field in model["properties"].items():  # types, limits (uid: 512 characters) and formats
+        published = {key: value for key, value in field.items() if value is not None}  # FastAPI drops nulls
+        assert one["properties"][name] == published, name
+    assert one["properties"]["format"]["enum"] == list(FORMATS)
+    assert one["additionalProperties"] is False  # as the API: an unknown field is a 400
+    # a summary, or a body to take it from
+    assert one["required"] == ["title"] and one["anyOf"] == [{"required": ["summary"]}, {"required": ["body"]}]
 
 
 def test_one_item_is_stored_and_its_id_returned(client, engine) -> None:

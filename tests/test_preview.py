@@ -6,6 +6,7 @@ import email
 import email.policy
 import re
 from collections.abc import Iterator
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from newsletter.cli import app as cli_app
 from newsletter.config import load_config
 from newsletter.digest import prepare_issue
 from newsletter.errors import ConfigError
-from newsletter.web.preview import create_preview_app
+from newsletter.web.preview import COOKIE, create_preview_app
 from tests.helpers import add_people, add_summaries
 from tests.preview_support import Project, make_project, wait_for
 
@@ -175,6 +176,23 @@ def test_the_page_runs_only_its_own_script_and_style_and_cannot_be_framed(client
     assert "'unsafe-inline'" in policy["style-src"]  # an email's styles are inline by nature
 
 
+def test_an_unexpected_error_is_a_500_with_the_headers_and_one_line(project: Project) -> None:
+    app = create_preview_app(project.config_file, project.engine)
+
+    def broken() -> None:
+        raise RuntimeError("a bug whose details belong in the log")
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, base_url="http://127.0.0.1:8025", raise_server_exceptions=False) as client:
+        response = client.get("/broken")
+    assert response.status_code == 500
+    assert response.text == "The server could not answer this request: an error on its side, written to its log."
+    policy = directives(response.headers["content-security-policy"])
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert response.headers["x-frame-options"] == "DENY" and response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "same-origin"
+
+
 def test_wrong_tokens_lock_the_client_out_for_longer_and_longer(project: Project, monkeypatch) -> None:
     monkeypatch.setenv("NEWSLETTER_PREVIEW_TOKEN", "a-long-enough-preview-token")
     app = create_preview_app(project.config_file, project.engine, require_token=True)
@@ -190,9 +208,54 @@ def test_wrong_tokens_lock_the_client_out_for_longer_and_longer(project: Project
         assert locked.text == "too many wrong tokens from your address; try again in 1 s"
         now[0] += 1
         assert client.get("/?token=a-long-enough-preview-token").status_code == 200
-        client.cookies.set("newsletter_preview_token", "a-wrong-cookie-of-some-length")
-        assert client.get("/email").status_code == 403  # a wrong cookie is a guess too
-        assert client.get("/email?token=a-long-enough-preview-token").status_code == 200
+        assert client.get("/email").status_code == 200  # the cookie keeps the editor in
+
+
+def token_app(project: Project, monkeypatch: pytest.MonkeyPatch, token: str) -> TestClient:
+    """A client of the preview bound beyond loopback with ``token`` (all its requests from one address)."""
+    monkeypatch.setenv("NEWSLETTER_PREVIEW_TOKEN", token)
+    app = create_preview_app(project.config_file, project.engine, require_token=True)
+    return TestClient(app, base_url="http://192.0.2.10:8025")
+
+
+def test_a_stale_cookie_is_cleared_and_never_counts_as_a_wrong_guess(project: Project, monkeypatch) -> None:
+    with token_app(project, monkeypatch, "the-old-preview-token") as client:
+        assert client.get("/?token=the-old-preview-token").status_code == 200
+        old_cookie = client.cookies[COOKIE]
+    # the token is rotated (the preview restarts); an open tab's event stream keeps reconnecting with the old
+    # cookie, and so may anyone behind the same NAT with any cookie at all
+    with token_app(project, monkeypatch, "the-new-preview-token") as client:
+        for cookie in [old_cookie] * 30 + ["the-new-preview-token", "x", "0" * 64]:
+            client.cookies.set(COOKIE, cookie)
+            stale = client.get("/email")
+            assert stale.status_code == 403 and "open it again with ?token=" in stale.text, stale.text
+            cleared = SimpleCookie(stale.headers["set-cookie"])[COOKIE]
+            assert cleared["max-age"] == "0" and not cleared.value  # so the tab stops sending it
+        assert client.get("/?token=the-new-preview-token").status_code == 200  # never shut out
+        assert client.get("/email").status_code == 200
+
+
+def test_the_cookie_is_not_the_token_so_guessing_it_is_hopeless(project: Project, monkeypatch) -> None:
+    with token_app(project, monkeypatch, "a-long-enough-preview-token") as client:
+        client.get("/?token=a-long-enough-preview-token")
+        cookie = client.cookies[COOKIE]
+        assert len(cookie) >= 43 and "a-long-enough-preview-token" not in cookie  # 256 bits, not the token
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "another-secret-key")  # another site, same token: another cookie
+    with token_app(project, monkeypatch, "a-long-enough-preview-token") as client:
+        client.cookies.set(COOKIE, cookie)
+        assert client.get("/email").status_code == 403
+        fresh = client.get("/?token=a-long-enough-preview-token").headers["set-cookie"]
+        assert SimpleCookie(fresh)[COOKIE].value not in ("", cookie)
+
+
+def test_an_editor_with_a_cookie_is_not_shut_out_by_a_neighbours_wrong_guesses(project: Project, monkeypatch) -> None:
+    with token_app(project, monkeypatch, "a-long-enough-preview-token") as editor:
+        assert editor.get("/?token=a-long-enough-preview-token").status_code == 200
+        neighbour = TestClient(editor.app, base_url="http://192.0.2.10:8025")  # the same address (a NAT)
+        answers = [neighbour.get("/?token=a-wrong-token-of-some-length").status_code for _ in range(7)]
+        assert answers == [403] * 6 + [429]
+        assert editor.get("/email").status_code == 200  # the editor's session is no guess
+        assert neighbour.get("/?token=a-long-enough-preview-token").status_code == 429  # a URL token still is
 
 
 def test_a_short_token_in_the_environment_stops_the_preview_with_one_line(

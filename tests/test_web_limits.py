@@ -36,9 +36,17 @@ def test_an_ipv4_client_is_its_address_also_when_mapped_into_ipv6(address) -> No
     assert client_key(str(address)) == client_key(f"::ffff:{address}") == str(address)
 
 
-@pytest.mark.parametrize("oddity", [None, "", "testclient", "unix:/run/socket", "2001:db8::1%eth0"])
-def test_anything_else_is_a_client_of_its_own_and_never_an_error(oddity) -> None:
-    assert isinstance(client_key(oddity), str)
+@pytest.mark.parametrize(("oddity", "key"), [
+    (None, "unknown"),  # no client address at all (a test client, some servers on a Unix socket)
+    ("", "unknown"),
+    ("testclient", "testclient"),
+    ("unix:/run/socket", "unix:/run/socket"),  # has a colon, is no IPv6 address: itself
+    ("2001:db8::1%eth0", "2001:db8::1%eth0"),  # scoped: only from the local link, itself
+    ("fe80::1%2", "fe80::1%2"),
+    ("2001:DB8:0:0:1::7", "2001:db8::/64"),  # any spelling of an address: its /64 written one way
+])  # fmt: skip
+def test_anything_else_is_a_client_of_its_own_and_never_an_error(oddity, key) -> None:
+    assert client_key(oddity) == key
 
 
 def test_a_burst_of_the_limit_then_one_more_each_window_over_limit() -> None:

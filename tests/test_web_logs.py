@@ -103,6 +103,7 @@ def test_the_preview_under_uvicorn_logs_no_token(tmp_path: Path, monkeypatch, uv
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             assert client.get(f"/email?token={secret}").status_code == 200
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:  # no cookie: a guess
             assert client.get("/email?token=a-wrong-guess-of-some-length").status_code == 403
     finally:
         app.state.preview.stop.set()

@@ -18,6 +18,7 @@ from newsletter.digest import prepare_issue
 from newsletter.models import Subscriber
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE
 from newsletter.web.app import create_app
+from newsletter.web.security import PAGE_POLICY
 from tests.helpers import add_people, add_summaries
 
 
@@ -90,6 +91,34 @@ def test_the_api_and_the_feed_carry_the_headers_too(client: TestClient) -> None:
     for response in (client.post("/api/summaries", json={}), client.get("/archive/feed.atom")):
         assert directives(response.headers["content-security-policy"])["frame-ancestors"] == "'none'"
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def broken_route(app) -> None:
+    """A page and an API route of ``app`` that fail as a bug would."""
+
+    def broken() -> None:
+        raise RuntimeError("a bug whose details belong in the log: /home/site/config.yaml")
+
+    app.add_api_route("/broken", broken)
+    app.add_api_route("/api/broken", broken)
+
+
+def test_an_unexpected_error_is_a_500_with_the_headers_and_one_line(config, engine) -> None:
+    app = create_app(config, engine)
+    broken_route(app)
+    client = TestClient(app, raise_server_exceptions=False)  # as a server does: answer, and log the error
+    page, api = client.get("/broken"), client.get("/api/broken")
+    assert page.status_code == api.status_code == 500
+    for response in (page, api):
+        assert response.headers["content-security-policy"] == PAGE_POLICY
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["cache-control"] == "no-store"
+        assert "Traceback" not in response.text and "a bug" not in response.text and "config.yaml" not in response.text
+    assert page.headers["content-type"].startswith("text/plain")
+    assert page.text == "The server could not answer this request: an error on its side, written to its log."
+    assert api.json() == {"error": page.text}
 
 
 def test_the_root_is_the_subscribe_page_with_the_latest_issue(client: TestClient) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 import yaml
 from playwright.sync_api import expect
 
@@ -83,6 +84,26 @@ def newsletter_serve(config_file: Path, *args: str, env: dict[str, str] | None =
         finally:
             server.terminate()
             server.wait(timeout=20)
+
+
+@contextmanager
+def served_in_thread(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn in a thread of this process (so a test can reach into it) on a free loopback
+    port until the block ends; yields its base URL once it answers."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 30 s"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 # An attacker's page that frames ours; onload counts every frame that finished, refused or not.

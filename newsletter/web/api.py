@@ -37,20 +37,18 @@ MAX_DEPTH = 32  # a list of summaries with lists inside is 3 deep
 MAX_DIGITS = 20  # a 64-bit number; Python refuses over 4,300 digits with a ValueError of its own
 
 
-_TEXT = {"type": "string"}
-_SUMMARY = {
-    "type": "object",
-    "properties": {
-        **dict.fromkeys(("title", "summary", "url", "source", "category", "body", "image_url", "image_alt",
-                         "published_at", "uid", "subtitle", "article_type"), _TEXT),
-        "tags": {"anyOf": [_TEXT, {"type": "array", "items": _TEXT}]},
-        "key_points": {"type": "array", "items": _TEXT},
-        "paywalled": {"type": "boolean"},
-        "format": {"enum": list(FORMATS)},
-    },
-    "required": ["title"],
-}
+def summary_schema() -> dict[str, Any]:
+    """The JSON Schema of one summary as the API takes it: :class:`SummaryIn`'s own (so the two cannot
+    drift), plus ``format``, and a ``summary`` that a ``body`` can stand in for."""
+    schema = SummaryIn.model_json_schema()  # flat: no $defs, which the OpenAPI document would not resolve
+    schema["properties"]["format"] = {"enum": list(FORMATS), "default": "text", "title": "Format"}
+    schema["required"] = [name for name in schema["required"] if name != "summary"]
+    schema["anyOf"] = [{"required": ["summary"]}, {"required": ["body"]}]
+    return schema
+
+
 # The body is read by hand (to count its bytes as they arrive); this describes it for the OpenAPI schema.
+_SUMMARY = summary_schema()
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "anyOf": [_SUMMARY, {"type": "array", "items": _SUMMARY}]}}}}}  # fmt: skip
 

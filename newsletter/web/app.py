@@ -56,7 +56,7 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         SecurityHeaders,
         headers={"Content-Security-Policy": PAGE_POLICY, "Referrer-Policy": "no-referrer",
                  "X-Content-Type-Options": "nosniff"},
-        no_store_except=("/archive",),
+        no_store_except=("/archive",), json_paths=("/api/",),
     )  # fmt: skip
 
     @app.exception_handler(HTTPException)

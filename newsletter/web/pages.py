@@ -8,6 +8,9 @@ confirmation link and 404 for a subscriber who no longer exists, always with a p
 from __future__ import annotations
 
 import logging
+import re
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +22,7 @@ from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from newsletter.config import Config
 from newsletter.db import session
@@ -161,14 +165,65 @@ def subscribe(
 
 def _subscribe_after_answering(state: WebState, address: str, name: str, consent: Consent, now: datetime) -> None:
     """Record the request and send the confirmation, if the address gets one. Runs after the answer went
-    out, so an error is logged, never shown."""
-    try:
-        subscriber = request_subscription(state.engine, address, name, consent, now=now)
-    except Exception:  # nobody waits for the answer any more: the log is the only place to tell
-        log.exception("could not record a subscription request")
-        return
+    out, so nobody sees an error: a database that is busy or away for a moment is waited for
+    (:data:`RETRY_DELAYS`), anything else is logged at ERROR with its reason (the address only at DEBUG)."""
+    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
+        try:
+            subscriber = request_subscription(state.engine, address, name, consent, now=now)
+            break
+        except DBAPIError as exc:  # one transaction, rolled back whole: safe to run again
+            if delay is None or not _transient(exc):
+                _lost(address, exc, attempt)
+                return
+            log.warning("could not record a subscription request (%s); trying again in %s s",
+                        _reason(exc, address), delay)
+            time.sleep(delay)
+        except Exception as exc:  # a bug: nobody waits for the answer any more, the log is the only place to tell
+            _lost(address, exc, attempt)
+            return
     if subscriber is not None:
         _send_confirmation(state, subscriber)
+
+
+# Seconds to wait before each further try of a subscription request that met a busy or unreachable database
+# (each try on SQLite has already waited out the busy timeout). When the database fault helpers of
+# newsletter.db arrive, newsletter.db.patiently with a bounded patience replaces this loop.
+RETRY_DELAYS = (0.5, 2.0, 5.0)
+_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, e.g. BUSY_SNAPSHOT)
+# SQLSTATE classes and codes: connection exception, transaction rollback (serialisation failure, deadlock),
+# operator intervention (a restart), too many connections, and a unique violation (a concurrent request for
+# the same new address inserted it first: the next try finds it)
+_PG_TRANSIENT = ("08", "40", "57P", "53300", "23505")
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """Whether the same request may succeed if tried again: a lock, a lost connection, a concurrent insert."""
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_BUSY
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if not sqlstate:  # no server answer at all (refused, no socket): the server is away
+        return isinstance(exc, OperationalError)
+    return sqlstate.startswith(_PG_TRANSIENT)
+
+
+def _reason(exc: BaseException, address: str) -> str:
+    """What went wrong, on one line, where in our code, and without the address: the database's own
+    message for a database error (SQLAlchemy's text would add the statement's parameters)."""
+    text = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+    text = re.sub(re.escape(address), "<the address>", " ".join(text.split()), flags=re.IGNORECASE)
+    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if "/newsletter/" in frame.filename]
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    return f"{type(exc).__name__}{where}: {text[:300]}"
+
+
+def _lost(address: str, exc: BaseException, attempts: int) -> None:
+    tries = f" after {attempts} tries" if attempts > 1 else ""
+    log.error("could not record a subscription request%s, so the address got no confirmation email (%s); the "
+              "person will have to subscribe again", tries, _reason(exc, address))
+    log.debug("the lost subscription request was for %s", address, exc_info=exc)
 
 
 def _send_confirmation(state: WebState, subscriber: Subscriber) -> None:

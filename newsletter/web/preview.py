@@ -9,8 +9,9 @@ config file (watchfiles) and polls the summaries in the database; the page liste
 with its file and line; the server keeps running.
 
 The preview is for editors: it binds to loopback by default. Bound to any other address it requires the
-configured token (``?token=...`` once; a cookie after that); a client that sends wrong tokens is shut
-out for longer and longer (:class:`~newsletter.web.limits.Backoff`). Cross-site form posts and foreign
+configured token (``?token=...`` once; a cookie after that, which holds a MAC of the token, not the
+token); a client that sends wrong tokens in the URL is shut out for longer and longer
+(:class:`~newsletter.web.limits.Backoff`), while a wrong cookie is only cleared. Cross-site form posts and foreign
 ``Host`` headers are refused so that no web page can make it send mail, and no other site may frame it.
 The page runs only its own script and style (a nonce per answer, :mod:`newsletter.web.security`).
 """
@@ -18,6 +19,7 @@ The page runs only its own script and style (a nonce per answer, :mod:`newslette
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import math
@@ -63,6 +65,7 @@ from newsletter.errors import ConfigError, NewsletterError
 from newsletter.message import MessageTemplate, message_parts
 from newsletter.models import Issue, Subscriber, Summary
 from newsletter.render import template_dirs
+from newsletter.tokens import secret_keys
 from newsletter.web.limits import Backoff
 from newsletter.web.security import (
     EMAIL_POLICY,
@@ -81,6 +84,7 @@ WIDTHS = {"desktop": 600, "phone": 375}
 VIEWS = ("html", "text", "source", "headers")
 POLL_SECONDS = 0.25  # how often the database and the config file are looked at
 COOKIE = "newsletter_preview_token"
+_NEEDS_TOKEN = "this preview needs its token: open it once with ?token=... (preview.token or NEWSLETTER_PREVIEW_TOKEN)"
 LARGEST_ISSUE = 2**31 - 1  # the issue number column's range on PostgreSQL
 
 
@@ -198,7 +202,8 @@ def ref_problem(ref: str) -> str | None:
 def create_preview_app(config_path: Path, engine: Engine | None = None, *, require_token: bool = False) -> FastAPI:
     """The preview app for the config file at ``config_path``; ``require_token`` when bound beyond loopback.
 
-    Raises ConfigError for a bad config file, or when a token is required and none is configured.
+    Raises ConfigError for a bad config file, or when a token is required and none is configured;
+    NewsletterError when the signing key the cookie is made with cannot be read or created.
     """
     redact_logs()
     state = PreviewState(config_path, engine)
@@ -208,6 +213,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             f"{config_path}: preview.host is not a loopback address, so the preview needs a token: set "
             f"NEWSLETTER_PREVIEW_TOKEN (16+ characters) or preview.token, or keep host 127.0.0.1"
         )
+    session_value = _session_value(state.config, token) if require_token and token else ""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -227,6 +233,42 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
     async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
         return PlainTextResponse(describe_invalid(exc), status_code=422)
 
+    async def admit(request: Request, call_next: Any) -> Response:
+        """Let an editor in: by the session cookie, or by the token in the URL (which sets the cookie).
+
+        Only a URL token is a guess at the token, so only it counts towards the back-off. The cookie holds
+        a MAC of the token (:func:`_session_value`), not the token, so trying cookies guesses nothing: a
+        wrong one (a tab left open over a change of token, or a neighbour behind the same NAT) is cleared and
+        refused without counting, and an editor with the right one is let in even while their address is
+        shut out by someone else's wrong guesses."""
+        cookie = request.cookies.get(COOKIE)
+        if cookie is not None and hmac.compare_digest(cookie.encode(), session_value.encode()):
+            return await call_next(request)
+        given = request.query_params.get("token")
+        client = request.client.host if request.client else None
+        if given:
+            wait = state.backoff.retry_after(client)
+            if wait:  # refused unread: while shut out, a right guess looks like a wrong one
+                seconds = math.ceil(wait)
+                refused = PlainTextResponse(f"too many wrong tokens from your address; try again in {seconds} s",
+                                            status_code=429, headers={"Retry-After": str(seconds)})
+            elif hmac.compare_digest(given.encode(), token.encode()):
+                state.backoff.succeeded(client)
+                response: Response = await call_next(request)
+                response.set_cookie(COOKIE, session_value, httponly=True, samesite="strict")
+                return response
+            else:
+                state.backoff.failed(client)
+                refused = PlainTextResponse(_NEEDS_TOKEN, status_code=403)
+        elif cookie is not None:
+            refused = PlainTextResponse("this preview's token has changed since you opened it: open it again with "
+                                        "?token=... (preview.token or NEWSLETTER_PREVIEW_TOKEN)", status_code=403)
+        else:  # no token at all is not a guess
+            refused = PlainTextResponse(_NEEDS_TOKEN, status_code=403)
+        if cookie is not None:  # so an open tab stops sending it
+            refused.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return refused
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         if not require_token and _hostname(request.headers.get("host") or "") not in LOOPBACK:
@@ -236,25 +278,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             if origin and urlsplit(origin).netloc != request.headers.get("host"):
                 return PlainTextResponse("cross-site request refused", status_code=403)
         if require_token and token:
-            client = request.client.host if request.client else None
-            wait = state.backoff.retry_after(client)
-            if wait:  # refused unread: while shut out, a right guess looks like a wrong one
-                seconds = math.ceil(wait)
-                return PlainTextResponse(f"too many wrong tokens from your address; try again in {seconds} s",
-                                         status_code=429, headers={"Retry-After": str(seconds)})
-            given = request.query_params.get("token") or request.cookies.get(COOKIE) or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                if given:  # no token at all is not a guess
-                    state.backoff.failed(client)
-                return PlainTextResponse(
-                    "this preview needs its token: open it once with ?token=... (preview.token or "
-                    "NEWSLETTER_PREVIEW_TOKEN)", status_code=403,
-                )
-            state.backoff.succeeded(client)
-            response: Response = await call_next(request)
-            if request.query_params.get("token"):
-                response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-            return response
+            return await admit(request, call_next)
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
@@ -325,6 +349,15 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
     app.add_middleware(SecurityHeaders, headers={"Content-Security-Policy": PAGE_POLICY,
                                                  "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"})
     return app
+
+
+def _session_value(config: Config, token: str) -> str:
+    """What the preview's cookie holds: an HMAC-SHA256 of the token under the site's signing key.
+
+    Nobody can make it without that key, so a cookie cannot be used to guess the token (a cookie is
+    never counted as a guess); it changes when the token or the signing key does."""
+    key = secret_keys(config)[-1].encode()
+    return hmac.new(key, b"newsletter preview session\0" + token.encode(), hashlib.sha256).hexdigest()
 
 
 def _hostname(host: str) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote
 
 from fastapi.exceptions import RequestValidationError
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PAGE_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -40,24 +41,37 @@ def framed_by_self(policy: str) -> str:
     return policy.replace("frame-ancestors 'none'", "frame-ancestors 'self'")
 
 
+SERVER_ERROR = "The server could not answer this request: an error on its side, written to its log."
+
+
 class SecurityHeaders:
     """ASGI middleware: adds ``headers`` to every HTTP answer that does not set them itself (a route sets
     its own ``Content-Security-Policy`` where it needs another one). ``X-Frame-Options`` follows the
-    policy's ``frame-ancestors``. ``no_store_except`` lists path prefixes that may be cached."""
+    policy's ``frame-ancestors``. ``no_store_except`` lists path prefixes that may be cached.
 
-    def __init__(self, app: ASGIApp, headers: dict[str, str], no_store_except: tuple[str, ...] = ()) -> None:
+    An unexpected error (a bug) is answered here, before Starlette's outermost handler would answer it
+    without these headers: a 500 with :data:`SERVER_ERROR` as its one line (``{"error": ...}`` under
+    ``json_paths``), then the error goes on up to be logged with its traceback by the server."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str], no_store_except: tuple[str, ...] = (),
+                 json_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
         self.no_store_except = no_store_except
+        self.json_paths = json_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cacheable = str(scope["path"]).startswith(self.no_store_except) if self.no_store_except else False
+        path = str(scope["path"])
+        cacheable = path.startswith(self.no_store_except) if self.no_store_except else False
+        started = False
 
         async def with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 extra = [(name, value) for name, value in self.headers if name not in present]
@@ -70,7 +84,15 @@ class SecurityHeaders:
                 message = {**message, "headers": headers + extra}
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception:
+            if not started:  # half an answer cannot be taken back: then the server only closes the connection
+                error: Response = (JSONResponse({"error": SERVER_ERROR}, status_code=500)
+                                   if self.json_paths and path.startswith(self.json_paths)
+                                   else PlainTextResponse(SERVER_ERROR, status_code=500))
+                await error(scope, receive, with_headers)
+            raise
 
 
 _PLACES = {"path": "path parameter", "query": "query parameter", "body": "form field"}

@@ -1,4 +1,6 @@
-"""Small statistics for tests that compare timings (no SciPy in the test extras for one function)."""
+"""Small statistics for the benchmarks that compare timings (no SciPy dependency for one function).
+
+Checked against SciPy's results by tests/test_bench_stats.py."""
 
 from __future__ import annotations
 

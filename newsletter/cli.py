@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from typer.core import TyperGroup
 
 from newsletter import subscribers as subscriber_list
-from newsletter.backends import create_backend
+from newsletter.backends import check_backend, create_backend
 from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
@@ -155,6 +155,7 @@ def _chosen(config_path: Path | None) -> Path | None:
 @contextmanager
 def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
     config = load_config(_chosen(config_path))
+    check_backend(config)  # a misspelt backend option fails at start, not at send time
     engine = open_database(config)
     try:
         yield config, engine

@@ -207,6 +207,9 @@ class WebSection(_Section):
 
 
 class BackendSection(_Section):
+    """Which backend sends, by its registered name, and its options as the file gives them: the backend
+    registry (``newsletter.backends.check_backend``) validates them against the backend's own model."""
+
     name: str = "file"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -409,7 +412,6 @@ def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) ->
             f"{source}: templates: the folder {config.templates_dir} does not exist; create it, or remove the "
             f"key to use the packaged templates"
         )
-    _check_backend(config)
     return config
 
 
@@ -497,22 +499,3 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         model = annotation
     return [name for name, field in model.model_fields.items() if not field.exclude]
 
-
-def _check_backend(config: Config) -> None:
-    """Fail at start, not at send time, when the backend name or its options are wrong."""
-    from newsletter.backends import (
-        backend_class,  # late import: backends import this module
-    )
-
-    cls = backend_class(config.backend.name, source=config.source)
-    try:
-        cls.Options.model_validate(config.backend.options)
-    except ValidationError as exc:
-        error = _first_error(exc)
-        key = ".".join(["backend", "options", *(str(p) for p in error["loc"])])
-        if error["type"] == "extra_forbidden":
-            allowed = ", ".join(cls.Options.model_fields)
-            raise ConfigError(
-                f"{config.source}: unknown key '{key}'; the {config.backend.name} backend allows: {allowed}"
-            ) from None
-        raise ConfigError(f"{config.source}: {key}: {error['msg'].removeprefix('Value error, ')}") from None

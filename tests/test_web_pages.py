@@ -15,7 +15,7 @@ from sqlmodel import select
 from newsletter.backends import create_backend
 from newsletter.db import open_database, session
 from newsletter.delivery import send_unfinished
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import (
     Delivery,
     DeliveryStatus,

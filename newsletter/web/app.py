@@ -34,7 +34,6 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         ),
     )
     app.state.web = state
-    app.state.archive_pages = {}  # rendered archive pages, see newsletter.web.archive
 
     @app.middleware("http")
     async def private_links(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -156,7 +156,7 @@ class IntervalsSection(_Section):
 
 
 class ScheduleSection(_Section):
-    """When the digest goes out, which period it covers, and how ``newsletter run`` behaves."""
+    """When the digest goes out (each time ``cron`` names is a firing) and how ``newsletter run`` behaves."""
 
     cadence: Literal["weekly", "daily", "monthly"] = "weekly"
     cron: str = "0 8 * * mon"
@@ -186,7 +186,7 @@ class ScheduleSection(_Section):
     @classmethod
     def _note_text(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("must be the note's text, or left out to skip quiet periods")
+            raise ValueError("must be the note's text, or left out to send nothing when nothing is waiting")
         return value.strip() if value else None
 
     @property

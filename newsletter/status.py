@@ -142,7 +142,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines.append(f"waiting summaries: {status['waiting_summaries']}")
     lines.append("subscribers: " + ", ".join(f"{name} {count}" for name, count in status["subscribers"].items()))
     for firing in status["recent_firings"]:
-        if firing["outcome"] != FiringOutcome.ISSUED:
+        if firing["outcome"] not in (FiringOutcome.ISSUED, FiringOutcome.QUIET):  # the ones that made no issue
             lines.append(f"firing at {firing['local']}: {firing['outcome']}: {firing['detail']}")
     if status["feeds"]:
         lines.append("feeds:")

@@ -109,8 +109,8 @@ def fire_if_due(engine: Engine, config: Config, *, now: datetime | None = None) 
     if late > config.schedule.grace:
         _missed(engine, config, due, now, result)
     else:
-        if late > timedelta(minutes=1):
-            log.warning("catching up the firing at %s (%s late)", when(config, due), _age(late))
+        if late > timedelta(minutes=1):  # late but within the grace period: done now, not missed
+            log.info("catching up the firing at %s (%s late)", when(config, due), _age(late))
         _fire(engine, config, due, result)
     return result
 

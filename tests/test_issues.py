@@ -18,6 +18,7 @@ from newsletter.issues import (
     delivery_counts,
     draft,
     find_issue,
+    finish_sending,
     issue_items,
     pause_issue,
     prepare_issue,
@@ -229,3 +230,15 @@ def test_a_step_racing_another_command_is_judged_on_the_state_it_finds(config, e
             transition(db, stale, Step.PAUSE)
     with session(engine) as db:
         assert find_issue(db, 1).status is IssueStatus.CANCELLED
+
+
+def test_a_sender_finishing_an_issue_another_sender_finished_meanwhile_leaves_it_sent(config, engine):
+    an_issue_in(engine, config, IssueStatus.SENDING)
+    with session(engine) as db:
+        stale = find_issue(db, 1)  # read as sending by the second of two senders ...
+        with session(engine) as first:  # ... while the first sender finishes the issue
+            finish_sending(first, find_issue(first, 1))
+            first.commit()
+        assert finish_sending(db, stale).status is IssueStatus.SENT  # no error: it is done either way
+    with session(engine) as db:
+        assert find_issue(db, 1).status is IssueStatus.SENT

@@ -8,9 +8,12 @@ nothing was. Either way :func:`prepare_in` does it, in one transaction: the ``Is
 its summaries attached (never one attached twice: the UPDATE only takes rows still waiting) and one queued
 ``Delivery`` per active subscriber.
 
-Where an editor's choices for the next issue live (order, a note, a subject of their own): on the issue's
-row, once it is prepared; before that, :func:`draft` is the one place the next issue is put together, so a
-saved draft (an ``Issue`` row in a ``draft`` state that ``prepare`` promotes) slots in there.
+Where an editor's choices for the next issue (item order, a note, a subject of their own) live: on its
+``Issue`` row. Until it is prepared the next issue is not saved, and :func:`draft` is the one place it is
+put together. The choice made for that: the first editorial choice saves the draft as an ``Issue`` row in a
+``draft`` state (a row in :data:`newsletter.issues.states.TRANSITIONS`: draft → prepared), :func:`draft`
+loads that row, and :func:`prepare_in` promotes it instead of inserting a new one, so its number and the
+choices carry over and the deliveries are still a snapshot taken at preparation.
 """
 
 from __future__ import annotations

@@ -112,8 +112,14 @@ def start_sending(db: Session, issue: Issue) -> Issue:
 
 
 def finish_sending(db: Session, issue: Issue) -> Issue:
-    """Mark ``issue`` sent, now that no delivery is left to try; a paused or cancelled issue stays so."""
-    return transition(db, issue, Step.FINISH) if allows(issue.status, Step.FINISH) else issue
+    """Mark ``issue`` sent, now that no delivery is left to try. A paused or cancelled issue stays so, and
+    so does one another sender finished meanwhile: not an error, the issue is done either way."""
+    if not allows(issue.status, Step.FINISH):
+        return issue
+    try:
+        return transition(db, issue, Step.FINISH)
+    except TransitionRefused:  # judged again on the state another sender or a command left (issue refreshed)
+        return issue
 
 
 def _step(engine: Engine, number: int | None, step: Step) -> Issue:

@@ -32,7 +32,7 @@ from sqlmodel import select
 
 from newsletter.config import load_config
 from newsletter.db import open_database, session
-from newsletter.digest import issue_items, prepare_issue
+from newsletter.issues import issue_items, prepare_issue
 from newsletter.message import Composer
 from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, new_token, utcnow
 

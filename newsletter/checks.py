@@ -13,9 +13,9 @@ characters), ``preheader`` (present and in the HTML), ``headers`` (the standard 
 exactly the headers we write, each once and without defects, one To with the subscriber's address, and the
 Subject that was rendered).
 
-The issue's checks run on the exact bytes the send loop would send (:class:`newsletter.message.Composer`)
-for a sample of real subscribers: the first on the list, the one with the longest name and the one with
-the longest address.
+The issue's checks run on the exact bytes the send loop would send (:class:`newsletter.message.Composer`,
+through :func:`newsletter.issues.build_sample`) for a sample of real subscribers: the first on the list,
+the one with the longest name and the one with the longest address.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import email.policy
 import enum
 import html
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.errors import MessageError
@@ -33,21 +32,17 @@ from email.message import EmailMessage
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
 
 from newsletter.config import Config
-from newsletter.db import session
-from newsletter.digest import draft_issue, find_issue, issue_items, period_containing
-from newsletter.errors import NewsletterError
-from newsletter.message import Composer, MessageTemplate, recipient_values, single_line
-from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, utcnow
-from newsletter.render import MAX_SUBJECT_CHARS, RecipientValues, RenderedIssue, render_issue
+from newsletter.issues import IssueSample, build_sample, shown_issue
+from newsletter.message import recipient_values, single_line
+from newsletter.models import Subscriber
+from newsletter.render import MAX_SUBJECT_CHARS, RecipientValues, RenderedIssue
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" above this much HTML
 SIZE_WARNING_BYTES = 90 * 1024
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
-SAMPLE_READER = Subscriber(email="reader@example.org", name="Sample Reader", token="sample-reader")
 
 
 class Severity(enum.StrEnum):
@@ -296,36 +291,6 @@ class _Page(HTMLParser):
 
 
 @dataclass(frozen=True)
-class SampleMessage:
-    """One sample reader's message, exactly as the send loop builds it."""
-
-    recipient: Subscriber
-    values: RecipientValues
-    rendered: RenderedIssue  # for the reader's topics
-    data: bytes
-
-
-@dataclass(frozen=True)
-class IssueSample:
-    """An issue rendered once plus the messages of a few sample readers (the first is the one shown)."""
-
-    issue: Issue
-    items: list[Summary]
-    description: str  # "draft of issue #8 (not prepared yet)" or "issue #7 (sent)"
-    rendered: RenderedIssue  # every item
-    messages: list[SampleMessage]
-    unbuildable: list[Finding]  # sample readers no message can be built for (each fails alone when sent)
-
-    @property
-    def values(self) -> RecipientValues:
-        return self.messages[0].values
-
-    @property
-    def message(self) -> bytes:
-        return self.messages[0].data
-
-
-@dataclass(frozen=True)
 class CheckReport:
     description: str
     findings: list[Finding]
@@ -340,34 +305,10 @@ def sample_values(config: Config, subscriber: Subscriber) -> RecipientValues:
     return recipient_values(config, subscriber)
 
 
-def build_sample(
-    config: Config, issue: Issue, items: list[Summary], description: str, recipients: Sequence[Subscriber]
-) -> IssueSample:
-    """Render ``issue`` and build each of ``recipients``' messages with the send loop's own
-    :class:`~newsletter.message.Composer` (for their topics; everything when none of theirs has an item).
-
-    Raises TemplateError when a template fails.
-    """
-    composer = Composer(config, issue, items)
-    everything = composer.template([]) or MessageTemplate(config, render_issue(config, issue, items))
-    messages, unbuildable = [], []
-    for person in [*recipients, SAMPLE_READER]:
-        if messages and person is SAMPLE_READER:
-            break  # the made-up reader only stands in when no real one could be shown
-        template = composer.template(person.topics or []) or everything
-        try:
-            data = composer.compose(0, person, template).data
-        except ValueError as exc:  # InvalidAddress: the send loop fails this one alone
-            unbuildable.append(Finding("headers", f"subscriber {person.email!r}", f"{exc}; the send fails "
-                                       "this message alone", Severity.WARNING))
-            continue
-        messages.append(SampleMessage(person, composer.values(person), template.rendered, data))
-    return IssueSample(issue, items, description, everything.rendered, messages, unbuildable)
-
-
 def check_sample(config: Config, sample: IssueSample) -> list[Finding]:
     """The findings for every sample message, each once, errors first; a finding that depends on the reader
-    (headers, line lengths) names the reader's address."""
+    (headers, line lengths) names the reader's address. A sample reader no message can be built for is a
+    warning: the send fails that message alone."""
     seen: dict[str, Finding] = {}
     for message in sample.messages:
         for finding in check_message(config, message.rendered, message.data, message.values):
@@ -375,58 +316,20 @@ def check_sample(config: Config, sample: IssueSample) -> list[Finding]:
                 finding = Finding(finding.rule, f"message to {message.values.email}: {finding.where}",
                                   finding.message, finding.severity)
             seen.setdefault(finding.line(), finding)
-    findings = [*seen.values(), *sample.unbuildable]
+    unbuildable = [Finding("headers", f"subscriber {address!r}", f"{why}; the send fails this message alone",
+                           Severity.WARNING) for address, why in sample.unbuildable]
+    findings = [*seen.values(), *unbuildable]
     return sorted(findings, key=lambda finding: finding.severity is not Severity.ERROR)
-
-
-def load_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None
-               ) -> tuple[Issue, list[Summary], str, list[Subscriber]]:
-    """(issue, items, description, sample readers) for issue ``number``, or by default the next issue as
-    a draft (when summaries are waiting and this period has none yet) or else the newest issue.
-
-    The sample readers are the first active subscriber and those with the longest name and the longest
-    address (or a made-up reader for an empty list). Raises NewsletterError when there is nothing to show.
-    """
-    with session(engine) as db:
-        if number is None:
-            period = period_containing(now or utcnow(), config.schedule.zone, config.schedule.cadence)
-            if db.exec(select(Issue.id).where(Issue.period_key == period.key)).first() is None:
-                draft, items = draft_issue(db, config, period)
-                if items:
-                    return draft, items, f"draft of issue #{draft.number} (not prepared yet)", _samples(db)
-            if db.exec(select(Issue.id)).first() is None:
-                raise NewsletterError(
-                    "nothing to show: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
-                )
-        issue = find_issue(db, number)
-        return issue, issue_items(db, issue), f"issue #{issue.number} ({issue.status.value})", _samples(db)
-
-
-def _samples(db: Session) -> list[Subscriber]:
-    """The first active subscriber, the one with the longest name and the one with the longest address."""
-    active = select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE)
-    # limit(1): the ORM buffers a whole result, so .first() alone would load every subscriber
-    orders = (
-        (col(Subscriber.id),),
-        (func.coalesce(func.length(Subscriber.name), 0).desc(), col(Subscriber.id)),
-        (func.length(Subscriber.email).desc(), col(Subscriber.id)),
-    )
-    found: dict[int | None, Subscriber] = {}
-    for order in orders:
-        person = db.exec(active.order_by(*order).limit(1)).first()
-        if person is not None:
-            found.setdefault(person.id, person)
-    return list(found.values()) or [SAMPLE_READER]
 
 
 def check_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None
                 ) -> CheckReport:
-    """Render issue ``number`` (default as in :func:`load_issue`) as it would be sent and check the
-    messages of the sample readers.
+    """Render issue ``number`` (default: what :func:`newsletter.issues.shown_issue` shows: the draft of the
+    next issue when summaries are waiting, else the newest) as it would be sent and check the messages of
+    the sample readers.
 
     What ``digest check`` prints and what ``digest send`` and the weekly job run first. Raises TemplateError
     when the templates do not render and NewsletterError when there is no such issue.
     """
-    issue, items, description, recipients = load_issue(engine, config, number, now=now)
-    sample = build_sample(config, issue, items, description, recipients)
-    return CheckReport(description, check_sample(config, sample))
+    sample = build_sample(config, *shown_issue(engine, config, number, now=now))
+    return CheckReport(sample.description, check_sample(config, sample))

@@ -41,29 +41,29 @@ from sqlalchemy import Engine
 from typer.core import TyperGroup
 
 from newsletter import subscribers as subscriber_list
-from newsletter.backends import create_backend
+from newsletter.backends import check_backend, create_backend
 from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
 from newsletter.db import open_database, session
-from newsletter.delivery import (
+from newsletter.delivery import send_issue, send_unfinished, work
+from newsletter.errors import NewsletterError
+from newsletter.ingest import find_files, ingest_paths, review
+from newsletter.ingest.feeds import fetch_feed
+from newsletter.issues import (
     SENDABLE,
     cancel_issue,
     issue_status,
     pause_issue,
+    prepare_issue,
     resume_issue,
     retry_failed,
-    send_issue,
-    send_unfinished,
-    work,
+    unfinished_issues,
     write_preview,
 )
-from newsletter.digest import prepare_issue, unfinished_issues
-from newsletter.errors import NewsletterError
-from newsletter.ingest import find_files, ingest_paths, review
-from newsletter.ingest.feeds import fetch_feed
 from newsletter.logs import configure_logging
 from newsletter.models import IssueStatus, SubscriberStatus
+from newsletter.render import span_label
 from newsletter.schedule import run_if_due, run_scheduler
 from newsletter.status import collect_status, status_lines
 
@@ -157,6 +157,7 @@ def _chosen(config_path: Path | None) -> Path | None:
 @contextmanager
 def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
     config = load_config(_chosen(config_path))
+    check_backend(config)  # a misspelt backend option fails at start, not at send time
     engine = open_database(config)
     try:
         yield config, engine
@@ -433,9 +434,10 @@ def subscribers_erase(
 
 @digest_app.command("prepare")
 def digest_prepare(config: ConfigOption = None) -> None:
-    """Create this period's issue from the summaries not yet sent; running it twice changes nothing.
+    """Create the next issue now from every summary waiting, with one queued delivery per active subscriber;
+    `digest send` sends it. With nothing waiting it prepares nothing and says so.
 
-    Example: newsletter digest prepare
+    Example: newsletter digest prepare && newsletter digest send
     """
     with _opened(config) as (loaded, engine):
         result = prepare_issue(engine, loaded)
@@ -454,8 +456,8 @@ def digest_render(
     issue: IssueOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Write an issue's HTML, text and one sample .eml exactly as it would be sent (default: the newest
-    issue, or a draft of the next one when none was prepared yet).
+    """Write an issue's HTML, text and one sample .eml exactly as it would be sent (default: the draft of the
+    next issue when summaries are waiting, else the newest issue).
 
     Example: newsletter digest render --out preview/
     """
@@ -475,9 +477,9 @@ def digest_send(
         bool,
         typer.Option(
             "--if-due",
-            help="For system cron: prepare and send the last period's issue only if its scheduled time "
-            "(schedule.cron) has passed and it was not done yet (within schedule.grace_hours, else it is "
-            "recorded as missed), then send what is due. Exactly what `newsletter run` does.",
+            help="For system cron: do the newest firing of schedule.cron if nobody has yet (the next issue "
+            "from what was waiting then; within schedule.grace_hours, else it is recorded as missed), then "
+            "send what is due. Exactly what `newsletter run` does.",
         ),
     ] = False,
     config: ConfigOption = None,
@@ -586,10 +588,10 @@ def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> N
 
     Example: newsletter digest status 3
     """
-    with _opened(config) as (_config, engine):
+    with _opened(config) as (loaded, engine):
         found = issue_status(engine, issue)
     i = found.issue
-    console.print(Text(f"issue #{i.number} ({i.period_key}) \"{i.subject}\": {i.status.value}"))
+    console.print(Text(f"issue #{i.number} ({span_label(loaded, i)}) \"{i.subject}\": {i.status.value}"))
     console.print(", ".join(f"{status.value} {count}" for status, count in found.counts.items()))
     if found.rate_per_minute:
         console.print(f"rate: {found.rate_per_minute:,.0f} messages/minute")
@@ -682,9 +684,9 @@ def serve(
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Run the scheduler until Ctrl-C/SIGTERM: the digest at the configured cron time (catching up a
-    missed one within the grace period), due sends, and the other jobs. Only one process runs jobs at a
-    time; a second one waits and takes over when the first stops.
+    """Run the scheduler until Ctrl-C/SIGTERM: at each cron time the next issue from what is waiting
+    (catching up a missed firing within the grace period), due sends, and the other jobs. Only one process
+    runs jobs at a time; a second one waits and takes over when the first stops.
 
     Example: newsletter run --config /etc/newsletter/config.yaml
     """
@@ -756,7 +758,7 @@ def status(
     config: ConfigOption = None,
 ) -> None:
     """Show the next scheduled digest, the last issue and its deliveries, waiting summaries, subscribers
-    by status, skipped or missed periods and recent job failures.
+    by status, recent firings that sent nothing (missed, empty) and recent job failures.
 
     Example: newsletter status --json
     """

@@ -159,7 +159,7 @@ class IntervalsSection(_Section):
 
 
 class ScheduleSection(_Section):
-    """When the digest goes out, which period it covers, and how ``newsletter run`` behaves."""
+    """When the digest goes out (each time ``cron`` names is a firing) and how ``newsletter run`` behaves."""
 
     cadence: Literal["weekly", "daily", "monthly"] = "weekly"
     cron: str = "0 8 * * mon"
@@ -189,7 +189,7 @@ class ScheduleSection(_Section):
     @classmethod
     def _note_text(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("must be the note's text, or left out to skip quiet periods")
+            raise ValueError("must be the note's text, or left out to send nothing when nothing is waiting")
         return value.strip() if value else None
 
     @property
@@ -210,6 +210,9 @@ class WebSection(_Section):
 
 
 class BackendSection(_Section):
+    """Which backend sends, by its registered name, and its options as the file gives them: the backend
+    registry (``newsletter.backends.check_backend``) validates them against the backend's own model."""
+
     name: str = "file"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -437,7 +440,6 @@ def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) ->
             f"{source}: templates: the folder {config.templates_dir} does not exist; create it, or remove the "
             f"key to use the packaged templates"
         )
-    _check_backend(config)
     return config
 
 
@@ -535,22 +537,3 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         model = annotation
     return [name for name, field in model.model_fields.items() if not field.exclude]
 
-
-def _check_backend(config: Config) -> None:
-    """Fail at start, not at send time, when the backend name or its options are wrong."""
-    from newsletter.backends import (
-        backend_class,  # late import: backends import this module
-    )
-
-    cls = backend_class(config.backend.name, source=config.source)
-    try:
-        cls.Options.model_validate(config.backend.options)
-    except ValidationError as exc:
-        error = _first_error(exc)
-        key = ".".join(["backend", "options", *(str(p) for p in error["loc"])])
-        if error["type"] == "extra_forbidden":
-            allowed = ", ".join(cls.Options.model_fields)
-            raise ConfigError(
-                f"{config.source}: unknown key '{key}'; the {config.backend.name} backend allows: {allowed}"
-            ) from None
-        raise ConfigError(f"{config.source}: {key}: {error['msg'].removeprefix('Value error, ')}") from None

@@ -2,7 +2,7 @@
 
 It writes a config file into the folder (so every other command can be tried on the result with
 ``--config``), starts from a fresh SQLite database there, ingests the sample summaries, imports the example
-subscribers, prepares this week's issue, renders it and sends it through the file backend.
+subscribers, prepares the first issue, renders it and sends it through the file backend.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import yaml
 from newsletter.backends import create_backend
 from newsletter.config import Config, load_config
 from newsletter.db import open_database
-from newsletter.delivery import PreviewFiles, SendReport, send_unfinished, write_preview
-from newsletter.digest import PrepareResult, prepare_issue
+from newsletter.delivery import SendReport, send_unfinished
 from newsletter.errors import NewsletterError
 from newsletter.ingest import IngestReport, ingest_paths
+from newsletter.issues import PrepareResult, PreviewFiles, prepare_issue, write_preview
 from newsletter.resources import sample_subscribers_csv, sample_summaries_dir
 from newsletter.subscribers import ImportReport, import_csv
 from newsletter.tokens import key_file, write_key_file

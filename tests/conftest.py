@@ -24,6 +24,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, create_engine, text
 
+from newsletter.backends import check_backend
 from newsletter.config import Config, config_from_mapping
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
@@ -88,7 +89,9 @@ def make_config(base_dir: Path, **overrides: Any) -> Config:
         "schedule": {"cron": "0 8 * * mon", "timezone": "Europe/Berlin"},
     }
     data.update(overrides)
-    return config_from_mapping(data, base_dir=base_dir, source=str(base_dir / "config.yaml"))
+    config = config_from_mapping(data, base_dir=base_dir, source=str(base_dir / "config.yaml"))
+    check_backend(config)  # as every command does at start
+    return config
 
 
 def write_smtp_config(base_dir: Path, port: int, connections: int, **delivery: Any) -> Config:

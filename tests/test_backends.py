@@ -813,7 +813,7 @@ def test_dkim_signature_covers_the_list_headers_and_verifies(config, engine, smt
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from newsletter.delivery import send_issue
-    from newsletter.digest import prepare_issue
+    from newsletter.issues import prepare_issue
     from tests.conftest import make_config
     from tests.helpers import add_people, add_summaries
 
@@ -854,7 +854,7 @@ def test_dkim_is_relaxed_and_over_signs_what_a_reader_sees(config, engine, smtp_
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from newsletter.delivery import send_issue
-    from newsletter.digest import prepare_issue
+    from newsletter.issues import prepare_issue
     from tests.helpers import add_people, add_summaries
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -19,12 +19,12 @@ from newsletter.checks import (
     check_message,
     has_errors,
     link_problem,
-    load_issue,
 )
 from newsletter.cli import app
 from newsletter.config import Config
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
+from newsletter.issues import shown_issue
 from newsletter.message import MessageTemplate
 from newsletter.render import RecipientValues, RenderedIssue, render_issue
 from tests.conftest import make_config
@@ -170,15 +170,6 @@ def test_digest_check_and_send_refuse_on_errors_unless_forced(tmp_path: Path) ->
     assert len(list((tmp_path / "outbox").iterdir())) == 1
 
 
-def test_the_draft_is_keyed_by_the_configured_cadence(tmp_path, engine, monkeypatch):
-    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
-    monthly = make_config(tmp_path, schedule={"cadence": "monthly", "timezone": "Europe/Berlin"})
-    add_summaries(engine, 1)
-    issue, _items, description, _reader = load_issue(engine, monthly)
-    assert description.startswith("draft of issue #1")
-    assert len(issue.period_key) == 7 and "W" not in issue.period_key  # 2026-11, not 2026-W47
-
-
 def test_an_ordinary_issue_with_a_long_first_title_passes_the_subject_check(tmp_path: Path) -> None:
     # The audit's repro: three items whose first title is ~95 characters gave "[subject] ... 121 characters".
     config_file = tmp_path / "config.yaml"
@@ -200,7 +191,8 @@ def test_an_ordinary_issue_with_a_long_first_title_passes_the_subject_check(tmp_
 
 # -- the checks read the bytes that are sent, for real subscribers ----------------------------------------
 
-from newsletter.checks import build_sample, check_sample  # noqa: E402
+from newsletter.checks import check_sample  # noqa: E402
+from newsletter.issues import build_sample  # noqa: E402
 from newsletter.db import session  # noqa: E402
 from newsletter.models import Subscriber, SubscriberStatus  # noqa: E402
 
@@ -212,7 +204,7 @@ def test_the_checks_build_the_first_the_longest_name_and_the_longest_address_on_
                             ("ana@example.org", "Ana María García-López de la Fuente y Rodríguez"), ("c@example.org", None)]:
             db.add(Subscriber(email=address, name=name, status=SubscriberStatus.ACTIVE))
         db.commit()
-    sample = build_sample(config, *load_issue(engine, config))
+    sample = build_sample(config, *shown_issue(engine, config))
     assert [m.recipient.email for m in sample.messages] == [
         "ada@example.org", "ana@example.org", "firstname.lastname.of.a.long.address@research.example.org"]
     for message in sample.messages:
@@ -239,12 +231,12 @@ def test_digest_check_sees_exactly_what_the_send_loop_sends(config, engine) -> N
     only in their Date and their random MIME boundary."""
     from newsletter.backends import create_backend
     from newsletter.delivery import send_issue
-    from newsletter.digest import prepare_issue
+    from newsletter.issues import prepare_issue
 
     add_summaries(engine, 2)
     add_people(engine, "ada@example.org")
     prepare_issue(engine, config)
-    checked = build_sample(config, *load_issue(engine, config, 1)).message
+    checked = build_sample(config, *shown_issue(engine, config, 1)).message
     send_issue(engine, config, create_backend(config), 1)
     [sent] = (config.base_dir / "outbox").glob("*.eml")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from newsletter.backends import check_backend
 from newsletter.config import _UniqueKeyLoader, load_config
 from newsletter.errors import ConfigError
 from tests.conftest import ROOT, make_config
@@ -78,7 +79,7 @@ def test_defaults_fill_everything_but_the_newsletter_section(tmp_path):
 def test_a_wrong_key_or_value_names_the_file_the_key_and_what_is_allowed(tmp_path, extra, expected):
     path = write(tmp_path, VALID + extra)
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        check_backend(load_config(path))  # what every command does at start
     assert str(caught.value).startswith(f"{path}: ")
     assert expected in str(caught.value)
     assert caught.value.exit_code == 2

@@ -27,7 +27,7 @@ from sqlmodel import col, func, select
 
 from newsletter.config import DeliverySection
 from newsletter.db import open_database, session
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import Delivery, DeliveryStatus
 from tests.conftest import ROOT, _free_port, write_smtp_config
 from tests.helpers import add_people, add_summaries

@@ -283,7 +283,6 @@ def test_a_summary_already_in_an_issue_stays_attached_when_updated(engine: Engin
     with session(engine) as db, db.begin():
         issue = Issue(
             number=1,
-            period_key="2026-W46",
             period_start=datetime(2026, 11, 9, tzinfo=UTC),
             period_end=datetime(2026, 11, 16, tzinfo=UTC),
             subject="Research Weekly #1",

@@ -23,7 +23,7 @@ from newsletter.backends import create_backend
 from newsletter.bounces import process_bounces
 from newsletter.db import session
 from newsletter.delivery import send_issue
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
 from tests.conftest import _free_port, make_config
 from tests.helpers import add_people, add_summaries

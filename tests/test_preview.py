@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from newsletter.cli import app as cli_app
 from newsletter.config import load_config
-from newsletter.digest import prepare_issue
 from newsletter.errors import ConfigError
+from newsletter.issues import prepare_issue
 from newsletter.web.preview import COOKIE, create_preview_app
 from tests.helpers import add_people, add_summaries
 from tests.preview_support import Project, make_project, wait_for
@@ -57,7 +57,7 @@ def test_past_issues_are_listed_and_shown(client: TestClient, project: Project) 
     add_people(project.engine, "ada@example.org")
     prepare_issue(project.engine, load_config(project.config_file))
     page = client.get("/?issue=1").text
-    assert "issue #1 (prepared)" in page and "?issue=1&view=html" in page, page
+    assert "issue #1 (prepared " in page and "?issue=1&view=html" in page, page
     assert "there is no issue #9" in client.get("/?issue=9").text
     assert "is not an issue" in client.get("/?issue=abc").text  # status: test_a_malformed_issue_reference_...
 

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from newsletter.backends import create_backend
+from newsletter.config import load_config
+from newsletter.delivery import send_unfinished
+from newsletter.issues import prepare_issue
 from newsletter.web.preview import create_preview_app
+from tests.helpers import add_people, add_summaries
 from tests.preview_support import Project, make_project
 from tests.tools import missing
 from tests.web_support import REFUSED, frame_from_another_site
@@ -144,3 +149,35 @@ def test_editing_a_template_updates_the_page_without_a_reload_click(browser, ser
 def test_another_site_cannot_frame_the_preview(browser, server: str) -> None:
     urls = [f"{server}/", f"{server}/email?issue=next"]
     assert frame_from_another_site(browser, urls) == [REFUSED, REFUSED, "<other site>/own"]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_body_text_contrast_is_at_least_4_5_to_1(browser, server: str, scheme: str) -> None:
+    page = browser.new_page(viewport={"width": 600, "height": 900}, color_scheme=scheme)
+    page.goto(f"{server}/email?issue=next")
+    texts = page.evaluate(CONTRAST)
+    assert len(texts) > 20 and any(t["text"].startswith("Paper number 0") for t in texts)
+    low = [t for t in texts if t["ratio"] < 4.5]
+    assert low == [], low
+    dark_body = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert (dark_body == "rgb(11, 15, 20)") == (scheme == "dark")
+    page.close()
+
+
+def test_after_an_issue_went_out_a_new_summary_is_what_the_preview_shows_first(
+    browser, server: str, project: Project
+) -> None:
+    config = load_config(project.config_file)
+    add_people(project.engine, "ada@example.org")
+    prepare_issue(project.engine, config)
+    send_unfinished(project.engine, config, create_backend(config))  # issue #1, with papers 0-2, went out
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    sync_api.expect(page.locator("#description")).to_contain_text("issue #1 (sent ")
+    page.wait_for_function("document.documentElement.dataset.live === 'yes'")
+    add_summaries(project.engine, 1)  # "Paper number 3" arrives: the page moves to it by itself
+    sync_api.expect(page.locator("#description")).to_contain_text("draft of issue #2 (not prepared yet)")
+    frame = page.frame_locator("#email")
+    sync_api.expect(frame.locator(".nl-title a", has_text="Paper number 3")).to_be_visible()
+    sync_api.expect(frame.locator(".nl-title a", has_text="Paper number 0")).to_have_count(0)
+    page.close()

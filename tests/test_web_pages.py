@@ -20,7 +20,7 @@ from newsletter import db as db_module
 from newsletter.backends import create_backend
 from newsletter.db import open_database, session
 from newsletter.delivery import send_unfinished
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import (
     Delivery,
     DeliveryStatus,

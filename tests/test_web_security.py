@@ -14,7 +14,7 @@ from sqlmodel import select
 from newsletter.backends import create_backend
 from newsletter.db import session
 from newsletter.delivery import send_unfinished
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import Subscriber
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE
 from newsletter.web.app import create_app

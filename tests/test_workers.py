@@ -21,7 +21,7 @@ from sqlalchemy import insert
 from sqlmodel import col, func, select
 
 from newsletter.db import open_database, session
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import (
     Delivery,
     DeliveryStatus,

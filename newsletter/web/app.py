@@ -50,7 +50,6 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         backoff=Backoff(clock=seconds),
     )
     app.state.web = state
-    app.state.archive_pages = {}  # rendered archive pages, see newsletter.web.archive
     # Personal tokens sit in page URLs: never send them on as a Referer, never cache the pages.
     app.add_middleware(
         SecurityHeaders,

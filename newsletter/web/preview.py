@@ -52,16 +52,11 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
-from newsletter.checks import (
-    IssueSample,
-    build_sample,
-    check_sample,
-    load_issue,
-    sample_values,
-)
+from newsletter.checks import check_sample, sample_values
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
 from newsletter.errors import ConfigError, NewsletterError
+from newsletter.issues import IssueSample, build_sample, shown_issue
 from newsletter.message import MessageTemplate, message_parts
 from newsletter.models import Issue, Subscriber, Summary
 from newsletter.render import template_dirs
@@ -152,8 +147,7 @@ class PreviewState:
                 if problem:
                     raise NewsletterError(problem)
                 number = None if ref == "next" else int(ref)
-                issue, items, description, recipients = load_issue(self.engine, self.config, number)
-                cached = build_sample(self.config, issue, items, description, recipients)
+                cached = build_sample(self.config, *shown_issue(self.engine, self.config, number))
             except NewsletterError as exc:
                 cached = exc
             self._cache[key] = cached

@@ -9,7 +9,8 @@ result being written, and are sent again by the next run (their deterministic Me
 recognisable). Claimed rows not yet handed over go back to ``queued``.
 
 The next run takes over a dead sender's rows when its lease (``delivery.lease``) expires, or at once when
-the owner was a process on this machine that no longer exists. Rows already ``sent`` are never claimed.
+the owner was a process on this machine that is proven dead (its lock file is free, see
+:mod:`newsletter.owners`). Rows already ``sent`` are never claimed.
 
 Results map onto the ledger like this: SENT → ``sent``; RETRY → ``retry`` with ``next_attempt_at`` from
 ``delivery.retry_schedule`` (``failed`` once the schedule is used up); FAILED (5xx) → ``failed`` and a
@@ -24,12 +25,9 @@ or cancelled by another command, or when more than ``delivery.pause_error_rate``
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +52,7 @@ from newsletter.digest import (
 )
 from newsletter.errors import DeliveryError, InvalidAddress, NewsletterError
 from newsletter.message import MessageTemplate, make_message_id
+from newsletter import owners
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -72,7 +71,6 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=10)  # the default of delivery.lease
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRY)
 SENDABLE = (IssueStatus.PREPARED, IssueStatus.SENDING)
-_HOST = socket.gethostname()
 
 Progress = Callable[[int, int, int], None]  # (issue number, done so far, due when the run started)
 
@@ -182,10 +180,10 @@ def send_issue(
             db.add(issue)
             db.commit()
     composer = _Composer(config, issue, items, backend)
-    loop = _Loop(engine, config, backend, composer, report, clock, stop)
     if progress:
         progress(issue.number, 0, report.total)
-    with backend:
+    with backend, owners.Owner(owners.runtime_folder(engine.url)) as owner:
+        loop = _Loop(engine, config, backend, composer, report, clock, stop, owner.name)
         loop.run(batch_size or config.delivery.batch_size, progress)
     _finish(engine, report)
     log.info(report.summary_line())
@@ -209,7 +207,7 @@ def work(
     side with any number of other workers sharing the database, until ``stop`` is set.
 
     Between passes it waits ``poll`` seconds, so it picks up new issues, retries that come due and rows
-    whose holder died (lease expired, or a process on this host that is gone). ``ready(number)`` is asked
+    whose holder died (lease expired, or a process on this machine proven dead). ``ready(number)`` is asked
     before an issue's first message (the pre-send checks); an issue it refuses is left alone and asked
     about again after ``recheck`` seconds, so a fixed template is picked up without a restart. When the
     backend fails as a whole (a server that is down, a refused login) the error is logged and the issue
@@ -295,30 +293,14 @@ def due_now(db: Session, issue: Issue, now: datetime | None = None) -> int:
     return _due_count(db, issue.id, now or utcnow())
 
 
-def _new_owner() -> str:
-    """``host:pid:nonce``: lets a later run on this host see that the owner process is gone."""
-    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 def _dead_owners(db: Session, issue_id: int | None) -> list[str]:
-    """Owners of ``sending`` rows that were processes on this host and no longer exist."""
-    owners = db.exec(
+    """Owners of ``sending`` rows proven dead: processes of this machine whose lock is free (a pid proves
+    nothing: another PID namespace, a reused pid). Others' rows wait for their lease."""
+    holders = db.exec(
         select(Delivery.claimed_by).where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING)
         .distinct()
     ).all()
-    dead = []
-    for owner in owners:
-        host, _, rest = (owner or "").partition(":")
-        pid = rest.partition(":")[0]
-        if host != _HOST or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            dead.append(owner)
-        except PermissionError:  # alive, someone else's
-            pass
-    return dead
+    return owners.dead(owners.runtime_folder(db.get_bind().url), [holder for holder in holders if holder])
 
 
 def _claimable(db: Session, issue_id: int | None, now: datetime, limit: int) -> list[int]:
@@ -351,6 +333,7 @@ def _claim(engine: Engine, issue_id: int | None, owner: str, limit: int, now: da
                 .values(status=DeliveryStatus.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=now)
             )
             db.commit()
+            owners.forget(owners.runtime_folder(engine.url), dead)
         # PostgreSQL: FOR UPDATE SKIP LOCKED lets concurrent workers each take different rows without waiting.
         # SQLite ignores it; its short write transaction and the due condition checked again in the UPDATE
         # make a concurrent sender that claimed a row first win.
@@ -453,10 +436,10 @@ class _Loop:
     most one window is ever in flight."""
 
     def __init__(self, engine: Engine, config: Config, backend: Backend, composer: _Composer, report: SendReport,
-                 clock: Callable[[], datetime], stop: threading.Event | None) -> None:
+                 clock: Callable[[], datetime], stop: threading.Event | None, owner: str) -> None:
         self.engine, self.config, self.backend, self.composer = engine, config, backend, composer
         self.report, self.clock, self.stop = report, clock, stop
-        self.owner = _new_owner()
+        self.owner = owner
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
         self.expires_at = clock()  # when the lease on the current batch runs out (set by each claim)
         self.held: set[int] | None = None  # the batch's rows still held, once the lease ran out (None: all)

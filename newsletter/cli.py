@@ -34,6 +34,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
 from newsletter import subscribers as subscriber_list
@@ -41,7 +42,7 @@ from newsletter.backends import create_backend
 from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
-from newsletter.db import open_database, session
+from newsletter.db import database_fault, open_database, session
 from newsletter.delivery import (
     SENDABLE,
     cancel_issue,
@@ -76,6 +77,12 @@ class _Group(TyperGroup):
         except NewsletterError as exc:
             errors.print(Text(f"error: {exc}"), soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except DBAPIError as exc:  # the database went away, or its disk is full: not a bug, no traceback
+            fault = database_fault(exc)
+            if fault is None:
+                raise
+            errors.print(Text(f"error: {fault}"), soft_wrap=True)
+            raise typer.Exit(fault.exit_code) from None
 
 
 def _app(help_text: str, **kwargs: Any) -> typer.Typer:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -50,22 +49,20 @@ def boot_id() -> str | None:
 def runtime_folder(url: URL) -> Path:
     """Where the senders sharing the database at ``url`` keep their lock files on this machine.
 
-    SQLite: beside the database file (``newsletter.db.owners/``), so that containers sharing the database's
-    folder see each other. PostgreSQL: ``$XDG_RUNTIME_DIR``, else ``/run/newsletter`` when it can be
-    created, else the temporary folder; one subfolder per database. Processes that pick different folders
-    (other users, private /tmp) cannot prove each other dead and wait for the lease.
+    SQLite: ``.newsletter-owners/`` beside the database file, so that containers sharing the database's
+    folder see each other. PostgreSQL: ``$XDG_RUNTIME_DIR/newsletter-owners``, else
+    ``/run/newsletter/owners`` when ``/run`` is writable, else ``newsletter-owners-<uid>`` in the temporary
+    folder. Lock files are named by a random nonce, so databases may share a folder. Processes that pick
+    different folders (other users, a private /tmp) cannot prove each other dead and wait for the lease.
     """
     if url.get_backend_name() == "sqlite" and url.database:
-        database = Path(url.database)
-        return database.with_name(database.name + ".owners")
-    shown = url.render_as_string(hide_password=True)
-    name = "owners-" + hashlib.sha256(shown.encode()).hexdigest()[:16]
+        return Path(url.database).parent / ".newsletter-owners"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and Path(runtime).is_dir():
-        return Path(runtime) / "newsletter" / name
+        return Path(runtime) / "newsletter-owners"
     if os.access("/run", os.W_OK) or Path("/run/newsletter").is_dir():
-        return Path("/run/newsletter") / name
-    return Path(tempfile.gettempdir()) / f"newsletter-{os.getuid()}" / name
+        return Path("/run/newsletter/owners")
+    return Path(tempfile.gettempdir()) / f"newsletter-owners-{os.getuid()}"
 
 
 def _parse(owner: str) -> tuple[str, str] | None:

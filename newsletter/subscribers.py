@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -236,29 +237,27 @@ class _ChunkWriter:
         self.event_detail = {"source": filename}
 
     def write(self, rows: Sequence[_Row]) -> None:
+        """Insert the rows whose address is new in one statement, then sort out the others (already on
+        the list) from what the database holds, inside the same transaction."""
         keys = [row.address.lower() for row in rows]
         tally = ImportReport()
         with session(self.engine) as db:
-            known = _existing_by_address(db, keys)
             suppressed = _suppressed_keys(db, keys)
-            new: list[dict[str, Any]] = []
+            tally.suppressed = sum(key in suppressed for key in keys)
+            candidates = [(row, key) for row, key in zip(rows, keys, strict=True) if key not in suppressed]
+            inserted = self._insert(db, [row for row, _ in candidates]) if candidates else set()
+            tally.added = len(inserted)
+            on_file = [(row, key) for row, key in candidates if key not in inserted]
+            known = _existing_by_address(db, [key for _, key in on_file])
             renamed: list[dict[str, Any]] = []
-            tokens = iter(new_tokens(len(rows)))
-            for row, key in zip(rows, keys, strict=True):
+            for row, key in on_file:
                 found = known.get(key)
-                if key in suppressed:
-                    tally.suppressed += 1
-                elif found is None:
-                    new.append({"email": row.address, "name": row.name, "token": next(tokens)})
-                elif found.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+                if found is not None and found.status not in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
                     tally.left_list += 1
-                elif row.name and row.name != found.name:
+                elif found is not None and row.name and row.name != found.name:
                     renamed.append({"row": found.id, "new_name": row.name})
                 else:
                     tally.unchanged += 1
-            if new:
-                tally.added = self._insert(db, new)
-                tally.unchanged += len(new) - tally.added  # subscribed through the web meanwhile: left as they are
             if renamed:
                 table = Subscriber.__table__
                 db.connection().execute(
@@ -271,15 +270,16 @@ class _ChunkWriter:
         for counter in ("added", "updated", "unchanged", "left_list", "suppressed"):
             setattr(self.report, counter, getattr(self.report, counter) + getattr(tally, counter))
 
-    def _insert(self, db: Session, new: list[dict[str, str | None]]) -> int:
-        """Insert the new subscribers (``email``, ``name``, ``token``) and their "subscribed" events; returns
-        how many were inserted. An address someone subscribed with meanwhile (the unique index) is skipped.
+    def _insert(self, db: Session, rows: Sequence[_Row]) -> set[str]:
+        """Insert the rows as new active subscribers with their "subscribed" events, skipping addresses
+        already on the list (the unique index decides); returns the lowercase addresses inserted.
 
         The rows go into a temporary table with one plain ``executemany`` of three strings each, and from
         there into ``subscriber`` and ``event`` with one ``INSERT ... SELECT`` each, the values every new
         subscriber shares written once: converting those per row (timestamps, JSON) was most of the
         import's time, ORM objects cost ~1 ms each with SQLModel, and an ORM bulk INSERT ... RETURNING
-        sorts its result batches back into parameter order, which made large imports quadratic.
+        sorts its result batches back into parameter order, which made large imports quadratic. Inserting
+        first and looking up only the addresses that were already there saves a lookup per new address.
         """
         connection = db.connection()
         # The first statement of the transaction writes to the temporary table only, so on SQLite the
@@ -292,28 +292,28 @@ class _ChunkWriter:
         mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"  # the driver's own executemany:
         connection.exec_driver_sql(  # building SQLAlchemy parameters per row cost more than the INSERT
             f"INSERT INTO {_STAGING.name} (email, name, token) VALUES ({mark}, {mark}, {mark})",
-            [(row["email"], row["name"], row["token"]) for row in new],
+            [(row.address, row.name, token) for row, token in zip(rows, new_tokens(len(rows)), strict=True)],
         )
         subscribers, events = Subscriber.__table__, Event.__table__
         now, column = utcnow(), subscribers.c
         shared = _new_subscriber_values("", None, self.source) | {"created_at": now, "updated_at": now,
                                                                    "consent_at": now, "confirmed_at": now}
         names = [name for name in shared if name not in ("email", "name", "token")]
-        rows = select(_STAGING.c.email, _STAGING.c.name, _STAGING.c.token,
-                      *(literal(shared[name], column[name].type) for name in names)).where(true())
+        staged = select(_STAGING.c.email, _STAGING.c.name, _STAGING.c.token,
+                        *(literal(shared[name], column[name].type) for name in names)).where(true())
         dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
         added = connection.execute(
-            dialect_insert(subscribers).from_select(["email", "name", "token", *names], rows)
-            .on_conflict_do_nothing().returning(column.id)  # WHERE true above: SQLite's upsert after a SELECT
-        ).scalars().all()
+            dialect_insert(subscribers).from_select(["email", "name", "token", *names], staged)
+            .on_conflict_do_nothing().returning(column.id, column.email)  # WHERE true: SQLite's upsert after SELECT
+        ).all()
         if added:  # the new rows are the newest ids: found by primary key, at the end of the table
             connection.execute(insert(events).from_select(
                 ["subscriber_id", "kind", "at", "detail"],
                 select(column.id, literal(EventKind.SUBSCRIBED, events.c.kind.type), literal(now, events.c.at.type),
                        literal(self.event_detail, events.c.detail.type))
-                .where(column.id.in_(added)),
+                .where(column.id.in_([subscriber_id for subscriber_id, _ in added])),
             ))
-        return len(added)
+        return {email.lower() for _, email in added}
 
 
 def _records(path: Path, report: ImportReport) -> Iterator[_Raw]:
@@ -387,7 +387,9 @@ def _checked_chunks(chunks: Iterator[list[_Raw]]) -> Iterator[list[_Checked]]:
     # fork: the helper starts at once with everything imported (spawn would import the whole CLI again); it
     # runs only _check, which takes no lock another thread of this process might hold.
     helpers = min(2, os.cpu_count() or 1)
-    pool = ProcessPoolExecutor(max_workers=helpers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(max_workers=helpers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    # Ctrl-C reaches the helpers too: they ignore it (no traceback from them); this process stops the import.
     try:
         ahead: deque[Future[list[_Checked]]] = deque()
         for chunk in chunks:

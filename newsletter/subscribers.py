@@ -259,9 +259,9 @@ class _ChunkWriter:
                 else:
                     tally.unchanged += 1
             if renamed:
-                table = Subscriber.__table__
+                subscribers = Subscriber.__table__
                 db.connection().execute(
-                    update(table).where(table.c.id == bindparam("row"))
+                    update(subscribers).where(subscribers.c.id == bindparam("row"))
                     .values(name=bindparam("new_name"), updated_at=utcnow()),
                     renamed,
                 )

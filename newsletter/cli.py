@@ -464,7 +464,8 @@ def digest_send(
     """Send what is due of every unfinished issue (or only --issue N) through the configured backend.
     Already-sent deliveries are never sent again, so it is safe to run after an interruption or a crash.
     The pre-send checks (`digest check`) run first; an error stops the send unless --force. Ctrl-C or
-    SIGTERM finishes the messages in flight, records them and stops.
+    SIGTERM finishes the messages in flight, records them and stops. A database that goes away meanwhile
+    is waited for, up to database.outage_limit.
 
     Example: newsletter digest send   (from cron: */10 * * * * newsletter digest send --if-due)
     """
@@ -663,7 +664,8 @@ def serve(
 def run(config: ConfigOption = None) -> None:
     """Run the scheduler until Ctrl-C/SIGTERM: the digest at the configured cron time (catching up a
     missed one within the grace period), due sends, and the other jobs. Only one process runs jobs at a
-    time; a second one waits and takes over when the first stops.
+    time; a second one waits and takes over when the first stops. A database that goes away (a restart,
+    a lock) is waited for, however long it takes.
 
     Example: newsletter run --config /etc/newsletter/config.yaml
     """
@@ -696,8 +698,10 @@ def worker(
     database), until Ctrl-C/SIGTERM. Each claims batches of deliveries under a lease (FOR UPDATE SKIP
     LOCKED on PostgreSQL), so no delivery is sent by two workers; a dead worker's batch is taken over when
     its lease (delivery.lease) expires. An issue failing the pre-send checks is left alone unless --force
-    (checked again every minute); a mail server that is down is tried again every --poll seconds. With
-    --until-done: exit 1 when the server cannot be reached or an issue fails its checks.
+    (checked again every minute); a mail server that is down is tried again every --poll seconds; a
+    database that goes away (a restart, a lock) is waited for. With --until-done: exit 1 when the server
+    cannot be reached, an issue fails its checks, or the database stays away longer than
+    database.outage_limit.
 
     Example: newsletter worker --config config.yaml   (start one per core or per host; --until-done for a batch job)
     """

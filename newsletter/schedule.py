@@ -52,7 +52,7 @@ from newsletter.digest import (
     prepare_issue,
     unfinished_issues,
 )
-from newsletter.errors import DatabaseUnavailable, NewsletterError
+from newsletter.errors import DatabaseFull, DatabaseUnavailable, NewsletterError
 from newsletter.ingest.feeds import poll_feeds
 from newsletter.ingest.inbox import process_inbox
 from newsletter.models import (
@@ -447,14 +447,20 @@ def run_scheduler(
 
 
 def _lease(engine: Engine, owner: str, timing: LeaseTiming, stop: threading.Event) -> LeaseHolder | None:
-    """Take or renew the lease, waiting for the database as long as it takes; None once ``stop`` is set.
+    """Take or renew the lease, waiting for the database as long as it takes (a full disk included: tried
+    again every renewal interval); None once ``stop`` is set.
 
     After an outage that outlasted the lease, the lease is taken again unless another scheduler took it
     meanwhile (then that one holds it and this one waits)."""
-    try:
-        return patiently(lambda: acquire_lease(engine, owner, timing.ttl), Patience(None, stop))
-    except DatabaseUnavailable:
-        return None
+    while True:
+        try:
+            return patiently(lambda: acquire_lease(engine, owner, timing.ttl), Patience(None, stop))
+        except DatabaseUnavailable:
+            return None
+        except DatabaseFull as exc:
+            log.error("cannot renew the scheduler lease: %s; trying again in %g s", exc, timing.renew.total_seconds())
+            if stop.wait(timing.renew.total_seconds()):
+                return None
 
 
 def _run_holding(engine: Engine, config: Config, owner: str, stop: threading.Event, timing: LeaseTiming) -> None:

@@ -430,3 +430,29 @@ def test_the_retry_job_leaves_the_backend_alone_when_nothing_is_due(config, engi
     monkeypatch.setattr("newsletter.schedule.create_backend", lambda cfg: opened.append(cfg))
     assert send_due(engine, config) == []
     assert opened == []  # no connection to the mail server, no render, every 5 minutes
+
+
+def test_a_full_disk_while_renewing_the_lease_is_logged_and_tried_again_not_fatal(engine, monkeypatch, caplog):
+    """The renewal is a write; a full disk (which SQLite meets only when its WAL must grow, so it cannot be
+    set up at will here) makes it fail: the scheduler says so and tries again at the next renewal."""
+    from newsletter import schedule
+    from newsletter.errors import DatabaseFull
+
+    real = schedule.acquire_lease
+    failures = [DatabaseFull("the disk holding the database is full (database or disk is full); ...")] * 2
+
+    def acquire(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(schedule, "acquire_lease", acquire)
+    timing = schedule.LeaseTiming(timedelta(seconds=4), timedelta(milliseconds=10))
+    holder = schedule._lease(engine, "me", timing, threading.Event())
+    assert holder is not None and holder.owner == "me"
+    lines = [r.getMessage() for r in caplog.records if "cannot renew the scheduler lease" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].endswith("trying again in 0.01 s")
+    stopped = threading.Event()
+    stopped.set()
+    failures.append(DatabaseFull("full"))
+    assert schedule._lease(engine, "me", timing, stopped) is None  # stopping ends the wait

@@ -343,8 +343,9 @@ def test_a_file_that_breaks_after_the_first_chunk_writes_nothing(engine, tmp_pat
 
 def test_one_click_unsubscribes_during_a_long_import_are_answered_and_stay(config, engine, tmp_path):
     """A `subscribers import` process of 60,000 rows writes in short transactions: one-click unsubscribes,
-    posted one after the other while it runs, are answered (before, the import held the write lock throughout and they failed after
-    the 10 s busy timeout) and the import never makes those people active again."""
+    posted one after the other while it runs, are answered (before, the import held the write lock
+    throughout and they failed after the 10 s busy timeout; how fast they are answered now is measured by
+    `python -m bench.import_list`), and the import never makes those people active again."""
     import os
     import subprocess
     import sys
@@ -394,9 +395,8 @@ def test_one_click_unsubscribes_during_a_long_import_are_answered_and_stay(confi
     finally:
         importer.kill()
     assert importer.returncode == 0, err.decode()
-    assert sum(writing for *_, writing in answered) >= 3, "the import ended before unsubscribes overlapped its writes"
-    assert all(code == 200 for _, code, _, _ in answered), answered
-    assert max(seconds for _, _, seconds, _ in answered) < 5  # well within the busy timeout the old import used up
+    assert sum(writing for *_, writing in answered) >= 3, f"no overlap with the import's writes: {answered}"
+    assert all(code == 200 for _, code, _, _ in answered), answered  # the old import made them wait 10 s, then 500
     with session(engine) as db:
         statuses = dict(db.exec(select(Subscriber.email, Subscriber.status)).all())
     assert {statuses[address] for address, *_ in answered} == {SubscriberStatus.UNSUBSCRIBED}

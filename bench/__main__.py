@@ -32,8 +32,8 @@ from sqlmodel import select
 
 from newsletter.config import load_config
 from newsletter.db import open_database, session
-from newsletter.delivery import _Composer
-from newsletter.digest import issue_items, prepare_issue
+from newsletter.issues import issue_items, prepare_issue
+from newsletter.message import Composer
 from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, new_token, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def per_message_cost(engine, config) -> tuple[float, int]:
     """Seconds to personalise one message (the issue rendered once first), and the message size."""
     with session(engine) as db:
         issue = db.exec(select(Issue)).one()
-        composer = _Composer(config, issue, issue_items(db, issue))
+        composer = Composer(config, issue, issue_items(db, issue))
         people = db.exec(select(Subscriber).limit(2000)).all()
     template = composer.template([])
     start = time.perf_counter()

@@ -1,9 +1,11 @@
-"""Per-message cost: a fresh EmailMessage per subscriber versus splicing into bytes encoded once.
+"""Per-message cost of the message builder (headers written by us, bodies encoded once per issue and
+spliced per subscriber), next to what a fresh standard-library EmailMessage per subscriber would cost.
 
     .venv/bin/python bench/personalise.py [--count N]
 
 Renders the packaged templates with the bundled sample summaries (padded to about 55 KB of HTML, as a
-real digest) and prints microseconds per message and messages per second for both ways.
+real digest) and prints microseconds per message and messages per second for both ways. The EmailMessage
+is only the yardstick here (it is not used to send: its header classes decode encoded-words in data).
 """
 
 from __future__ import annotations
@@ -17,10 +19,32 @@ from pathlib import Path
 
 from newsletter.config import config_from_mapping
 from newsletter.demo import DEMO_SETTINGS
-from newsletter.message import MessageTemplate, build_message
+from newsletter.message import MessageTemplate
 from newsletter.render import RecipientValues, RenderedIssue, render_issue
 from newsletter.resources import packaged_templates_dir
 from tests.helpers import make_issue, make_summaries
+
+
+def fresh_email_message(config, rendered: RenderedIssue, person: RecipientValues, date: datetime) -> bytes:
+    """The yardstick: everything built and encoded again for one subscriber by the standard library."""
+    from email.message import EmailMessage, MIMEPart
+    from email.policy import SMTP
+    from email.utils import format_datetime
+
+    html, text = rendered.personalise(person)
+    message = EmailMessage(policy=SMTP)
+    message["From"] = config.newsletter.sender
+    message["To"] = person.email
+    message["Subject"] = rendered.subject
+    message["Date"] = format_datetime(date)
+    message["Message-ID"] = "<m@example.org>"
+    message["List-Unsubscribe"] = f"<{person.unsubscribe_url}>"
+    message.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    message.make_alternative()
+    part = MIMEPart(policy=SMTP)
+    part.set_content(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    message.attach(part)
+    return message.as_bytes()
 
 
 def main() -> None:
@@ -49,7 +73,7 @@ def main() -> None:
 
     start = time.perf_counter()
     for person in people[: max(args.count // 20, 50)]:
-        build_message(config, rendered, person, message_id="<m@example.org>", date=date)
+        fresh_email_message(config, rendered, person, date)
     fresh = (time.perf_counter() - start) / max(args.count // 20, 50)
 
     start = time.perf_counter()
@@ -57,7 +81,7 @@ def main() -> None:
         template.personalise(person, message_id="<m@example.org>", date=date)
     spliced = (time.perf_counter() - start) / args.count
 
-    for label, seconds in (("fresh EmailMessage", fresh), ("splice into bytes", spliced)):
+    for label, seconds in (("fresh EmailMessage", fresh), ("message builder", spliced)):
         print(f"{label:20} {seconds * 1e6:10.1f} µs/message {1 / seconds:12,.0f} messages/s")
 
 

@@ -25,7 +25,7 @@ from newsletter import delivery
 from newsletter.backends import create_backend
 from newsletter.config import load_config
 from newsletter.db import open_database
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 
 spent: Counter[str] = Counter()
 

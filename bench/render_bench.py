@@ -39,7 +39,7 @@ def main(messages: int) -> None:
         with session(engine) as db:
             items = list(db.exec(select(Summary).order_by(col(Summary.id))))
         engine.dispose()
-    issue = Issue(number=1, period_key="2026-W47", period_start=datetime(2026, 11, 16, tzinfo=UTC),
+    issue = Issue(number=1, period_start=datetime(2026, 11, 16, tzinfo=UTC),
                   period_end=datetime(2026, 11, 23, tzinfo=UTC), subject="")  # fmt: skip
 
     compile_times = []

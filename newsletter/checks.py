@@ -9,7 +9,13 @@ before sending.
 Rules: ``html-size`` (Gmail clips an HTML part over 102 KB), ``img-alt``, ``line-length`` (998 octets,
 RFC 5322), ``links`` (absolute, well-formed http(s) or mailto), ``unsubscribe`` (a link in both parts and
 the ``List-Unsubscribe`` header), ``postal-address`` (in both parts), ``subject`` (present, under 100
-characters), ``preheader`` (present and in the HTML).
+characters), ``preheader`` (present and in the HTML), ``headers`` (the standard library's strict parser reads
+exactly the headers we write, each once and without defects, one To with the subscriber's address, and the
+Subject that was rendered).
+
+The issue's checks run on the exact bytes the send loop would send (:class:`newsletter.message.Composer`,
+through :func:`newsletter.issues.build_sample`) for a sample of real subscribers: the first on the list,
+the one with the longest name and the one with the longest address.
 """
 
 from __future__ import annotations
@@ -21,26 +27,22 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from email.errors import MessageError
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
 
 from newsletter.config import Config
-from newsletter.db import session
-from newsletter.digest import draft_issue, find_issue, issue_items, period_containing
-from newsletter.errors import NewsletterError
-from newsletter.message import build_message, make_message_id
-from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, utcnow
-from newsletter.render import MAX_SUBJECT_CHARS, RecipientValues, RenderedIssue, render_issue
-from newsletter.tokens import LinkSigner
+from newsletter.issues import IssueSample, build_sample, shown_issue
+from newsletter.message import recipient_values, single_line
+from newsletter.models import Subscriber
+from newsletter.render import MAX_SUBJECT_CHARS, RecipientValues, RenderedIssue
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" above this much HTML
 SIZE_WARNING_BYTES = 90 * 1024
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
-SAMPLE_READER = Subscriber(email="reader@example.org", name="Sample Reader", token="sample-reader")
 
 
 class Severity(enum.StrEnum):
@@ -68,12 +70,15 @@ def has_errors(findings: list[Finding]) -> bool:
 # -- one message ------------------------------------------------------------------------------------------
 
 
-def check_message(config: Config, rendered: RenderedIssue, message: bytes) -> list[Finding]:
-    """Every finding for ``message`` (the complete RFC 5322 bytes built from ``rendered``), errors first."""
+def check_message(config: Config, rendered: RenderedIssue, message: bytes,
+                  values: RecipientValues | None = None) -> list[Finding]:
+    """Every finding for ``message`` (the complete RFC 5322 bytes built from ``rendered``, for the reader
+    ``values`` when given), errors first."""
     parsed: EmailMessage = email.message_from_bytes(message, policy=email.policy.default)  # type: ignore[assignment]
     html_part = _body(parsed, "html")
     text_part = _body(parsed, "plain")
-    findings = [*_line_lengths(message), *_subject(parsed), *_preheader(rendered, html_part)]
+    findings = [*_line_lengths(message), *_headers(message, rendered, values), *_subject(parsed),
+                *_preheader(rendered, html_part)]
     if html_part is None:
         findings.append(Finding("html-size", "message", "there is no text/html part"))
     else:
@@ -101,6 +106,41 @@ def _line_lengths(message: bytes) -> list[Finding]:
     ]
 
 
+# The headers the builder writes; anything else in a message (a Bcc:) came from data that escaped.
+_OUR_HEADERS = frozenset({
+    "from", "to", "reply-to", "subject", "date", "message-id", "list-id", "list-unsubscribe",
+    "list-unsubscribe-post", "feedback-id", "mime-version", "content-type",
+})
+_SINGLE = ("From", "To", "Subject", "Date", "Message-ID")
+
+
+def _headers(message: bytes, rendered: RenderedIssue, values: RecipientValues | None) -> list[Finding]:
+    """The message as ``email.policy.strict`` reads it: our headers only, each once, without defects."""
+    try:
+        parsed: EmailMessage = email.message_from_bytes(message, policy=email.policy.strict)  # type: ignore[assignment]
+        found = [(key, parsed[key]) for key in parsed.keys()]
+    except (MessageError, ValueError) as exc:
+        return [Finding("headers", "message", f"the standard library's strict parser refuses it ({exc})")]
+    findings = [Finding("headers", f"{key} header", "is not a header this newsletter writes: text from a "
+                        "summary or a name has become mail structure; do not send")
+                for key, _value in found if key.lower() not in _OUR_HEADERS]
+    findings += [Finding("headers", f"{key} header", f"is malformed ({value.defects[0]})")
+                 for key, value in found if value.defects]
+    for name in _SINGLE:
+        count = len(parsed.get_all(name) or [])
+        if count != 1:
+            findings.append(Finding("headers", f"{name} header", f"appears {count} times; a message needs exactly one"))
+    to = parsed.get("To")
+    if values is not None and to is not None and [a.addr_spec for a in to.addresses] != [values.email]:
+        findings.append(Finding("headers", "To header", f"names {[a.addr_spec for a in to.addresses]} instead of "
+                                f"only the subscriber's {values.email!r}"))
+    subject = parsed.get("Subject")
+    if subject is not None and str(subject) != single_line(rendered.subject):
+        findings.append(Finding("headers", "Subject header", f"reads {str(subject)[:60]!r}, not the rendered "
+                                f"subject {single_line(rendered.subject)[:60]!r}"))
+    return findings
+
+
 def _subject(message: EmailMessage) -> list[Finding]:
     subject = " ".join(str(message.get("Subject", "")).split())
     if not subject:
@@ -113,11 +153,11 @@ def _subject(message: EmailMessage) -> list[Finding]:
 
 def _preheader(rendered: RenderedIssue, html_part: str | None) -> list[Finding]:
     if not rendered.preheader.strip():
-        return [Finding("preheader", "<mj-preview>", "the preheader is empty; inboxes show the start of the "
-                        "body instead (fill <mj-preview> in digest.mjml.j2)")]
+        return [Finding("preheader", "preheader", "the preheader is empty; inboxes show the start of the "
+                        "body instead (include partials/preheader.mjml.j2 first in <mj-body>)")]
     if html_part is not None and html.escape(rendered.preheader, quote=False) not in html_part.replace("&#39;", "'"):
-        return [Finding("preheader", "HTML part", "the preheader is not in the HTML; keep <mj-preview> in the "
-                        "template's <mj-head>")]
+        return [Finding("preheader", "HTML part", "the preheader is not in the HTML; include "
+                        "partials/preheader.mjml.j2 first in the template's <mj-body>")]
     return []
 
 
@@ -158,6 +198,8 @@ def link_problem(href: str) -> str | None:
         parts.port  # noqa: B018  # raises ValueError for a port that is not a number
     except ValueError as exc:
         return f"is malformed ({exc})"
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        return "has a user name or password before its host (user@host), which hides where it really goes"
     if parts.scheme == "mailto":
         return None if re.fullmatch(r"[^@\s]+@[^@\s]+", parts.path) else "is a mailto: without an address"
     if parts.scheme not in ("http", "https"):
@@ -249,18 +291,6 @@ class _Page(HTMLParser):
 
 
 @dataclass(frozen=True)
-class IssueSample:
-    """An issue rendered once plus one sample recipient's message, exactly as delivery builds it."""
-
-    issue: Issue
-    items: list[Summary]
-    description: str  # "draft of issue #8 (not prepared yet)" or "issue #7 (sent)"
-    rendered: RenderedIssue
-    values: RecipientValues
-    message: bytes
-
-
-@dataclass(frozen=True)
 class CheckReport:
     description: str
     findings: list[Finding]
@@ -272,65 +302,34 @@ class CheckReport:
 
 def sample_values(config: Config, subscriber: Subscriber) -> RecipientValues:
     """The personal values delivery uses for ``subscriber`` (signed links from its token)."""
-    links = LinkSigner(config)
-    return RecipientValues(
-        email=subscriber.email,
-        name=subscriber.name or "",
-        unsubscribe_url=links.unsubscribe_url(subscriber.token),
-        preferences_url=links.preferences_url(subscriber.token),
-    )
+    return recipient_values(config, subscriber)
 
 
-def build_sample(
-    config: Config, issue: Issue, items: list[Summary], description: str, recipient: Subscriber
-) -> IssueSample:
-    """Render ``issue`` and build ``recipient``'s message with :func:`newsletter.message.build_message`.
-
-    Raises TemplateError when a template fails.
-    """
-    rendered = render_issue(config, issue, items)
-    values = sample_values(config, recipient)
-    message_id = make_message_id(config, issue.number, recipient.token)
-    data = build_message(config, rendered, values, message_id=message_id)
-    return IssueSample(issue, items, description, rendered, values, data)
-
-
-def load_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None
-               ) -> tuple[Issue, list[Summary], str, Subscriber]:
-    """(issue, items, description, sample recipient) for issue ``number``, or by default the next issue as
-    a draft (when summaries are waiting and this period has none yet) or else the newest issue.
-
-    The sample recipient is the first active subscriber, or a made-up reader. Raises NewsletterError when
-    there is nothing to show.
-    """
-    with session(engine) as db:
-        if number is None:
-            period = period_containing(now or utcnow(), config.schedule.zone, config.schedule.cadence)
-            if db.exec(select(Issue.id).where(Issue.period_key == period.key)).first() is None:
-                draft, items = draft_issue(db, config, period)
-                if items:
-                    return draft, items, f"draft of issue #{draft.number} (not prepared yet)", _sample(db)
-            if db.exec(select(Issue.id)).first() is None:
-                raise NewsletterError(
-                    "nothing to show: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
-                )
-        issue = find_issue(db, number)
-        return issue, issue_items(db, issue), f"issue #{issue.number} ({issue.status.value})", _sample(db)
-
-
-def _sample(db: Session) -> Subscriber:
-    query = select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(col(Subscriber.id))
-    # limit(1): the ORM buffers a whole result, so .first() alone would load every subscriber
-    return db.exec(query.limit(1)).first() or SAMPLE_READER
+def check_sample(config: Config, sample: IssueSample) -> list[Finding]:
+    """The findings for every sample message, each once, errors first; a finding that depends on the reader
+    (headers, line lengths) names the reader's address. A sample reader no message can be built for is a
+    warning: the send fails that message alone."""
+    seen: dict[str, Finding] = {}
+    for message in sample.messages:
+        for finding in check_message(config, message.rendered, message.data, message.values):
+            if finding.rule in ("headers", "line-length") and len(sample.messages) > 1:
+                finding = Finding(finding.rule, f"message to {message.values.email}: {finding.where}",
+                                  finding.message, finding.severity)
+            seen.setdefault(finding.line(), finding)
+    unbuildable = [Finding("headers", f"subscriber {address!r}", f"{why}; the send fails this message alone",
+                           Severity.WARNING) for address, why in sample.unbuildable]
+    findings = [*seen.values(), *unbuildable]
+    return sorted(findings, key=lambda finding: finding.severity is not Severity.ERROR)
 
 
 def check_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None
                 ) -> CheckReport:
-    """Render issue ``number`` (default as in :func:`load_issue`) as it would be sent and check the message.
+    """Render issue ``number`` (default: what :func:`newsletter.issues.shown_issue` shows: the draft of the
+    next issue when summaries are waiting, else the newest) as it would be sent and check the messages of
+    the sample readers.
 
     What ``digest check`` prints and what ``digest send`` and the weekly job run first. Raises TemplateError
     when the templates do not render and NewsletterError when there is no such issue.
     """
-    issue, items, description, recipient = load_issue(engine, config, number, now=now)
-    sample = build_sample(config, issue, items, description, recipient)
-    return CheckReport(description, check_message(config, sample.rendered, sample.message))
+    sample = build_sample(config, *shown_issue(engine, config, number, now=now))
+    return CheckReport(sample.description, check_sample(config, sample))

@@ -6,9 +6,13 @@ configuration mistakes, 1 otherwise); nothing a user can fix ends in a traceback
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -38,29 +42,29 @@ from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
 from newsletter import subscribers as subscriber_list
-from newsletter.backends import create_backend
+from newsletter.backends import check_backend, create_backend
 from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
 from newsletter.db import database_fault, open_database, session
-from newsletter.delivery import (
+from newsletter.delivery import send_issue, send_unfinished, work
+from newsletter.errors import NewsletterError
+from newsletter.ingest import find_files, ingest_paths, review
+from newsletter.ingest.feeds import fetch_feed
+from newsletter.issues import (
     SENDABLE,
     cancel_issue,
     issue_status,
     pause_issue,
+    prepare_issue,
     resume_issue,
     retry_failed,
-    send_issue,
-    send_unfinished,
-    work,
+    unfinished_issues,
     write_preview,
 )
-from newsletter.digest import prepare_issue, unfinished_issues
-from newsletter.errors import NewsletterError
-from newsletter.ingest import find_files, ingest_paths, review
-from newsletter.ingest.feeds import fetch_feed
 from newsletter.logs import configure_logging
 from newsletter.models import IssueStatus, SubscriberStatus
+from newsletter.render import span_label
 from newsletter.schedule import run_if_due, run_scheduler
 from newsletter.status import collect_status, status_lines
 
@@ -68,8 +72,18 @@ console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
 
+# The --config given before the command (`newsletter --config X cmd`), set by the root callback of each run.
+_ROOT_CONFIG: contextvars.ContextVar[Path | None] = contextvars.ContextVar("root_config", default=None)
+
+
+def _verbose(_ctx: Any, _param: Any, value: bool) -> None:
+    if value:
+        configure_logging(logging.INFO)
+
+
 class _Group(TyperGroup):
-    """Turns NewsletterError anywhere below into one line on stderr and the error's exit code."""
+    """Turns NewsletterError anywhere below into one line on stderr and the error's exit code, and lets every
+    command take ``-v`` after its name as well as before it."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -83,6 +97,22 @@ class _Group(TyperGroup):
                 raise
             errors.print(Text(f"error: {fault}"), soft_wrap=True)
             raise typer.Exit(fault.exit_code) from None
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            return None
+        if command.short_help is None and command.help:  # the list of commands: one paragraph, reflowed
+            command.short_help = " ".join(command.help.split("\n\n")[0].split())
+        if isinstance(command, TyperGroup) or any(p.name == "verbose" for p in command.params):
+            return command
+        # The root's own --verbose option (built by typer), copied: here it sets the log level itself instead
+        # of being handed to the command's function.
+        root_verbose = next(p for p in ctx.find_root().command.params if p.name == "verbose")
+        verbose = copy.copy(root_verbose)
+        verbose.expose_value, verbose.callback = False, _verbose
+        command.params.append(verbose)
+        return command
 
 
 def _app(help_text: str, **kwargs: Any) -> typer.Typer:
@@ -120,13 +150,21 @@ ConfigOption = Annotated[
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does.")] = False,
+    config: ConfigOption = None,
 ) -> None:
     configure_logging(logging.INFO if verbose else logging.WARNING)
+    _ROOT_CONFIG.set(config)
+
+
+def _chosen(config_path: Path | None) -> Path | None:
+    """The command's ``--config``, else the one given before the command (``newsletter --config X cmd``)."""
+    return config_path if config_path is not None else _ROOT_CONFIG.get()
 
 
 @contextmanager
 def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
-    config = load_config(config_path)
+    config = load_config(_chosen(config_path))
+    check_backend(config)  # a misspelt backend option fails at start, not at send time
     engine = open_database(config)
     try:
         yield config, engine
@@ -412,9 +450,10 @@ def subscribers_erase(
 
 @digest_app.command("prepare")
 def digest_prepare(config: ConfigOption = None) -> None:
-    """Create this period's issue from the summaries not yet sent; running it twice changes nothing.
+    """Create the next issue now from every summary waiting, with one queued delivery per active subscriber;
+    `digest send` sends it. With nothing waiting it prepares nothing and says so.
 
-    Example: newsletter digest prepare
+    Example: newsletter digest prepare && newsletter digest send
     """
     with _opened(config) as (loaded, engine):
         result = prepare_issue(engine, loaded)
@@ -433,8 +472,8 @@ def digest_render(
     issue: IssueOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Write an issue's HTML, text and one sample .eml exactly as it would be sent (default: the newest
-    issue, or a draft of the next one when none was prepared yet).
+    """Write an issue's HTML, text and one sample .eml exactly as it would be sent (default: the draft of the
+    next issue when summaries are waiting, else the newest issue).
 
     Example: newsletter digest render --out preview/
     """
@@ -454,9 +493,9 @@ def digest_send(
         bool,
         typer.Option(
             "--if-due",
-            help="For system cron: prepare and send the last period's issue only if its scheduled time "
-            "(schedule.cron) has passed and it was not done yet (within schedule.grace_hours, else it is "
-            "recorded as missed), then send what is due. Exactly what `newsletter run` does.",
+            help="For system cron: do the newest firing of schedule.cron if nobody has yet (the next issue "
+            "from what was waiting then; within schedule.grace_hours, else it is recorded as missed), then "
+            "send what is due. Exactly what `newsletter run` does.",
         ),
     ] = False,
     config: ConfigOption = None,
@@ -566,10 +605,10 @@ def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> N
 
     Example: newsletter digest status 3
     """
-    with _opened(config) as (_config, engine):
+    with _opened(config) as (loaded, engine):
         found = issue_status(engine, issue)
     i = found.issue
-    console.print(Text(f"issue #{i.number} ({i.period_key}) \"{i.subject}\": {i.status.value}"))
+    console.print(Text(f"issue #{i.number} ({span_label(loaded, i)}) \"{i.subject}\": {i.status.value}"))
     console.print(", ".join(f"{status.value} {count}" for status, count in found.counts.items()))
     if found.rate_per_minute:
         console.print(f"rate: {found.rate_per_minute:,.0f} messages/minute")
@@ -662,10 +701,10 @@ def serve(
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Run the scheduler until Ctrl-C/SIGTERM: the digest at the configured cron time (catching up a
-    missed one within the grace period), due sends, and the other jobs. Only one process runs jobs at a
-    time; a second one waits and takes over when the first stops. A database that goes away (a restart,
-    a lock) is waited for, however long it takes.
+    """Run the scheduler until Ctrl-C/SIGTERM: at each cron time the next issue from what is waiting
+    (catching up a missed firing within the grace period), due sends, and the other jobs. Only one process
+    runs jobs at a time; a second one waits and takes over when the first stops. A database that goes away
+    (a restart, a lock) is waited for, however long it takes.
 
     Example: newsletter run --config /etc/newsletter/config.yaml
     """
@@ -739,7 +778,7 @@ def status(
     config: ConfigOption = None,
 ) -> None:
     """Show the next scheduled digest, the last issue and its deliveries, waiting summaries, subscribers
-    by status, skipped or missed periods and recent job failures.
+    by status, recent firings that sent nothing (missed, empty) and recent job failures.
 
     Example: newsletter status --json
     """
@@ -770,7 +809,7 @@ def preview(
 
     from newsletter.web.preview import LOOPBACK, create_preview_app
 
-    path = Path(config or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)
+    path = Path(_chosen(config) or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)
     settings = load_config(path).preview
     host = host or settings.host
     port = port or settings.port
@@ -797,8 +836,21 @@ def demo(
     """
     from newsletter.demo import run_demo
 
+    config = _chosen(config)
     result = run_demo(directory, load_config(config) if config else None)
-    console.print(result.report())
+    console.print(result.report(_how_to_run_again()))
+
+
+def _how_to_run_again() -> str:
+    """How the user runs newsletter again from this shell: ``newsletter`` when that is on PATH and is this
+    program; else the path they typed (``.venv/bin/newsletter`` after the README's first command)."""
+    script = Path(sys.argv[0])
+    if script.name == "__main__.py":  # python -m newsletter
+        return f"{shlex.quote(sys.executable)} -m newsletter"
+    on_path = shutil.which("newsletter")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "newsletter"
+    return shlex.quote(sys.argv[0])
 
 
 def main() -> None:

@@ -12,14 +12,17 @@ Environment variables (secrets never go in the file):
 - ``NEWSLETTER_SECRET_KEY``: signs the tokens in unsubscribe links (see :mod:`newsletter.tokens`).
 - ``NEWSLETTER_SMTP_PASSWORD``: the SMTP backend's login password.
 - ``NEWSLETTER_API_TOKEN``: the bearer token ``POST /api/summaries`` accepts (unset: the API refuses all).
+- ``NEWSLETTER_PREVIEW_TOKEN``: the preview's token (instead of ``preview.token``).
 - ``NEWSLETTER_IMAP_PASSWORD``: the bounce mailbox's IMAP password.
+
+A token, from the file or the environment, shorter than :data:`MIN_SECRET_LENGTH` stops the start.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
 from functools import cached_property
@@ -29,7 +32,6 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
@@ -40,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from newsletter.cron import parse_cron
 from newsletter.errors import ConfigError
 from newsletter.urls import http_url_problem
 
@@ -169,7 +172,7 @@ class IntervalsSection(_Section):
 
 
 class ScheduleSection(_Section):
-    """When the digest goes out, which period it covers, and how ``newsletter run`` behaves."""
+    """When the digest goes out (each time ``cron`` names is a firing) and how ``newsletter run`` behaves."""
 
     cadence: Literal["weekly", "daily", "monthly"] = "weekly"
     cron: str = "0 8 * * mon"
@@ -192,21 +195,14 @@ class ScheduleSection(_Section):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        try:
-            trigger = CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(
-                f"{value!r} is not a 5-field cron expression such as '0 8 * * mon' ({exc})"
-            ) from None
-        if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
-            raise ValueError(f"{value!r} never fires (no such date); use e.g. '0 8 * * mon'")
+        parse_cron(value)  # CronError is a ValueError: pydantic reports it under the key
         return value
 
     @field_validator("quiet_note")
     @classmethod
     def _note_text(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("must be the note's text, or left out to skip quiet periods")
+            raise ValueError("must be the note's text, or left out to send nothing when nothing is waiting")
         return value.strip() if value else None
 
     @property
@@ -227,6 +223,9 @@ class WebSection(_Section):
 
 
 class BackendSection(_Section):
+    """Which backend sends, by its registered name, and its options as the file gives them: the backend
+    registry (``newsletter.backends.check_backend``) validates them against the backend's own model."""
+
     name: str = "file"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -237,12 +236,31 @@ class PreviewSection(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8025, ge=1, le=65535)
-    token: str | None = Field(default=None, min_length=16)
+    token: str | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        problem = _short_secret("the preview's token", value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @property
     def access_token(self) -> str | None:
         """The token the preview requires, the environment first (secrets do not belong in the file)."""
         return os.environ.get("NEWSLETTER_PREVIEW_TOKEN") or self.token
+
+
+MIN_SECRET_LENGTH = 16  # every token we check, wherever it comes from (file or environment)
+
+
+def _short_secret(what: str, value: str | None) -> str | None:
+    """Why ``value`` is too short to be a secret someone must not guess, or None when it is long enough."""
+    if value is None or len(value) >= MIN_SECRET_LENGTH:
+        return None
+    return (f"{what} must be at least {MIN_SECRET_LENGTH} characters (it has {len(value)}); make one with: "
+            f"python3 -c 'import secrets; print(secrets.token_urlsafe(24))'")
 
 
 class IngestSection(_Section):
@@ -266,16 +284,21 @@ class IngestSection(_Section):
                 raise ValueError(f"{url!r} {problem}")
         return value
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = timedelta(days=365)  # beyond this a lease or a retry delay is a typo, and dates would overflow
 
 
 def parse_duration(value: str) -> timedelta:
-    """``"90s"``, ``"5m"``, ``"2h"`` or ``"3d"`` as a timedelta; ValueError otherwise."""
+    """``"90s"``, ``"5m"``, ``"2h"`` or ``"3d"`` (at most a year) as a timedelta; ValueError otherwise."""
     match = _DURATION.match(str(value))
-    if not match or int(match[1]) == 0:
+    digits = match[1].lstrip("0") if match else ""
+    if not digits:
         raise ValueError(f"{value!r} is not a duration such as 30s, 5m, 2h or 1d")
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    # the length first: int() of thousands of digits is itself an error
+    if len(digits) > 9 or int(digits) * _UNITS[match[2]] > MAX_DURATION.total_seconds():  # type: ignore[index]
+        raise ValueError(f"{value!r} is longer than a year (365d), the longest duration allowed")
+    return timedelta(seconds=int(digits) * _UNITS[match[2]])  # type: ignore[index]
 
 
 class DeliverySection(_Section):
@@ -342,7 +365,7 @@ class BouncesSection(_Section):
     verp: bool = False
     return_path: str | None = None  # default: the sender's address (with VERP: bounces@<the sender's domain>)
     soft_limit: int = Field(default=3, ge=1)  # this many soft bounces ...
-    soft_days: int = Field(default=14, ge=1)  # ... within this many days mark a subscriber bounced
+    soft_days: int = Field(default=14, ge=1, le=3650)  # ... within this many days mark a subscriber bounced
     mailbox: MailboxSection | None = None
 
     @field_validator("return_path")
@@ -406,6 +429,12 @@ def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) ->
             f"{source}: ingest.api_token: secrets do not go in the file; set NEWSLETTER_API_TOKEN instead"
         )
     api_token = os.environ.get("NEWSLETTER_API_TOKEN", "").strip()
+    for variable, what, value in (("NEWSLETTER_API_TOKEN", "the API token", api_token),
+                                  ("NEWSLETTER_PREVIEW_TOKEN", "the preview's token",
+                                   os.environ.get("NEWSLETTER_PREVIEW_TOKEN", ""))):
+        problem = _short_secret(what, value) if value else None  # set but empty: not set
+        if problem:
+            raise ConfigError(f"{variable}: {problem}")
     if api_token:
         data["ingest"] = {**(section if isinstance(section, dict) else {}), "api_token": api_token}
     database_url = os.environ.get("NEWSLETTER_DATABASE_URL")
@@ -424,7 +453,6 @@ def config_from_mapping(data: dict[str, Any], *, base_dir: Path, source: str) ->
             f"{source}: templates: the folder {config.templates_dir} does not exist; create it, or remove the "
             f"key to use the packaged templates"
         )
-    _check_backend(config)
     return config
 
 
@@ -440,7 +468,13 @@ def load_config(path: str | Path | None = None) -> Config:
             f"{chosen}: config file not found; pass --config PATH or copy config.yaml from the project"
         )
     try:
-        data = yaml.safe_load(chosen.read_text(encoding="utf-8"))
+        data = yaml.load(chosen.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as exc:
+        first = "on this line" if exc.first == exc.line else f"(first on line {exc.first})"
+        raise ConfigError(
+            f"{chosen}:{exc.line}: the key '{exc.key}' is there twice {first}; "
+            f"keep one, otherwise only the last would count"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{chosen}:{mark.line + 1}" if mark else str(chosen)
@@ -455,6 +489,37 @@ def load_config(path: str | Path | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{chosen}: expected a mapping of settings at the top level, see config.yaml")
     return config_from_mapping(data, base_dir=chosen.resolve().parent, source=str(chosen))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, which YAML loaders take as "the last
+    wins": a setting that silently does not count. Keys brought in by a merge (``<<: *base``) may be
+    overridden, as YAML intends."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()  # mappings whose own keys were checked (ids of their nodes)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Every mapping passes here before it is read, and merged mappings before they are merged; the
+        # first time, its keys are its own. Flattening then puts the merged keys beside them in place, so a
+        # node read again (an anchor used twice) is not checked again.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, _value in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    line = key_node.start_mark.line + 1
+                    if (key_node.tag, key_node.value) in seen:
+                        raise _DuplicateKey(key_node.value, line, seen[(key_node.tag, key_node.value)])
+                    seen[(key_node.tag, key_node.value)] = line
+        super().flatten_mapping(node)
 
 
 def _describe(exc: ValidationError, source: str) -> str:
@@ -485,22 +550,3 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         model = annotation
     return [name for name, field in model.model_fields.items() if not field.exclude]
 
-
-def _check_backend(config: Config) -> None:
-    """Fail at start, not at send time, when the backend name or its options are wrong."""
-    from newsletter.backends import (
-        backend_class,  # late import: backends import this module
-    )
-
-    cls = backend_class(config.backend.name, source=config.source)
-    try:
-        cls.Options.model_validate(config.backend.options)
-    except ValidationError as exc:
-        error = _first_error(exc)
-        key = ".".join(["backend", "options", *(str(p) for p in error["loc"])])
-        if error["type"] == "extra_forbidden":
-            allowed = ", ".join(cls.Options.model_fields)
-            raise ConfigError(
-                f"{config.source}: unknown key '{key}'; the {config.backend.name} backend allows: {allowed}"
-            ) from None
-        raise ConfigError(f"{config.source}: {key}: {error['msg'].removeprefix('Value error, ')}") from None

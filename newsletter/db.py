@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
@@ -83,13 +84,42 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def alembic_config() -> AlembicConfig:
+    """Alembic's settings for the migrations shipped in the package."""
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return settings
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration. Existing data is kept; safe to call on every start."""
-    alembic_config = AlembicConfig()
-    alembic_config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        alembic_config.attributes["connection"] = connection
-        command.upgrade(alembic_config, "head")
+    """Bring the schema to the newest migration, logging (INFO) the revisions it went from and to. Existing
+    data is kept; safe to call on every start."""
+    settings = alembic_config()
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite changes a table by copying it to a new one and dropping the old (Alembic's batch mode);
+            # with foreign keys enforced, dropping a table others refer to (issue) fails. The pragma only
+            # works outside a transaction; the check below stands in for the enforcement skipped meanwhile.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                before = MigrationContext.configure(connection).get_current_revision()
+                settings.attributes["connection"] = connection
+                command.upgrade(settings, "head")
+                after = MigrationContext.configure(connection).get_current_revision()
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise NewsletterError("the schema upgrade would break references between rows; nothing was "
+                                          "changed (restore a backup, or report it)")
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+    if before is None:
+        log.info("database schema created at %s", after)
+    elif before != after:
+        log.info("database schema upgraded from %s to %s", before, after)
 
 
 def open_database(config: Config) -> Engine:

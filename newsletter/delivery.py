@@ -26,41 +26,40 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, exists, func, or_, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
+from newsletter import owners
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
-from newsletter.bounces import record_bounce, return_path
-from newsletter.checks import load_issue
+from newsletter.bounces import record_bounce
 from newsletter.config import Config
 from newsletter.db import Patience, database_fault, patiently, session
-from newsletter.digest import (
+from newsletter.errors import DatabaseFull, DatabaseUnavailable, DeliveryError, NewsletterError
+from newsletter.issues import (
+    SENDABLE,
     delivery_counts,
     find_issue,
+    finish_sending,
+    has_copy,
     issue_items,
+    keep_copy,
+    pause_issue,
+    start_sending,
     unfinished_issues,
+    waiting_summaries,
 )
-from newsletter.errors import (
-    DatabaseFull,
-    DatabaseUnavailable,
-    DeliveryError,
-    InvalidAddress,
-    NewsletterError,
-)
-from newsletter.message import MessageTemplate, make_message_id
-from newsletter import owners
+from newsletter.issues.prepare import counted
+from newsletter.message import Composer
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -71,14 +70,11 @@ from newsletter.models import (
     Summary,
     utcnow,
 )
-from newsletter.render import DEFAULT_SECTION, RecipientValues, render_issue
-from newsletter.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=10)  # the default of delivery.lease
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRY)
-SENDABLE = (IssueStatus.PREPARED, IssueStatus.SENDING)
 
 Progress = Callable[[int, int, int], None]  # (issue number, done so far, due when the run started)
 
@@ -141,9 +137,11 @@ def send_unfinished(
                     f"issue {', '.join(paused)} is paused; run `newsletter digest resume N` to go on sending"
                 )
             latest = find_issue(db)  # raises when nothing was ever prepared
+            waiting = len(waiting_summaries(db))
+            then = (f"{counted(waiting, 'summary')} {'is' if waiting == 1 else 'are'} waiting: `newsletter digest "
+                    f"prepare` makes the next issue" if waiting else "no summary is waiting for a next one")
             raise NewsletterError(
-                f"issue #{latest.number} is already {latest.status.value} and no newer issue is prepared; "
-                f"run `newsletter digest prepare`"
+                f"issue #{latest.number} is already {latest.status.value} and no newer issue is prepared; {then}"
             )
     reports = []
     for number in numbers:
@@ -166,18 +164,25 @@ def send_issue(
     stop: threading.Event | None = None,
     patience: Patience | None = None,
 ) -> SendReport:
-    """Send the deliveries of issue ``number`` that are due now; returns what this run did.
+    """Send the deliveries of issue ``number`` that are due now; returns what this run did. The first send
+    of an issue stores the archive's copy of it (:func:`newsletter.issues.keep_copy`).
 
     A database that goes away meanwhile is waited for as ``patience`` allows (default:
     ``database.outage_limit``, ended early by ``stop``), each ledger write tried again as a whole.
 
-    Raises NewsletterError for an unknown, paused, cancelled or already sent issue, DeliveryError when the
-    backend fails as a whole (the claimed batch is then released for the next run, so nothing is lost), and
-    DatabaseUnavailable / DatabaseFull when the database stays away longer or its disk is full.
+    Raises NewsletterError for an unknown issue, TransitionRefused for a paused, cancelled or sent one,
+    DeliveryError when the backend fails as a whole (the claimed batch is then released for the next run, so
+    nothing is lost), and DatabaseUnavailable / DatabaseFull when the database stays away longer or its disk
+    is full.
     """
     patience = patience or Patience(config.database.outage_limit_time, stop)
     issue, items, report = patiently(lambda: _start(engine, number, clock()), patience)
-    composer = _Composer(config, issue, items, backend)
+    composer = Composer(config, issue, items, backend.extra_headers())
+    if not patiently(lambda: has_copy(engine, issue), patience):
+        everything = composer.template([])  # the render the messages are built from: no extra MJML compile
+        assert everything is not None  # an issue has at least one item
+        # keep_copy keeps the first copy stored, so a try again after a lost commit changes nothing
+        patiently(lambda: keep_copy(engine, config, issue, everything.rendered), patience)
     if progress:
         progress(issue.number, 0, report.total)
     with backend, owners.Owner(owners.runtime_folder(engine.url)) as owner:
@@ -191,22 +196,10 @@ def send_issue(
 def _start(engine: Engine, number: int, now: datetime) -> tuple[Issue, list[Summary], SendReport]:
     """The issue to send (refused when it is not sendable), its items and an empty report; marks it sending."""
     with session(engine) as db:
-        issue = find_issue(db, number)
-        if issue.status is IssueStatus.PAUSED:
-            raise NewsletterError(f"issue #{number} is paused; run `newsletter digest resume {number}` first")
-        if issue.status is IssueStatus.CANCELLED:
-            raise NewsletterError(f"issue #{number} was cancelled; nothing more is sent for it")
-        if issue.status is IssueStatus.SENT:
-            raise NewsletterError(
-                f"issue #{number} was sent already; `newsletter digest retry-failed {number}` queues its failed "
-                "deliveries again"
-            )
+        issue = start_sending(db, find_issue(db, number))
         items = issue_items(db, issue)
         report = SendReport(issue, total=_due_count(db, issue.id, now))
-        if issue.status is IssueStatus.PREPARED:
-            issue.status = IssueStatus.SENDING
-            db.add(issue)
-            db.commit()
+        db.commit()
     return issue, items, report
 
 
@@ -420,49 +413,6 @@ class Recipient:
     token: str
 
 
-def _section_key(summary: Summary) -> str:
-    return (" ".join((summary.category or "").split()) or DEFAULT_SECTION).casefold()
-
-
-class _Composer:
-    """Turns a claimed delivery into message bytes. Renders once per distinct topic selection (cached)."""
-
-    def __init__(self, config: Config, issue: Issue, items: Sequence[Summary], backend: Backend | None = None) -> None:
-        self.config = config
-        self.issue = issue
-        self.items = list(items)
-        self.links = LinkSigner(config)
-        self.extra_headers = backend.extra_headers() if backend is not None else {}
-        self._templates: dict[tuple[int | None, ...], MessageTemplate] = {}
-
-    def values(self, subscriber: Subscriber | Recipient) -> RecipientValues:
-        return RecipientValues(
-            email=subscriber.email,
-            name=subscriber.name or "",
-            unsubscribe_url=self.links.unsubscribe_url(subscriber.token),
-            preferences_url=self.links.preferences_url(subscriber.token),
-        )
-
-    def template(self, topics: Sequence[str]) -> MessageTemplate | None:
-        """The encoded issue for a topic selection (empty = everything); None when it has no item."""
-        wanted = {" ".join(t.split()).casefold() for t in topics if t and t.strip()}
-        chosen = [s for s in self.items if not wanted or _section_key(s) in wanted]
-        if not chosen:
-            return None
-        key = tuple(s.id for s in chosen)
-        if key not in self._templates:
-            rendered = render_issue(self.config, self.issue, chosen)
-            self._templates[key] = MessageTemplate(self.config, rendered, extra_headers=self.extra_headers)
-        return self._templates[key]
-
-    def compose(self, delivery_id: int, subscriber: Subscriber | Recipient,
-                template: MessageTemplate) -> OutgoingMessage:
-        message_id = make_message_id(self.config, self.issue.number, subscriber.token)
-        data = template.personalise(self.values(subscriber), message_id=message_id)
-        return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
-                               message_id, data)
-
-
 @dataclass
 class _Window:
     """One window of claimed deliveries: what goes to the backend, and what is written in one transaction."""
@@ -480,7 +430,7 @@ class _Loop:
     thread), the next one is composed; it is handed over only once the previous one is recorded, so at
     most one window is ever in flight."""
 
-    def __init__(self, engine: Engine, config: Config, backend: Backend, composer: _Composer, report: SendReport,
+    def __init__(self, engine: Engine, config: Config, backend: Backend, composer: Composer, report: SendReport,
                  clock: Callable[[], datetime], stop: threading.Event | None, owner: str, patience: Patience) -> None:
         self.engine, self.config, self.backend, self.composer = engine, config, backend, composer
         self.report, self.clock, self.stop = report, clock, stop
@@ -636,8 +586,12 @@ class _Loop:
                 continue
             try:
                 message = self.composer.compose(person.delivery_id, person, template)
-            except InvalidAddress as exc:  # an address no message can be built for fails alone
-                window.results.append(SendResult(person.delivery_id, SendStatus.FAILED, str(exc)))
+            except Exception as exc:  # noqa: BLE001  a message that cannot be built fails alone, with its reason
+                if not isinstance(exc, ValueError):  # InvalidAddress is one; anything else is a bug to report
+                    log.exception("issue #%d: could not build the message for delivery %d",
+                                  self.report.issue.number, person.delivery_id)
+                window.results.append(SendResult(person.delivery_id, SendStatus.FAILED,
+                                                 f"the message could not be built: {exc}", bounce=False))
                 continue
             window.messages.append(message)
             window.message_ids[person.delivery_id] = message.message_id
@@ -671,7 +625,7 @@ class _Loop:
     def _record_window(self, window: _Window, sending: Future[list[SendResult]]) -> int:
         """Wait for the window's results and write them; returns how many deliveries it held."""
         results = sending.result()
-        window.bounce = {r.delivery_id for r in results if r.status is SendStatus.FAILED}
+        window.bounce = {r.delivery_id for r in results if r.status is SendStatus.FAILED and r.bounce}
         window.results.extend(results)
         self._db(lambda: self._record_once(window))
         self._watch_errors(window.results)
@@ -785,160 +739,14 @@ def _release(engine: Engine, ids: Sequence[int | None], owner: str) -> None:
         db.commit()
 
 
-@dataclass(frozen=True)
-class PreviewFiles:
-    description: str
-    html: Path
-    text: Path
-    eml: Path
-
-
-def write_preview(
-    engine: Engine, config: Config, out_dir: Path, number: int | None = None, *, now: datetime | None = None
-) -> PreviewFiles:
-    """Write ``issue.html``, ``issue.txt`` and ``sample.eml`` for an issue, personalised for one recipient
-    exactly as the send loop would build it.
-
-    Without ``number``: the next issue as a draft when summaries are waiting and this period has no issue
-    yet (nothing is saved), otherwise the newest issue. The sample recipient is the first active
-    subscriber, or a made-up reader when the list is empty.
-    """
-    issue, items, description, sample = load_issue(engine, config, number, now=now)
-    composer = _Composer(config, issue, items)
-    template = composer.template(sample.topics) or composer.template([])
-    assert template is not None
-    html, text = template.rendered.personalise(composer.values(sample))
-    message = composer.compose(0, sample, template)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = PreviewFiles(description, out_dir / "issue.html", out_dir / "issue.txt", out_dir / "sample.eml")
-        files.html.write_text(html, encoding="utf-8")
-        files.text.write_text(text, encoding="utf-8")
-        files.eml.write_bytes(message.data)
-    except OSError as exc:
-        raise NewsletterError(f"cannot write the preview into {out_dir} ({exc.strerror})") from None
-    return files
-
-
 def _finish(engine: Engine, report: SendReport) -> None:
-    """Mark the issue sent once no delivery is left to try."""
+    """Mark the issue sent once no delivery is left to try (a paused or cancelled issue stays so)."""
     with session(engine) as db:
         issue = db.get(Issue, report.issue.id)
         assert issue is not None
         counts = delivery_counts(db, issue)
         report.remaining = sum(counts[status] for status in UNFINISHED)
-        if report.remaining == 0 and issue.status in SENDABLE:  # a paused or cancelled issue stays so
-            issue.status = IssueStatus.SENT
-            issue.sent_at = utcnow()
-            db.add(issue)
+        if report.remaining == 0:
+            issue = finish_sending(db, issue)
             db.commit()
         report.issue = issue
-
-
-# -- control and visibility ---------------------------------------------------------------------------------
-
-_ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>@]+>?")
-
-
-def _set_status(engine: Engine, number: int | None, allowed: Sequence[IssueStatus], new: IssueStatus,
-                verb: str) -> Issue:
-    with session(engine) as db:
-        issue = find_issue(db, number)
-        if issue.status not in allowed:
-            raise NewsletterError(f"issue #{issue.number} is {issue.status.value}, so it cannot be {verb}")
-        issue.status = new
-        db.add(issue)
-        db.commit()
-        db.refresh(issue)
-        return issue
-
-
-def pause_issue(engine: Engine, number: int | None = None) -> Issue:
-    """Stop sending an issue (a running sender stops after its current window) until :func:`resume_issue`."""
-    return _set_status(engine, number, SENDABLE, IssueStatus.PAUSED, "paused")
-
-
-def resume_issue(engine: Engine, number: int | None = None) -> Issue:
-    """Let a paused issue be sent again; the next ``digest send`` (or the scheduler) goes on."""
-    return _set_status(engine, number, (IssueStatus.PAUSED,), IssueStatus.SENDING, "resumed")
-
-
-def cancel_issue(engine: Engine, number: int | None = None) -> tuple[Issue, int]:
-    """Cancel an issue: every delivery not yet sent becomes ``skipped``: at once, or for rows a running
-    sender holds, when it gives them back (a crashed sender's rows, once their lease expired). Returns how
-    many were skipped at once."""
-    now = utcnow()
-    with session(engine) as db:
-        issue = find_issue(db, number)
-        if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
-            raise NewsletterError(f"issue #{issue.number} is already {issue.status.value}; nothing to cancel")
-        skipped = db.execute(
-            update(Delivery)
-            .where(Delivery.issue_id == issue.id,
-                   or_(col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.RETRY]),
-                       and_(Delivery.status == DeliveryStatus.SENDING, col(Delivery.lease_expires_at) < now)))
-            .values(status=DeliveryStatus.SKIPPED, last_error="issue cancelled", claimed_by=None,
-                    lease_expires_at=None, updated_at=now)
-        ).rowcount
-        issue.status = IssueStatus.CANCELLED
-        db.add(issue)
-        db.commit()
-        db.refresh(issue)
-        return issue, skipped
-
-
-def retry_failed(engine: Engine, number: int | None = None) -> tuple[Issue, int]:
-    """Queue the issue's ``failed`` deliveries again (attempts start over); returns how many.
-
-    Subscribers who bounced or left are queued too but are skipped at send time, never mailed.
-    """
-    with session(engine) as db:
-        issue = find_issue(db, number)
-        if issue.status is IssueStatus.CANCELLED:
-            raise NewsletterError(f"issue #{issue.number} was cancelled; nothing is sent for it")
-        count = db.execute(
-            update(Delivery)
-            .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.FAILED)
-            .values(status=DeliveryStatus.QUEUED, attempts=0, next_attempt_at=None, updated_at=utcnow())
-        ).rowcount
-        if count and issue.status is IssueStatus.SENT:
-            issue.status, issue.sent_at = IssueStatus.SENDING, None
-            db.add(issue)
-        db.commit()
-        db.refresh(issue)
-        return issue, count
-
-
-@dataclass(frozen=True)
-class IssueStatusReport:
-    issue: Issue
-    counts: dict[DeliveryStatus, int]
-    rate_per_minute: float | None  # sent messages per minute between the first and the last one
-    errors: list[tuple[str, int]]  # last_error with addresses blanked, most frequent first
-    next_retry_at: datetime | None
-
-
-def issue_status(engine: Engine, number: int | None = None, *, top: int = 10) -> IssueStatusReport:
-    """Counts by state, sending rate and errors grouped by reason for one issue (default: the newest)."""
-    with session(engine) as db:
-        issue = find_issue(db, number)
-        counts = delivery_counts(db, issue)
-        first, last = db.exec(
-            select(func.min(Delivery.sent_at), func.max(Delivery.sent_at)).where(Delivery.issue_id == issue.id)
-        ).one()
-        rate = None
-        if first and last and last > first:
-            rate = counts[DeliveryStatus.SENT] / ((last - first).total_seconds() / 60)
-        reasons = db.exec(
-            select(Delivery.last_error).where(
-                Delivery.issue_id == issue.id, col(Delivery.last_error).is_not(None),
-                col(Delivery.status).in_([DeliveryStatus.FAILED, DeliveryStatus.RETRY, DeliveryStatus.SKIPPED]),
-            )
-        ).all()
-        grouped = Counter(_ADDRESS.sub("<address>", reason or "") for reason in reasons)
-        next_retry = db.exec(
-            select(func.min(Delivery.next_attempt_at)).where(
-                Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.RETRY
-            )
-        ).one()
-    return IssueStatusReport(issue, counts, rate, grouped.most_common(top), next_retry)

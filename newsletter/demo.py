@@ -2,11 +2,13 @@
 
 It writes a config file into the folder (so every other command can be tried on the result with
 ``--config``), starts from a fresh SQLite database there, ingests the sample summaries, imports the example
-subscribers, prepares this week's issue, renders it and sends it through the file backend.
+subscribers, prepares the first issue, renders it and sends it through the file backend.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,13 @@ import yaml
 from newsletter.backends import create_backend
 from newsletter.config import Config, load_config
 from newsletter.db import open_database
-from newsletter.delivery import PreviewFiles, SendReport, send_unfinished, write_preview
-from newsletter.digest import PrepareResult, prepare_issue
+from newsletter.delivery import SendReport, send_unfinished
 from newsletter.errors import NewsletterError
 from newsletter.ingest import IngestReport, ingest_paths
+from newsletter.issues import PrepareResult, PreviewFiles, prepare_issue, write_preview
 from newsletter.resources import sample_subscribers_csv, sample_summaries_dir
 from newsletter.subscribers import ImportReport, import_csv
+from newsletter.tokens import key_file, write_key_file
 
 DEMO_MARKER = "# Written by `newsletter demo`"
 DEMO_SETTINGS = {
@@ -47,7 +50,8 @@ class DemoResult:
     sent: SendReport
     outbox: Path
 
-    def report(self) -> str:
+    def report(self, command: str = "newsletter") -> str:
+        """What the demo did and where its files are; ``command`` is how to run newsletter again from here."""
         directory = self.config.base_dir
         return "\n".join(
             [
@@ -61,7 +65,8 @@ class DemoResult:
                 f"sample message: {self.preview.eml}",
                 f"outbox:         {self.outbox} ({len(list(self.outbox.glob('*.eml')))} .eml files)",
                 "",
-                f"Try the other commands on it: newsletter digest status --config {directory / 'config.yaml'}",
+                f"Try the other commands on it: {command} digest status --config "
+                f"{shlex.quote(str(directory / 'config.yaml'))}",
             ]
         )
 
@@ -114,6 +119,8 @@ def run_demo(directory: Path, user_config: Config | None = None) -> DemoResult:
     except OSError as exc:
         raise NewsletterError(f"cannot prepare the demo folder {directory} ({exc.strerror}); pass --dir") from None
     config = load_config(config_path)
+    if not os.environ.get("NEWSLETTER_SECRET_KEY") and not key_file(config).exists():
+        write_key_file(key_file(config))  # the demo's own key, in its folder: nothing to warn about
     engine = open_database(config)
     try:
         ingested = ingest_paths(engine, [sample_summaries_dir()])

@@ -52,3 +52,8 @@ class DatabaseFull(NewsletterError):
 
 class BackendNotFound(ConfigError, LookupError):
     """The configured backend name is not registered under the ``newsletter.backends`` entry points."""
+
+
+class TransitionRefused(NewsletterError):
+    """An issue was asked for a step its state does not allow (resume a cancelled issue, cancel a sent one);
+    the message names its state and the step."""

@@ -41,5 +41,7 @@ def configure_logging(level: int, log_format: Literal["plain", "json"] = "plain"
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # APScheduler logs every job start at INFO; our jobs log what they did.
-    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    # APScheduler logs every job start at INFO, Alembic its set-up on every start ("Context impl
+    # SQLiteImpl"); our jobs log what they did and db.upgrade which migrations it applied.
+    for chatty in ("apscheduler", "alembic"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))

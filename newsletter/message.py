@@ -1,19 +1,28 @@
-"""One subscriber's digest as RFC 5322 bytes: a rendered issue, personalised, with list headers.
+"""The one builder of message bytes: the send loop, ``digest check``, ``digest render``'s sample, the preview
+and the confirmation and welcome emails all get their bytes from :class:`MessageTemplate`.
 
-Two ways to the same message: :func:`build_message` builds a fresh :class:`~email.message.EmailMessage`
-(the reference, ~3.7 ms for a 55 KB digest), and :class:`MessageTemplate` encodes everything per issue
-once and splices each subscriber's headers and values in as bytes (microseconds). The send loop uses the
-template; a test parses both with the standard library and shows they are the same message.
+A template encodes everything that is the same for every reader once per issue, and
+:meth:`MessageTemplate.personalise` splices one subscriber's headers and values in as bytes (microseconds
+per message). :class:`Composer` is what the send loop and the checks use around it: the issue rendered once
+per topic selection, a subscriber's signed links, the Message-ID and the envelope.
 
 The message is ``multipart/alternative`` (text/plain first, text/html last, both UTF-8 quoted-printable,
-so no line exceeds 998 octets) with CRLF line endings. It carries RFC 2369/2919/8058 list headers so mail
-clients show an unsubscribe button that works with one click. No CR or LF from data (a subscriber's
-name, a subject) ever reaches a header: names are flattened to one line, addresses and URLs are checked.
+so no line exceeds 998 octets) with CRLF line endings and RFC 2369/2919/8058 list headers.
+
+Every header is written here, not by the standard library. A value that comes from data (the subject, a
+subscriber's name, the list's name) goes through :func:`header_text` (or :func:`mailbox`, which uses it):
+it becomes plain ASCII where that is safe and RFC 2047 encoded-words otherwise, so a ``=?…?=`` sequence in
+a title or a name is carried as the literal text it is. The standard library's header classes decode such
+sequences when they parse a value, and on Pythons without the CVE-2024-6923 fix (3.11.7 is one) they then
+write a decoded line break into the header unquoted: a title could add a ``Bcc:``, a name could replace
+the body. No untrusted text is handed to them.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import email
 import email.policy
 import hashlib
 import html as html_escaping
@@ -21,125 +30,199 @@ import logging
 import re
 import secrets
 import unicodedata
-from dataclasses import replace
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from email.errors import MessageError
-from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
-from email.message import EmailMessage, MIMEPart
-from email.policy import EmailPolicy, Policy
+from email.message import EmailMessage
 from email.quoprimime import body_encode
-from email.utils import format_datetime, formataddr
-from typing import cast
+from email.utils import format_datetime, parseaddr
+from typing import Protocol
 
+from newsletter.backends.base import OutgoingMessage
+from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import InvalidAddress
-from newsletter.render import RecipientValues, RenderedIssue, as_utc
+from newsletter.models import Issue, Summary
+from newsletter.render import DEFAULT_SECTION, RecipientValues, RenderedIssue, as_utc, render_issue
+from newsletter.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 
-_MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
-_URI = re.compile(r"^(https?|mailto):[^\s<>\"\x00-\x1f\x7f]+$", re.IGNORECASE)
+_MESSAGE_ID = re.compile(r"^<[!-;=?-~]+@[!-;=?-~]+>$")  # printable ASCII without <, > or spaces
+_HTTP_URI = re.compile(r"^https?://[!#-;=?-~]+$", re.IGNORECASE)  # printable ASCII without spaces, ", <, >
+_MAX_URI = 900  # a List-Unsubscribe line must stay under 998 octets
+_LINE = 78  # RFC 5322's recommended line length; the hard limit is 998
+_WORD = 75  # the longest RFC 2047 encoded-word
+_EW_LINE = 76  # the longest line with an encoded-word (RFC 2047 2)
+_MAX_NAME = 400  # a display name longer than this is shortened: header lines must stay under 998 octets
+_ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_ATOMS = re.compile(f"[{_ATEXT}]+(?: [{_ATEXT}]+)*")
+_ADDRESS = re.compile(
+    f"[{_ATEXT}]+(?:\\.[{_ATEXT}]+)*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\\.)*[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+)
+# Characters an RFC 2047 "Q" word may carry as themselves: in a display name only these (RFC 2047 5.3);
+# in unstructured text (Subject) any printable ASCII but "=", "?", "_" and space.
+_Q_PHRASE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_Q_TEXT = frozenset(range(0x21, 0x7F)) - frozenset(b"=?_")
 
 
-class _UriListHeader(UnstructuredHeader):
-    """``List-Unsubscribe``: ``<uri>, <uri>`` folded only between URIs.
-
-    The standard folding would turn a long URI into RFC 2047 encoded words, which RFC 2369 forbids and
-    which breaks one-click unsubscribe in Gmail and Outlook.
-    """
-
-    name: str  # provided by BaseHeader, which HeaderRegistry mixes in
-
-    def fold(self, *, policy: Policy) -> str:
-        uris = re.findall(r"<[^<>]*>", str(self))
-        return f"{self.name}: " + f",{policy.linesep} ".join(uris) + policy.linesep
-
-
-def _policy() -> EmailPolicy:
-    registry = HeaderRegistry()
-    registry.map_to_type("list-unsubscribe", cast(type[BaseHeader], _UriListHeader))
-    return email.policy.SMTP.clone(header_factory=registry)  # type: ignore[return-value]
-
-
-POLICY = _policy()
-
-
-def build_message(
-    config: Config,
-    rendered: RenderedIssue,
-    values: RecipientValues,
-    *,
-    message_id: str,
-    date: datetime | None = None,
-) -> bytes:
-    """The complete message for one subscriber, with CRLF line endings.
-
-    ``values.unsubscribe_url`` goes into the body and ``List-Unsubscribe``; ``date`` defaults to now and is
-    written in UTC (a naive value is taken as UTC). Raises InvalidAddress for an unusable recipient address
-    and ValueError for a malformed ``message_id`` or unsubscribe URL (both are the caller's bug, not the
-    subscriber's).
-    """
-    name = single_line(values.name)
-    recipient = _address(name, values.email)
-    if not _MESSAGE_ID.match(message_id):
-        raise ValueError(f"message_id {message_id!r} must look like <local@domain>")
-    if not _URI.match(values.unsubscribe_url) or not values.unsubscribe_url.lower().startswith("http"):
-        raise ValueError(f"unsubscribe URL {values.unsubscribe_url!r} must be an http(s) URL without spaces")
-    html, text = rendered.personalise(replace(values, name=name))
-    letter = config.newsletter
-
-    message = EmailMessage(policy=POLICY)
-    message["From"] = letter.sender
-    message["To"] = recipient
-    if letter.reply_to:
-        message["Reply-To"] = letter.reply_to
-    message["Subject"] = single_line(rendered.subject)
-    message["Date"] = format_datetime(as_utc(date or datetime.now(UTC)))
-    message["Message-ID"] = message_id
-    message["List-Id"] = formataddr((letter.name, letter.list_id))
-    message["List-Unsubscribe"] = (
-        f"<{values.unsubscribe_url}>, <mailto:{letter.unsubscribe_address}?subject=unsubscribe>"
-    )
-    if values.unsubscribe_url.lower().startswith("https://"):
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058 needs an https URI
-    else:
-        log.warning("unsubscribe URL is not https, so mail clients cannot offer one-click unsubscribe")
-
-    message.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    message.make_alternative()
-    html_part = MIMEPart(policy=POLICY)
-    html_part.set_content(html, subtype="html", charset="utf-8", cte="quoted-printable")
-    message.attach(html_part)  # type: ignore[arg-type]  # typeshed wants EmailMessage; any MIMEPart works
-    return message.as_bytes()
-
-
-def make_message_id(config: Config, issue_number: int, subscriber_token: str) -> str:
-    """``<issue-N.HASH@sender-domain>``: the same for every retry, revealing no address or row id."""
-    digest = hashlib.sha256(f"newsletter-message-id\0{subscriber_token}".encode()).hexdigest()[:20]
-    return f"<issue-{issue_number}.{digest}@{config.newsletter.sender_domain}>"
+# -- headers: written by us ---------------------------------------------------------------------------------
 
 
 def single_line(value: str | None) -> str:
-    """``value`` with each run of whitespace (CR, LF, tab, Unicode line breaks) as one space, controls dropped."""
-    flattened = " ".join((value or "").split())
-    return "".join(ch for ch in flattened if unicodedata.category(ch) != "Cc")
+    """``value`` with each run of whitespace (CR, LF, tab, Unicode line breaks) as one space and control
+    characters and unpaired surrogates (which no charset can carry) dropped."""
+    value = value or ""
+    if not value.isprintable():  # else there is no control character to drop (the common case, fast)
+        value = "".join(ch for ch in value if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cs"))
+    return " ".join(value.split())
 
 
-def _address(name: str, address: str) -> Address:
-    try:
-        if not all(ch.isprintable() for ch in address):
-            raise ValueError("it contains a line break or a control character")
-        return Address(display_name=name, addr_spec=address)
-    except (ValueError, IndexError, MessageError) as exc:
-        raise InvalidAddress(
-            f"cannot send to {address!r}: not a single plain (ASCII) email address ({exc or 'empty'}); "
-            "correct or remove this subscriber"
-        ) from None
+def header_text(value: str | None, *, used: int, phrase: bool = False) -> str:
+    """``value`` as a header field body written by us: one line of text, folded to 78 characters where it
+    can be, after ``used`` characters of the line (the field name and ": ").
 
+    Printable ASCII without ``=?`` is written as it is (a display name as atoms or a quoted string);
+    anything else as RFC 2047 encoded-words of UTF-8, which readers decode back to exactly ``value``
+    (whitespace runs collapsed, control characters dropped, see :func:`single_line`). ``phrase`` is for a
+    display name in an address header (see :func:`_phrase`).
+    """
+    text = single_line(value)
+    if phrase:
+        return _phrase(text, used)
+    if _plain(text) and all(len(word) < _LINE for word in text.split(" ")):
+        return _fold(text.split(" "), used, _LINE)
+    # whitespace between two encoded-words is not part of the text: they may be split anywhere
+    return _fold(_encoded_words(text, _Q_TEXT), used, _EW_LINE)
+
+
+def _plain(text: str) -> bool:
+    """Text a header may carry as it is: printable ASCII that no reader could take for an encoded-word."""
+    return text.isascii() and text.isprintable() and "=?" not in text
+
+
+def _phrase(text: str, used: int) -> str:
+    """A display name: atoms, a quoted string, or encoded-words between plain words.
+
+    Two encoded-words side by side in a display name are read differently by different parsers (RFC 2047
+    drops the space between them, Python's email package keeps it), so each run of words that needs
+    encoding must fit in one encoded-word. A name where one does not (a very long word in a non-Latin
+    script) is shortened to what fits in one, ending with "…"; the body still shows it whole.
+    """
+    if not text:
+        return ""
+    quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if _plain(text) and len(text) < _MAX_NAME:
+        if _ATOMS.fullmatch(text):
+            return _fold(text.split(" "), used, _LINE)
+        if used + len(quoted) <= _LINE:
+            return quoted
+    tokens: list[str] = []
+    run: list[str] = []
+    for word in [*text.split(" "), ""]:  # "" ends the last run
+        if word and not (_plain(word) and _ATOMS.fullmatch(word)):
+            run.append(word)
+            continue
+        if run:
+            encoded = _encoded_words(" ".join(run), _Q_PHRASE)
+            if len(encoded) > 1:
+                return _shortened(text)
+            tokens += encoded
+            run = []
+        if word:
+            tokens.append(word)
+    if sum(len(token) + 1 for token in tokens) > _MAX_NAME:
+        return _shortened(text)
+    return _fold(tokens, used, _EW_LINE)
+
+
+def _shortened(text: str) -> str:
+    """The longest beginning of ``text`` that fits in one encoded-word with "…" after it."""
+    for end in range(min(len(text) - 1, _WORD), 0, -1):  # one encoded-word holds fewer than 75 characters
+        words = _encoded_words(text[:end].rstrip() + "…", _Q_PHRASE)
+        if len(words) == 1:
+            return words[0]
+    return _encoded_words("…", _Q_PHRASE)[0]
+
+
+def _fold(words: Sequence[str], used: int, limit: int) -> str:
+    """Words joined by spaces, a line break (before the space) where a line would pass ``limit``."""
+    lines: list[str] = []
+    line, width = "", used
+    for word in words:
+        if line and width + 1 + len(word) > limit:
+            lines.append(line)
+            line, width = word, 1 + len(word)
+        else:
+            line, width = (f"{line} {word}", width + 1 + len(word)) if line else (word, width + len(word))
+    return "\r\n ".join([*lines, line])
+
+
+def _encoded_words(text: str, safe: frozenset[int]) -> list[str]:
+    """``text`` as encoded-words of at most 75 characters, split between characters (never inside one's
+    UTF-8 bytes). Q encoding (mostly readable) unless B is much shorter (text in non-Latin scripts)."""
+    data = text.encode("utf-8")
+    q_length = sum(1 if byte in safe or byte == 0x20 else 3 for byte in data)
+    if q_length <= 1.5 * 4 * -(-len(data) // 3):
+        prefix, size = "=?utf-8?q?", lambda chunk: sum(1 if b in safe or b == 0x20 else 3 for b in chunk)
+    else:
+        prefix, size = "=?utf-8?b?", lambda chunk: 4 * -(-len(chunk) // 3)
+    room = _WORD - len(prefix) - len("?=")
+    chunks: list[bytes] = []
+    chunk = b""
+    for ch in text:
+        encoded = ch.encode("utf-8")
+        if chunk and size(chunk + encoded) > room:
+            chunks.append(chunk)
+            chunk = b""
+        chunk += encoded
+    chunks.append(chunk)
+    if prefix.endswith("q?"):
+        return [prefix + "".join(chr(b) if b in safe else "_" if b == 0x20 else f"={b:02X}" for b in c) + "?="
+                for c in chunks]
+    return [prefix + base64.b64encode(c).decode("ascii") + "?=" for c in chunks]
+
+
+def checked_address(address: str) -> str:
+    """``address`` if it is one plain ASCII address (``local@domain``, a dot-atom on both sides) that every
+    parser reads the same way; InvalidAddress otherwise, with a one-line reason."""
+    if not _ADDRESS.fullmatch(address) or len(address) > 254:
+        why = "it contains a line break or a control character" if not address.isprintable() else (
+            "empty" if not address else "not of the form name@example.org in plain ASCII")
+    elif "=?" in address:
+        why = "it contains '=?', which mail programs may decode as an encoded word"
+    else:
+        return address
+    raise InvalidAddress(
+        f"cannot send to {address!r}: not a single plain (ASCII) email address ({why}); "
+        "correct or remove this subscriber"
+    )
+
+
+def mailbox(name: str | None, address: str, *, used: int) -> str:
+    """``Name <address>`` (or the bare address without a name) for an address header, after ``used``
+    characters of its line. Raises InvalidAddress for an address that is not one plain address."""
+    address = checked_address(address)
+    if not single_line(name):
+        return address
+    phrase = header_text(name, used=used, phrase=True)
+    last_line = phrase.rpartition("\n")[2]
+    width = (used if last_line == phrase else 0) + len(last_line)
+    return f"{phrase}\r\n <{address}>" if width + 3 + len(address) > _LINE else f"{phrase} <{address}>"
+
+
+def _field(name: str, body: str) -> bytes:
+    return f"{name}: {body}\r\n".encode("ascii")
+
+
+def _config_mailbox(name: str, value: str) -> bytes:
+    """A header with an address from the config (``Name <address>``), written by :func:`mailbox` too."""
+    display, address = parseaddr(value)
+    return _field(name, mailbox(display, address, used=len(name) + 2))
+
+
+# -- bodies -------------------------------------------------------------------------------------------------
 
 _QP_SAFE = re.compile(r"^[!-<>-~]+(?: [!-<>-~]+)*$")  # printable ASCII except "=", no edge/double spaces
-_SIMPLE_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
-_ATEXT_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _SOFT_BREAK = b"=\r\n"
 _QP_LINE = 75  # 76 octets per encoded line, one kept for the soft line break's "="
 
@@ -152,7 +235,8 @@ def qp_encode(value: str) -> bytes:
         chunks = [value[i:i + _QP_LINE] for i in range(0, len(value), _QP_LINE)]
         return _SOFT_BREAK.join(chunk.encode("ascii") for chunk in chunks)
     # maxlinelen 75: a soft line break may follow the last line
-    return body_encode(value.encode("utf-8").decode("latin-1"), maxlinelen=_QP_LINE, eol="\r\n").encode("ascii")
+    data = value.encode("utf-8", errors="replace").decode("latin-1")
+    return body_encode(data, maxlinelen=_QP_LINE, eol="\r\n").encode("ascii")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,45 +248,47 @@ class _Part:
     is_html: bool
 
 
-class MessageTemplate:
-    """The issue's message encoded once; :meth:`personalise` splices one subscriber in as bytes.
+# -- the message --------------------------------------------------------------------------------------------
 
-    The bodies are split at the renderer's markers (one per :class:`RecipientValues` field, whatever
-    fields it has) and each piece is quoted-printable encoded on its own, ended by a soft line break, so
-    no encoder can split a marker and a spliced value never lengthens an encoded line beyond 76 octets.
-    Headers that differ per subscriber (To, Date, Message-ID, List-Unsubscribe) are written in front of
-    the per-issue headers. ``extra_headers`` (e.g. ``Feedback-ID``) are the same for every message.
+
+class MessageTemplate:
+    """A rendered issue (or a transactional email) encoded once; :meth:`personalise` splices one
+    subscriber in as bytes.
+
+    The bodies are split at the renderer's markers (one per :class:`RecipientValues` field) and each piece
+    is quoted-printable encoded on its own, ended by a soft line break, so no encoder can split a marker and
+    a spliced value never lengthens an encoded line beyond 76 octets. ``extra_headers`` (e.g.
+    ``Feedback-ID``) are the same for every message; ``list_headers`` False leaves out List-Id and
+    List-Unsubscribe (an email to someone who is not on the list yet).
     """
 
-    def __init__(self, config: Config, rendered: RenderedIssue, *, extra_headers: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Config, rendered: RenderedIssue, *, extra_headers: dict[str, str] | None = None,
+                 list_headers: bool = True) -> None:
         self.config = config
         self.rendered = rendered
+        self.list_headers = list_headers
         self.fields = tuple(f.name for f in dataclasses.fields(rendered.markers))
-        nonce = secrets.token_hex(8).upper()
-        text_slot, html_slot = f"NLBODYTEXT{nonce}X", f"NLBODYHTML{nonce}X"
         letter = config.newsletter
-        message = EmailMessage(policy=POLICY)
-        message["From"] = letter.sender
-        if letter.reply_to:
-            message["Reply-To"] = letter.reply_to
-        message["Subject"] = single_line(rendered.subject)
-        message["List-Id"] = formataddr((letter.name, letter.list_id))
-        self.one_click = config.newsletter.site_url.lower().startswith("https://")
-        if self.one_click:
-            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"  # RFC 8058 needs an https URI
-        for name, value in (extra_headers or {}).items():
-            message[name] = single_line(value)
-        message.set_content(text_slot, subtype="plain", charset="utf-8", cte="quoted-printable")
-        message.make_alternative()
-        html_part = MIMEPart(policy=POLICY)
-        html_part.set_content(html_slot, subtype="html", charset="utf-8", cte="quoted-printable")
-        message.attach(html_part)  # type: ignore[arg-type]
-        encoded = message.as_bytes()
-        head, _, rest = encoded.partition(text_slot.encode() + b"\r\n")
-        middle, _, tail = rest.partition(html_slot.encode() + b"\r\n")
-        self._mailto = f"mailto:{letter.unsubscribe_address}?subject=unsubscribe"
+        self._from = _config_mailbox("From", letter.sender)
+        self._subject = (_config_mailbox("Reply-To", letter.reply_to) if letter.reply_to else b"") + _field(
+            "Subject", header_text(rendered.subject, used=len("Subject: ")))
+        self._list_id = _field("List-Id", f"{header_text(letter.name, used=9, phrase=True)} <{letter.list_id}>")
+        self._mailto = f"mailto:{letter.unsubscribe_address}?subject=unsubscribe".encode("ascii")
+        # "=_" cannot occur in quoted-printable text, so the boundary never appears in a body
+        boundary = f"=_nl_{secrets.token_hex(12)}"
+        extra = b"".join(_field(name, header_text(value, used=len(name) + 2))
+                         for name, value in (extra_headers or {}).items())
+        part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+        self._mime = (
+            extra + b"MIME-Version: 1.0\r\n"
+            + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")
+        )
         self._pieces: tuple[bytes | _Part, ...] = (
-            head, self._split(rendered.text, is_html=False), middle, self._split(rendered.html, is_html=True), tail,
+            f"--{boundary}\r\n{part.format('plain')}".encode("ascii"),
+            self._split(rendered.text, is_html=False),
+            f"\r\n--{boundary}\r\n{part.format('html')}".encode("ascii"),
+            self._split(rendered.html, is_html=True),
+            f"\r\n--{boundary}--\r\n".encode("ascii"),
         )
 
     def _split(self, body: str, *, is_html: bool) -> _Part:
@@ -215,23 +301,35 @@ class MessageTemplate:
         return _Part(tuple(qp_encode(piece) if piece else b"" for piece in pieces), found, is_html)
 
     def personalise(self, values: RecipientValues, *, message_id: str, date: datetime | None = None) -> bytes:
-        """The complete message for one subscriber; raises like :func:`build_message`."""
+        """The complete message for one subscriber, with CRLF line endings.
+
+        ``values.unsubscribe_url`` goes into the body and ``List-Unsubscribe`` (with ``List-Unsubscribe-Post``
+        when it is https); ``date`` defaults to now and is written in UTC (a naive value is taken as UTC).
+        Raises InvalidAddress for an unusable recipient address and ValueError for a malformed
+        ``message_id`` or unsubscribe URL (both are the caller's bug, not the subscriber's).
+        """
         if not _MESSAGE_ID.match(message_id):
             raise ValueError(f"message_id {message_id!r} must look like <local@domain>")
         url = values.unsubscribe_url
-        if not _URI.match(url) or not url.lower().startswith("http"):
+        if self.list_headers and (not _HTTP_URI.match(url) or len(url) > _MAX_URI):
             raise ValueError(f"unsubscribe URL {url!r} must be an http(s) URL without spaces")
         name = single_line(values.name)
+        out = [
+            self._from,
+            _field("To", mailbox(name, values.email, used=len("To: "))),
+            self._subject,
+            _field("Date", format_datetime(as_utc(date or datetime.now(UTC)))),
+            _field("Message-ID", message_id),
+        ]
+        if self.list_headers:
+            out += [self._list_id, b"List-Unsubscribe: <", url.encode("ascii"), b">,\r\n <", self._mailto, b">\r\n"]
+            if url.lower().startswith("https://"):
+                out.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")  # RFC 8058 needs https
+        out.append(self._mime)
         values = dataclasses.replace(values, name=name)
         raw = {field: getattr(values, field) or "" for field in self.fields}
         text_values = {field: qp_encode(value) for field, value in raw.items()}
         html_values = {field: qp_encode(html_escaping.escape(value, quote=True)) for field, value in raw.items()}
-        out = [
-            b"To: ", _to_header(name, values.email), b"\r\n",
-            b"Date: ", format_datetime(as_utc(date or datetime.now(UTC))).encode(), b"\r\n",
-            b"Message-ID: ", message_id.encode("ascii"), b"\r\n",
-            b"List-Unsubscribe: <", url.encode("ascii"), b">,\r\n <", self._mailto.encode("ascii"), b">\r\n",
-        ]
         for piece in self._pieces:
             if isinstance(piece, bytes):
                 out.append(piece)
@@ -249,10 +347,78 @@ class MessageTemplate:
         return b"".join(out)
 
 
-def _to_header(name: str, email_address: str) -> bytes:
-    """The To: value; plain ASCII written directly, anything else folded and encoded by the stdlib."""
-    simple_name = not name or _ATEXT_NAME.fullmatch(name)
-    if _SIMPLE_ADDRESS.fullmatch(email_address) and simple_name and len(name + email_address) < 60:
-        return (f"{name} <{email_address}>" if name else email_address).encode("ascii")
-    header = POLICY.header_factory("To", _address(name, email_address))
-    return header.fold(policy=POLICY).encode("utf-8").removeprefix(b"To: ").removesuffix(b"\r\n")
+def message_parts(data: bytes) -> tuple[str, str]:
+    """(html, text) of a message built here, decoded: what a reader's mail program shows."""
+    parsed: EmailMessage = email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[assignment]
+    html_part, text_part = parsed.get_body(("html",)), parsed.get_body(("plain",))
+    html, text = (part.get_content().replace("\r\n", "\n") if part else "" for part in (html_part, text_part))  # type: ignore[union-attr]
+    return html, text
+
+
+def make_message_id(config: Config, issue_number: int, subscriber_token: str) -> str:
+    """``<issue-N.HASH@sender-domain>``: the same for every retry, revealing no address or row id."""
+    digest = hashlib.sha256(f"newsletter-message-id\0{subscriber_token}".encode()).hexdigest()[:20]
+    return f"<issue-{issue_number}.{digest}@{config.newsletter.sender_domain}>"
+
+
+# -- an issue, per subscriber ---------------------------------------------------------------------------------
+
+
+class Reader(Protocol):
+    """What the composer needs of a subscriber (a :class:`~newsletter.models.Subscriber` or a claimed row)."""
+
+    email: str
+    name: str | None
+    token: str
+
+
+def recipient_values(config: Config, subscriber: Reader, links: LinkSigner | None = None) -> RecipientValues:
+    """A subscriber's personal values: name, address and links signed from its token."""
+    links = links or LinkSigner(config)
+    return RecipientValues(
+        email=subscriber.email,
+        name=subscriber.name or "",
+        unsubscribe_url=links.unsubscribe_url(subscriber.token),
+        preferences_url=links.preferences_url(subscriber.token),
+    )
+
+
+def _section_key(summary: Summary) -> str:
+    return (" ".join((summary.category or "").split()) or DEFAULT_SECTION).casefold()
+
+
+class Composer:
+    """An issue's messages, one subscriber at a time: what the send loop sends and what the checks,
+    ``digest render`` and the preview look at. Renders once per distinct topic selection (cached)."""
+
+    def __init__(self, config: Config, issue: Issue, items: Sequence[Summary],
+                 extra_headers: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.issue = issue
+        self.items = list(items)
+        self.links = LinkSigner(config)
+        self.extra_headers = extra_headers or {}
+        self._templates: dict[tuple[int | None, ...], MessageTemplate] = {}
+
+    def values(self, subscriber: Reader) -> RecipientValues:
+        return recipient_values(self.config, subscriber, self.links)
+
+    def template(self, topics: Sequence[str]) -> MessageTemplate | None:
+        """The encoded issue for a topic selection (empty = everything); None when it has no item."""
+        wanted = {" ".join(t.split()).casefold() for t in topics if t and t.strip()}
+        chosen = [s for s in self.items if not wanted or _section_key(s) in wanted]
+        if not chosen:
+            return None
+        key = tuple(s.id for s in chosen)
+        if key not in self._templates:
+            rendered = render_issue(self.config, self.issue, chosen)
+            self._templates[key] = MessageTemplate(self.config, rendered, extra_headers=self.extra_headers)
+        return self._templates[key]
+
+    def compose(self, delivery_id: int, subscriber: Reader, template: MessageTemplate,
+                date: datetime | None = None) -> OutgoingMessage:
+        """The message for ``subscriber``; raises InvalidAddress (or ValueError) when none can be built."""
+        message_id = make_message_id(self.config, self.issue.number, subscriber.token)
+        data = template.personalise(self.values(subscriber), message_id=message_id, date=date)
+        return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
+                               message_id, data)

@@ -1,8 +1,8 @@
 """The records newsletter keeps, as SQLModel tables (see DESIGN.md, "Records").
 
-Times are timezone-aware UTC (``utcnow()``); convert to the configured timezone only for display and for
-computing periods. Status columns hold the enum's lowercase value in a plain string column. Schema changes
-go through an Alembic migration in ``newsletter/migrations``.
+Times are timezone-aware UTC (``utcnow()``); convert to the configured timezone only for display. Status
+columns hold the enum's lowercase value in a plain string column. Schema changes go through an Alembic
+migration in ``newsletter/migrations``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, func
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, func
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -155,11 +155,15 @@ class Suppression(SQLModel, table=True):
 
 
 class Issue(SQLModel, table=True):
-    """One digest. ``period_key`` (e.g. ``2026-W47``) is unique: one issue per period, whatever happens."""
+    """One digest, numbered from 1. Its life (prepared → sending → sent, paused, cancelled) is governed by
+    ``newsletter.issues``; nothing else changes ``status``.
+
+    ``period_start``..``period_end`` is the span it covers: from the previous issue's preparation (the first
+    issue: from its oldest item) to its own, exclusive; it carries the summaries waiting at ``period_end``.
+    """
 
     id: int | None = Field(default=None, primary_key=True)
     number: int = Field(unique=True)
-    period_key: str = Field(unique=True, max_length=32)
     period_start: datetime
     period_end: datetime
     subject: str
@@ -167,6 +171,19 @@ class Issue(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     scheduled_at: datetime | None = None
     sent_at: datetime | None = None
+
+
+class IssueCopy(SQLModel, table=True):
+    """An issue as it was first sent, without anything personal: the bytes the archive and its feed serve,
+    whatever the templates or the summaries become later. zlib-compressed UTF-8. A table of its own so that
+    reading an issue's state never loads its pages."""
+
+    __tablename__ = "issue_copy"
+
+    issue_id: int = Field(primary_key=True, foreign_key="issue.id")
+    html: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    text: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    stored_at: datetime = Field(default_factory=utcnow)
 
 
 class Delivery(SQLModel, table=True):
@@ -201,24 +218,22 @@ class Event(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
-class PeriodOutcome(enum.StrEnum):
-    ISSUED = "issued"  # the scheduled run prepared (or found) the period's issue
-    QUIET = "quiet"  # no new summaries; the "quiet week" note went out as the period's issue
-    EMPTY = "empty"  # no new summaries; nothing was sent
+class FiringOutcome(enum.StrEnum):
+    ISSUED = "issued"  # the firing prepared an issue from what was waiting
+    QUIET = "quiet"  # nothing was waiting; the quiet note went out as an issue
+    EMPTY = "empty"  # nothing was waiting; nothing was sent
     NO_RECIPIENTS = "no_recipients"  # nobody was active; the summaries wait for the next issue
-    MISSED = "missed"  # the scheduler was down for longer than the grace period; nothing was sent
+    MISSED = "missed"  # the scheduler was not running within the grace period of it; nothing was sent
 
 
-class ScheduledPeriod(SQLModel, table=True):
-    """What the scheduler did about one period (``period_key`` unique, like ``Issue``). A period with a row
-    here is done: it is never caught up again, whether it was issued, skipped as empty, or missed."""
-
-    __tablename__ = "scheduled_period"
+class Firing(SQLModel, table=True):
+    """One scheduled time of ``schedule.cron`` and what came of it. ``due_at`` is unique: a firing is done
+    once, whoever runs it (a second scheduler, a restart, ``digest send --if-due``), and makes at most one
+    issue. An editor's ``digest prepare`` is not a firing and has no row here."""
 
     id: int | None = Field(default=None, primary_key=True)
-    period_key: str = Field(unique=True, max_length=32)
-    outcome: PeriodOutcome = _status_column(PeriodOutcome)
-    due_at: datetime  # the scheduled fire time the period belonged to
+    due_at: datetime = Field(unique=True)  # the cron time, UTC
+    outcome: FiringOutcome = _status_column(FiringOutcome)
     recorded_at: datetime = Field(default_factory=utcnow)
     issue_id: int | None = Field(default=None, foreign_key="issue.id")
     detail: str = ""

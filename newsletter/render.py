@@ -129,10 +129,10 @@ class NewsletterInfo:
 
 @dataclass(frozen=True)
 class IssueInfo:
-    """``period_end`` is the last day included (the stored end is exclusive)."""
+    """``period_start``..``period_end``: the days of the span the issue covers (since the previous issue was
+    prepared), in the configured timezone; ``period_end`` is the last day included."""
 
     number: int
-    period_key: str
     period_start: date
     period_end: date
     date_range: str
@@ -188,15 +188,13 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
     sections = _number_links(_sections([_item(summary, config) for summary in items]))
     flat = [item for section in sections for item in section.items]
     links = list({item.url: LinkRef(item.ref, item.url) for item in flat if item.url and item.ref}.values())
-    start = _local(issue.period_start, config).date()
-    end = (_local(issue.period_end, config) - timedelta(microseconds=1)).date()
-    end = max(start, end)
+    start, end = span_days(config, issue)
     return {
         "newsletter": NewsletterInfo(
             config.newsletter.name, config.newsletter.postal_address, config.newsletter.site_url
         ),
         "issue": IssueInfo(
-            issue.number, issue.period_key, start, end, format_date_range(start, end),
+            issue.number, start, end, format_date_range(start, end),
             f"{config.newsletter.site_url}/archive/{issue.number}",
         ),
         "sections": sections,
@@ -206,6 +204,19 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
         "recipient": recipient,
         "preheader": make_preheader(flat),
     }
+
+
+def span_days(config: Config, issue: Issue) -> tuple[date, date]:
+    """The first and the last day of the span ``issue`` covers, in the configured timezone (the stored end
+    is exclusive: an issue prepared at midnight ends the day before)."""
+    start = _local(issue.period_start, config).date()
+    end = (_local(issue.period_end, config) - timedelta(microseconds=1)).date()
+    return start, max(start, end)
+
+
+def span_label(config: Config, issue: Issue) -> str:
+    """``16–22 November 2026``: the days ``issue`` covers, as templates show them (``issue.date_range``)."""
+    return format_date_range(*span_days(config, issue))
 
 
 def as_utc(moment: datetime) -> datetime:

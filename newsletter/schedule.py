@@ -1,19 +1,19 @@
-"""``newsletter run``: the jobs on APScheduler, the scheduler lease, catch-up and the period records.
+"""``newsletter run``: the jobs on APScheduler, and the scheduler lease.
 
 Every job is a one-line call into a stage function the CLI uses too (:func:`build_jobs`). The digest job
-is :func:`run_if_due`: it finds the newest scheduled time that has passed, and if that time's period has
-no record yet it prepares and sends the period's issue (within ``schedule.grace_hours`` of the scheduled
-time) or records the period as missed. Because it decides from the database and the clock, never from
-"what fired", the same call serves the cron firing, catch-up on start and ``digest send --if-due``.
+is :func:`run_if_due`: the newest firing of ``schedule.cron``, if nobody has done it yet
+(:func:`newsletter.firings.fire_if_due`: at most one issue per firing, recorded in the same transaction),
+then every unfinished send. Because it decides from the database and the clock, never from "what fired",
+the same call serves the cron firing, catch-up on start and ``digest send --if-due``.
 
-Exactly one issue per period: ``Issue.period_key`` and ``ScheduledPeriod.period_key`` are unique, so a
-second scheduler, a restart mid-send or a manual prepare can never create a second issue, and sending
-goes through the delivery ledger (each delivery is claimed once). On top of that only the process holding
-the ``scheduler_lease`` row fires jobs; the others wait and say so.
+On top of the once-per-firing rule only the process holding the ``scheduler_lease`` row fires jobs; the
+others wait and say so.
 
 The database going away (a PostgreSQL restart, a SQLite file locked by another program) never stops the
 scheduler: the lease renewal and every job wait for it (:func:`~newsletter.db.patiently`), logging one
-line per try, and go on where they were; a job is never started twice for one firing.
+line per try, and go on where they were. A job the outage interrupted is run again from what the database
+says is left: a firing whose ``Firing`` row was committed is found done, one whose transaction was lost is
+done again, so a firing still makes at most one issue.
 """
 
 from __future__ import annotations
@@ -33,37 +33,23 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col
 
 from newsletter.backends import create_backend
 from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import Config
 from newsletter.db import Patience, describe, patiently, session
-from newsletter.delivery import SENDABLE, SendReport, due_now, send_issue
-from newsletter.digest import (
-    Period,
-    PrepareOutcome,
-    period_before,
-    prepare_issue,
-    unfinished_issues,
-)
+from newsletter.delivery import SendReport, due_now, send_issue
 from newsletter.errors import DatabaseFull, DatabaseUnavailable, NewsletterError
+from newsletter.firings import digest_trigger, fire_if_due, next_run_time
 from newsletter.ingest.feeds import poll_feeds
 from newsletter.ingest.inbox import process_inbox
-from newsletter.models import (
-    Issue,
-    IssueStatus,
-    JobFailure,
-    PeriodOutcome,
-    ScheduledPeriod,
-    SchedulerLease,
-    utcnow,
-)
+from newsletter.issues import SENDABLE, unfinished_issues
+from newsletter.models import FiringOutcome, Issue, IssueStatus, JobFailure, SchedulerLease, utcnow
 from newsletter.render import as_utc
 
 log = logging.getLogger(__name__)
@@ -72,66 +58,17 @@ DIGEST_JOB = "digest"
 LEASE_NAME = "scheduler"
 
 
-# --- when the digest is due ---------------------------------------------------------------------------
-
-
-class WallClockCronTrigger(CronTrigger):
-    """A CronTrigger that fires once at a local time the autumn DST change repeats (the first time).
-
-    APScheduler fires such a time twice (02:30 summer time, then 02:30 winter time). A time the spring
-    change skips fires once, at the same UTC moment winter time would give it (02:30 → 03:30 local).
-    """
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        fire = super().get_next_fire_time(previous_fire_time, now)
-        while fire is not None and _second_occurrence(fire):
-            fire = super().get_next_fire_time(fire, fire)
-        return fire
-
-
-def _second_occurrence(moment: datetime) -> bool:
-    """True when ``moment``'s local wall time happened once already that day (the repeated hour)."""
-    first = moment.replace(fold=0)
-    return first.astimezone(UTC) != moment.astimezone(UTC)
-
-
-def digest_trigger(config: Config) -> CronTrigger:
-    """The configured cron expression, evaluated in the configured timezone, once per wall-clock time."""
-    return WallClockCronTrigger.from_crontab(config.schedule.cron, timezone=config.schedule.zone)
-
-
-def next_run_time(config: Config, after: datetime | None = None) -> datetime:
-    """When the digest job fires next after ``after`` (default: now), in the configured timezone."""
-    moment = (after or utcnow()).astimezone(config.schedule.zone)
-    fire = digest_trigger(config).get_next_fire_time(None, moment)
-    assert fire is not None  # the config check refuses a crontab that never fires
-    return fire
-
-
-def last_run_time(config: Config, now: datetime) -> datetime | None:
-    """The newest scheduled time at or before ``now`` (within the last year), or None."""
-    trigger = digest_trigger(config)
-    for window in (timedelta(hours=1), timedelta(days=1), timedelta(days=8), timedelta(days=32), timedelta(days=367)):
-        latest = None
-        fire = trigger.get_next_fire_time(None, (now - window).astimezone(config.schedule.zone))
-        while fire is not None and fire <= now:
-            latest = fire
-            fire = trigger.get_next_fire_time(fire, fire)
-        if latest is not None:
-            return latest
-    return None
-
-
 # --- the digest job -----------------------------------------------------------------------------------
 
 
 @dataclass
 class DueResult:
-    """What :func:`run_if_due` did: the period it looked at (if any) and one line per thing done."""
+    """What :func:`run_if_due` did: the newest firing (if any), what was recorded for it now, and one line
+    per thing done."""
 
-    period: Period | None = None
     due_at: datetime | None = None
-    outcome: PeriodOutcome | None = None  # what was recorded for the period now; None if nothing new
+    outcome: FiringOutcome | None = None  # None: nothing new (the firing was done already)
+    issue: Issue | None = None  # the issue the firing made
     lines: list[str] = field(default_factory=list)
     sends: list[SendReport] = field(default_factory=list)
 
@@ -140,106 +77,18 @@ def run_if_due(
     engine: Engine, config: Config, *, now: datetime | None = None, halt: threading.Event | None = None,
     patience: Patience | None = None,
 ) -> DueResult:
-    """Do what is due at ``now``: the period's issue if its scheduled time has passed, then every unfinished
-    send (retries, an interrupted send). The digest job, catch-up on start and ``digest send --if-due``.
+    """Do what is due at ``now``: the newest firing if nobody has done it (see
+    :func:`newsletter.firings.fire_if_due`), then every unfinished send (retries, an interrupted send, an
+    issue an editor prepared). The digest job, catch-up on start and ``digest send --if-due``.
 
-    The newest scheduled time decides: its period (the one that ended before it) is prepared and sent when
-    ``now`` is within the grace period of it, otherwise recorded as missed (its summaries wait for the next
-    issue). Older periods are never caught up, so there is never more than one catch-up issue. Raises
-    NewsletterError when preparing or sending fails; whatever was recorded stays recorded. ``patience``: how
-    long a send waits for the database (default: ``database.outage_limit``).
+    Raises NewsletterError when preparing or sending fails; whatever was recorded stays recorded. ``patience``:
+    how long a send waits for the database (default: ``database.outage_limit``).
     """
-    now = now or utcnow()
-    result = DueResult()
-    due_at = last_run_time(config, now)
-    if due_at is not None:
-        result.due_at = due_at.astimezone(UTC)
-        result.period = period_before(due_at, config.schedule.zone, config.schedule.cadence)
-        _handle_period(engine, config, result, now)
+    fired = fire_if_due(engine, config, now=now)
+    result = DueResult(fired.due_at, fired.outcome, fired.issue, fired.lines)
     result.sends = send_due(engine, config, halt=halt, patience=patience)
     result.lines += [report.summary_line() for report in result.sends]
     return result
-
-
-def _handle_period(engine: Engine, config: Config, result: DueResult, now: datetime) -> None:
-    period, due_at = result.period, result.due_at
-    assert period is not None and due_at is not None
-    with session(engine) as db:
-        done = db.exec(select(ScheduledPeriod).where(ScheduledPeriod.period_key == period.key)).first()
-    if done is not None:
-        log.info("%s: already done (%s at %s)", period.key, done.outcome.value, as_utc(done.recorded_at).isoformat())
-        return
-    _record_earlier_misses(engine, config, period, due_at)
-    late = now - due_at
-    if late > config.schedule.grace:
-        line = (
-            f"{period.key}: MISSED: its issue was due at {_when(config, due_at)}, {_age(late)} ago, beyond the "
-            f"{config.schedule.grace_hours:g} h grace period (schedule.grace_hours); its summaries go into the next "
-            f"issue. To send them now anyway: newsletter digest prepare && newsletter digest send"
-        )
-        log.warning(line)
-        _record(engine, period, PeriodOutcome.MISSED, due_at, None, line)
-        result.outcome, result.lines = PeriodOutcome.MISSED, [line]
-        return
-    if late > timedelta(minutes=1):
-        log.warning("%s: catching up the issue due at %s (%s late)", period.key, _when(config, due_at), _age(late))
-    prepared = prepare_issue(engine, config, period=period)
-    log.info(prepared.message())
-    outcome = _OUTCOMES[prepared.outcome]
-    if _record(engine, period, outcome, due_at, prepared.issue, prepared.message()):
-        result.outcome = outcome
-    result.lines.append(prepared.message())
-
-
-def _record_earlier_misses(engine: Engine, config: Config, current: Period, due_at: datetime) -> None:
-    """Record as missed every period whose scheduled time fell between the last recorded one and
-    ``due_at`` (the scheduler was down for several of them); only the newest is ever caught up. A fresh
-    database (nothing recorded yet) has nothing to backfill."""
-    with session(engine) as db:
-        last = db.exec(select(ScheduledPeriod.due_at).order_by(col(ScheduledPeriod.due_at).desc())).first()
-        issued = set(db.exec(select(Issue.period_key)))
-    if last is None:
-        return
-    trigger, seen = digest_trigger(config), {current.key}
-    fire = trigger.get_next_fire_time(as_utc(last), as_utc(last))
-    while fire is not None and fire < due_at and len(seen) < MAX_BACKFILL:
-        period = period_before(fire, config.schedule.zone, config.schedule.cadence)
-        if period.key not in seen and period.key not in issued:
-            seen.add(period.key)
-            line = (
-                f"{period.key}: MISSED: the scheduler was not running at {_when(config, fire)}; its summaries go "
-                f"into the next issue"
-            )
-            if _record(engine, period, PeriodOutcome.MISSED, fire, None, line):
-                log.warning(line)
-        fire = trigger.get_next_fire_time(fire, fire)
-
-
-MAX_BACKFILL = 400  # periods recorded as missed at most in one go (over a year of daily issues)
-
-
-_OUTCOMES = {
-    PrepareOutcome.CREATED: PeriodOutcome.ISSUED,
-    PrepareOutcome.EXISTS: PeriodOutcome.ISSUED,
-    PrepareOutcome.QUIET: PeriodOutcome.QUIET,
-    PrepareOutcome.EMPTY: PeriodOutcome.EMPTY,
-    PrepareOutcome.NO_RECIPIENTS: PeriodOutcome.NO_RECIPIENTS,
-}
-
-
-def _record(
-    engine: Engine, period: Period, outcome: PeriodOutcome, due_at: datetime, issue: Issue | None, detail: str
-) -> bool:
-    """Record what happened to ``period``; False when another process recorded it first."""
-    with session(engine) as db:
-        db.add(ScheduledPeriod(
-            period_key=period.key, outcome=outcome, due_at=due_at, issue_id=issue.id if issue else None, detail=detail
-        ))
-        try:
-            db.commit()
-        except IntegrityError:
-            return False
-    return True
 
 
 def send_due(
@@ -413,7 +262,7 @@ def run_scheduler(
 ) -> None:
     """Run the jobs until ``stop`` is set, firing them only while this process holds the lease.
 
-    On taking the lease the digest job runs at once (catch-up; it does nothing when the period is done).
+    On taking the lease the digest job runs at once (catch-up; it does nothing when the firing is done).
     When ``stop`` is set, a send stops after its window in flight, the running job finishes, and the lease
     is released.
     """
@@ -477,12 +326,11 @@ def _run_holding(engine: Engine, config: Config, owner: str, stop: threading.Eve
     scheduler.start()
     upcoming = next_run_time(config)
     log.info(
-        "scheduler started: next digest at %s (%s UTC), cron '%s' in %s, %s periods; due sends every %d minutes",
+        "scheduler started: next digest at %s (%s UTC), cron '%s' in %s; due sends every %d minutes",
         upcoming.isoformat(timespec="minutes"),
         upcoming.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
         config.schedule.cron,
         config.schedule.timezone,
-        config.schedule.cadence,
         config.schedule.intervals.send_due,
     )
     try:
@@ -497,12 +345,3 @@ def _run_holding(engine: Engine, config: Config, owner: str, stop: threading.Eve
         halt.set()
         scheduler.shutdown(wait=True)
 
-
-def _when(config: Config, moment: datetime) -> str:
-    local = moment.astimezone(config.schedule.zone)
-    return f"{local.isoformat(timespec='minutes')} ({config.schedule.timezone})"
-
-
-def _age(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"

@@ -14,20 +14,22 @@ from sqlmodel import col, select
 
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.digest import delivery_counts, pending_summaries, unfinished_issues
+from newsletter.firings import next_run_time, when
 from newsletter.ingest.feeds import feed_states
+from newsletter.issues import delivery_counts, unfinished_issues, waiting_summaries
 from newsletter.models import (
     FeedState,
+    Firing,
+    FiringOutcome,
     Issue,
     JobFailure,
-    ScheduledPeriod,
     SchedulerLease,
     Subscriber,
     SubscriberStatus,
     utcnow,
 )
-from newsletter.render import as_utc
-from newsletter.schedule import LEASE_NAME, next_run_time
+from newsletter.render import as_utc, span_label
+from newsletter.schedule import LEASE_NAME
 
 RECENT = timedelta(days=7)  # how far back "recent job failures" look
 
@@ -43,8 +45,10 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
         failures = db.exec(
             select(JobFailure).where(col(JobFailure.at) >= now - RECENT).order_by(col(JobFailure.at).desc()).limit(10)
         ).all()
-        periods = db.exec(select(ScheduledPeriod).order_by(col(ScheduledPeriod.due_at).desc()).limit(5)).all()
-        waiting = len(pending_summaries(db))
+        firings = db.exec(select(Firing).order_by(col(Firing.due_at).desc()).limit(5)).all()
+        numbers = dict(db.exec(select(Issue.id, Issue.number).where(
+            col(Issue.id).in_([f.issue_id for f in firings if f.issue_id]))).all())
+        waiting = len(waiting_summaries(db))
         counts = delivery_counts(db, last) if last else None
         older = [issue for issue in unfinished_issues(db) if last is None or issue.number != last.number]
         unfinished = [
@@ -63,7 +67,9 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
         },
         "last_issue": None if last is None else {
             "number": last.number,
-            "period": last.period_key,
+            "covers": span_label(config, last),
+            "covers_from": _iso(last.period_start),
+            "covers_until": _iso(last.period_end),
             "subject": last.subject,
             "status": last.status.value,
             "sent_at": _iso(last.sent_at),
@@ -72,9 +78,10 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
         "older_unfinished_issues": unfinished,
         "waiting_summaries": waiting,
         "subscribers": {status.value: by_status.get(status, 0) for status in SubscriberStatus},
-        "recent_periods": [
-            {"period": p.period_key, "outcome": p.outcome.value, "due_at": _iso(p.due_at), "detail": p.detail}
-            for p in periods
+        "recent_firings": [
+            {"due_at": _iso(f.due_at), "local": when(config, as_utc(f.due_at)), "outcome": f.outcome.value,
+             "issue": numbers.get(f.issue_id), "detail": f.detail}
+            for f in firings
         ],
         "feeds": _feeds(engine, config),
         "recent_failures": [{"job": f.job, "at": _iso(f.at), "error": f.error} for f in failures],
@@ -127,16 +134,16 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         lines.append("last issue: none yet")
     else:
         counts = ", ".join(f"{name} {count}" for name, count in last["deliveries"].items())
-        lines.append(f"last issue: #{last['number']} ({last['period']}) \"{last['subject']}\": {last['status']}")
+        lines.append(f"last issue: #{last['number']} ({last['covers']}) \"{last['subject']}\": {last['status']}")
         lines.append(f"  deliveries: {counts}")
     for issue in status["older_unfinished_issues"]:
         counts = ", ".join(f"{name} {count}" for name, count in issue["deliveries"].items())
         lines.append(f"unfinished: issue #{issue['number']} is {issue['status']} ({counts})")
     lines.append(f"waiting summaries: {status['waiting_summaries']}")
     lines.append("subscribers: " + ", ".join(f"{name} {count}" for name, count in status["subscribers"].items()))
-    for period in status["recent_periods"]:
-        if period["outcome"] != "issued":
-            lines.append(f"period {period['period']}: {period['outcome']}: {period['detail']}")
+    for firing in status["recent_firings"]:
+        if firing["outcome"] not in (FiringOutcome.ISSUED, FiringOutcome.QUIET):  # the ones that made no issue
+            lines.append(f"firing at {firing['local']}: {firing['outcome']}: {firing['detail']}")
     if status["feeds"]:
         lines.append("feeds:")
         for feed in status["feeds"]:

@@ -53,13 +53,15 @@ def secret_keys(config: Config) -> list[str]:
     return [_generated_key(config.resolve(KEY_FILE))]
 
 
-def _generated_key(path: Path) -> str:
+def key_file(config: Config) -> Path:
+    """Where a generated signing key is kept when ``NEWSLETTER_SECRET_KEY`` is not set."""
+    return config.resolve(KEY_FILE)
+
+
+def write_key_file(path: Path) -> str:
+    """A new random key written to ``path`` (readable by its owner only); raises NewsletterError if it cannot
+    be written. Quiet: the demo uses it for its own folder; :func:`secret_keys` warns when it has to."""
     try:
-        if path.is_file():
-            key = path.read_text(encoding="utf-8").strip()
-            if not key:
-                raise NewsletterError(f"{path} is empty; delete it to generate a new key, or set NEWSLETTER_SECRET_KEY")
-            return key
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(32)
         path.touch(mode=0o600)
@@ -68,6 +70,21 @@ def _generated_key(path: Path) -> str:
         raise NewsletterError(
             f"cannot read or create the signing key {path} ({exc.strerror}); set NEWSLETTER_SECRET_KEY instead"
         ) from None
+    return key
+
+
+def _generated_key(path: Path) -> str:
+    try:
+        if path.is_file():
+            key = path.read_text(encoding="utf-8").strip()
+            if not key:
+                raise NewsletterError(f"{path} is empty; delete it to generate a new key, or set NEWSLETTER_SECRET_KEY")
+            return key
+    except OSError as exc:
+        raise NewsletterError(
+            f"cannot read or create the signing key {path} ({exc.strerror}); set NEWSLETTER_SECRET_KEY instead"
+        ) from None
+    key = write_key_file(path)
     log.warning("generated a signing key in %s; set NEWSLETTER_SECRET_KEY in production", path)
     return key
 

@@ -19,7 +19,8 @@ def http_url_problem(url: str, *, example: str, public: bool = False) -> str | N
 
     ``example`` is shown for a URL that is not absolute (``https://example.org/feed.xml``). ``public``
     also requires a host name with a dot, as links in an email must have (``localhost`` opens nothing on a
-    reader's machine). The message starts with a verb so it reads after the URL: ``'…' has … ; …``.
+    reader's machine), and no user name or password before the host (``https://bank.example@evil.example/``
+    looks like one site and opens another). The message starts with a verb so it reads after the URL: ``'…' has … ; …``.
     """
     if not url:
         return f"is empty; write an absolute http(s) URL such as {example}"
@@ -44,6 +45,9 @@ def http_url_problem(url: str, *, example: str, public: bool = False) -> str | N
         return f"has no host name; write it in full, such as {example}"
     if public and "." not in host.strip("."):
         return f"has the host {host!r}, which readers cannot reach; use the page's public address"
+    if public and "@" in parts.netloc:  # https://news.example.org@evil.example/ opens evil.example
+        return (f"has {parts.netloc.rpartition('@')[0] + '@'!r} before its host, so it opens {host}, not what "
+                "it seems to; write the link without a user name or password")
     try:
         httpx.URL(url)  # what the fetcher will use: it also checks the host's characters (IDNA)
     except httpx.InvalidURL as exc:

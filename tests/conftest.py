@@ -24,6 +24,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, create_engine, text
 
+from newsletter.backends import check_backend
 from newsletter.config import Config, config_from_mapping
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
@@ -33,6 +34,16 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
 ON_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
 sqlite_only = pytest.mark.skipif(ON_POSTGRES, reason="SQLite-specific (file, pragmas or locking)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Browser assertions wait for their condition up to 30 s, not Playwright's 5 s: on a busy machine a page
+    can take longer than that to load, and waiting longer costs nothing when it is quick."""
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        return
+    expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +89,9 @@ def make_config(base_dir: Path, **overrides: Any) -> Config:
         "schedule": {"cron": "0 8 * * mon", "timezone": "Europe/Berlin"},
     }
     data.update(overrides)
-    return config_from_mapping(data, base_dir=base_dir, source=str(base_dir / "config.yaml"))
+    config = config_from_mapping(data, base_dir=base_dir, source=str(base_dir / "config.yaml"))
+    check_backend(config)  # as every command does at start
+    return config
 
 
 def write_smtp_config(base_dir: Path, port: int, connections: int, **delivery: Any) -> Config:

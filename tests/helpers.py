@@ -39,10 +39,9 @@ def add_people(engine: Engine, *emails: str, status: SubscriberStatus = Subscrib
 
 
 def make_issue(number: int = 12) -> Issue:
-    """Week 47 of 2026 in Berlin: Monday 16 November 00:00 up to (not including) Monday 23 November."""
+    """Covering week 47 of 2026 in Berlin: Monday 16 November 00:00 up to (not including) Monday 23 November."""
     return Issue(
         number=number,
-        period_key="2026-W47",
         period_start=datetime(2026, 11, 16, tzinfo=BERLIN).astimezone(UTC),
         period_end=datetime(2026, 11, 23, tzinfo=BERLIN).astimezone(UTC),
         subject="",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -13,6 +14,16 @@ def messages(outbox: Path) -> list[EmailMessage]:
     """Every .eml in ``outbox``, oldest first."""
     files = sorted(outbox.glob("*.eml"), key=lambda path: path.stat().st_mtime_ns) if outbox.is_dir() else []
     return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in files]  # type: ignore[misc]
+
+
+def wait_for_messages(outbox: Path, count: int, *, timeout: float = 30) -> list[EmailMessage]:
+    """Every .eml in ``outbox`` once there are at least ``count``: mail written after a response (a background
+    task) may arrive a moment later, later still on a busy machine. AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while len(found := messages(outbox)) < count:
+        assert time.monotonic() < deadline, f"{outbox}: expected {count} messages within {timeout} s, got {len(found)}"
+        time.sleep(0.05)
+    return found
 
 
 def text_part(message: EmailMessage) -> str:

@@ -42,8 +42,9 @@ def make_project(root: Path, summaries: int = 3) -> Project:
     return Project(root, config_file, templates, engine)
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> float:
-    """Seconds until ``condition()`` is true; AssertionError after ``timeout``."""
+def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> float:
+    """Seconds until ``condition()`` is true; AssertionError after ``timeout`` (generous: a busy machine is
+    slow; how fast the preview reacts is measured by ``python -m bench.preview_reload``, not here)."""
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from sqlmodel import select
+from typer.testing import CliRunner
 
+from newsletter.cli import app as cli_app
 from newsletter.db import session
+from newsletter.demo import DEMO_SETTINGS
 from newsletter.errors import ConfigError
+from newsletter.ingest import SummaryIn
 from newsletter.models import Summary
+from newsletter.web.api import FORMATS
 from newsletter.web.app import create_app
 from tests.conftest import make_config
 
@@ -29,6 +36,21 @@ def client(tmp_path, monkeypatch, engine) -> TestClient:
 def rows(engine) -> list[Summary]:
     with session(engine) as db:
         return list(db.exec(select(Summary).order_by(Summary.id)))
+
+
+def test_the_published_schema_is_summary_in_s_own_so_the_two_cannot_drift(client) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/api/summaries"]["post"]["requestBody"]
+    one, many = body["content"]["application/json"]["schema"]["anyOf"]
+    assert many == {"type": "array", "items": one}
+    model = SummaryIn.model_json_schema()
+    assert set(one["properties"]) == set(model["properties"]) | {"format"}
+    for name, field in model["properties"].items():  # types, limits (uid: 512 characters) and formats
+        published = {key: value for key, value in field.items() if value is not None}  # FastAPI drops nulls
+        assert one["properties"][name] == published, name
+    assert one["properties"]["format"]["enum"] == list(FORMATS)
+    assert one["additionalProperties"] is False  # as the API: an unknown field is a 400
+    # a summary, or a body to take it from
+    assert one["required"] == ["title"] and one["anyOf"] == [{"required": ["summary"]}, {"required": ["body"]}]
 
 
 def test_one_item_is_stored_and_its_id_returned(client, engine) -> None:
@@ -120,3 +142,70 @@ def test_a_missing_summary_is_cut_from_the_cleaned_body_not_the_markup(client, e
                             "A third, in its own paragraph.")
     assert markdown.summary == "Short first sentence with a link in it."
     assert markdown.key_points == ["Denser spindles"]  # rendered as in .md files
+
+
+@pytest.fixture
+def roomy(tmp_path, monkeypatch, engine) -> TestClient:
+    """The API with the default body limit (2 MB) and a clock the test moves."""
+    monkeypatch.setenv("NEWSLETTER_API_TOKEN", TOKEN)
+    app = create_app(make_config(tmp_path), engine)
+    app.state.web.clock = Clock()
+    return TestClient(app)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested more than 32 levels deep"),
+    (b'[{"title": "a", "summary": "b", "key_points": ' + b"[" * 40 + b"]" * 40 + b"}]", "nested more than 32 levels"),
+    (b'{"title": ' + b"9" * 5_000 + b', "summary": "b"}', "a number of 5000 digits"),
+    (b'{"title": "a", "summary": "b", "published_at": 1' + b"0" * 30 + b"}", "a number of 31 digits"),
+    (b'{"title": NaN, "summary": "b"}', "the body has NaN, which is not JSON"),
+    (b'{"title": "a", "summary": Infinity}', "the body has Infinity, which is not JSON"),
+])  # fmt: skip
+def test_a_body_that_is_no_summary_is_400_with_one_line(roomy, engine, body, reason) -> None:
+    response = roomy.post("/api/summaries", content=body, headers=AUTH)
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert reason in error["error"] and "\n" not in error["error"], error
+    assert rows(engine) == []
+
+
+def test_repeated_wrong_tokens_lock_the_client_out_for_longer_and_longer(roomy, engine) -> None:
+    wrong = {"Authorization": "Bearer a-wrong-token-of-some-length"}
+    for _ in range(20):  # no token at all is not a guess
+        assert roomy.post("/api/summaries", json=ITEM).status_code == 401
+    for _ in range(6):
+        assert roomy.post("/api/summaries", json=ITEM, headers=wrong).status_code == 401
+    locked = roomy.post("/api/summaries", json=ITEM, headers=AUTH)  # even the right token waits
+    assert locked.status_code == 429 and locked.headers["retry-after"] == "1"
+    assert locked.json() == {"error": "too many wrong tokens from your address; try again in 1 s"}
+    other = TestClient(roomy.app, client=("203.0.113.7", 4000))
+    assert other.post("/api/summaries", json=ITEM, headers=AUTH).status_code == 201  # another client is not held up
+    roomy.app.state.web.clock.now += timedelta(seconds=1)
+    assert roomy.post("/api/summaries", json=ITEM, headers=wrong).status_code == 401
+    assert roomy.post("/api/summaries", json=ITEM, headers=AUTH).status_code == 429  # 2 s this time
+    roomy.app.state.web.clock.now += timedelta(seconds=2)
+    assert roomy.post("/api/summaries", json=ITEM, headers=AUTH).status_code == 201
+    assert roomy.post("/api/summaries", json=ITEM, headers=wrong).status_code == 401  # counting starts again
+    assert roomy.post("/api/summaries", json=ITEM, headers=AUTH).status_code == 201
+    assert len(rows(engine)) == 1
+
+
+@pytest.mark.parametrize("short", ["x", "fifteen-chars!!"])
+def test_a_short_api_token_stops_every_command_with_one_line(tmp_path, monkeypatch, short) -> None:
+    monkeypatch.setenv("NEWSLETTER_API_TOKEN", short)
+    with pytest.raises(ConfigError, match=r"^NEWSLETTER_API_TOKEN: .* at least 16 characters"):
+        make_config(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**DEMO_SETTINGS}), encoding="utf-8")
+    result = CliRunner().invoke(cli_app, ["serve", "--config", str(tmp_path / "config.yaml")],
+                                env={"NEWSLETTER_API_TOKEN": short, "NEWSLETTER_SECRET_KEY": "test-secret-key"})
+    assert result.exit_code == 2
+    output = result.output.strip()
+    assert output.startswith("error: NEWSLETTER_API_TOKEN:") and len(output.splitlines()) == 1

@@ -239,8 +239,10 @@ def dovecot():
 
     from tests.conftest import _free_port
 
+    from tests.tools import missing
+
     if shutil.which("dovecot") is None or os.geteuid() != 0:
-        pytest.skip("needs Debian's dovecot-imapd and root (Dovecot's master drops privileges itself)")
+        missing("needs Debian's dovecot-imapd (apt-get install dovecot-imapd) and root (Dovecot's master drops privileges itself)")
     root = Path(tempfile.mkdtemp(prefix="newsletter-dovecot-"))
     root.chmod(0o755)
     port = _free_port()

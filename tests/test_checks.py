@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,13 +19,13 @@ from newsletter.checks import (
     check_message,
     has_errors,
     link_problem,
-    load_issue,
 )
 from newsletter.cli import app
 from newsletter.config import Config
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
-from newsletter.message import build_message
+from newsletter.issues import shown_issue
+from newsletter.message import MessageTemplate
 from newsletter.render import RecipientValues, RenderedIssue, render_issue
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries, make_issue, make_summaries
@@ -31,6 +34,10 @@ READER = RecipientValues(
     "ada@example.org", "Ada", "https://news.example.org/unsubscribe/T", "https://news.example.org/preferences/T"
 )
 MESSAGE_ID = "<issue-12.abc@example.org>"
+
+
+def build_message(config: Config, rendered: RenderedIssue, values: RecipientValues, *, message_id: str) -> bytes:
+    return MessageTemplate(config, rendered).personalise(values, message_id=message_id)
 
 
 def rules(config: Config, rendered: RenderedIssue, message: bytes | None = None) -> dict[str, str]:
@@ -163,15 +170,6 @@ def test_digest_check_and_send_refuse_on_errors_unless_forced(tmp_path: Path) ->
     assert len(list((tmp_path / "outbox").iterdir())) == 1
 
 
-def test_the_draft_is_keyed_by_the_configured_cadence(tmp_path, engine, monkeypatch):
-    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
-    monthly = make_config(tmp_path, schedule={"cadence": "monthly", "timezone": "Europe/Berlin"})
-    add_summaries(engine, 1)
-    issue, _items, description, _reader = load_issue(engine, monthly)
-    assert description.startswith("draft of issue #1")
-    assert len(issue.period_key) == 7 and "W" not in issue.period_key  # 2026-11, not 2026-W47
-
-
 def test_an_ordinary_issue_with_a_long_first_title_passes_the_subject_check(tmp_path: Path) -> None:
     # The audit's repro: three items whose first title is ~95 characters gave "[subject] ... 121 characters".
     config_file = tmp_path / "config.yaml"
@@ -189,3 +187,83 @@ def test_an_ordinary_issue_with_a_long_first_title_passes_the_subject_check(tmp_
     checked = cli(config_file, "digest", "check")
     assert checked.exit_code == 0, checked.output
     assert "[subject]" not in checked.output
+
+
+# -- the checks read the bytes that are sent, for real subscribers ----------------------------------------
+
+from newsletter.checks import check_sample  # noqa: E402
+from newsletter.issues import build_sample  # noqa: E402
+from newsletter.db import session  # noqa: E402
+from newsletter.models import Subscriber, SubscriberStatus  # noqa: E402
+
+
+def test_the_checks_build_the_first_the_longest_name_and_the_longest_address_on_the_list(config, engine) -> None:
+    add_summaries(engine, 2)
+    with session(engine) as db:
+        for address, name in [("ada@example.org", "Ada"), ("firstname.lastname.of.a.long.address@research.example.org", "B"),
+                            ("ana@example.org", "Ana María García-López de la Fuente y Rodríguez"), ("c@example.org", None)]:
+            db.add(Subscriber(email=address, name=name, status=SubscriberStatus.ACTIVE))
+        db.commit()
+    sample = build_sample(config, *shown_issue(engine, config))
+    assert [m.recipient.email for m in sample.messages] == [
+        "ada@example.org", "ana@example.org", "firstname.lastname.of.a.long.address@research.example.org"]
+    for message in sample.messages:
+        parsed = email.message_from_bytes(message.data, policy=email.policy.strict)
+        assert [a.addr_spec for a in parsed["To"].addresses] == [message.recipient.email]
+    assert check_sample(config, sample) == []
+
+
+def test_a_subscriber_no_message_can_be_built_for_is_named_but_does_not_stop_the_send(config, engine) -> None:
+    add_summaries(engine, 1)
+    with session(engine) as db:
+        db.add(Subscriber(email="ada@example.org", name="Ada", status=SubscriberStatus.ACTIVE))
+        db.add(Subscriber(email="jörg.with.a.long.address@example.org", name="Jörg", status=SubscriberStatus.ACTIVE))
+        db.commit()
+    report = check_issue(engine, config)
+    assert report.ok
+    [finding] = report.findings
+    assert finding.severity is Severity.WARNING and "'jörg.with.a.long.address@example.org'" in finding.where
+    assert "cannot send to" in finding.message and "fails this message alone" in finding.message
+
+
+def test_digest_check_sees_exactly_what_the_send_loop_sends(config, engine) -> None:
+    """The sample the checks read and the message the file backend writes for the same subscriber differ
+    only in their Date and their random MIME boundary."""
+    from newsletter.backends import create_backend
+    from newsletter.delivery import send_issue
+    from newsletter.issues import prepare_issue
+
+    add_summaries(engine, 2)
+    add_people(engine, "ada@example.org")
+    prepare_issue(engine, config)
+    checked = build_sample(config, *shown_issue(engine, config, 1)).message
+    send_issue(engine, config, create_backend(config), 1)
+    [sent] = (config.base_dir / "outbox").glob("*.eml")
+
+    def normalised(data: bytes) -> bytes:
+        boundary = re.search(rb'boundary="([^"]+)"', data).group(1)  # type: ignore[union-attr]
+        return re.sub(rb"\r\nDate: [^\r]+", b"", data).replace(boundary, b"BOUNDARY")
+
+    assert normalised(checked) == normalised(sent.read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"Subject: Sleep study\r\nBcc: victim@evil.example\r\n", "Bcc header: is not a header this newsletter writes"),
+        (b"To: To:\r\n Ana =?utf-8?b?TWFyw61h?= <ana@example.org>\r\n", "To header: is malformed"),
+        (b"Subject: =?utf-8?q?Caf=C3=A9?=\r\n", "Subject header: reads 'Café', not the rendered subject"),
+    ],
+    ids=["injected-bcc", "to-to", "decoded-subject"],
+)
+def test_the_headers_check_reads_the_bytes_with_the_strict_parser(
+    config: Config, rendered: RenderedIssue, raw: bytes, problem: str
+) -> None:
+    """Messages broken the ways the old builder broke them (crafted bytes: the builder cannot make them now)."""
+    good = build_message(config, rendered, READER, message_id=MESSAGE_ID)
+    name = raw.split(b":", 1)[0]
+    head, body = good.split(b"\r\n\r\n", 1)
+    lines = [line for line in re.split(rb"\r\n(?! )", head) if not line.startswith(name + b":")]
+    broken = b"\r\n".join([raw.rstrip(b"\r\n"), *lines]) + b"\r\n\r\n" + body
+    found = [f"{f.where}: {f.message}" for f in check_message(config, rendered, broken, READER) if f.rule == "headers"]
+    assert any(problem in line for line in found), found

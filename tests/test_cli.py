@@ -85,7 +85,7 @@ def test_the_whole_path_through_the_cli(tmp_path):
 
     prepared = invoke("digest", "prepare", "--config", path)
     assert prepared.exit_code == 0 and "prepared issue #1" in prepared.output and "7 subscribers" in prepared.output
-    assert "already prepared" in invoke("digest", "prepare", "--config", path).output
+    assert "no summary is waiting; nothing prepared" in invoke("digest", "prepare", "--config", path).output
 
     sent = invoke("digest", "send", "--config", path)
     assert sent.exit_code == 0 and "sent 7" in sent.output and "finished" in sent.output
@@ -94,18 +94,20 @@ def test_the_whole_path_through_the_cli(tmp_path):
     assert "sent 7" in status.output and ": sent" in status.output
 
     again = invoke("digest", "send", "--config", path)
-    assert again.exit_code == 1 and "already sent" in again.output
+    assert again.exit_code == 1 and "already sent" in again.output and "no summary is waiting" in again.output
 
     # Once the issue is out, "render" previews the next one as soon as a new summary is waiting.
-    assert "issue #1 (sent)" in invoke("digest", "render", "--out", tmp_path / "p", "--config", path).output
+    assert "issue #1 (sent " in invoke("digest", "render", "--out", tmp_path / "p", "--config", path).output
     (tmp_path / "in" / "good.jsonl").write_text(
         '{"title": "A late paper", "summary": "Arrived after the send.", "url": "https://example.org/c"}\n',
         encoding="utf-8",
     )
     (tmp_path / "in" / "bad.json").unlink()
     assert invoke("ingest", tmp_path / "in", "--config", path).exit_code == 0
-    # This week already has its issue, so the late summary waits for next week's; render shows issue #1.
-    assert "issue #1 (sent)" in invoke("digest", "render", "--out", tmp_path / "p", "--config", path).output
+    assert "draft of issue #2" in invoke("digest", "render", "--out", tmp_path / "p", "--config", path).output
+    waiting = invoke("digest", "send", "--config", path)
+    assert waiting.exit_code == 1 and "1 summary is waiting: `newsletter digest prepare` makes the next issue" \
+        in waiting.output
 
     exported = invoke("subscribers", "export", "--config", path)
     assert exported.output.splitlines()[0].startswith("email,name,status")
@@ -232,7 +234,7 @@ def test_pause_resume_retry_failed_cancel_and_status_through_the_cli(tmp_path):
     assert "paused" in invoke("digest", "status", "1", "--config", path).output
     assert invoke("digest", "resume", "1", "--config", path).exit_code == 0
     again = invoke("digest", "resume", "1", "--config", path)
-    assert again.exit_code == 1 and "issue #1 is sending, so it cannot be resumed" in again.output
+    assert again.exit_code == 1 and "issue #1 is sending; it cannot be resumed" in again.output
 
     (tmp_path / "outbox").write_text("a file where the outbox folder should be")
     broken = invoke("digest", "send", "--config", path)
@@ -243,10 +245,36 @@ def test_pause_resume_retry_failed_cancel_and_status_through_the_cli(tmp_path):
     status = invoke("digest", "status", "--config", path)
     assert "sent 2" in status.output and ": sent" in status.output
     cancelled = invoke("digest", "cancel", "--config", path)
-    assert cancelled.exit_code == 1 and "issue #1 is already sent; nothing to cancel" in cancelled.output
+    assert cancelled.exit_code == 1 and "issue #1 is sent; it cannot be cancelled" in cancelled.output
 
 
 def test_a_worker_with_nothing_to_send_says_so_and_exits(tmp_path):
     result = invoke("worker", "--until-done", "--config", config_file(tmp_path))
     assert result.exit_code == 0, result.output
     assert "nothing to send: no prepared issue has deliveries due" in result.output
+
+
+def test_config_and_verbose_are_accepted_before_or_after_the_command(tmp_path):
+    config = config_file(tmp_path)
+    assert invoke("--config", config, "subscribers", "add", "ada@example.org").exit_code == 0
+    assert invoke("subscribers", "add", "bob@example.org", "--config", config).exit_code == 0
+    listed = invoke("-c", config, "subscribers", "list")
+    assert listed.exit_code == 0 and "ada@example.org" in listed.output and "bob@example.org" in listed.output
+    sample = ROOT / "newsletter" / "samples" / "summaries" / "01-senolytic-muscle-repair.md"
+    quiet = invoke("--config", config, "ingest", sample)
+    after = invoke("ingest", sample, "--config", config, "-v")
+    before = invoke("-v", "--config", config, "ingest", sample)
+    assert " INFO " not in quiet.stderr
+    for verbose in (after, before):  # -v logs what each stage does, wherever it is written
+        assert f"INFO newsletter.ingest.store: {sample}: added 0, updated 0, unchanged 1" in verbose.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    # the command's own --config wins over the one before the command
+    assert invoke("--config", config_file(other), "subscribers", "list", "--config", config).output == listed.output
+
+
+def test_the_list_of_commands_shows_each_summary_as_one_reflowed_paragraph():
+    listing = runner.invoke(app, ["digest", "--help"], env={"COLUMNS": "100"}).output
+    send = listing[listing.index("│ send"):listing.index("│ check")]
+    lines = [line.strip("│ ").strip() for line in send.splitlines()]
+    assert all(len(line) > 60 for line in lines[:-1]), send  # no line cut short where the docstring broke

@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from newsletter.config import load_config
+from newsletter.backends import check_backend
+from newsletter.config import _UniqueKeyLoader, load_config
 from newsletter.errors import ConfigError
 from tests.conftest import ROOT, make_config
 
@@ -78,7 +80,7 @@ def test_defaults_fill_everything_but_the_newsletter_section(tmp_path):
 def test_a_wrong_key_or_value_names_the_file_the_key_and_what_is_allowed(tmp_path, extra, expected):
     path = write(tmp_path, VALID + extra)
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        check_backend(load_config(path))  # what every command does at start
     assert str(caught.value).startswith(f"{path}: ")
     assert expected in str(caught.value)
     assert caught.value.exit_code == 2
@@ -161,3 +163,71 @@ def test_the_reference_config_works_when_copied_anywhere(tmp_path, monkeypatch):
     copy = tmp_path / "config.yaml"
     copy.write_text((ROOT / "config.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     assert load_config(copy).newsletter.name
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (VALID + "schedule:\n  cron: '0 8 * * mon'\n  cron: '0 9 * * fri'\n",
+         ":9: the key 'cron' is there twice (first on line 8); keep one"),
+        (VALID + "schedule:\n  cadence: daily\nschedule:\n  cadence: weekly\n",
+         ":9: the key 'schedule' is there twice (first on line 7)"),
+        (VALID.replace("  site_url:", "  name: Other\n  site_url:"), ":6: the key 'name' is there twice (first on line 3)"),
+        (VALID + "backend: {name: smtp, name: file}\n", ":7: the key 'name' is there twice on this line"),
+        (VALID + "schedule: {cadence: daily,\n  cadence: weekly}\n", ":8: the key 'cadence' is there twice (first on line 7)"),
+        (VALID + "delivery:\n  <<: {batch_size: 5}\n  lease: 5m\n  lease: 7m\n", ":10: the key 'lease' is there twice (first on line 9)"),
+    ],
+    ids=["in-a-section", "a-section", "top-of-newsletter", "one-line", "flow-over-two-lines", "beside-a-merge"],
+)
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}{expected}")
+
+
+@pytest.mark.parametrize(
+    "merged",
+    ["delivery:\n  <<: {batch_size: 5, lease: 5m}\n  lease: 7m\n",
+     "delivery: {<<: {batch_size: 5, lease: 5m}, lease: 7m}\n"],  # all on one line
+    ids=["block", "one-line"],
+)
+def test_keys_brought_in_by_a_yaml_merge_may_be_overridden(tmp_path, merged):
+    text = VALID + merged
+    delivery = load_config(write(tmp_path, text)).delivery
+    assert (delivery.batch_size, delivery.lease) == (5, "7m")
+
+
+def test_a_merged_mapping_used_again_by_its_anchor_keeps_its_overrides() -> None:
+    # Merging flattens &base in place (its merged keys and its own override side by side) before &base is
+    # read again through *base: the override is not taken for a key given twice.
+    text = "delivery: {<<: &base {<<: {batch_size: 5, lease: 5m}, lease: 6m}, lease: 7m}\nagain: *base\n"
+    data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    assert data == {"delivery": {"batch_size": 5, "lease": "7m"}, "again": {"batch_size": 5, "lease": "6m"}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("delivery:\n  lease: 99999999999d\n", "delivery.lease: '99999999999d' is longer than a year (365d)"),
+        ("delivery:\n  lease: 366d\n", "delivery.lease: '366d' is longer than a year"),
+        ("delivery:\n  lease: '" + "9" * 5000 + "s'\n", "is longer than a year"),
+        ("delivery:\n  retry_schedule: [5m, 99999999999d]\n", "delivery.retry_schedule: '99999999999d' is longer than"),
+        ("bounces:\n  soft_days: 99999999999\n", "bounces.soft_days: Input should be less than or equal to 3650"),
+        ("schedule:\n  grace_hours: 1e308\n", "schedule.grace_hours: Input should be less than or equal to 744"),
+        ("schedule:\n  grace_hours: .nan\n", "schedule.grace_hours: Input should be"),
+    ],
+)
+def test_huge_durations_are_one_line_errors_not_overflows(tmp_path, extra, expected):
+    from tests.test_cli import invoke
+
+    path = write(tmp_path, VALID + extra)
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        load_config(path)
+    result = invoke("status", "--config", path)
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_year_is_the_longest_duration(tmp_path):
+    delivery = load_config(write(tmp_path, VALID + "delivery:\n  lease: 365d\n  retry_schedule: [8760h]\n")).delivery
+    assert delivery.lease_time.days == delivery.retry_delays[0].days == 365

@@ -7,24 +7,27 @@ be reproduced from the seed printed with it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from sqlmodel import select
+from sqlmodel import col, func, select
 
 from newsletter.config import DeliverySection
 from newsletter.db import open_database, session
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import Delivery, DeliveryStatus
 from tests.conftest import ROOT, _free_port, write_smtp_config
 from tests.helpers import add_people, add_summaries
@@ -35,17 +38,34 @@ IN_FLIGHT = CONNECTIONS * DeliverySection().in_flight_factor  # one window, with
 PEOPLE = [f"reader{n:03d}@example.org" for n in range(150)]
 
 
+BARRIER_SECONDS = 120  # how long a held message waits for the other senders to start, on a busy machine
+
+
 @dataclass
 class CountingHandler:
-    """Counts messages per recipient (and their Message-IDs); can call ``on_message(total)`` after each."""
+    """Counts messages per recipient (and their Message-IDs); can call ``on_message(total)`` after each.
+
+    With ``hold_until`` set, every message waits (without blocking the server) until ``hold_until()`` is
+    true, once: a barrier that makes senders overlap instead of hoping they do.
+    """
 
     received: Counter[str] = field(default_factory=Counter)
     message_ids: dict[str, set[bytes]] = field(default_factory=dict)
     total: int = 0
     on_message: Any = None
+    hold_until: Callable[[], bool] | None = None
+    barrier_timed_out: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if (ready := self.hold_until) is not None:  # messages of several connections may wait here at once
+            deadline = time.monotonic() + BARRIER_SECONDS
+            while not ready():
+                if time.monotonic() > deadline:
+                    self.barrier_timed_out = True
+                    break
+                await asyncio.sleep(0.02)
+            self.hold_until = None
         message_id = next(line for line in envelope.content.split(b"\r\n") if line.startswith(b"Message-ID:"))
         with self.lock:
             for address in envelope.rcpt_tos:
@@ -84,6 +104,14 @@ def sender(base: Path) -> subprocess.Popen[bytes]:
 def ledger(engine) -> Counter[DeliveryStatus]:
     with session(engine) as db:
         return Counter(db.exec(select(Delivery.status)).all())
+
+
+def claim_holders(engine) -> int:
+    """How many senders hold claimed (``sending``) deliveries right now."""
+    with session(engine) as db:
+        return db.exec(
+            select(func.count(col(Delivery.claimed_by).distinct())).where(Delivery.status == DeliveryStatus.SENDING)
+        ).one()
 
 
 def test_kill_9_at_random_moments_loses_no_one_and_duplicates_only_what_was_in_flight(world):
@@ -163,9 +191,11 @@ def test_sigterm_drains_the_messages_in_flight_and_leaves_nothing_ambiguous(worl
 
 def test_two_senders_at_once_never_send_the_same_delivery_twice(world):
     base, handler, engine = world
+    handler.hold_until = lambda: claim_holders(engine) == 2  # no message goes out before both hold claims
     first, second = sender(base), sender(base)
     for process in (first, second):
         _, err = process.communicate(timeout=120)
         assert process.returncode == 0, err.decode()
+    assert not handler.barrier_timed_out, "the second sender never claimed anything while the first held its batch"
     assert ledger(engine) == Counter({DeliveryStatus.SENT: len(PEOPLE)})
     assert handler.received == Counter(dict.fromkeys(PEOPLE, 1))

@@ -2,6 +2,8 @@
 and the uniqueness rules of DESIGN.md hold."""
 
 import json
+import shutil
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command
@@ -11,10 +13,10 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col, select
 
 from newsletter.db import MIGRATIONS_DIR, make_engine, open_database, session
-from newsletter.models import Delivery, Issue, Subscriber, Summary, utcnow
+from newsletter.models import Delivery, Firing, FiringOutcome, Issue, Subscriber, Summary, utcnow
 from tests.conftest import sqlite_only
 
 
@@ -39,7 +41,7 @@ def test_the_scheduler_migration_keeps_a_0001_database_and_adds_its_tables(confi
                                 "updated_at) values ('kept@example.org', 'active', '[]', 't', 0, '2026-01-01', '2026-01-01')"))
     engine.dispose()
     upgraded = open_database(config)
-    assert {"scheduled_period", "scheduler_lease", "job_failure"} <= set(inspect(upgraded).get_table_names())
+    assert {"firing", "scheduler_lease", "job_failure", "issue_copy"} <= set(inspect(upgraded).get_table_names())
     with session(upgraded) as db:
         assert db.exec(text("select email from subscriber")).all() == [("kept@example.org",)]
     upgraded.dispose()
@@ -84,12 +86,18 @@ def test_email_is_unique_case_insensitively(engine):
             db.commit()
 
 
-def test_one_issue_per_period_and_one_delivery_per_subscriber(engine):
+def test_one_issue_per_number_one_firing_per_cron_time_and_one_delivery_per_subscriber(engine):
     now = utcnow()
     with session(engine) as db:
-        db.add(Issue(number=1, period_key="2026-W47", period_start=now, period_end=now, subject="s"))
+        db.add(Issue(number=1, period_start=now, period_end=now, subject="s"))
         db.commit()
-        db.add(Issue(number=2, period_key="2026-W47", period_start=now, period_end=now, subject="s"))
+        db.add(Issue(number=1, period_start=now, period_end=now, subject="s"))
+        with pytest.raises(IntegrityError):
+            db.commit()
+        db.rollback()
+        db.add(Firing(due_at=datetime(2026, 11, 23, 7, tzinfo=UTC), outcome=FiringOutcome.EMPTY))
+        db.commit()
+        db.add(Firing(due_at=datetime(2026, 11, 23, 7, tzinfo=UTC), outcome=FiringOutcome.MISSED))
         with pytest.raises(IntegrityError):
             db.commit()
         db.rollback()
@@ -234,3 +242,71 @@ def test_which_driver_errors_are_weather_a_full_disk_or_neither():
     assert isinstance(full, DatabaseFull) and "could not extend file" in str(full)
     assert database_fault(wrapped(psycopg.errors.UniqueViolation("duplicate key"), Integrity)) is None
     assert database_fault(ValueError("not a database error")) is None
+
+
+def test_the_firings_migration_keeps_issues_maps_each_period_to_its_firing_and_archives_old_issues_once(
+        config, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from newsletter.issues import prepare_issue
+    from newsletter.models import IssueCopy
+    from newsletter.status import collect_status, status_lines
+    from newsletter.web.app import create_app
+    from tests.conftest import ROOT, make_config
+    from tests.helpers import add_people, add_summaries
+
+    engine = make_engine(config.database_url)
+    with engine.begin() as connection:  # a database as the period-keyed release left it
+        alembic_config = _alembic_config()
+        alembic_config.attributes["connection"] = connection
+        command.upgrade(alembic_config, "0005_delivery_claim_index")
+        for statement in (
+            "insert into issue (id, number, period_key, period_start, period_end, subject, status, created_at, "
+            "sent_at) values (1, 1, '2026-W47', '2026-11-15 23:00:00', '2026-11-22 23:00:00', "
+            "'Research Weekly #1: Old paper', 'sent', '2026-11-23 07:00:00', '2026-11-23 07:01:00')",
+            "insert into summary (uid, title, tags, summary, key_points, ingested_at, updated_at, origin, issue_id, "
+            "excluded) values ('old', 'Old paper', '[]', 'What it found.', '[]', '2026-11-18 10:00:00', "
+            "'2026-11-18 10:00:00', 'test', 1, false)",
+            "insert into scheduled_period (period_key, outcome, due_at, recorded_at, issue_id, detail) values "
+            "('2026-W47', 'issued', '2026-11-23 07:00:00', '2026-11-23 07:00:01', 1, '2026-W47: prepared issue #1'),"
+            "('2026-W48', 'missed', '2026-11-30 07:00:00', '2026-12-03 07:00:00', null, '2026-W48: MISSED: its "
+            "issue was due at 2026-11-30T08:00+01:00 (Europe/Berlin), 72.0 h ago, beyond the 24 h grace period')",
+        ):
+            connection.execute(text(statement))
+    engine.dispose()
+
+    own = tmp_path / "own"
+    shutil.copytree(ROOT / "templates", own)
+    config = make_config(tmp_path, templates=str(own))
+    upgraded = open_database(config)
+    assert "scheduled_period" not in inspect(upgraded).get_table_names()
+    assert "period_key" not in {column["name"] for column in inspect(upgraded).get_columns("issue")}
+    with session(upgraded) as db:
+        (old,) = db.exec(select(Issue)).all()
+        firings = db.exec(select(Firing).order_by(col(Firing.due_at))).all()
+    assert (old.number, old.subject, old.status.value) == (1, "Research Weekly #1: Old paper", "sent")
+    assert [(f.due_at.replace(tzinfo=None), f.outcome, f.issue_id, f.detail) for f in firings] == [
+        (datetime(2026, 11, 23, 7), FiringOutcome.ISSUED, 1, "as period 2026-W47: its issue was prepared"),
+        (datetime(2026, 11, 30, 7), FiringOutcome.MISSED, None, "as period 2026-W48: the scheduler was not running"),
+    ]
+    lines = status_lines(collect_status(upgraded, config, now=datetime(2026, 12, 4, tzinfo=UTC)))
+    assert "firing at 2026-11-30T08:00+01:00 (Europe/Berlin): missed: as period 2026-W48: the scheduler was not " \
+        "running" in lines
+    assert "last issue: #1 (16–22 November 2026) \"Research Weekly #1: Old paper\": sent" in lines
+
+    archive = TestClient(create_app(config, upgraded))
+    first = archive.get("/archive/1")  # rendered now, once, from what the issue holds
+    assert first.status_code == 200 and "Old paper" in first.text and "16–22 November 2026" in first.text
+    header = own / "partials" / "header.mjml.j2"
+    header.write_text(header.read_text(encoding="utf-8").replace("Issue {{", "Edition {{"), encoding="utf-8")
+    assert TestClient(create_app(make_config(tmp_path, templates=str(own)), upgraded)).get("/archive/1").content \
+        == first.content
+    with session(upgraded) as db:
+        assert db.get(IssueCopy, 1) is not None
+
+    add_people(upgraded, "ada@example.org")
+    add_summaries(upgraded, 1)
+    prepared = prepare_issue(upgraded, config)
+    assert prepared.issue.number == 2  # numbering goes on
+    assert prepared.issue.period_start.replace(tzinfo=None) == datetime(2026, 11, 22, 23)  # since issue #1
+    upgraded.dispose()

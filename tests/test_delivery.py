@@ -11,17 +11,9 @@ from sqlmodel import col, select
 from newsletter.backends import SendResult, SendStatus, create_backend
 from newsletter.backends.file import FileBackend, FileOptions
 from newsletter.db import session
-from newsletter.delivery import (
-    LEASE,
-    _claim,
-    pause_issue,
-    send_issue,
-    send_unfinished,
-    work,
-    write_preview,
-)
-from newsletter.digest import prepare_issue
+from newsletter.delivery import LEASE, _claim, send_issue, send_unfinished, work
 from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.issues import pause_issue, prepare_issue, write_preview
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -51,7 +43,7 @@ def statuses(engine) -> dict[str, str]:
 def prepared(config, engine, *people: str) -> None:
     add_summaries(engine, 2)
     add_people(engine, *people)
-    prepare_issue(engine, config, now=NOW)
+    prepare_issue(engine, config)
 
 
 def test_file_backend_gets_one_message_per_subscriber_and_a_rerun_sends_nothing(config, engine):
@@ -65,7 +57,7 @@ def test_file_backend_gets_one_message_per_subscriber_and_a_rerun_sends_nothing(
         assert all(d.message_id and d.sent_at and d.attempts == 1 for d in db.exec(select(Delivery)))
     with pytest.raises(NewsletterError, match="already sent and no newer issue is prepared"):
         send_unfinished(engine, config, create_backend(config))
-    with pytest.raises(NewsletterError, match="issue #1 was sent already; `newsletter digest retry-failed 1`"):
+    with pytest.raises(NewsletterError, match=r"^issue #1 is sent; it cannot be sent again \(it went out; `newsletter digest retry-failed 1`"):
         send_issue(engine, config, create_backend(config), 1)
     assert len(list((config.base_dir / "outbox").glob("*.eml"))) == 3
 
@@ -159,7 +151,7 @@ def test_send_moves_on_to_a_newer_issue_while_an_older_one_waits_for_a_retry(con
     prepared(smtp, engine, "ok@example.org", "busy@example.org")
     send_unfinished(engine, smtp, create_backend(smtp), clock=lambda: NOW)
     add_summaries(engine, 1)
-    prepare_issue(engine, smtp, now=NOW + timedelta(days=7))
+    prepare_issue(engine, smtp)  # the next issue, from the summary that arrived since
     reports = send_unfinished(engine, smtp, create_backend(smtp), clock=lambda: NOW + timedelta(days=7, minutes=1))
     # Issue 1 tries its due retry again (still refused); issue 2 is not held up by it.
     assert [(r.issue.number, r.sent, r.retry) for r in reports] == [(1, 0, 1), (2, 1, 1)]
@@ -208,16 +200,18 @@ def test_the_issue_is_compiled_once_for_a_whole_send(config, engine, monkeypatch
     assert len(calls) == 1
 
 
-def test_render_previews_the_next_issue_once_summaries_wait_in_a_new_week(config, engine, tmp_path):
+def test_render_previews_the_next_issue_as_soon_as_a_summary_is_waiting(config, engine, tmp_path):
     prepared(config, engine, "a@example.org")
     send_issue(engine, config, create_backend(config), 1)
-    assert write_preview(engine, config, tmp_path / "p", now=NOW).description == "issue #1 (sent)"
+    shown = write_preview(engine, config, tmp_path / "p").description
+    assert shown.startswith("issue #1 (sent ") and shown.endswith(" 2026)")  # its state and date
     add_summaries(engine, 1)
-    files = write_preview(engine, config, tmp_path / "p", now=NOW + timedelta(days=7))
+    files = write_preview(engine, config, tmp_path / "p")  # the same day: what will go out next
     assert files.description == "draft of issue #2 (not prepared yet)"
     assert "Paper number 2" in files.html.read_text(encoding="utf-8")
+    assert "Paper number 0" not in files.html.read_text(encoding="utf-8")
     assert b"To: A <a@example.org>" in files.eml.read_bytes()
-    assert write_preview(engine, config, tmp_path / "p", 1, now=NOW + timedelta(days=7)).description == "issue #1 (sent)"
+    assert write_preview(engine, config, tmp_path / "p", 1).description == shown
 
 
 def test_render_with_nothing_prepared_or_waiting_says_to_ingest_first(config, engine, tmp_path):
@@ -235,7 +229,7 @@ def smtp_config(config, server, **options):
 
 
 def test_topics_select_sections_render_once_per_selection_and_skip_when_nothing_matches(config, engine, monkeypatch):
-    from newsletter import delivery
+    from newsletter import message as builder
 
     add_summaries(engine, 2, category="Neuroscience")
     add_summaries(engine, 1, category="Climate")
@@ -248,10 +242,10 @@ def test_topics_select_sections_render_once_per_selection_and_skip_when_nothing_
             person.topics = topics.get(person.email, [])
             db.add(person)
         db.commit()
-    prepare_issue(engine, config, now=NOW)
+    prepare_issue(engine, config)
     renders = []
-    original = delivery.render_issue
-    monkeypatch.setattr(delivery, "render_issue", lambda c, i, items: renders.append(len(items)) or original(c, i, items))
+    original = builder.render_issue
+    monkeypatch.setattr(builder, "render_issue", lambda c, i, items: renders.append(len(items)) or original(c, i, items))
 
     report = send_issue(engine, config, create_backend(config), 1, batch_size=2)
 
@@ -279,7 +273,7 @@ def test_a_hard_bounce_at_send_marks_the_subscriber_bounced_and_they_are_never_m
     with session(engine) as db:
         bad = db.exec(select(Subscriber).where(Subscriber.email == "bad@example.org")).one()
         assert bad.status is SubscriberStatus.BOUNCED
-    from newsletter.delivery import retry_failed
+    from newsletter.issues import retry_failed
 
     assert retry_failed(engine, 1)[1] == 1
     report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
@@ -318,9 +312,9 @@ def test_sending_pauses_itself_when_the_error_rate_passes_the_threshold(config, 
     assert report.issue.status is IssueStatus.PAUSED
     assert "75% of the last 4 messages failed (limit 50%)" in report.stopped
     assert report.sent == 1 and report.remaining == 9
-    with pytest.raises(NewsletterError, match="paused; run `newsletter digest resume 1`"):
+    with pytest.raises(NewsletterError, match=r"^issue #1 is paused; it cannot be sent \(`newsletter digest resume 1` lets it go on\)"):
         send_issue(engine, smtp, create_backend(smtp), 1)
-    from newsletter.delivery import issue_status, resume_issue
+    from newsletter.issues import issue_status, resume_issue
 
     status = issue_status(engine, 1)
     assert status.errors == [("451 4.7.1 Rate limited", 3)]
@@ -333,7 +327,7 @@ def test_sending_pauses_itself_when_the_error_rate_passes_the_threshold(config, 
 
 
 def test_cancel_skips_what_was_not_sent_and_pause_stops_a_running_sender(config, engine):
-    from newsletter.delivery import cancel_issue, pause_issue
+    from newsletter.issues import cancel_issue, pause_issue
 
     prepared(config, engine, *(f"p{n}@example.org" for n in range(6)))
 
@@ -416,7 +410,7 @@ def test_rows_of_an_owner_whose_pid_is_gone_but_not_proven_dead_wait_for_their_l
 
 
 def test_a_cancel_during_a_send_leaves_nothing_queued_or_sending(config, engine):
-    from newsletter.delivery import cancel_issue
+    from newsletter.issues import cancel_issue
 
     prepared(config, engine, *(f"p{n}@example.org" for n in range(6)))
 
@@ -605,3 +599,58 @@ def test_sending_pauses_itself_even_when_another_sender_paused_the_issue_first(c
     config = config.model_copy(update={"delivery": config.delivery.model_copy(update={"pause_window": 4})})
     report = send_issue(engine, config, Failing(FileOptions(), config=config), 1)
     assert report.stopped.startswith("paused: 100% of the last 4 messages failed")
+
+
+def test_a_poisoned_subscriber_in_the_middle_of_a_window_fails_alone_and_everyone_else_is_sent_once(
+    config, engine, smtp_server, tmp_path, monkeypatch
+):
+    """Windows of four over a real SMTP server with real DKIM signatures. One subscriber's message cannot be
+    signed (dkimpy refuses it: the one thing here that is made to fail) and one's cannot be built at all;
+    each fails alone with its reason, is not taken for a bounce, and every other subscriber is sent exactly
+    once, this run and the next."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "dkim.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    public = base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {
+        "host": smtp_server.host, "port": smtp_server.port, "security": "none", "connections": 4,
+        "dkim_selector": "s1", "dkim_private_key": str(tmp_path / "dkim.pem")}},
+        delivery={"in_flight_factor": 1})
+    real_sign = dkim.sign
+
+    def sign(message: bytes, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if b"poison@example.org" in message:
+            raise dkim.DKIMException("this message cannot be signed")
+        return real_sign(message, *args, **kwargs)
+
+    monkeypatch.setattr(dkim, "sign", sign)
+    people = ["p0@example.org", "p1@example.org", "poison@example.org", "p3@example.org",
+              "p4@example.org", "jörg@example.org", "p6@example.org", "p7@example.org"]
+    prepared(smtp, engine, *people)
+
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+
+    good = [p for p in people if p not in ("poison@example.org", "jörg@example.org")]
+    assert (report.sent, report.failed, report.bounced) == (6, 2, 0)
+    assert report.issue.status is IssueStatus.SENT
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == sorted(good)  # each exactly once
+    assert statuses(engine) == {p: "failed" if p not in good else "sent" for p in people}
+    with session(engine) as db:
+        errors = {s.email: d.last_error for d, s in db.exec(select(Delivery, Subscriber).join(Subscriber)).all()}
+        assert {s.email: s.status for s in db.exec(select(Subscriber))} == dict.fromkeys(people, SubscriberStatus.ACTIVE)
+    assert "could not be DKIM-signed" in errors["poison@example.org"]
+    assert "this message cannot be signed" in errors["poison@example.org"]
+    assert "cannot send to 'jörg@example.org'" in errors["jörg@example.org"]
+    dns = {b"s1._domainkey.example.org.": f"v=DKIM1; k=rsa; p={public}".encode()}
+    assert all(dkim.verify(m.data, dnsfunc=lambda name, timeout=5: dns.get(name)) for m in smtp_server.messages)
+
+    with pytest.raises(NewsletterError, match="it cannot be sent again"):
+        send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(days=3))
+    assert len(smtp_server.messages) == 6

@@ -16,8 +16,8 @@ from sqlmodel import select
 from newsletter.backends import create_backend
 from newsletter.db import session
 from newsletter.delivery import send_issue
-from newsletter.digest import prepare_issue
 from newsletter.errors import DeliveryError
+from newsletter.issues import prepare_issue
 from newsletter.models import Delivery, DeliveryStatus, IssueStatus, Subscriber
 from tests.conftest import _free_port, make_config
 from tests.helpers import add_people, add_summaries
@@ -77,7 +77,7 @@ def test_every_delivery_ends_consistent_with_what_a_faulty_server_recorded(confi
         delivery={"retry_schedule": ["1m"] * 6, "pause_error_rate": 1})
     add_summaries(engine, 1)
     add_people(engine, *people)
-    prepare_issue(engine, smtp, now=NOW)
+    prepare_issue(engine, smtp)
     try:
         for attempt in range(12):
             clock = NOW + timedelta(minutes=2 * attempt)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from newsletter.backends import create_backend
 from newsletter.delivery import send_issue
-from newsletter.digest import prepare_issue
 from newsletter.ingest import ingest_paths
+from newsletter.issues import prepare_issue
 from newsletter.resources import sample_summaries_dir
 from newsletter.subscribers import import_csv
 from tests.conftest import ROOT, make_config

@@ -26,7 +26,6 @@ def test_default_templates_render_the_samples_as_recorded(config, engine):
         items = list(db.exec(select(Summary).order_by(col(Summary.id))))
     issue = Issue(
         number=7,
-        period_key="2026-W47",
         period_start=datetime(2026, 11, 15, 23, tzinfo=UTC),  # Monday 16 November, 00:00 in Berlin
         period_end=datetime(2026, 11, 22, 23, tzinfo=UTC),
         subject="",

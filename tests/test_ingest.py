@@ -283,7 +283,6 @@ def test_a_summary_already_in_an_issue_stays_attached_when_updated(engine: Engin
     with session(engine) as db, db.begin():
         issue = Issue(
             number=1,
-            period_key="2026-W46",
             period_start=datetime(2026, 11, 9, tzinfo=UTC),
             period_end=datetime(2026, 11, 16, tzinfo=UTC),
             subject="Research Weekly #1",
@@ -496,17 +495,62 @@ def test_a_pydantic_error_from_a_reader_is_described_like_ours(
     assert only_message(ingest_paths(engine, [path])) == f"{path}: field 'title' is required"
 
 
-@pytest.mark.parametrize("error", [TypeError("a bug"), AttributeError("a bug"), ConfigError("bad config")])
-def test_bugs_and_config_errors_in_a_reader_are_not_swallowed(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (TypeError("a bug"), "the OnlyBad failed on it (TypeError: a bug)"),
+        (AttributeError("a bug"), "the OnlyBad failed on it (AttributeError: a bug)"),
+        (RecursionError(), "the OnlyBad failed on it (RecursionError)"),
+        (KeyError("x"), "the OnlyBad failed on it (KeyError: 'x')"),
+    ],
+)
+def test_any_other_failure_of_a_reader_rejects_its_file_and_the_rest_go_in(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, message: str
 ) -> None:
+    class OnlyBad(_Raising):
+        def read(self, path: Path) -> list[SummaryIn]:
+            return MarkdownReader().read(path) if path.name != "a-bad.md" else super().read(path)
+
     monkeypatch.setattr(_Raising, "error", error)
+    monkeypatch.setattr("newsletter.ingest.store.readers_by_extension", lambda: {".md": OnlyBad})
+    bad = write(tmp_path, "a-bad.md", PAPER_MD)
+    write(tmp_path, "b-good.md", PAPER_MD)
+
+    report = ingest_paths(engine, [tmp_path])
+
+    assert only_message(report).startswith(f"{bad}: {message}")
+    assert "\n" not in only_message(report) and report.added == 1
+
+
+def test_a_config_error_in_a_reader_is_not_swallowed(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_Raising, "error", ConfigError("bad config"))
     monkeypatch.setattr("newsletter.ingest.store.readers_by_extension", lambda: {".md": _Raising})
 
-    with pytest.raises(type(error)):
+    with pytest.raises(ConfigError):
         ingest_paths(engine, [write(tmp_path, "paper.md", PAPER_MD)])
 
 
+CONTROLS = {"NUL": "\x00", "ESC": "\x1b", "DEL": "\x7f", "C1": "\x9b", "U+FFFE": "\ufffe"}
+
+
+@pytest.mark.parametrize("control", CONTROLS.values(), ids=CONTROLS.keys())
+def test_a_control_character_in_front_matter_rejects_that_file_only(
+    tmp_path: Path, control: str
+) -> None:
+    from tests.test_cli import config_file, invoke
+
+    folder = tmp_path / "in"
+    poisoned = write(folder, "a-poisoned.md", PAPER_MD.replace("Journal of Sleep", f"Journal{control} of Sleep"))
+    for name in ("b-good.md", "c-good.md"):
+        write(folder, name, PAPER_MD.replace("paper-42", name))
+
+    result = invoke("ingest", folder, "--config", config_file(tmp_path))
+
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{poisoned}:3: the front matter holds the control character U+{ord(control):04X}" in result.output
+    assert "added 2, updated 0, unchanged 0, rejected 1" in result.output
 def test_a_file_that_is_not_utf8_is_rejected(engine: Engine, tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(json.dumps(item("Müller"), ensure_ascii=False).encode("latin-1"))
@@ -677,3 +721,17 @@ def test_json_items_with_only_a_body_get_the_same_extractive_summary(tmp_path: P
     [item] = read_file(path, readers_by_extension(), IngestSection())
     assert item.summary == LONG_TEXT.rsplit(" A follow-up", 1)[0]
     assert item.body == LONG_TEXT
+
+
+def test_without_the_html_extra_an_html_page_is_one_rejected_file_saying_what_to_install(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "trafilatura", None)  # as if the extra were not installed
+    (tmp_path / "page.html").write_text("<html><head><title>A study</title></head><body><p>It found.</p></body></html>")
+    (tmp_path / "note.md").write_text("---\ntitle: A note\nurl: https://example.org/note\n---\nWhat it says.\n")
+    report = ingest_paths(engine, [tmp_path])
+    assert report.added == 1
+    [rejected] = report.rejected
+    assert rejected.path == tmp_path / "page.html"
+    assert rejected.message.startswith(f"{tmp_path / 'page.html'}: ") and "\n" not in rejected.message
+    assert "pip install 'newsletter[html]'" in rejected.message

@@ -78,3 +78,49 @@ def test_a_name_already_processed_is_not_overwritten(engine, tmp_path) -> None:
 def test_without_an_inbox_nothing_happens(engine, tmp_path) -> None:
     result = process_inbox(engine, make_config(tmp_path), now=WRITTEN)
     assert (result.processed, result.rejected, result.waiting) == ([], [], [])
+
+
+GOOD_MD = "---\ntitle: {title}\nsource: Journal of Sleep\nsummary: It found things.\nuid: {title}\n---\n"
+
+
+def test_a_poisoned_file_is_rejected_once_and_the_good_files_after_it_go_in(engine, tmp_path) -> None:
+    config = make_config(tmp_path, ingest={"inbox": "inbox"})
+    inbox = tmp_path / "inbox"
+    drop(inbox, "a-poisoned.md", GOOD_MD.format(title="Poisoned").replace("Journal of", "Journal\x00 of").encode())
+    drop(inbox, "b-good.md", GOOD_MD.format(title="Good one").encode())
+    drop(inbox, "c-good.md", GOOD_MD.format(title="Good two").encode())
+
+    first = process_inbox(engine, config, now=WRITTEN + timedelta(minutes=1))
+
+    assert [p.name for p in first.rejected] == ["a-poisoned.md"]
+    assert [p.name for p in first.processed] == ["b-good.md", "c-good.md"]
+    reason = (inbox / "rejected" / "a-poisoned.md.error.txt").read_text(encoding="utf-8")
+    assert reason.startswith(f"{inbox / 'a-poisoned.md'}:3: the front matter holds the control character U+0000")
+    assert titles(engine) == ["Good one", "Good two"]
+    # Nothing is left to try again: the next pass finds an empty inbox.
+    again = process_inbox(engine, config, now=WRITTEN + timedelta(minutes=3))
+    assert (again.processed, again.rejected, again.waiting) == ([], [], [])
+    assert sorted(p.name for p in (inbox / "rejected").iterdir()) == ["a-poisoned.md", "a-poisoned.md.error.txt"]
+
+
+def test_a_reader_that_fails_in_any_way_rejects_the_file_and_the_inbox_goes_on(engine, tmp_path, monkeypatch) -> None:
+    from newsletter.ingest.jsonfile import JsonReader
+
+    original = JsonReader.read
+
+    def read(self, path):
+        if path.name.startswith("a-"):
+            raise RuntimeError("the parser fell over")
+        return original(self, path)
+
+    monkeypatch.setattr(JsonReader, "read", read)
+    config = make_config(tmp_path, ingest={"inbox": "inbox"})
+    inbox = tmp_path / "inbox"
+    drop(inbox, "a-crash.json", b'{"title": "Crash", "summary": "S."}')
+    drop(inbox, "b-fine.json", b'{"title": "Fine", "summary": "S."}')
+
+    result = process_inbox(engine, config, now=WRITTEN + timedelta(minutes=1))
+
+    assert ([p.name for p in result.rejected], [p.name for p in result.processed]) == (["a-crash.json"], ["b-fine.json"])
+    assert "RuntimeError: the parser fell over" in (inbox / "rejected" / "a-crash.json.error.txt").read_text()
+    assert titles(engine) == ["Fine"]

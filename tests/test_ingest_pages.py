@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,9 +109,10 @@ def test_without_a_summary_section_the_first_paragraph_is_the_summary() -> None:
     assert item.key_points[0] == "Each 10 µm of thinning raised the risk of decline by 14%."  # "*" bullets
 
 
-def test_a_blog_without_findings_lists_its_own_headings_and_drops_its_faq() -> None:
+def test_a_blog_without_findings_has_no_key_findings_keeps_its_headings_and_drops_its_faq() -> None:
     item = read(PAGES / "04-blog-with-faq.txt")
-    assert item.key_points == ["What happens after a big lunch", "Fibre changes the curve", "Small swaps that help"]
+    assert item.key_points == []  # its headings are not findings: they stay in the body, with their text
+    assert "What happens after a big lunch\n\nBlood glucose rises" in item.body
     assert item.published_at == datetime(2026, 3, 2, tzinfo=UTC)  # "March 2, 2026 · 6 min read"
     assert item.source is None and item.category is None
     assert item.body.endswith("• Take a ten-minute walk after eating.")
@@ -330,3 +333,270 @@ def test_header_and_tail_shapes(text: str, expected: dict) -> None:
     data = parse_page(text, where="p.txt", summary_length=400)
     assert {key: data.get(key) for key in expected} == expected
     assert data.get("title") != "March 2, 2026"
+
+
+# --- the generator oracle: pages written from independently varied parts ----------------------------
+#
+# Each page is put together from parts chosen independently (labels line, subtitle, date format and its
+# view count or reading time, source line, image line, blank lines, line endings, headings, the summary
+# with or without its closing full stop, a long sentence-case heading under the header, the article going
+# on after the summary or not, a source line after the text, tail), the way real summary sites differ.
+# Every field put in must come out, no header line may land in the summary, the body or the key findings,
+# and every line of text must stay in the text.
+
+CATEGORIES = ["Longevity & Aging", "Neuroscience", "Environmental Science", "Nutrition", "Health & Fitness"]
+TYPES = ["Research Paper", "Systematic Review", "Meta-Analysis", "Clinical Trial", "News", "Review"]
+ACCESS = [("Paywall", True), ("Open Access", False), ("Free", False), (None, None)]
+TITLES = [
+    "Senolytic cocktail restores muscle repair in aged mice",
+    "Sleep spindles and memory in older adults: what two decades of studies show",
+    "Oat fibre before breakfast blunts glucose spikes in type 2 diabetes",
+    "Rewetted peatlands cut emissions faster than expected",
+]
+SUBTITLES = [
+    (None, None),
+    ("bare", "A two-drug regimen cleared senescent cells and revived muscle stem cells"),
+    ("sentence", "A two-drug regimen cleared senescent cells and revived muscle stem cells."),
+    ("sentence", "Older adults who slept with denser spindles remembered more word pairs the next morning."),
+]
+DATE = datetime(2026, 3, 3, tzinfo=UTC)
+DATE_FORMATS = [
+    "Tuesday, March 3, 2026", "March 3, 2026", "Mar 3, 2026", "3 March 2026", "3rd March 2026",
+    "2026-03-03", "Tue, 3 Mar 2026", "Mar. 3, 2026",
+]
+DATE_TAILS = ["", " · 1,204 views", " 12 views", " · 6 min read", " | 3.4K views · 6 min read", " • 890 views"]
+SOURCES = ["Published in {}", "Published in: {}", "Source: {}", "Journal: {}"]
+JOURNALS = ["Nature Aging", "Sleep Medicine Reviews", "Global Change Biology", "Estuarine, Coastal and Shelf Science"]
+IMAGES = [
+    (None, "{}"), ("prefix", "Image: {}"), ("prefix", "Image description: {}"), ("prefix", "Photo: {}"),
+    ("bare", "{}"),
+]
+ALTS = [
+    "Cross-section of regenerating mouse muscle fibres stained in green and magenta",
+    "Diver above an eelgrass meadow near Helsingør, Denmark, with the coast in the background",
+    "A continuous glucose monitor on the upper arm of a trial participant at breakfast",
+]
+SUMMARIES = [
+    "Old mice given dasatinib plus quercetin for three weeks repaired injured leg muscle almost as well as "
+    "young mice. Clearing senescent cells appears to let stem cells divide again.",
+    "A two-drug regimen given for three weeks revived the muscle stem cells of old mice and let injured "
+    "fibres regrow.",
+]
+LEAD_HEADINGS = [  # sentence-case headings of 8+ words: not image descriptions
+    None, "Why this matters for people with type 2 diabetes today",
+    "What the new results mean for older adults with weak muscles",
+]
+FINDINGS = ["Regenerating fibres were 38% larger in treated old mice.", "p16-positive cells fell by 52%.",
+            "Grip strength recovered to 91% of the young baseline."]
+TAILS = [
+    [],
+    ["Enjoyed this summary? Get the best new research in your inbox every week.", "Subscribe"],
+    ["FAQ", "Is this a real study?", "Yes, published in a peer-reviewed journal.",
+     "Reach out to us today for a research briefing."],
+    ["Contact us: +44 20 7946 0958", "© 2026 Example Digest"],
+]
+
+
+@dataclass
+class GeneratedPage:
+    text: str
+    expected: dict
+    header_text: list[str]  # what must not appear in summary, body or key points
+    kept: list[str]  # what must appear in the summary or the body
+    parts: dict
+
+
+def generate_page(rng: random.Random) -> GeneratedPage:
+    parts = {
+        "labels": rng.choice(["none", "run-together", "separated"]),
+        "category": rng.choice(CATEGORIES), "type": rng.choice(TYPES), "access": rng.choice(ACCESS),
+        "title": rng.choice(TITLES), "subtitle": rng.choice(SUBTITLES),
+        "date": rng.choice([None, *DATE_FORMATS]), "date_tail": rng.choice(DATE_TAILS),
+        "source": rng.choice([None, *SOURCES]), "journal": rng.choice(JOURNALS),
+        "image": rng.choice(IMAGES), "alt": rng.choice(ALTS),
+        "blank_between_header_lines": rng.random() < 0.5, "crlf": rng.random() < 0.5,
+        "colons": rng.random() < 0.5, "summary_heading": rng.random() < 0.7, "findings": rng.random() < 0.7,
+        "source_first": rng.random() < 0.3, "tail": rng.choice(TAILS),
+        "summary": rng.choice(SUMMARIES), "summary_stop": rng.random() < 0.5,
+        "lead_heading": rng.choice(LEAD_HEADINGS), "lead_heading_gap": rng.random() < 0.5,
+        "goes_on": rng.random() < 0.6, "source_at_end": rng.random() < 0.2,
+    }
+    expected: dict = {"title": parts["title"]}
+    header_text: list[str] = []
+    kept: list[str] = []  # lines of text that must stay in the summary or the body
+    lines: list[str] = []
+    access_label, paywalled = parts["access"]
+    if parts["labels"] != "none":
+        labels = [parts["category"], parts["type"], *([access_label] if access_label else [])]
+        lines.append(("" if parts["labels"] == "run-together" else " · ").join(labels))
+        expected.update(category=parts["category"], article_type=parts["type"])
+        if paywalled is not None:
+            expected["paywalled"] = paywalled
+    header = [parts["title"]]
+    kind, subtitle = parts["subtitle"]
+    image_kind, image_format = parts["image"]
+    source_in_header = parts["source"] and not parts["source_at_end"]
+    if image_kind == "bare" and not (parts["date"] or source_in_header):
+        image_kind = None  # a bare description is only told from the text after a date or source line
+    if subtitle and (parts["date"] or source_in_header or image_kind):  # a subtitle is only told from the text by what follows it
+        header.append(subtitle)
+        expected["subtitle"] = subtitle
+        header_text.append(subtitle)
+    dated = [f"{parts['date']}{parts['date_tail']}"] if parts["date"] else []
+    sourced = [parts["source"].format(parts["journal"])] if source_in_header else []
+    header += (sourced + dated) if parts["source_first"] else (dated + sourced)
+    if parts["date"]:
+        expected["published_at"] = DATE
+        header_text.append(dated[0])
+    if source_in_header:
+        expected["source"] = parts["journal"]
+        header_text.append(sourced[0])
+    if parts["blank_between_header_lines"]:
+        header = [line for pair in zip(header, [""] * len(header), strict=True) for line in pair][:-1]
+    if image_kind:  # a bare description is only told from the text by the header line right above it
+        header += [image_format.format(parts["alt"])] if image_kind == "bare" or not parts[
+            "blank_between_header_lines"] else ["", image_format.format(parts["alt"])]
+        expected["image_alt"] = parts["alt"]
+        header_text.append(parts["alt"])
+    lines += header + [""]
+    colon = ":" if parts["colons"] else ""
+    if parts["lead_heading"]:  # a heading of the text right under the header, its text below it
+        lines += [parts["lead_heading"], *([""] if parts["lead_heading_gap"] else [])]
+        kept.append(parts["lead_heading"])
+    summary = parts["summary"] if parts["summary_stop"] else parts["summary"].rstrip(".")
+    if parts["summary_heading"]:
+        lines += [f"Summary{colon}", summary, ""]
+    else:
+        lines += [summary, ""]
+    expected["summary"] = summary
+    if parts["findings"]:
+        lines += [f"Key Findings{colon}", *(f"• {finding}" for finding in FINDINGS), ""]
+        expected["key_points"] = FINDINGS
+    else:
+        expected["key_points"] = []
+    if parts["goes_on"]:
+        lines += [f"How the Drug Acts on the Brain{colon}", "The drugs cleared p16-positive cells from the niche.", ""]
+        kept.append("The drugs cleared p16-positive cells from the niche.")
+    if parts["source"] and parts["source_at_end"]:  # after the text it is text, never read as the source
+        lines += [parts["source"].format(parts["journal"]), ""]
+        kept.append(parts["source"].format(parts["journal"]))
+        if parts["summary_heading"] and not (parts["findings"] or parts["goes_on"]):
+            expected["summary"] += "\n\n" + kept[-1]  # the last paragraph of the Summary section
+    lines += parts["tail"]
+    newline = "\r\n" if parts["crlf"] else "\n"
+    return GeneratedPage(newline.join(lines) + newline, expected, header_text, kept, parts)
+
+
+def test_generated_pages_give_back_every_header_field_and_nothing_of_the_header_in_the_text() -> None:
+    rng = random.Random(20260303)
+    pages = [generate_page(rng) for _ in range(600)]
+    failures = []
+    for number, page in enumerate(pages):
+        try:
+            data = parse_page(page.text, where=f"page{number}.txt", summary_length=400)
+        except IngestError as exc:
+            failures.append(f"{number}: {exc}\n{page.text}")
+            continue
+        got = {key: data.get(key, [] if key == "key_points" else None) for key in page.expected}
+        unexpected = {key: data[key] for key in ("subtitle", "image_alt", "category", "article_type", "paywalled",
+                                                  "source", "published_at") if key in data and key not in page.expected}
+        text = "\n".join([data.get("summary", ""), data.get("body", "") or "", *data.get("key_points", [])])
+        lost = [line for line in page.kept if line not in text]
+        for line in page.kept:
+            text = text.replace(line, "")
+        leaked = [part for part in page.header_text if part in text]
+        leaked += [word for word in ("views", "min read", "Published in", "Source:", "Image:", "Photo:") if word in text]
+        tail = [line for line in page.parts["tail"] if line in text]
+        if got != page.expected or unexpected or leaked or tail or lost:
+            failures.append(
+                f"{number}: {page.parts}\n  wrong: {[(k, got[k], v) for k, v in page.expected.items() if got[k] != v]}"
+                f"\n  unexpected: {unexpected}\n  leaked: {leaked}\n  tail kept: {tail}\n  lost: {lost}\n{page.text}"
+            )
+    assert not failures, f"{len(failures)} of {len(pages)} pages read wrong; the first:\n" + "\n".join(failures[:3])
+
+
+def test_the_page_generator_varies_every_part_independently() -> None:
+    rng = random.Random(20260303)
+    parts = [generate_page(rng).parts for _ in range(600)]
+    combinations = {tuple(sorted((k, str(v)) for k, v in p.items())) for p in parts}
+    assert len(combinations) >= 500
+    for key, options in {
+        "labels": {"none", "run-together", "separated"}, "date": {None, *DATE_FORMATS}, "date_tail": set(DATE_TAILS),
+        "source": {None, *SOURCES}, "image": set(IMAGES), "subtitle": set(SUBTITLES), "crlf": {True, False},
+        "blank_between_header_lines": {True, False}, "colons": {True, False}, "tail": {tuple(t) for t in TAILS},
+        "summary": set(SUMMARIES), "summary_stop": {True, False}, "lead_heading": set(LEAD_HEADINGS),
+        "lead_heading_gap": {True, False}, "goes_on": {True, False}, "source_at_end": {True, False},
+    }.items():
+        seen = {tuple(p[key]) if isinstance(p[key], list) else p[key] for p in parts}
+        assert seen == options, key
+
+
+def test_the_header_shapes_of_real_pages_that_used_to_be_lost() -> None:
+    # A subtitle that is a whole sentence, date, source and image lines with no blank line between them,
+    # an image description without "Image:", and a view count with no separator after the date.
+    item = read(PAGES / "12-sentence-subtitle-bare-image.txt")
+    assert item.subtitle.endswith("not on the drug's other targets.")
+    assert (item.published_at, item.source) == (datetime(2026, 3, 3, tzinfo=UTC), "Molecular Psychiatry")
+    assert item.image_alt == "Fluorescence image of prefrontal neurons with GluN2B receptors labelled in red"
+    assert item.summary.startswith("Mice lacking the GluN2B subunit") and "views" not in item.body
+    assert item.key_points == [] and item.body.startswith("How the Drug Acts on the Brain\n\nKetamine blocks")
+
+
+def test_an_article_without_a_findings_section_has_no_key_findings() -> None:
+    data = parse_page(
+        "Why the new drug works\nMarch 3, 2026\n\nA sentence of summary text.\n\n"
+        "How the Drug Acts on the Brain\nIt binds to a receptor.\n\nWhat Comes Next\nLarger trials.\n",
+        where="p.txt", summary_length=400,
+    )
+    assert "key_points" not in data
+    assert data["body"] == "How the Drug Acts on the Brain\n\nIt binds to a receptor.\n\nWhat Comes Next\n\nLarger trials."
+
+
+# --- lines that only look like a subtitle or an image description -------------------------------------
+
+
+def test_the_only_paragraph_before_a_source_line_is_the_summary_not_a_subtitle() -> None:
+    data = parse_page("A title\n\nOne paragraph of text.\n\nSource: Nature Aging\n", where="p.txt", summary_length=400)
+    assert data["summary"] == "One paragraph of text." and "subtitle" not in data
+    assert data["body"] == "Source: Nature Aging"  # after the text, the line is text: nothing is lost
+
+
+def test_a_paragraph_that_follows_a_header_line_is_still_a_subtitle_when_the_text_goes_on() -> None:
+    data = parse_page("A title\n\nA phrase under the title.\n\nMarch 3, 2026\n\nThe text of the page.\n",
+                      where="p.txt", summary_length=400)
+    assert (data["subtitle"], data["summary"]) == ("A phrase under the title.", "The text of the page.")
+
+
+NO_STOP = "Old mice given the two drugs for three weeks revived the stem cells in their muscle for weeks"
+
+
+@pytest.mark.parametrize("after", ["", "\n\nA second paragraph of text.\n"], ids=["only-paragraph", "text-goes-on"])
+def test_a_summary_without_a_closing_full_stop_after_the_date_is_the_summary(after: str) -> None:
+    data = parse_page(f"A title\nMarch 3, 2026\n\n{NO_STOP}{after}", where="p.txt", summary_length=400)
+    assert data["summary"] == NO_STOP and "image_alt" not in data
+
+
+def test_a_lone_line_right_under_the_date_is_the_text_when_it_is_the_only_paragraph() -> None:
+    data = parse_page(f"A title\nMarch 3, 2026\n{NO_STOP}\n", where="p.txt", summary_length=400)
+    assert data["summary"] == NO_STOP and "image_alt" not in data
+
+
+def test_a_summary_of_sentences_without_the_last_full_stop_is_never_an_image_description() -> None:
+    text = "The drugs cleared old cells. Stem cells then divided again in the muscle of old mice"
+    data = parse_page(f"A title\nMarch 3, 2026\n{text}\n\nMore text here.\n", where="p.txt", summary_length=400)
+    assert data["summary"] == text and "image_alt" not in data
+
+
+def test_a_long_sentence_case_heading_after_the_date_stays_a_heading_in_the_body() -> None:
+    heading = "Why this matters for people with type 2 diabetes today"
+    data = parse_page(f"A title\nMarch 3, 2026\n\n{heading}\n\nIt changes the advice they get.\n\nMore text.\n",
+                      where="p.txt", summary_length=400)
+    assert "image_alt" not in data
+    assert heading in data["body"]
+
+
+def test_a_paragraph_after_the_key_findings_bullets_stays_in_the_body() -> None:
+    data = parse_page("A title\n\nThe summary of the page.\n\nKey Findings\n• One finding.\n• Another.\n\n"
+                      "A closing paragraph after the list.\n", where="p.txt", summary_length=400)
+    assert data["key_points"] == ["One finding.", "Another."]
+    assert data["body"] == "A closing paragraph after the list."

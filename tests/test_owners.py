@@ -8,7 +8,6 @@ test_workers.py.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ from sqlalchemy import make_url
 
 from newsletter.owners import HOST, Owner, boot_id, dead, forget, runtime_folder
 from tests.conftest import ROOT
+from tests.tools import missing, require
 
 pytestmark = pytest.mark.skipif(boot_id() is None, reason="needs Linux's /proc/sys/kernel/random/boot_id")
 
@@ -61,11 +61,11 @@ def test_an_owner_is_alive_while_its_process_runs_and_proven_dead_once_killed(tm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) for a PID namespace")
 def test_a_live_owner_in_another_pid_namespace_is_not_taken_for_dead(tmp_path):
+    require("unshare", "needs unshare(1) (util-linux) for a PID namespace")
     probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
     if probe.returncode:
-        pytest.skip(f"cannot create a PID namespace here: {probe.stderr.decode().strip()}")
+        missing(f"cannot create a PID namespace here (needs root): {probe.stderr.decode().strip()}")
     process, name = holder(tmp_path, "unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
     try:
         pid = int(name.split(":")[1])  # its pid in its own namespace: 1, which here is init

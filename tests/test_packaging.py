@@ -24,6 +24,8 @@ def test_wheel_ships_templates_and_samples_and_its_demo_runs_anywhere(tmp_path: 
         "newsletter/templates/subject.txt.j2",
         "newsletter/samples/subscribers.csv",
         "newsletter/migrations/versions/0001_initial_schema.py",
+        "newsletter/web/templates/base.html",
+        "newsletter/web/static/site.css",  # read when the web app is built: `newsletter serve` needs it
     } <= names
     assert any(name.startswith("newsletter/samples/summaries/") for name in names)
 

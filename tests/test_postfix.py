@@ -23,17 +23,17 @@ from newsletter.backends import create_backend
 from newsletter.bounces import process_bounces
 from newsletter.db import session
 from newsletter.delivery import send_issue
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
 from tests.conftest import _free_port, make_config
 from tests.helpers import add_people, add_summaries
+from tests.tools import missing
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("postfix") is None or not Path("/usr/lib/postfix/sbin/master").exists(),
-                       reason="Debian's postfix is not installed (apt-get install postfix)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="Postfix's master daemon must be started as root"),
-]
+pytestmark = pytest.mark.slow
+if shutil.which("postfix") is None or not Path("/usr/lib/postfix/sbin/master").exists():
+    missing("Debian's postfix is not installed (apt-get install postfix)", module=True)
+if os.geteuid() != 0:
+    missing("Postfix's master daemon must be started as root", module=True)
 
 MASTER_CF = """\
 127.0.0.1:{port} inet n - n - - smtpd

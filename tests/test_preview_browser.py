@@ -1,5 +1,6 @@
 """The preview in a real browser (Playwright driving Debian's Chromium): phone and desktop widths, every
-title visible, live reload after a template edit, and body text contrast in light and dark mode."""
+title visible, live reload after a template edit, and body text contrast in light and dark mode, all under
+the preview's Content-Security-Policy (which Chromium enforces); another site framing it gets nothing."""
 
 from __future__ import annotations
 
@@ -14,13 +15,20 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from newsletter.backends import create_backend
+from newsletter.config import load_config
+from newsletter.delivery import send_unfinished
+from newsletter.issues import prepare_issue
 from newsletter.web.preview import create_preview_app
+from tests.helpers import add_people, add_summaries
 from tests.preview_support import Project, make_project
+from tests.tools import missing
+from tests.web_support import REFUSED, frame_from_another_site
 
 CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+    missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)", module=True)
 
 TITLES = [f"Paper number {n}" for n in range(3)]
 
@@ -118,7 +126,10 @@ def test_no_horizontal_scroll_and_every_title_visible(
 
 def test_editing_a_template_updates_the_page_without_a_reload_click(browser, server: str, project: Project) -> None:
     page = browser.new_page(viewport={"width": 1000, "height": 900})
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     page.goto(server)
+    sync_api.expect(page.get_by_role("button", name="Send test")).to_have_css("background-color", "rgb(15, 107, 102)")
     frame = page.frame_locator("#email")
     sync_api.expect(frame.get_by_text("3 summaries in this issue")).to_be_visible()
     page.wait_for_function("document.documentElement.dataset.live === 'yes'")  # listening for changes
@@ -126,7 +137,18 @@ def test_editing_a_template_updates_the_page_without_a_reload_click(browser, ser
     project.edit("partials/header.mjml.j2", "in this issue", "in this issue, fresh from the editor")
     sync_api.expect(frame.get_by_text("3 summaries in this issue, fresh from the editor")).to_be_visible(timeout=5000)
     print(f"template edit visible in the page after {time.monotonic() - start:.2f} s")
+    page.get_by_role("link", name="Plain text").click()
+    sync_api.expect(page.locator("#text")).to_have_css("width", "600px")  # widths by class, not style attributes
+    page.get_by_label("Send a test to").fill("editor@example.org")
+    page.get_by_role("button", name="Send test").click()
+    sync_api.expect(page.get_by_role("status")).to_contain_text("sent a test of draft of issue #1")
+    assert [line for line in console if "Content Security Policy" in line] == []
     page.close()
+
+
+def test_another_site_cannot_frame_the_preview(browser, server: str) -> None:
+    urls = [f"{server}/", f"{server}/email?issue=next"]
+    assert frame_from_another_site(browser, urls) == [REFUSED, REFUSED, "<other site>/own"]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -139,4 +161,23 @@ def test_body_text_contrast_is_at_least_4_5_to_1(browser, server: str, scheme: s
     assert low == [], low
     dark_body = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert (dark_body == "rgb(11, 15, 20)") == (scheme == "dark")
+    page.close()
+
+
+def test_after_an_issue_went_out_a_new_summary_is_what_the_preview_shows_first(
+    browser, server: str, project: Project
+) -> None:
+    config = load_config(project.config_file)
+    add_people(project.engine, "ada@example.org")
+    prepare_issue(project.engine, config)
+    send_unfinished(project.engine, config, create_backend(config))  # issue #1, with papers 0-2, went out
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(server)
+    sync_api.expect(page.locator("#description")).to_contain_text("issue #1 (sent ")
+    page.wait_for_function("document.documentElement.dataset.live === 'yes'")
+    add_summaries(project.engine, 1)  # "Paper number 3" arrives: the page moves to it by itself
+    sync_api.expect(page.locator("#description")).to_contain_text("draft of issue #2 (not prepared yet)")
+    frame = page.frame_locator("#email")
+    sync_api.expect(frame.locator(".nl-title a", has_text="Paper number 3")).to_be_visible()
+    sync_api.expect(frame.locator(".nl-title a", has_text="Paper number 0")).to_have_count(0)
     page.close()

@@ -1,5 +1,6 @@
-"""The scheduler: one issue per period whatever happens (second scheduler, restart mid-send, downtime),
-catch-up within the grace period, local time across DST, empty periods, the lease, failing jobs."""
+"""The scheduler: one issue per firing whatever happens (second scheduler, restart mid-send, downtime, an
+editor preparing at the same moment), catch-up within the grace period, local time across DST, firings
+with nothing waiting, the quiet note, the lease, failing jobs."""
 
 import threading
 from datetime import UTC, datetime, timedelta
@@ -10,16 +11,17 @@ from sqlmodel import col, select
 
 from newsletter.backends.file import FileBackend, FileOptions
 from newsletter.db import session
-from newsletter.digest import issue_items, prepare_issue
 from newsletter.errors import NewsletterError
+from newsletter.firings import digest_trigger, last_run_time, next_run_time
+from newsletter.issues import issue_items, prepare_issue
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
+    Firing,
+    FiringOutcome,
     Issue,
     IssueStatus,
     JobFailure,
-    PeriodOutcome,
-    ScheduledPeriod,
     Summary,
     utcnow,
 )
@@ -27,9 +29,6 @@ from newsletter.schedule import (
     Job,
     acquire_lease,
     build_jobs,
-    digest_trigger,
-    last_run_time,
-    next_run_time,
     release_lease,
     run_if_due,
     run_job,
@@ -39,9 +38,9 @@ from tests.conftest import ROOT, make_config
 from tests.helpers import BERLIN, add_people, add_summaries
 
 # The default schedule in the tests: Mondays 08:00 in Europe/Berlin. Monday 23 November 2026 08:00 CET is
-# 07:00 UTC, and the week that just ended then is 2026-W47 (Monday 16 to Sunday 22 November).
+# 07:00 UTC; the firing before it was Monday 16 November 08:00.
 MONDAY_0800 = datetime(2026, 11, 23, 8, tzinfo=BERLIN)
-IN_W47 = datetime(2026, 11, 18, 12, tzinfo=UTC)
+IN_W47 = datetime(2026, 11, 18, 12, tzinfo=UTC)  # the Wednesday between the two
 
 
 def issues(engine) -> list[Issue]:
@@ -54,9 +53,11 @@ def deliveries(engine) -> list[tuple[DeliveryStatus, int]]:
         return [(d.status, d.attempts) for d in db.exec(select(Delivery).order_by(col(Delivery.id)))]
 
 
-def period_outcomes(engine) -> dict[str, PeriodOutcome]:
+def firing_outcomes(engine) -> dict[str, FiringOutcome]:
+    """Each recorded firing as its local time (``11-23 08:00``) and outcome."""
     with session(engine) as db:
-        return {p.period_key: p.outcome for p in db.exec(select(ScheduledPeriod))}
+        return {f.due_at.replace(tzinfo=UTC).astimezone(BERLIN).strftime("%m-%d %H:%M"): f.outcome
+                for f in db.exec(select(Firing).order_by(col(Firing.due_at)))}
 
 
 def fires(config, start: datetime, end: datetime) -> list[datetime]:
@@ -85,9 +86,9 @@ def test_a_send_time_that_does_not_exist_that_day_fires_once(tmp_path):
     # 29 March 2026: Berlin's clocks jump from 02:00 to 03:00, so 02:30 does not exist.
     config = make_config(tmp_path, schedule={"cron": "30 2 * * *", "timezone": "Europe/Berlin", "cadence": "daily"})
     day = fires(config, datetime(2026, 3, 29, tzinfo=BERLIN), datetime(2026, 3, 30, tzinfo=BERLIN))
-    assert [f.astimezone(UTC) for f in day] == [datetime(2026, 3, 29, 1, 30, tzinfo=UTC)]  # 03:30 CEST
-    local_hours = [f.astimezone(UTC).astimezone(BERLIN).hour for f in fires(config, *around(2026, 3, 29))]
-    assert local_hours == [2, 3, 2]  # one firing per day, the missing 02:30 an hour later on the wall clock
+    assert [f.astimezone(UTC) for f in day] == [datetime(2026, 3, 29, 1, 0, tzinfo=UTC)]  # 03:00 CEST
+    local_times = [f.astimezone(UTC).astimezone(BERLIN).strftime("%H:%M") for f in fires(config, *around(2026, 3, 29))]
+    assert local_times == ["02:30", "03:00", "02:30"]  # once a day; as Debian's cron, the missing 02:30 right after the gap
 
 
 def test_a_send_time_that_exists_twice_that_day_fires_once(tmp_path):
@@ -106,40 +107,43 @@ def around(year: int, month: int, day: int) -> tuple[datetime, datetime]:
     return datetime(year, month, day - 1, tzinfo=BERLIN), datetime(year, month, day + 2, tzinfo=BERLIN)
 
 
-def test_the_monday_send_covers_the_week_that_just_ended_by_ingest_time(config, engine):
+def test_a_firing_takes_every_summary_waiting_at_its_time_and_a_later_one_waits_for_the_next(config, engine):
     add_people(engine, "a@example.org")
-    sunday_night = datetime(2026, 11, 22, 23, 59, tzinfo=BERLIN)
-    monday_early = datetime(2026, 11, 23, 0, 1, tzinfo=BERLIN)  # already the new week
-    add_summaries(engine, 1, at=sunday_night.astimezone(UTC))
-    add_summaries(engine, 1, at=monday_early.astimezone(UTC))
+    add_summaries(engine, 1, at=datetime(2026, 11, 22, 23, 59, tzinfo=BERLIN).astimezone(UTC))
+    add_summaries(engine, 1, at=(MONDAY_0800 - timedelta(minutes=1)).astimezone(UTC))
+    add_summaries(engine, 1, at=(MONDAY_0800 + timedelta(minutes=1)).astimezone(UTC))  # after the firing
 
-    result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(minutes=30)).astimezone(UTC))
 
-    assert result.period.key == "2026-W47" and result.outcome is PeriodOutcome.ISSUED
+    assert result.due_at == MONDAY_0800.astimezone(UTC) and result.outcome is FiringOutcome.ISSUED
     (issue,) = issues(engine)
-    assert issue.period_key == "2026-W47"
-    assert issue.period_start.date().isoformat() == "2026-11-15"  # Monday 00:00 CET is Sunday 23:00 UTC
+    assert issue.period_end.replace(tzinfo=UTC) == MONDAY_0800.astimezone(UTC)
     with session(engine) as db:
-        assert [s.title for s in issue_items(db, issue)] == ["Paper number 0"]
+        assert [s.title for s in issue_items(db, issue)] == ["Paper number 0", "Paper number 1"]
     assert deliveries(engine) == [(DeliveryStatus.SENT, 1)]
-    # The Monday-morning summary is the first item of next week's issue, not lost.
+    # The 08:01 summary is the first item of the next firing's issue, not lost.
     run_if_due(engine, config, now=(MONDAY_0800 + timedelta(days=7)).astimezone(UTC))
     with session(engine) as db:
         second = issues(engine)[1]
-        assert (second.period_key, [s.title for s in issue_items(db, second)]) == ("2026-W48", ["Paper number 1"])
+        assert [s.title for s in issue_items(db, second)] == ["Paper number 2"]
+        assert second.period_start.replace(tzinfo=UTC) == MONDAY_0800.astimezone(UTC)
+    assert firing_outcomes(engine) == {"11-23 08:00": FiringOutcome.ISSUED, "11-30 08:00": FiringOutcome.ISSUED}
 
 
-def test_daily_and_monthly_cadences_key_issues_by_day_and_month(tmp_path, monkeypatch, engine):
+def test_each_firing_of_a_monthly_or_daily_cron_is_done_once(tmp_path, monkeypatch, engine):
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
     add_people(engine, "a@example.org")
     add_summaries(engine, 1, at=datetime(2026, 10, 31, 12, tzinfo=UTC))
     monthly = make_config(tmp_path, schedule={"cron": "0 8 1 * *", "timezone": "Europe/Berlin", "cadence": "monthly"})
     result = run_if_due(engine, monthly, now=datetime(2026, 11, 2, tzinfo=UTC))
-    assert result.period.key == "2026-10"
+    assert result.due_at == datetime(2026, 11, 1, 7, tzinfo=UTC) and result.outcome is FiringOutcome.ISSUED
+    assert run_if_due(engine, monthly, now=datetime(2026, 11, 2, 1, tzinfo=UTC)).outcome is None  # done
     add_summaries(engine, 1, at=datetime(2026, 11, 21, 12, tzinfo=UTC))
     daily = make_config(tmp_path, schedule={"cron": "0 7 * * *", "timezone": "Europe/Berlin", "cadence": "daily"})
-    assert run_if_due(engine, daily, now=datetime(2026, 11, 22, 7, tzinfo=UTC)).period.key == "2026-11-21"
-    assert [i.period_key for i in issues(engine)] == ["2026-10", "2026-11-21"]
+    assert run_if_due(engine, daily, now=datetime(2026, 11, 22, 7, tzinfo=UTC)).outcome is FiringOutcome.ISSUED
+    with session(engine) as db:
+        assert [[s.title for s in issue_items(db, i)] for i in issues(engine)] == [["Paper number 0"],
+                                                                                   ["Paper number 1"]]
 
 
 # --- catch-up -----------------------------------------------------------------------------------------
@@ -149,44 +153,58 @@ def test_a_run_missed_by_less_than_the_grace_period_is_caught_up_once(config, en
     add_summaries(engine, 2, at=IN_W47)
     add_people(engine, "a@example.org", "b@example.org")
     late = (MONDAY_0800 + timedelta(hours=23)).astimezone(UTC)
-    caplog.set_level("WARNING")
+    caplog.set_level("INFO")
     result = run_if_due(engine, config, now=late)
-    assert result.outcome is PeriodOutcome.ISSUED
-    assert "catching up the issue due at 2026-11-23T08:00+01:00" in caplog.text
+    assert result.outcome is FiringOutcome.ISSUED
+    assert "catching up the firing at 2026-11-23T08:00+01:00 (Europe/Berlin) (23.0 h late)" in caplog.text
     assert run_if_due(engine, config, now=late + timedelta(minutes=5)).outcome is None  # done: nothing new
     assert len(issues(engine)) == 1
     assert deliveries(engine) == [(DeliveryStatus.SENT, 1)] * 2
 
 
-def test_a_run_missed_by_more_than_the_grace_period_is_recorded_and_reported(config, engine, caplog):
+def test_a_firing_missed_by_more_than_the_grace_period_is_recorded_and_warned_about(config, engine, caplog):
     add_summaries(engine, 2, at=IN_W47)
     add_people(engine, "a@example.org")
     caplog.set_level("WARNING")
     result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(hours=25)).astimezone(UTC))
-    assert result.outcome is PeriodOutcome.MISSED
-    assert "2026-W47: MISSED" in result.lines[0] and "beyond the 24 h grace period" in result.lines[0]
-    assert "2026-W47: MISSED" in caplog.text
-    assert issues(engine) == [] and period_outcomes(engine) == {"2026-W47": PeriodOutcome.MISSED}
-    # Its summaries wait for the next issue.
+    assert result.outcome is FiringOutcome.MISSED
+    assert result.lines[0].startswith("firing at 2026-11-23T08:00+01:00 (Europe/Berlin): MISSED: the scheduler was "
+                                      "not running within 24 h of it (schedule.grace_hours), so nothing was sent; "
+                                      "2 summaries were waiting; they go out with the next firing at "
+                                      "2026-11-30T08:00+01:00 (Europe/Berlin), or now with: newsletter digest "
+                                      "prepare && newsletter digest send")
+    assert "MISSED" in caplog.text
+    assert issues(engine) == [] and firing_outcomes(engine) == {"11-23 08:00": FiringOutcome.MISSED}
+    # Its summaries wait for the next firing.
     run_if_due(engine, config, now=(MONDAY_0800 + timedelta(days=7)).astimezone(UTC))
     (issue,) = issues(engine)
     with session(engine) as db:
-        assert (issue.period_key, len(issue_items(db, issue))) == ("2026-W48", 2)
+        assert len(issue_items(db, issue)) == 2
 
 
-def test_after_weeks_of_downtime_only_the_latest_period_is_caught_up(tmp_path, monkeypatch, engine):
+def test_a_firing_missed_with_nothing_waiting_is_recorded_without_a_warning(config, engine, caplog):
+    add_people(engine, "a@example.org")
+    caplog.set_level("INFO")
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(hours=25)).astimezone(UTC))
+    assert result.outcome is FiringOutcome.MISSED
+    assert result.lines == ["firing at 2026-11-23T08:00+01:00 (Europe/Berlin): missed; nothing was waiting"]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_after_weeks_of_downtime_only_the_latest_firing_is_caught_up(tmp_path, monkeypatch, engine):
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
     config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin", "grace_hours": 200})
     add_summaries(engine, 3, at=datetime(2026, 11, 1, tzinfo=UTC))
     add_people(engine, "a@example.org")
-    # Down from 26 October to Tuesday 24 November: three Monday sends were missed; the grace period
-    # covers the last one only, and it is the only one that is sent.
+    # Down from 26 October to Tuesday 24 November: three Monday firings were missed; the grace period
+    # covers the last one only, and it is the only one that sends.
     result = run_if_due(engine, config, now=datetime(2026, 11, 24, 9, tzinfo=UTC))
-    assert [i.period_key for i in issues(engine)] == ["2026-W47"]
-    assert result.lines[0].startswith("2026-W47: prepared issue #1") and deliveries(engine) == [(DeliveryStatus.SENT, 1)]
+    assert len(issues(engine)) == 1 and result.due_at == MONDAY_0800.astimezone(UTC)
+    assert result.lines[0].startswith("firing at 2026-11-23T08:00+01:00 (Europe/Berlin): prepared issue #1")
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)]
 
 
-# --- exactly one issue per period ---------------------------------------------------------------------
+# --- exactly one issue per firing ----------------------------------------------------------------------
 
 
 def test_two_schedulers_racing_on_one_database_make_one_issue_and_send_it_once(config, engine, smtp_server):
@@ -216,13 +234,56 @@ def test_two_schedulers_racing_on_one_database_make_one_issue_and_send_it_once(c
     assert deliveries(engine) == [(DeliveryStatus.SENT, 1)] * 30
 
 
-def test_a_manual_prepare_in_the_period_means_the_scheduler_sends_that_issue_not_a_second(config, engine):
+def test_after_an_editors_issue_the_firing_sends_it_and_carries_only_what_arrived_since(config, engine):
     add_summaries(engine, 1, at=IN_W47)
     add_people(engine, "a@example.org")
-    prepare_issue(engine, config, now=IN_W47)  # by hand, mid-week
+    by_hand = prepare_issue(engine, config, now=IN_W47 + timedelta(hours=1))  # mid-week
+    add_summaries(engine, 1, at=IN_W47 + timedelta(hours=2))
     result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
-    assert len(issues(engine)) == 1 and issues(engine)[0].status is IssueStatus.SENT
-    assert result.outcome is PeriodOutcome.ISSUED and "already prepared" in result.lines[0]
+    assert result.outcome is FiringOutcome.ISSUED and result.issue.number == 2
+    with session(engine) as db:
+        assert [[s.title for s in issue_items(db, i)] for i in issues(engine)] == [["Paper number 0"],
+                                                                                   ["Paper number 1"]]
+    assert [i.status for i in issues(engine)] == [IssueStatus.SENT, IssueStatus.SENT]  # the run sent both
+    assert issues(engine)[1].period_start == by_hand.issue.period_end
+    # Nothing new by the next firing: recorded, nothing sent.
+    nothing = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(days=7)).astimezone(UTC))
+    assert nothing.outcome is FiringOutcome.EMPTY and len(issues(engine)) == 2
+    assert nothing.lines == ["firing at 2026-11-30T08:00+01:00 (Europe/Berlin): nothing new was waiting; nothing "
+                             "prepared"]
+
+
+def test_an_editor_and_a_firing_at_the_same_moment_never_put_a_summary_in_two_issues(config, engine):
+    add_summaries(engine, 10, at=IN_W47)
+    add_people(engine, "a@example.org")
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def firing() -> None:
+        start.wait()
+        try:
+            run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def editor() -> None:
+        start.wait()
+        try:
+            prepare_issue(engine, config, now=MONDAY_0800.astimezone(UTC))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=firing), threading.Thread(target=editor)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with session(engine) as db:
+        counts = [len(issue_items(db, issue)) for issue in issues(engine)]
+        assert db.exec(select(Summary).where(Summary.issue_id == None)).all() == []  # noqa: E711
+    assert sum(counts) == 10 and all(counts) and len(counts) in (1, 2)
+    assert list(firing_outcomes(engine)) == ["11-23 08:00"]
 
 
 class StopAfterFirstBatch(FileBackend):
@@ -267,15 +328,16 @@ def test_a_process_killed_mid_batch_leaves_its_batch_to_the_next_run_after_the_l
     assert len(issues(engine)) == 1
 
 
-# --- empty periods ------------------------------------------------------------------------------------
+# --- firings with nothing waiting ---------------------------------------------------------------------
 
 
-def test_an_empty_period_is_skipped_and_recorded(config, engine, caplog):
+def test_a_firing_with_nothing_waiting_is_recorded_quietly(config, engine, caplog):
     add_people(engine, "a@example.org")
     caplog.set_level("INFO")
-    result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
-    assert result.outcome is PeriodOutcome.EMPTY and "no new summaries" in caplog.text
-    assert issues(engine) == [] and period_outcomes(engine) == {"2026-W47": PeriodOutcome.EMPTY}
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(hours=2)).astimezone(UTC))  # caught up
+    assert result.outcome is FiringOutcome.EMPTY and "nothing new was waiting" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert issues(engine) == [] and firing_outcomes(engine) == {"11-23 08:00": FiringOutcome.EMPTY}
 
 
 def test_the_quiet_week_option_sends_a_short_note_instead(tmp_path, monkeypatch, engine):
@@ -284,7 +346,7 @@ def test_the_quiet_week_option_sends_a_short_note_instead(tmp_path, monkeypatch,
     config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin", "quiet_note": note})
     add_people(engine, "a@example.org")
     result = run_if_due(engine, config, now=MONDAY_0800.astimezone(UTC))
-    assert result.outcome is PeriodOutcome.QUIET
+    assert result.outcome is FiringOutcome.QUIET
     (message,) = (config.base_dir / "outbox").glob("*.eml")
     text = message.read_text(encoding="utf-8")
     assert "A quiet week" in text and "Nothing new crossed our desks" in text
@@ -293,24 +355,26 @@ def test_the_quiet_week_option_sends_a_short_note_instead(tmp_path, monkeypatch,
         assert db.exec(select(Summary).where(Summary.issue_id == None)).all() == []  # noqa: E711
 
 
-def test_no_quiet_note_after_an_issue_prepared_by_hand_before_the_scheduled_time(tmp_path, monkeypatch, engine,
-                                                                                caplog):
+def test_no_quiet_note_after_an_issue_prepared_by_hand_since_the_previous_firing(tmp_path, monkeypatch, engine,
+                                                                                  caplog):
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
     config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin",
                                              "quiet_note": "Nothing new this week."})
     add_people(engine, "a@example.org")
     add_summaries(engine, 2, at=IN_W47)
     by_hand = prepare_issue(engine, config, now=(MONDAY_0800 - timedelta(hours=1)).astimezone(UTC))
-    assert by_hand.period.key == "2026-W48" and by_hand.item_count == 2  # W47's summaries, in the W48 issue
+    assert by_hand.item_count == 2
 
     caplog.set_level("INFO")
     result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(minutes=1)).astimezone(UTC))
-    assert result.outcome is PeriodOutcome.EMPTY
-    assert [issue.period_key for issue in issues(engine)] == ["2026-W48"]  # no quiet-note issue for W47
-    assert "2026-W47: no new summaries" in caplog.text and "no quiet note: issue #1 for the later period 2026-W48" \
-        in caplog.text
+    assert result.outcome is FiringOutcome.EMPTY and len(issues(engine)) == 1  # no quiet-note issue
+    assert ("firing at 2026-11-23T08:00+01:00 (Europe/Berlin): nothing new was waiting; nothing prepared (no quiet "
+            "note: issue #1 went out since the previous firing)") in caplog.text
     mails = [path.read_text(encoding="utf-8") for path in (config.base_dir / "outbox").glob("*.eml")]
     assert len(mails) == 1 and "A quiet week" not in mails[0]  # the by-hand issue, sent by the same run
+    # A week later nothing came and no issue went out since: the quiet note does.
+    quiet = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(days=7)).astimezone(UTC))
+    assert quiet.outcome is FiringOutcome.QUIET and len(issues(engine)) == 2
 
 
 # --- the lease and failing jobs -----------------------------------------------------------------------
@@ -359,24 +423,29 @@ def test_the_grace_period_is_configurable(tmp_path, monkeypatch, engine, hours):
     add_summaries(engine, 1, at=IN_W47)
     add_people(engine, "a@example.org")
     result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(hours=2)).astimezone(UTC))
-    assert result.outcome is (PeriodOutcome.MISSED if hours < 2 else PeriodOutcome.ISSUED)
+    assert result.outcome is (FiringOutcome.MISSED if hours < 2 else FiringOutcome.ISSUED)
 
 
-def test_periods_missed_while_down_for_weeks_are_each_recorded_not_silently_skipped(config, engine):
+def test_firings_missed_while_down_for_weeks_are_each_recorded_not_silently_skipped(config, engine, caplog):
     add_people(engine, "a@example.org")
     add_summaries(engine, 1, at=datetime(2026, 10, 28, tzinfo=UTC))
-    run_if_due(engine, config, now=datetime(2026, 11, 2, 7, tzinfo=UTC))  # Monday 2 Nov 08:00: W44 sent
-    add_summaries(engine, 2, at=datetime(2026, 11, 4, tzinfo=UTC))
-    # Down until Monday 23 November 09:00: W45 and W46 were due while down; W47 is within the grace period.
+    run_if_due(engine, config, now=datetime(2026, 11, 2, 7, tzinfo=UTC))  # Monday 2 Nov 08:00: sent
+    add_summaries(engine, 2, at=datetime(2026, 11, 11, tzinfo=UTC))
+    caplog.set_level("INFO")
+    # Down until Monday 23 November 09:00: 9 and 16 November were missed; 23 November is within the grace.
     run_if_due(engine, config, now=datetime(2026, 11, 23, 8, tzinfo=UTC))
-    assert period_outcomes(engine) == {
-        "2026-W44": PeriodOutcome.ISSUED,
-        "2026-W45": PeriodOutcome.MISSED,
-        "2026-W46": PeriodOutcome.MISSED,
-        "2026-W47": PeriodOutcome.ISSUED,
+    assert firing_outcomes(engine) == {
+        "11-02 08:00": FiringOutcome.ISSUED,
+        "11-09 08:00": FiringOutcome.MISSED,
+        "11-16 08:00": FiringOutcome.MISSED,
+        "11-23 08:00": FiringOutcome.ISSUED,
     }
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("11-16T08:00+01:00 (Europe/Berlin): MISSED: the scheduler was not running; 2 summaries were "
+               "waiting" in line for line in warned)
+    assert not any("11-09T08:00" in line for line in warned)  # nothing was waiting then: no warning
     with session(engine) as db:  # one catch-up issue, with everything that waited
-        assert [(i.period_key, len(issue_items(db, i))) for i in issues(engine)] == [("2026-W44", 1), ("2026-W47", 2)]
+        assert [len(issue_items(db, i)) for i in issues(engine)] == [1, 2]
 
 
 def test_feed_and_inbox_jobs_run_only_when_configured_and_the_inbox_job_ingests(tmp_path, engine):
@@ -456,3 +525,4 @@ def test_a_full_disk_while_renewing_the_lease_is_logged_and_tried_again_not_fata
     stopped.set()
     failures.append(DatabaseFull("full"))
     assert schedule._lease(engine, "me", timing, stopped) is None  # stopping ends the wait
+

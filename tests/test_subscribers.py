@@ -10,8 +10,8 @@ from sqlmodel import select
 from newsletter.backends import create_backend
 from newsletter.db import session
 from newsletter.delivery import send_unfinished
-from newsletter.digest import prepare_issue
 from newsletter.errors import InvalidAddress, NewsletterError
+from newsletter.issues import prepare_issue
 from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
 from newsletter.subscribers import (
     add_subscriber,

@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from newsletter.config import load_config
 from newsletter.db import open_database, session
-from newsletter.digest import pending_summaries
+from newsletter.issues import waiting_summaries
 from newsletter.models import Summary
 from tests.test_cli import config_file, invoke
 from tests.test_ingest_feeds import FEEDS, Feed, feed_server  # noqa: F401 - the fixture
@@ -94,13 +94,13 @@ def test_exclude_keeps_a_summary_out_of_the_next_digest_and_undo_brings_it_back(
     assert "excluded" in invoke("summaries", "list", "--new", "--config", filled).output
     engine = open_database(load_config(filled))
     with session(engine) as db:
-        assert [s.id for s in pending_summaries(db)] == [ids["Retinal scans spot early cognitive decline a decade ahead"]]
+        assert [s.id for s in waiting_summaries(db)] == [ids["Retinal scans spot early cognitive decline a decade ahead"]]
     assert invoke("subscribers", "add", "ada@example.org", "--config", filled).exit_code == 0
     prepared = invoke("digest", "prepare", "--config", filled)
-    assert "with 1 summaries" in prepared.output, prepared.output
+    assert "with 1 summary" in prepared.output, prepared.output
     assert invoke("summaries", "exclude", excluded, "--undo", "--config", filled).exit_code == 0
     with session(engine) as db:
-        assert [s.id for s in pending_summaries(db)] == [excluded]
+        assert [s.id for s in waiting_summaries(db)] == [excluded]
     engine.dispose()
 
 

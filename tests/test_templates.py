@@ -7,7 +7,6 @@ rendered with the same variables and lenient undefined values, so a template add
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import warnings
 from html.parser import HTMLParser
@@ -27,6 +26,7 @@ from newsletter.render import (
 )
 from tests.conftest import ROOT
 from tests.helpers import make_issue, make_summaries
+from tests.tools import missing, require
 
 TEMPLATES = sorted(path.name for path in (ROOT / "templates").glob("*.mjml.j2"))
 VALIDATOR = ROOT / "tools" / "mjml" / "node_modules" / ".bin" / "mjml"
@@ -66,30 +66,40 @@ def test_every_template_compiles_with_mjml_python_without_warnings(config: Confi
     assert "<mj-" not in html and html.lstrip().lower().startswith("<!doctype html>")
 
 
-def test_every_template_passes_the_official_mjml_validator_in_strict_mode(config: Config, tmp_path: Path) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed, so the official MJML validator (npm package mjml) cannot run")
-    assert VALIDATOR.exists(), "the MJML validator is missing: run `npm ci --prefix tools/mjml` (.ci/run does)"
+@pytest.fixture(scope="session")
+def validator() -> Path:
+    """The official MJML validator (npm package mjml, pinned in tools/mjml), installed on first use."""
+    require("node", "node is not installed, so the official MJML validator cannot run (apt-get install nodejs npm)")
+    if not VALIDATOR.exists():
+        npm = require("npm", "npm is not installed, so the official MJML validator cannot be installed (apt-get install npm)")
+        result = subprocess.run([npm, "ci", "--prefix", str(VALIDATOR.parents[2]), "--no-audit", "--no-fund"],
+                                capture_output=True, text=True, timeout=600)
+        if result.returncode or not VALIDATOR.exists():
+            missing(f"`npm ci --prefix tools/mjml` failed: {(result.stderr or result.stdout).strip()[-300:]}")
+    return VALIDATOR
+
+
+def test_every_template_passes_the_official_mjml_validator_in_strict_mode(
+    config: Config, tmp_path: Path, validator: Path
+) -> None:
     files = []
     for name in TEMPLATES:
         path = tmp_path / name.replace(".j2", "")
         path.write_text(rendered_mjml(config, name), encoding="utf-8")
         files.append(str(path))
     result = subprocess.run(
-        [str(VALIDATOR), "--config.validationLevel", "strict", "--validate", *files],
+        [str(validator), "--config.validationLevel", "strict", "--validate", *files],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_strict_validator_rejects_an_invalid_attribute(config: Config, tmp_path: Path) -> None:
+def test_strict_validator_rejects_an_invalid_attribute(config: Config, tmp_path: Path, validator: Path) -> None:
     """The validator test above can fail: the same call refuses MJML with an unknown attribute."""
-    if shutil.which("node") is None or not VALIDATOR.exists():
-        pytest.skip("node or the MJML validator is not installed")
     bad = tmp_path / "bad.mjml"
     bad.write_text(rendered_mjml(config, "digest.mjml.j2").replace("<mj-text", '<mj-text colour="red"', 1))
     result = subprocess.run(
-        [str(VALIDATOR), "--config.validationLevel", "strict", "--validate", str(bad)],
+        [str(validator), "--config.validationLevel", "strict", "--validate", str(bad)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0 and "colour" in result.stdout + result.stderr
@@ -173,6 +183,7 @@ def test_language_colour_scheme_and_alt_texts(compiled: tuple[str, str]) -> None
     assert page.html_lang == "en", name
     schemes = {meta.get("name"): meta.get("content") for meta in page.metas}
     assert schemes.get("color-scheme") == "light dark", name
+    assert "x-apple-disable-message-reformatting" in schemes, name  # iOS Mail keeps the layout as designed
     assert "prefers-color-scheme: dark" in html, name
     for tag, attrs in page.body:
         if tag == "img":
@@ -184,3 +195,42 @@ def test_link_texts_say_where_they_go(compiled: tuple[str, str]) -> None:
     for attrs, text in Elements(html).links:
         assert text, f"{name}: a link without text: {attrs}"
         assert text.lower().rstrip(".") not in GENERIC_LINK_TEXTS, f"{name}: link text {text!r} says nothing"
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_buttons_keep_their_rounded_corners_in_both_colour_schemes(config: Config, scheme: str) -> None:
+    """Chromium draws the digest in the reader's colour scheme; the first button's corner pixel shows the
+    card behind it (a rounded corner), its edge the button's own colour."""
+    if not CHROMIUM.exists():
+        missing("Debian's chromium is not installed (apt-get install chromium)")
+    import base64
+
+    from playwright.sync_api import sync_playwright
+
+    html, _text = render_issue(config, make_issue(), make_summaries()).personalise(READER)
+    card, button = {"light": ((255, 255, 255), (15, 107, 102)), "dark": ((22, 27, 34), (126, 226, 217))}[scheme]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(color_scheme=scheme, viewport={"width": 700, "height": 900})
+            page.set_content(html, wait_until="load")
+            shot = page.locator("td.nl-button table").first.screenshot()
+            pixels = page.evaluate("""async (src) => {
+                const image = new Image(); image.src = src; await image.decode();
+                const canvas = document.createElement("canvas");
+                canvas.width = image.width; canvas.height = image.height;
+                const context = canvas.getContext("2d"); context.drawImage(image, 0, 0);
+                const at = (x, y) => Array.from(context.getImageData(x, y, 1, 1).data.slice(0, 3));
+                return {corner: at(1, 1), edge: at(3, Math.floor(image.height / 2))};
+            }""", "data:image/png;base64," + base64.b64encode(shot).decode())
+        finally:
+            browser.close()
+
+    def near(rgb: list[int], expected: tuple[int, int, int]) -> bool:
+        return all(abs(a - b) <= 3 for a, b in zip(rgb, expected, strict=True))
+
+    assert near(pixels["edge"], button), pixels
+    assert near(pixels["corner"], card), pixels  # square corners would show the button's colour here

@@ -10,8 +10,8 @@ from sqlmodel import select
 
 from newsletter.backends import create_backend
 from newsletter.db import session
-from newsletter.delivery import cancel_issue, send_unfinished
-from newsletter.digest import prepare_issue
+from newsletter.delivery import send_unfinished
+from newsletter.issues import cancel_issue, prepare_issue
 from newsletter.models import Delivery, Subscriber, Summary, utcnow
 from newsletter.web.app import create_app
 from tests.helpers import add_people, add_summaries
@@ -55,7 +55,7 @@ def test_unsent_and_unknown_issues_are_not_public(config, engine):
     assert missing.status_code == 404 and "No such issue" in missing.text
 
 
-def test_the_atom_feed_lists_issues_with_links_to_their_pages(config, engine):
+def test_the_atom_feed_carries_each_issue_as_it_was_sent(config, engine):
     sent_issue(config, engine)
     client = TestClient(create_app(config, engine))
     response = client.get("/archive/feed.atom")
@@ -66,20 +66,23 @@ def test_the_atom_feed_lists_issues_with_links_to_their_pages(config, engine):
     [entry] = feed.findall(f"{ATOM}entry")
     assert entry.find(f"{ATOM}link").get("href") == "https://news.example.org/archive/1"
     assert entry.findtext(f"{ATOM}title").startswith("Research Weekly #1: Paper number 0")
-    assert "Paper number 1" in entry.findtext(f"{ATOM}summary")
+    content = entry.find(f"{ATOM}content")
+    assert content.get("type") == "html" and content.text == client.get("/archive/1").text
+    assert "Paper number 1" in content.text
     assert "ada@example.org" not in response.text
 
 
-def test_an_archived_page_shows_a_corrected_summary(config, engine):
+def test_an_archived_page_keeps_what_was_sent_when_a_summary_is_corrected_later(config, engine):
     sent_issue(config, engine)
     client = TestClient(create_app(config, engine))
-    assert "Paper number 0" in client.get("/archive/1").text
+    as_sent = client.get("/archive/1").content
     with session(engine) as db:
         summary = db.exec(select(Summary).where(Summary.title == "Paper number 0")).one()
         summary.title, summary.updated_at = "Paper number 0 (corrected)", utcnow()
         db.add(summary)
         db.commit()
-    assert "Paper number 0 (corrected)" in client.get("/archive/1").text
+    assert client.get("/archive/1").content == as_sent  # the archive is the record of what went out
+    assert b"(corrected)" not in as_sent
 
 
 def test_an_issue_that_reached_someone_stays_in_the_archive_after_a_cancel(config, engine):

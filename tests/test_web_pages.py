@@ -4,18 +4,23 @@ double opt-in with its abuse protections, one-click unsubscribe (RFC 8058), pref
 from __future__ import annotations
 
 import base64
+import logging
+import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlmodel import select
 
+from newsletter import db as db_module
 from newsletter.backends import create_backend
 from newsletter.db import open_database, session
 from newsletter.delivery import send_unfinished
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -29,7 +34,7 @@ from newsletter.subscribers import add_subscriber, erase_subscriber
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE
 from newsletter.web.app import create_app
 from tests import outbox
-from tests.conftest import make_config
+from tests.conftest import make_config, sqlite_only
 from tests.helpers import add_summaries
 
 START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -195,6 +200,16 @@ def test_requests_per_ip_are_limited(tmp_path, config):
     site.engine.dispose()
 
 
+def test_rotating_addresses_inside_one_ipv6_slash_64_share_the_limit(tmp_path, config):
+    site = make_site(tmp_path, web={"subscribe_limit_per_ip": 3})
+    answers = [TestClient(site.client.app, client=(f"2001:db8:7:8::{n:x}", 5000))
+               .post("/subscribe", data={"email": f"p{n}@example.org"}).status_code for n in range(1, 6)]
+    assert answers == [200, 200, 200, 429, 429]
+    neighbour = TestClient(site.client.app, client=("2001:db8:7:9::1", 5000))
+    assert neighbour.post("/subscribe", data={"email": "q@example.org"}).status_code == 200
+    site.engine.dispose()
+
+
 def test_a_bad_address_gets_the_form_back_with_one_line(site):
     response = subscribe(site, "not an address", name="<b>Eve</b>")
     assert response.status_code == 400
@@ -213,6 +228,66 @@ def test_when_mail_cannot_be_sent_the_next_request_tries_again(tmp_path, config)
     assert (response.status_code, response.text) == (normal.status_code, normal.text)  # no tell-tale difference
     assert site.subscriber("ada@example.org").confirmation_sent_at is None  # the next try sends at once
     site.engine.dispose()
+
+
+class Signal(logging.Handler):
+    """Sets ``seen`` when a record at ``level`` or above arrives (from any thread)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.set()
+
+
+@sqlite_only
+def test_a_locked_database_after_the_answer_is_waited_out_and_the_sign_up_kept(tmp_path, config, monkeypatch, caplog):
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 50)  # give up on the lock at once, not after 10 s
+    site = make_site(tmp_path)
+    caplog.set_level(logging.DEBUG, logger="newsletter.web.pages")
+    retrying = Signal(logging.WARNING)
+    logging.getLogger("newsletter.web.pages").addHandler(retrying)
+    blocker = sqlite3.connect(tmp_path / "newsletter.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process writing for longer than the busy timeout
+
+    def release_once_it_retries() -> None:
+        retrying.seen.wait(timeout=60)
+        blocker.execute("COMMIT")
+
+    releaser = threading.Thread(target=release_once_it_retries)
+    releaser.start()
+    try:
+        response = subscribe(site, "ada@example.org")  # the test client returns once the work after it is done
+    finally:
+        releaser.join(timeout=90)
+        blocker.close()
+        logging.getLogger("newsletter.web.pages").removeHandler(retrying)
+        site.engine.dispose()
+    assert response.status_code == 200 and "Check your inbox" in response.text
+    assert retrying.seen.is_set()
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.PENDING
+    assert [m["To"].addresses[0].addr_spec for m in site.mails()] == ["ada@example.org"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and all("database is locked" in w and "trying again in" in w for w in warnings), warnings
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_subscription_request_that_fails_after_the_answer_is_logged_with_its_reason(site, caplog):
+    with site.engine.begin() as connection:  # a broken schema: a bug, not weather
+        connection.execute(text("DROP TABLE event"))
+    caplog.set_level(logging.DEBUG, logger="newsletter.web.pages")
+    response = subscribe(site, "ada@example.org")
+    assert response.status_code == 200 and "Check your inbox" in response.text  # already sent when it failed
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    line = error.getMessage()
+    assert line.startswith("could not record a subscription request") and "event" in line, line
+    assert "\n" not in line and error.exc_info is None  # one line; the traceback goes with the address
+    assert not [r for r in caplog.records if r.levelno > logging.DEBUG and "ada@example.org" in r.getMessage()]
+    [detail] = [r for r in caplog.records if r.levelno == logging.DEBUG and "ada@example.org" in r.getMessage()]
+    assert detail.exc_info is not None  # the traceback, for whoever turns DEBUG on
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # not retried: trying again cannot help
+    assert site.subscriber("ada@example.org") is None and site.mails() == []  # nothing half-written
 
 
 # -- one-click unsubscribe --------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from sqlalchemy import insert
 from sqlmodel import col, func, select
 
 from newsletter.db import open_database, session
-from newsletter.digest import prepare_issue
+from newsletter.issues import prepare_issue
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -33,7 +32,8 @@ from newsletter.models import (
 )
 from tests.conftest import ON_POSTGRES, ROOT, _free_port, write_smtp_config
 from tests.helpers import add_summaries
-from tests.test_crash import CONNECTIONS, IN_FLIGHT, CountingHandler, ledger
+from tests.tools import missing, require
+from tests.test_crash import CONNECTIONS, IN_FLIGHT, CountingHandler, claim_holders, ledger
 
 pytestmark = pytest.mark.slow
 OTHER_HOST = "other-machine"
@@ -94,7 +94,9 @@ def finish(processes: list[subprocess.Popen[bytes]]) -> list[str]:
 
 def test_four_workers_send_20000_deliveries_each_exactly_once(world):
     base, handler, engine = world(DELIVERIES, "10m", 250 if ON_POSTGRES else 50)
+    handler.hold_until = lambda: claim_holders(engine) == 4  # all four hold a batch before any is sent
     outputs = finish([worker(base) for _ in range(4)])
+    assert not handler.barrier_timed_out, "not every worker claimed a batch"
 
     assert handler.received == Counter(dict.fromkeys(_people(DELIVERIES), 1))
     assert ledger(engine) == Counter({DeliveryStatus.SENT: DELIVERIES})
@@ -104,12 +106,12 @@ def test_four_workers_send_20000_deliveries_each_exactly_once(world):
     assert sum(sent_by) == DELIVERIES and all(sent_by), sent_by  # every worker did a share
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to run a worker as another host")
 def test_a_killed_workers_leased_batch_is_finished_by_the_others_after_its_lease_expires(world):
+    require("unshare", "needs unshare(1) (util-linux) to run a worker as another host")
     base, handler, engine = world(2_000, "8s", 40)  # a lease well beyond the time a batch takes
     probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True)
     if probe.returncode:
-        pytest.skip(f"cannot create a UTS namespace here: {probe.stderr.decode().strip()}")
+        missing(f"cannot create a UTS namespace here (needs root): {probe.stderr.decode().strip()}")
     victim = worker(base, host=OTHER_HOST)
     handler.on_message = lambda total: total == 100 and os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=120)
@@ -129,14 +131,12 @@ def test_a_killed_workers_leased_batch_is_finished_by_the_others_after_its_lease
     assert duplicates <= IN_FLIGHT  # only the messages in flight when it died, sent again
 
 
-def _pid_namespaces_refused() -> str | None:
-    """Why workers cannot be started in PID namespaces of their own here, or None when they can."""
-    if shutil.which("unshare") is None:
-        return "needs unshare(1) to start workers in PID namespaces of their own"
+def _pid_namespaces() -> None:
+    """Skip (fail in CI) unless workers can be started in PID namespaces of their own here."""
+    require("unshare", "needs unshare(1) (util-linux) to start workers in PID namespaces of their own")
     probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
     if probe.returncode:
-        return f"cannot create a PID namespace here: {probe.stderr.decode().strip()}"
-    return None
+        missing(f"cannot create a PID namespace here (needs root): {probe.stderr.decode().strip()}")
 
 
 def namespaced_worker(base: Path, *, pids_before: int) -> subprocess.Popen[bytes]:
@@ -155,11 +155,12 @@ def namespaced_worker(base: Path, *, pids_before: int) -> subprocess.Popen[bytes
 def test_two_workers_in_separate_pid_namespaces_never_take_each_others_batches(world):
     """Same host name, separate PID namespaces: neither can see the other's pid, and must not conclude
     from that that the other died (which made them send most messages many times over)."""
-    if reason := _pid_namespaces_refused():
-        pytest.skip(reason)
+    _pid_namespaces()
     base, handler, engine = world(3_000, "10m", 50)
+    handler.hold_until = lambda: claim_holders(engine) == 2  # both hold a batch before any is sent
     workers = [namespaced_worker(base, pids_before=0), namespaced_worker(base, pids_before=5)]
     outputs = finish(workers)
+    assert not handler.barrier_timed_out, "the two workers never held batches at the same time"
 
     assert handler.received == Counter(dict.fromkeys(_people(3_000), 1))
     assert ledger(engine) == Counter({DeliveryStatus.SENT: 3_000})
@@ -169,8 +170,7 @@ def test_two_workers_in_separate_pid_namespaces_never_take_each_others_batches(w
 def test_a_worker_killed_in_its_own_pid_namespace_is_taken_over_at_once(world):
     """A dead owner on this host is still taken over without waiting for its lease (an hour here), even
     though its pid, from another PID namespace, says nothing here."""
-    if reason := _pid_namespaces_refused():
-        pytest.skip(reason)
+    _pid_namespaces()
     base, handler, engine = world(2_000, "1h", 40)
     victim = namespaced_worker(base, pids_before=3)
     handler.on_message = lambda total: total == 100 and os.kill(victim.pid, signal.SIGKILL)

@@ -52,6 +52,10 @@ class SendResult:
     delivery_id: int
     status: SendStatus
     detail: str = ""  # the server's reply or the error, for the ledger and the operator
+    # For FAILED: whether the recipient's server refused the address (a hard bounce, which stops mail to
+    # the subscriber). False for a message that failed on our side (it could not be built or signed):
+    # that says nothing about the address.
+    bounce: bool = True
 
 
 class NoOptions(BaseModel):

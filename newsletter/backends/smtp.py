@@ -12,12 +12,15 @@ Per-message outcomes are results, never exceptions:
 - refused at MAIL FROM (the envelope sender, or the declared SIZE) → RETRY whatever the code: that is
   about our configuration or message, not the recipient, and must not count as a bounce;
 - a non-ASCII address when the server does not offer SMTPUTF8 → FAILED;
+- a message that cannot be DKIM-signed → FAILED alone (not a bounce), the rest of the batch goes on;
 - connection lost → reconnect once and resend; if reconnecting fails (or the fresh connection is lost
   too) that message is RETRY and its connection stops taking messages; the other connections carry the
   rest of the batch, and what none could carry is RETRY with the error as detail.
 
 Messages are spread over ``connections`` parallel connections (each in its own thread) and paced by a
-shared ``rate_limit``; with ``dkim_selector`` set each message is DKIM-signed (dkimpy) just before DATA.
+shared ``rate_limit``; with ``dkim_selector`` set each message is DKIM-signed (dkimpy) just before DATA,
+``relaxed/relaxed``, over-signing the headers a reader sees and acts on (see :data:`OVERSIGNED`). The EHLO
+name is ``ehlo_name``, by default the sender's domain.
 
 A message whose connection dropped after the final ``.`` may have been delivered already; resending it
 is the same ambiguity as any retry, and its deterministic Message-ID makes the copy recognisable.
@@ -37,7 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +87,10 @@ class SmtpOptions(BaseModel):
     dkim_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]+$")
     # Feedback-ID header for Gmail's feedback loop, e.g. "digest:research-weekly:newsletter:example".
     feedback_id: str | None = Field(default=None, pattern=r"^[\x21-\x7e]{1,100}$")
+    # The name this client gives in EHLO; default: the sender's domain (receivers compare it with the
+    # sending host's DNS name, and a machine's own hostname is often a private one).
+    ehlo_name: str | None = Field(default=None, pattern=r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*"
+                                  r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$")
 
     @model_validator(mode="after")
     def _no_plaintext_password(self) -> SmtpOptions:
@@ -102,11 +109,15 @@ class SmtpOptions(BaseModel):
 
 DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
 _ENVELOPE_ACCEPTED = ((250,), (250, 251), (354,))  # the replies to MAIL FROM, RCPT TO and DATA that go on
-# What DKIM's h= covers (those present in the message): what a reader sees and the one-click unsubscribe.
-DKIM_HEADERS = (
+# What DKIM's h= covers: what a reader sees and the one-click unsubscribe. The OVERSIGNED ones are named
+# once more than they appear (an absent one once), so a copy of the message with a second From, Subject or
+# List-Unsubscribe prepended, or a Reply-To added, no longer verifies (RFC 6376 8.15); the others only as
+# present (a relay may add its own Feedback-ID).
+OVERSIGNED = (
     b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id", b"List-Unsubscribe",
-    b"List-Unsubscribe-Post", b"Feedback-ID", b"MIME-Version", b"Content-Type",
+    b"List-Unsubscribe-Post",
 )
+DKIM_HEADERS = (*OVERSIGNED, b"Feedback-ID", b"MIME-Version", b"Content-Type")
 
 
 class RateLimiter:
@@ -209,6 +220,11 @@ class SmtpBackend(Backend):
                         with lock:
                             waiting.appendleft(following)  # for the other lanes
                     return  # this lane is down; the others go on
+                except Exception as exc:  # noqa: BLE001  a bug or a library error about this one message:
+                    # it fails alone (maybe delivered already, so not retried); the lane reconnects for the next
+                    log.exception("could not send the message to %s", batch[index].recipient)
+                    results[index] = SendResult(batch[index].delivery_id, SendStatus.FAILED,
+                                                f"could not be sent ({type(exc).__name__}: {exc})", bounce=False)
                 index = following if following is not None else take()
 
         lanes = self._lanes[: max(1, min(len(self._lanes), len(batch)))]
@@ -228,16 +244,18 @@ class SmtpBackend(Backend):
         ]
 
     def sign(self, data: bytes) -> bytes:
-        """``data`` with a DKIM-Signature prepended when DKIM is configured."""
+        """``data`` with a DKIM-Signature prepended when DKIM is configured (relaxed/relaxed; h= over-signs
+        :data:`OVERSIGNED`). Raises dkim.DKIMException for a message that cannot be signed."""
         if self._dkim_key is None:
             return data
         import dkim  # checked at open()
 
-        present = {line.split(b":", 1)[0].lower() for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")}
-        headers = [h for h in DKIM_HEADERS if h.lower() in present]
+        head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        present = Counter(line.split(b":", 1)[0].strip().lower() for line in head if line[:1] not in (b" ", b"\t"))
+        headers = [h for h in DKIM_HEADERS for _ in range(present[h.lower()] + (h in OVERSIGNED))]
         domain = (self.options.dkim_domain or self.config.newsletter.sender_domain).encode()
         signature = dkim.sign(data, str(self.options.dkim_selector).encode(), domain, self._dkim_key,
-                              include_headers=headers, linesep=b"\r\n")
+                              canonicalize=(b"relaxed", b"relaxed"), include_headers=headers, linesep=b"\r\n")
         return signature + data
 
     def _load_dkim_key(self) -> bytes:
@@ -264,6 +282,13 @@ class SmtpBackend(Backend):
                 ) from None
         if b"PRIVATE KEY" not in key:
             raise DeliveryError("the DKIM private key is not a PEM file (-----BEGIN PRIVATE KEY-----)")
+        from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+        try:  # a key that cannot sign at all stops the send here, rather than failing every message
+            parse_pem_private_key(key)
+        except UnparsableKeyError as exc:
+            raise DeliveryError(f"the DKIM private key cannot be read ({exc}); check backend.options.dkim_private_key "
+                                f"or {DKIM_KEY_VARIABLE}") from None
         return key
 
     def _context(self) -> ssl.SSLContext:
@@ -378,9 +403,16 @@ class _Lane:
                 SendStatus.FAILED,
                 f"{message.recipient}: non-ASCII address, but {self.address} does not offer SMTPUTF8",
             )
+        try:
+            signed = self.backend.sign(message.data)
+        except Exception as exc:  # noqa: BLE001  dkimpy's errors about this message: it fails alone
+            log.error("could not DKIM-sign the message to %s: %s", message.recipient, exc)
+            return SendResult(message.delivery_id, SendStatus.FAILED,
+                              f"not sent: the message could not be DKIM-signed ({type(exc).__name__}: {exc})",
+                              bounce=False)
         self.backend.limiter.acquire()
         self._messages_on_connection += 1
-        content = _dot_stuffed(self.backend.sign(message.data))
+        content = _dot_stuffed(signed)
         mail_options = [f"SIZE={len(content)}"] if smtp.has_extn("size") else []
         if not (message.envelope_from + message.recipient).isascii():
             mail_options.append("SMTPUTF8")
@@ -498,12 +530,13 @@ class _Lane:
         password = self._password() if options.username else ""
         context = self.backend._context() if options.security != "none" else None
         try:
+            ehlo_name = options.ehlo_name or self.config.newsletter.sender_domain
             if options.security == "tls":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    options.host, options.port, timeout=options.timeout, context=context
+                    options.host, options.port, local_hostname=ehlo_name, timeout=options.timeout, context=context
                 )
             else:
-                smtp = smtplib.SMTP(options.host, options.port, timeout=options.timeout)
+                smtp = smtplib.SMTP(options.host, options.port, local_hostname=ehlo_name, timeout=options.timeout)
             try:
                 smtp.ehlo_or_helo_if_needed()
                 if options.security == "starttls":

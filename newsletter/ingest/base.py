@@ -338,9 +338,10 @@ class Reader:
     - ``read(path)`` returns every summary in the file as :class:`SummaryIn` (build them with
       :func:`validate_item`, passing ``lines`` if the format knows them), or raises
       :class:`~newsletter.errors.IngestError` whose message starts with the file (and line, where there
-      is one) and says what to fix. One bad item rejects the whole file. Any other ValueError that escapes
-      (not a NewsletterError) also rejects just this file, with the poorer message ``{path}: {error}``;
-      other exceptions end the run.
+      is one) and says what to fix. One bad item rejects the whole file. Any other exception that escapes
+      (but a NewsletterError other than IngestError) also rejects just this file, with the poorer message
+      ``{path}: {error}`` (a ValueError) or ``{path}: the Reader failed on it (...)`` (anything else, its
+      traceback in the log).
     - A reader only reads: it never touches the database. Instances take no arguments; the configured
       limits (``settings.summary_length`` for an extractive summary, ...) are on ``self.settings``, set
       by :func:`reader_for` (the defaults until then). The file size limit is checked before ``read``.

@@ -14,14 +14,19 @@ in, in one transaction.
 from __future__ import annotations
 
 import calendar
+import html.entities
 import logging
+import pyexpat
 import re
+import xml.sax
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import feedparser
+# feedparser's own step that turns a feed into UTF-8 before its XML parser sees it (not in its API)
+from feedparser.encodings import convert_to_utf8
 import httpx
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -63,15 +68,141 @@ class FeedReader(Reader):
 
 
 def parse_feed(content: bytes, *, where: str) -> Any:
-    """The parsed feed; IngestError if the document is not a well-formed RSS or Atom feed."""
-    parsed = feedparser.parse(content, sanitize_html=False, resolve_relative_uris=False)
+    """The parsed feed; IngestError if the document is not a well-formed RSS or Atom feed.
+
+    HTML's named entities (``&aacute;`` in an RSS 2.0 feed) are read as the characters they name, as
+    feedparser's loose parser reads them; any other undefined entity is an error naming it. An entity the
+    document declares itself is used only when its value is plain text or one character reference: a feed
+    declaring one that refers to other entities (a "billion laughs"), a parameter entity or an external
+    (``SYSTEM``/``PUBLIC``) one is refused before any parser sees it, so nothing is expanded or fetched.
+    """
+    unsafe = _unsafe_declaration(content)
+    if unsafe:
+        raise IngestError(f"{where}: not read: the feed {unsafe}")
+    parsed = feedparser.parse(_html_entities_as_numbers(content), sanitize_html=False, resolve_relative_uris=False)
     problem = parsed.get("bozo_exception")
     if parsed.get("bozo") and not isinstance(problem, _HARMLESS):
         reason = " ".join(str(problem).split()) or type(problem).__name__
+        if isinstance(problem, xml.sax.SAXParseException):
+            reason = _xml_problem(problem, content)
         raise IngestError(f"{where}: not a valid RSS or Atom feed ({reason})")
     if not parsed.get("version"):
         raise IngestError(f"{where}: not an RSS or Atom feed (no <rss>, <rdf:RDF> or <feed> root element)")
     return parsed
+
+
+# "&name;" in an ASCII-compatible encoding (UTF-8, Latin-1, ...: what feeds are written in). XML defines
+# five names itself; HTML 4's 252 others (the table feedparser's loose parser uses: HTML5 moved a few, such
+# as &lang;) become numeric references, which every XML parser reads.
+_ENTITY = re.compile(rb"&([A-Za-z][A-Za-z0-9]{1,31});")
+_XML_ENTITIES = {"amp", "lt", "gt", "quot", "apos"}
+_HTML_ENTITIES = {
+    name.encode(): f"&#{code};".encode()
+    for name, code in html.entities.name2codepoint.items()
+    if name not in _XML_ENTITIES
+}
+
+
+def _html_entities_as_numbers(content: bytes) -> bytes:
+    """``content`` with HTML's named entities as numeric references (``&aacute;`` → ``&#225;``).
+
+    Inside CDATA the text is literal, but it is HTML there too and reads the same either way. A document
+    in UTF-16 or UTF-32 is left as it is (the pattern cannot match it).
+    """
+    return _ENTITY.sub(lambda match: _HTML_ENTITIES.get(match[1], match[0]), content)
+
+
+_DECLARATION = re.compile(
+    rb"<!ENTITY\s+(?P<parameter>%\s+)?(?P<name>[^\s>]+)\s+(?:(?P<external>SYSTEM|PUBLIC)\b|\"(?P<dq>[^\"]*)\"|'(?P<sq>[^']*)')"
+)
+_ONE_CHARACTER = re.compile(rb"&#(?:[0-9]+|x[0-9A-Fa-f]+);")
+
+
+class _FirstElement(Exception):
+    """Raised by the prolog check's handler: the DOCTYPE is over, nothing more can be declared."""
+
+
+def _unsafe_declaration(content: bytes) -> str | None:
+    """What is unsafe about the entities the document declares, if anything: a parameter or external
+    entity, or one whose value refers to other entities.
+
+    The declarations are those expat (the parser of feedparser's strict mode) reads from the bytes
+    feedparser gives it (the document turned into UTF-8 as feedparser does, so a UTF-16 or EBCDIC feed is
+    checked too), up to the first element. Comments, processing instructions and quoted values in the
+    DOCTYPE are expat's to skip, so no markup before a declaration can hide it, and a declaration quoted in
+    a comment or a CDATA section is not one. A document whose prolog expat cannot read is scanned whole:
+    any ``<!ENTITY`` in it that would be unsafe refuses it.
+    """
+    scratch: dict[str, Any] = {}
+    text = convert_to_utf8({}, content, scratch)
+    if not scratch.get("encoding"):
+        text = content  # no encoding fits: feedparser's loose parser reads it, expanding nothing of its own
+    found: list[str] = []
+
+    def declared(name: str, parameter: int, value: str | None, _base: Any, system: str | None,
+                 public: str | None, _notation: Any) -> None:
+        if found:
+            return
+        if parameter:
+            found.append(f"declares the parameter entity %{name}; which would be read from elsewhere; "
+                         f"remove the DOCTYPE")
+        elif system is not None or public is not None:
+            kind = "PUBLIC" if public is not None else "SYSTEM"
+            found.append(f"declares &{name}; as an external entity ({kind}), whose content would be read "
+                         f"from a file or URL; remove the DOCTYPE")
+        elif value is not None and "&" in value:  # the value with its character references resolved
+            found.append(f"declares &{name}; in terms of other entities, which could expand to gigabytes "
+                         f"(a 'billion laughs'); remove the DOCTYPE")
+        if found:
+            raise _FirstElement
+
+    def first_element(*_args: Any) -> None:
+        raise _FirstElement
+
+    parser = pyexpat.ParserCreate()
+    parser.EntityDeclHandler = declared
+    parser.StartElementHandler = first_element
+    try:
+        parser.Parse(text, True)
+    except _FirstElement:
+        return found[0] if found else None
+    except (pyexpat.ExpatError, ValueError, LookupError):
+        pass  # not well-formed before its first element (feedparser will say so), or an unknown encoding
+    return _unsafe_declaration_anywhere(text)
+
+
+def _unsafe_declaration_anywhere(text: bytes) -> str | None:
+    """The first unsafe ``<!ENTITY`` anywhere in ``text`` (a document expat could not read up to its first
+    element, where what is a declaration cannot be told)."""
+    for match in _DECLARATION.finditer(text):
+        name = match["name"].decode("ascii", "replace")
+        value = match["dq"] if match["dq"] is not None else match["sq"]
+        if match["parameter"]:
+            return f"declares the parameter entity %{name}; which would be read from elsewhere; remove the DOCTYPE"
+        if match["external"]:
+            return (f"declares &{name}; as an external entity ({match['external'].decode()}), whose content "
+                    f"would be read from a file or URL; remove the DOCTYPE")
+        if value is not None and (b"%" in value or (b"&" in value and not _ONE_CHARACTER.fullmatch(value))):
+            return (f"declares &{name}; in terms of other entities, which could expand to gigabytes (a "
+                    f"'billion laughs'); remove the DOCTYPE")
+    return None
+
+
+def _xml_problem(problem: xml.sax.SAXParseException, content: bytes) -> str:
+    """The XML parser's complaint, naming the entity it did not know when that is the problem. (Its line
+    number is left out: it counts lines of the text feedparser hands it, which may have one line more.)"""
+    message = problem.getMessage()
+    if message != "undefined entity":
+        return message
+    declared = set(re.findall(rb"<!ENTITY\s+(\w+)", content))
+    unknown = next(
+        (match[0].decode() for match in _ENTITY.finditer(content)
+         if match[1].decode() not in _XML_ENTITIES and match[1] not in _HTML_ENTITIES and match[1] not in declared),
+        None,
+    )
+    named = f" {unknown}" if unknown else ""
+    return (f"undefined entity{named}: only XML's and HTML's named entities are read, and a feed's own entity "
+            f"declarations only when they are plain text or one character reference")
 
 
 def feed_items(

@@ -3,6 +3,8 @@ scripts and comments dropped), then read like a copied text page (:func:`~newsle
 
 The page's title and date come from its metadata when the text does not carry them. A page trafilatura
 finds no main content in (a short fragment, say) is reduced to text with the nh3 allow-list instead.
+trafilatura is the optional extra ``html`` (``pip install 'newsletter[html]'``): without it an HTML page is
+rejected with that advice, and every other format still works.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import trafilatura
-
+from newsletter.errors import IngestError
 from newsletter.ingest.base import Reader, SummaryIn, read_text, validate_item
 from newsletter.ingest.clean import html_to_text, normalise_title
 from newsletter.ingest.text import parse_page
@@ -31,12 +32,26 @@ class HtmlReader(Reader):
 
 
 def parse_html(markup: str, *, where: str, summary_length: int) -> dict[str, Any]:
-    """The summary fields of an HTML page: its main content read by :func:`parse_page`."""
-    return parse_page(main_text(markup), where=where, summary_length=summary_length)
+    """The summary fields of an HTML page: its main content read by :func:`parse_page`.
+
+    Raises IngestError naming ``where`` when trafilatura (the ``html`` extra) is not installed."""
+    try:
+        text = main_text(markup)
+    except ModuleNotFoundError as exc:
+        if exc.name != "trafilatura":
+            raise
+        raise IngestError(
+            f"{where}: reading HTML pages needs the html extra; install it with: pip install 'newsletter[html]'"
+        ) from None
+    return parse_page(text, where=where, summary_length=summary_length)
 
 
 def main_text(markup: str) -> str:
-    """The page's main content as text lines: title first, then the date (ISO) if the page has one."""
+    """The page's main content as text lines: title first, then the date (ISO) if the page has one.
+
+    Raises ModuleNotFoundError when trafilatura is not installed."""
+    import trafilatura  # the html extra; imported here so that every other reader works without it
+
     try:
         document = trafilatura.bare_extraction(
             markup, with_metadata=True, include_comments=False, include_tables=False, include_images=False,

@@ -119,7 +119,14 @@ class _Loader(yaml.SafeLoader):
 
 def _load_yaml(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
     """The front matter's node tree (for line numbers) and its value; IngestError naming the line."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character at once: a control character fails here
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + _LINE_OFFSET
+        raise IngestError(
+            f"{path}:{line}: the front matter holds the control character U+{exc.character:04X}, which YAML "
+            f"does not allow; delete it (it is invisible in most editors)"
+        ) from None
     root = None
     try:
         root = loader.get_single_node()

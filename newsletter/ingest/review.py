@@ -2,7 +2,7 @@
 
 An edit goes through the same validation and cleaning as ingest (:func:`~newsletter.ingest.base.validate_item`),
 and is written in one transaction or not at all. Excluding a summary keeps it out of the next digest
-(:func:`newsletter.digest.pending_summaries` skips it) without deleting it; it can be included again.
+(:func:`newsletter.issues.waiting_summaries` skips it) without deleting it; it can be included again.
 """
 
 from __future__ import annotations

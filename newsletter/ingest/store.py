@@ -104,12 +104,12 @@ def ingest_paths(
     ``settings`` (default: the defaults) gives the size limit and the extractive summary length.
 
     Never raises for a bad, missing or unsupported file: it is reported in ``rejected``, its message
-    starting with the path. Besides the IngestError readers raise, any ValueError escaping a reader (a
-    plugin's, a value its parser cannot build) rejects that file, so one file cannot end the run.
+    starting with the path. Whatever a reader raises for a file (see :func:`read_file`) rejects that file
+    only, so one file cannot end the run.
 
     Raises IngestError if a registered reader plugin cannot be loaded. Everything else propagates and
-    ends the run, the files before it committed: database errors, ``NewsletterError``s other than
-    IngestError (a ConfigError is never swallowed), and bugs (TypeError, AttributeError, ...).
+    ends the run, the files before it committed: database errors and ``NewsletterError``s other than
+    IngestError (a ConfigError is never swallowed).
     """
     readers = readers_by_extension()
     report = IngestReport()
@@ -131,8 +131,12 @@ def read_file(path: Path, readers: dict[str, type[Reader]], settings: IngestSect
     """The summaries in ``path``, by the reader for its extension; IngestError for a file to reject
     (missing, unsupported, larger than ``settings.max_bytes``, or what its reader rejects).
 
-    A ValueError from the reader becomes IngestError ``{path}: {message}`` (one line; a pydantic
-    ValidationError about SummaryIn is described the way :func:`~newsletter.ingest.base.validate_item` does).
+    Any other exception from the reader becomes IngestError ``{path}: {message}`` (one line; a pydantic
+    ValidationError about SummaryIn is described the way :func:`~newsletter.ingest.base.validate_item` does):
+    a parser library's own error (PyYAML's ReaderError, an XML parser's), a RecursionError, or a bug in a
+    reader, whose traceback goes to the log. Only a NewsletterError that is not an IngestError, and
+    KeyboardInterrupt, pass through. Mailman's runners do the same with a message they cannot handle: set
+    it aside with the reason, and go on with the next.
     """
     if not path.exists():
         raise IngestError(f"{path}: no such file or folder; check the path")
@@ -152,6 +156,13 @@ def read_file(path: Path, readers: dict[str, type[Reader]], settings: IngestSect
         is_ours = isinstance(exc, ValidationError) and exc.title == SummaryIn.__name__
         message = explain(exc)[1] if is_ours else " ".join(str(exc).split()) or type(exc).__name__
         raise IngestError(f"{path}: {message}") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure reading one file rejects that file, nothing more
+        log.info("%s: the %s reader failed", path, type(reader).__name__, exc_info=True)  # shown with -v
+        reason = " ".join(str(exc).split())[:300]
+        raise IngestError(
+            f"{path}: the {type(reader).__name__} failed on it ({type(exc).__name__}"
+            f"{': ' + reason if reason else ''}); check the file, and report the failure with the details -v shows"
+        ) from exc
 
 
 def undated_date(path: Path, readers: dict[str, type[Reader]]) -> datetime | None:

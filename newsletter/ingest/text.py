@@ -2,16 +2,21 @@
 
 The shape we read, every part but the title optional::
 
-    Longevity & AgingResearch PaperPaywall       <- labels run together: category, type, access marker
+    Longevity & AgingResearch PaperPaywall       <- labels run together (or " · "): category, type, access
     Senolytic cocktail restores muscle repair     <- title
-    A two-drug regimen revived stem cells         <- subtitle
+    A two-drug regimen revived stem cells.        <- subtitle: a phrase or a sentence, before a header line
     Monday, April 13, 2026 · 1,204 views          <- date (a view count or reading time may follow)
-    Published in Nature Aging                     <- source
-    Image: regenerating muscle fibres             <- image description
+    Published in Nature Aging                     <- source ("Published in:", "Source:", "Journal:")
+    Image: regenerating muscle fibres             <- image description (also without "Image:", see below)
     Summary                                       <- headed sections; bullets start with •, - or *
     ...
     Enjoyed this summary? ... inbox every week    <- promotional tail at the very end: dropped
 
+The header zone (everything before the first section heading or paragraph) is read line by line, each
+line classified on its own, in any order, with or without blank lines between: so one unexpected line
+does not push the rest into the text. Two header lines are known by their place, not their shape (the
+subtitle, an image description without ``Image:``); neither is ever the page's only paragraph, which is
+its text. docs/ingest.md lists the shapes and what is never guessed.
 :func:`parse_page` turns such text into the fields of a summary and is shared with the HTML reader. It
 never invents a field: what it does not find stays empty.
 """
@@ -53,14 +58,16 @@ _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "augu
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _VIEWS_OR_READ = r"(?:[\d.,]+\s*[km]?\s+views?|\d+\s*min(?:ute)?s?\s+read)"  # "1,204 views", "6 min read"
 _DATE_LINE = re.compile(
-    rf"^(?:(?:mon|tues|wednes|thurs|fri|satur|sun)day,?\s+)?"
+    rf"^(?:(?:mon|tue|tues|wed|wednes|thu|thur|thurs|fri|sat|satur|sun)(?:day)?\.?,?\s+)?"
     rf"(?:(?P<m1>{_MONTH})\s+(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<y1>\d{{4}})"
     rf"|(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+(?P<m2>{_MONTH}),?\s+(?P<y2>\d{{4}})"
     rf"|(?P<iso>\d{{4}}-\d{{2}}-\d{{2}}))"
     rf"(?:\s*[·•|,–-]?\s*{_VIEWS_OR_READ})*\s*$",
     re.IGNORECASE,
 )
-_PUBLISHED_IN = re.compile(r"^published\s+in[:\s]\s*(?P<source>.+?)\.?$", re.IGNORECASE)
+_SOURCE_LINE = re.compile(  # "Published in Nature Aging", "Published in: ...", "Source: ...", "Journal: ..."
+    r"^(?:(?:originally\s+)?published\s+in\s*:?|source\s*:|journal\s*:)\s*(?P<source>\S.*?)\.?$", re.IGNORECASE
+)
 _IMAGE = re.compile(
     r"^\[?(?:image(?:\s+description)?|photo|illustration|figure|picture)\s*[:–-]\s*(?P<alt>.+?)\]?$",
     re.IGNORECASE,
@@ -135,7 +142,8 @@ def parse_page(text: str, *, where: str, summary_length: int) -> dict[str, Any]:
 
     The summary is the "Summary" section, else the page's first paragraph; a first paragraph longer than
     ``summary_length`` is shortened to its first sentences (the whole paragraph stays in the body).
-    Key points are the bullets of a findings section, else the page's own (non-standard) headings.
+    Key points are the bullets of a findings section; a page without one has none (its section headings,
+    "How the Drug Acts on the Brain", are not findings).
     """
     lines = [line.rstrip() for line in strip_controls(text).split("\n")]
     numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1)]
@@ -154,9 +162,15 @@ def parse_page(text: str, *, where: str, summary_length: int) -> dict[str, Any]:
             data["published_at"] = _date(date, where, number)
         position += 1
     data["title"] = content[position][1]
-    position = _header(content, position, data, where)
-    body_lines = _until_tail([line for _number, line in numbered if _number > _line_before(content, position)])
-    sections = _sections(body_lines)
+    title, before_header = position, dict(data)
+    position, guessed = _header(content, title, data, where)
+    sections = _sections(_until_tail([line for n, line in numbered if n > _line_before(content, position)]))
+    if guessed and not _has_summary_text(sections):
+        # The page's only text sits where a subtitle or bare image description could: it is the text, and
+        # the header ends before it (never a rejected page for a guess of ours).
+        data = before_header
+        position, _guessed = _header(content, title, data, where, end=guessed[-1])
+        sections = _sections(_until_tail([line for n, line in numbered if n > _line_before(content, position)]))
     _fill_from_sections(sections, data, where, summary_length)
     return data
 
@@ -213,7 +227,7 @@ def _split_labels(line: str) -> tuple[dict[str, Any], str, str]:
 def _could_be_title(line: str) -> bool:
     """Not a line of the header after a title (date, view count, source, image), a heading or a bullet."""
     return not (
-        _is_date_or_meta(line) or _PUBLISHED_IN.match(line) or _IMAGE.match(line) or _BULLET.match(line)
+        _is_date_or_meta(line) or _SOURCE_LINE.match(line) or _IMAGE.match(line) or _BULLET.match(line)
         or _KNOWN_HEADINGS.match(line.rstrip(":")) or _TAIL.match(line) or len(line) > 300
     )
 
@@ -222,13 +236,12 @@ def _title_then_header(content: list[tuple[int, str]]) -> bool:
     """A title at ``content[1]`` (perhaps with a subtitle) followed by the date or source line."""
     def header(position: int) -> bool:
         line = content[position][1] if position < len(content) else ""
-        return bool(_DATE_LINE.match(line) or _PUBLISHED_IN.match(line))
+        return bool(_DATE_LINE.match(line) or _SOURCE_LINE.match(line))
 
     title = content[1][1]
     if title.endswith(".") or not _could_be_title(title):
         return False
-    return header(2) or (len(content) > 2 and _could_be_title(content[2][1]) and not content[2][1].endswith(".")
-                         and header(3))
+    return header(2) or (len(content) > 2 and _could_be_title(content[2][1]) and header(3))  # a subtitle between
 
 
 def _looks_like_category(text: str) -> bool:
@@ -245,36 +258,106 @@ def _is_date_or_meta(line: str) -> bool:
     return bool(_DATE_LINE.match(line) or _META_LINE.match(line))
 
 
-def _header(content: list[tuple[int, str]], title: int, data: dict[str, Any], where: str) -> int:
-    """Reads subtitle, date, source and image description after the title (at ``content[title]``);
-    returns the position in ``content`` where the body starts."""
+def _header(
+    content: list[tuple[int, str]], title: int, data: dict[str, Any], where: str, end: int | None = None
+) -> tuple[int, list[int]]:
+    """Reads the header zone after the title (at ``content[title]``), at most up to position ``end``: each
+    line is classified on its own (date, view count or reading time, source, image description, subtitle),
+    in any order and with or without blank lines between them. Returns the position in ``content`` where
+    the text starts (the first line that is none of these: a section heading or a paragraph), and the
+    positions of the lines read by their place rather than their shape (subtitle, bare image description),
+    which the caller gives back to the text when the page would have no text without them."""
     position = title + 1
-    while position < len(content):
+    guessed: list[int] = []
+    dated_or_sourced = False  # a date or source line seen: only after one is a bare image description read
+    while position < len(content) and (end is None or position < end):
         number, line = content[position]
-        if _is_heading_text(line) and _KNOWN_HEADINGS.match(line.rstrip(":")):
+        if _is_heading_text(line) and _KNOWN_HEADINGS.match(line.rstrip(":").strip()):
             break
-        if "published_at" not in data and (date := _DATE_LINE.match(line)):
-            data["published_at"] = _date(date, where, number)
-        elif _META_LINE.match(line):
+        kind = _header_kind(line)
+        if kind == "date":
+            if "published_at" not in data:
+                date = _DATE_LINE.match(line)
+                assert date is not None
+                data["published_at"] = _date(date, where, number)
+        elif kind == "source":
+            source = _SOURCE_LINE.match(line)
+            assert source is not None
+            data.setdefault("source", source.group("source"))
+        elif kind == "image":
+            image = _IMAGE.match(line)
+            assert image is not None
+            data.setdefault("image_alt", image.group("alt"))
+        elif kind == "meta":
             pass  # "1,204 views" on a line of its own: dropped
-        elif "source" not in data and (published := _PUBLISHED_IN.match(line)):
-            data["source"] = published.group("source")
-        elif "image_alt" not in data and (image := _IMAGE.match(line)):
-            data["image_alt"] = image.group("alt")
-        elif position == title + 1 and _looks_like_subtitle(line, content, position):
+        elif position == title + 1 and _is_subtitle(content, position):
             data["subtitle"] = line
+            guessed.append(position)
+        elif "image_alt" not in data and dated_or_sourced and _is_bare_image_description(content, position):
+            data["image_alt"] = line
+            guessed.append(position)
         else:
             break
+        dated_or_sourced = dated_or_sourced or kind in ("date", "source")
         position += 1
-    return position
+    return position, guessed
 
 
-def _looks_like_subtitle(line: str, content: list[tuple[int, str]], position: int) -> bool:
-    """A short line right after the title, not a sentence, and followed by the date, source or image line."""
-    if len(line) > 200 or line.endswith(".") or _BULLET.match(line) or _TAIL.match(line):
+def _header_kind(line: str) -> str | None:
+    """What a line of the header says by its own shape: "date", "meta", "source", "image" or None."""
+    if _DATE_LINE.match(line):
+        return "date"
+    if _META_LINE.match(line):
+        return "meta"
+    if _SOURCE_LINE.match(line):
+        return "source"
+    if _IMAGE.match(line):
+        return "image"
+    return None
+
+
+def _is_subtitle(content: list[tuple[int, str]], position: int) -> bool:
+    """The line right after the title, when a date, view count, source or image line follows it: a phrase
+    or a whole sentence. Without such a line after it, it is the text's first paragraph (never guessed);
+    so is it when it would be the page's only paragraph (see :func:`parse_page`)."""
+    line = content[position][1]
+    if len(line) > 300 or _BULLET.match(line) or _TAIL.match(line):
         return False
     following = content[position + 1][1] if position + 1 < len(content) else ""
-    return bool(_is_date_or_meta(following) or _PUBLISHED_IN.match(following) or _IMAGE.match(following))
+    return _header_kind(following) is not None
+
+
+_MIN_IMAGE_WORDS = 8
+_MIN_IMAGE_CHARS = 50
+_SENTENCE_INSIDE = re.compile(r"[.!?][\"”)]?\s+[A-Z]")  # "… young mice. Clearing …": text, not a description
+
+
+def _is_bare_image_description(content: list[tuple[int, str]], position: int) -> bool:
+    """An image description without an ``Image:`` prefix, after the date or source line: a long
+    descriptive line (8+ words), one phrase (no closing punctuation, no sentence ending inside it), not in
+    Title Case as a heading is, standing alone (a blank line, a header line or the end after it, where a
+    heading has its text), and held in the header: right under a header line with no blank line between, or
+    with a header line after it. Between blank lines it is a heading or a paragraph of the text (never
+    guessed); so is it when it would be the page's only paragraph (see :func:`parse_page`)."""
+    number, line = content[position]
+    words = line.split()
+    if (
+        len(words) < _MIN_IMAGE_WORDS or len(line) < _MIN_IMAGE_CHARS or line[-1] in ".!?:;,…\"”)"
+        or _BULLET.match(line) or _TAIL.match(line) or _KNOWN_HEADINGS.match(line.rstrip(":"))
+        or _SENTENCE_INSIDE.search(line)
+    ):
+        return False
+    long_words = [word for word in words[1:] if len(word) > 3 and word[0].isalpha()]
+    if long_words and all(word[0].isupper() for word in long_words):
+        return False  # "How the Drug Acts on the Brain": a heading
+    previous_number, previous = content[position - 1]
+    under_a_header_line = previous_number == number - 1 and _header_kind(previous) is not None
+    if position + 1 == len(content):
+        return under_a_header_line
+    next_number, following = content[position + 1]
+    if _header_kind(following) is not None:
+        return True
+    return next_number > number + 1 and under_a_header_line
 
 
 def _date(match: re.Match[str], where: str, line: int) -> datetime:
@@ -363,14 +446,30 @@ def _sections(lines: list[str]) -> list[_Section]:
 
 
 def _followed_by_text(lines: list[str], index: int) -> bool:
+    """The next line is a sentence, a bullet, or too long to be a heading (a paragraph without its stop)."""
     following = next((line.strip() for line in lines[index + 1 :] if line.strip()), "")
-    return bool(following) and (bool(_BULLET.match(following)) or following[-1] in ".!?:\"”)")
+    return bool(following) and (
+        bool(_BULLET.match(following)) or following[-1] in ".!?:\"”)" or not _is_heading_text(following)
+    )
+
+
+def _pick_sections(sections: list[_Section]) -> tuple[_Section | None, _Section | None, list[_Section]]:
+    """The summary section, the findings section (with bullets) and the other sections."""
+    summary_section = next((s for s in sections if s.heading and _SUMMARY_HEADING.match(s.heading)), None)
+    findings = next((s for s in sections if s.heading and _FINDINGS_HEADING.match(s.heading) and s.bullets), None)
+    return summary_section, findings, [s for s in sections if s is not summary_section and s is not findings]
+
+
+def _has_summary_text(sections: list[_Section]) -> bool:
+    """A summary can be taken from ``sections``: a Summary section with text, or a paragraph elsewhere."""
+    summary_section, _findings, rest = _pick_sections(sections)
+    if summary_section is not None and summary_section.paragraphs:
+        return True
+    return any(not p.startswith("• ") for s in rest for p in s.paragraphs)
 
 
 def _fill_from_sections(sections: list[_Section], data: dict[str, Any], where: str, length: int) -> None:
-    summary_section = next((s for s in sections if s.heading and _SUMMARY_HEADING.match(s.heading)), None)
-    findings = next((s for s in sections if s.heading and _FINDINGS_HEADING.match(s.heading) and s.bullets), None)
-    rest = [s for s in sections if s is not summary_section and s is not findings]
+    summary_section, findings, rest = _pick_sections(sections)
     if summary_section is not None and summary_section.paragraphs:
         data["summary"] = "\n\n".join(summary_section.paragraphs)
     else:
@@ -385,12 +484,12 @@ def _fill_from_sections(sections: list[_Section], data: dict[str, Any], where: s
                 if paragraph in section.paragraphs:
                     section.paragraphs.remove(paragraph)
                     break
-    if findings is not None:
+    if findings is not None:  # only a findings section has findings: other headings stay in the body
         data["key_points"] = findings.bullets
-    else:
-        own = [s.heading for s in rest if s.heading and not _KNOWN_HEADINGS.match(s.heading)]
-        if own:
-            data["key_points"] = own
-    body = "\n\n".join(section.text() for section in rest if section.paragraphs or section.heading)
+    in_body = [  # the findings section's paragraphs that are not findings (a line after the list) stay, in place
+        _Section(None, [p for p in s.paragraphs if not p.startswith("• ")]) if s is findings else s
+        for s in sections if s is not summary_section
+    ]
+    body = "\n\n".join(section.text() for section in in_body if section.paragraphs or section.heading)
     if body.strip():
         data["body"] = body

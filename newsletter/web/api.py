@@ -9,13 +9,16 @@ item without a ``summary`` but with a ``body`` gets the first sentences of the b
 
 Answers: 201 ``{"ids": [...], "added": n, "updated": n, "unchanged": n}``; 400 ``{"errors": [{"index": i,
 "error": "..."}]}`` with nothing stored if any item is bad (a request is one transaction); 401 without a
-valid token; 413 for a body over ``ingest.max_bytes``.
+valid token; 413 for a body over ``ingest.max_bytes``; 429 with ``Retry-After`` for a client that sent
+too many wrong tokens (:class:`~newsletter.web.limits.Backoff`). A body that no summary can be (nested
+deeper than :data:`MAX_DEPTH`, a number longer than :data:`MAX_DIGITS` digits, ``NaN``) is a 400 saying so.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -26,20 +29,50 @@ from newsletter.config import Config
 from newsletter.errors import IngestError
 from newsletter.ingest import SummaryIn, ingest_items, validate_item
 from newsletter.ingest.base import render_markdown_fields
+from newsletter.web.limits import Backoff
 
 router = APIRouter()
 FORMATS = ("text", "markdown", "html")
+MAX_DEPTH = 32  # a list of summaries with lists inside is 3 deep
+MAX_DIGITS = 20  # a 64-bit number; Python refuses over 4,300 digits with a ValueError of its own
 
 
-@router.post("/api/summaries", status_code=201)
+def summary_schema() -> dict[str, Any]:
+    """The JSON Schema of one summary as the API takes it: :class:`SummaryIn`'s own (so the two cannot
+    drift), plus ``format``, and a ``summary`` that a ``body`` can stand in for."""
+    schema = SummaryIn.model_json_schema()  # flat: no $defs, which the OpenAPI document would not resolve
+    schema["properties"]["format"] = {"enum": list(FORMATS), "default": "text", "title": "Format"}
+    schema["required"] = [name for name in schema["required"] if name != "summary"]
+    schema["anyOf"] = [{"required": ["summary"]}, {"required": ["body"]}]
+    return schema
+
+
+# The body is read by hand (to count its bytes as they arrive); this describes it for the OpenAPI schema.
+_SUMMARY = summary_schema()
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "anyOf": [_SUMMARY, {"type": "array", "items": _SUMMARY}]}}}}}  # fmt: skip
+
+
+@router.post("/api/summaries", status_code=201, openapi_extra=_BODY)
 async def post_summaries(request: Request) -> JSONResponse:
     config: Config = request.app.state.config
-    if not _authorised(request, config.ingest.api_token):
+    backoff: Backoff = request.app.state.web.backoff
+    client = request.client.host if request.client else None
+    wait = backoff.retry_after(client)
+    if wait:  # refused unread: while shut out, a right guess looks like a wrong one
+        seconds = math.ceil(wait)
+        return JSONResponse({"error": f"too many wrong tokens from your address; try again in {seconds} s"},
+                            status_code=429, headers={"Retry-After": str(seconds)})
+    given, token = _bearer(request), (config.ingest.api_token or "").encode()
+    if given is None or not token or not hmac.compare_digest(given, token):
+        if given is not None:  # no token at all is not a guess
+            backoff.failed(client)
         return JSONResponse({"error": "a valid 'Authorization: Bearer <token>' header is required"},
                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    backoff.succeeded(client)
     limit = config.ingest.max_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and (len(declared) > 15 or int(declared) > limit):
         return _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
@@ -47,10 +80,14 @@ async def post_summaries(request: Request) -> JSONResponse:
         if len(body) > limit:
             return _too_large(limit)
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), parse_int=_integer, parse_constant=_no_constant)
+        _check_depth(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return JSONResponse({"errors": [{"index": None, "error": f"the body is not UTF-8 JSON ({exc})"}]},
-                            status_code=400)
+        return _bad_body(f"the body is not UTF-8 JSON ({exc})")
+    except RecursionError:  # json's C parser gives up near 1,000 levels, before _check_depth could
+        return _bad_body(f"the body is nested more than {MAX_DEPTH} levels deep; send flat summary objects")
+    except ValueError as exc:  # from _integer, _no_constant, _check_depth
+        return _bad_body(str(exc))
     entries = data if isinstance(data, list) else [data]
     items: list[SummaryIn] = []
     problems: list[dict[str, Any]] = []
@@ -71,9 +108,38 @@ async def post_summaries(request: Request) -> JSONResponse:
     )
 
 
-def _authorised(request: Request, token: str | None) -> bool:
+def _bearer(request: Request) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None without one (not a guess)."""
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    return given.strip().encode() if scheme.lower() == "bearer" and given.strip() else None
+
+
+def _bad_body(reason: str) -> JSONResponse:
+    return JSONResponse({"errors": [{"index": None, "error": " ".join(reason.split())}]}, status_code=400)
+
+
+def _integer(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"the body has a number of {len(digits.lstrip('-'))} digits; no field takes more than "
+                         f"{MAX_DIGITS}")
+    return int(digits)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"the body has {name}, which is not JSON; send a number or a string")
+
+
+def _check_depth(data: Any) -> None:
+    """ValueError when ``data`` is nested deeper than MAX_DEPTH (walked without recursion)."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"the body is nested more than {MAX_DEPTH} levels deep; send flat summary objects")
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
 
 
 def _too_large(limit: int) -> JSONResponse:

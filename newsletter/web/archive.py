@@ -1,8 +1,11 @@
-"""Public archive of past issues (``/archive``, ``/archive/<number>``) and their Atom feed.
+"""Public archive of past issues (``/archive``, ``/archive/<number>``), their Atom feed, and the front page
+(``/``: the subscribe form with the latest issue).
 
-An archived issue is rendered by the digest's own renderer with neutral recipient values: no subscriber's
-address, name or personal link ever appears in it (the unsubscribe and preferences links point to a page
-explaining where the personal links are). Only issues that went out (sending or sent) are public.
+An archived issue is served exactly as it was first sent: the copy stored with it then
+(:mod:`newsletter.issues.archived`), whatever the templates or the summaries became later, with neutral
+values where a reader's own would be: no subscriber's address, name or personal link ever appears in it
+(the unsubscribe and preferences links point to a page explaining where the personal links are). Only
+issues that went out are public. The feed's entries carry the same HTML, so a feed reader shows the digest.
 """
 
 from __future__ import annotations
@@ -13,22 +16,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import exists, or_
+from sqlalchemy import and_, exists, or_
 from sqlmodel import col, select
 
 from newsletter.db import session
-from newsletter.digest import issue_items
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
-from newsletter.render import RecipientValues, as_utc, format_date, render_issue
+from newsletter.issues import archived_copy, issue_items
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueCopy, IssueStatus, utcnow
+from newsletter.render import as_utc, format_date
 from newsletter.web.pages import _root, _state, notice, page
+from newsletter.web.security import EMAIL_POLICY
 
 router = APIRouter()
 # An issue is public once it has reached someone: its "view in browser" link must keep working even if
-# the send was later paused or cancelled.
+# the send was later paused or cancelled. One being sent is public too (its copy is stored when sending
+# starts), so the link works in the first messages.
 _REACHED_SOMEONE = exists().where(Delivery.issue_id == Issue.id, Delivery.status == DeliveryStatus.SENT)
-PUBLIC = or_(col(Issue.status).in_((IssueStatus.SENDING, IssueStatus.SENT)), _REACHED_SOMEONE)
+_BEING_SENT = and_(Issue.status == IssueStatus.SENDING, exists().where(IssueCopy.issue_id == Issue.id))
+PUBLIC = or_(Issue.status == IssueStatus.SENT, _REACHED_SOMEONE, _BEING_SENT)
 FEED_SIZE = 20
-CACHED_PAGES = 32
 ATOM = "http://www.w3.org/2005/Atom"
 
 
@@ -42,7 +47,22 @@ def _public_issues(request: Request, limit: int | None = None) -> list[Issue]:
         return list(db.exec(query.limit(limit) if limit else query))
 
 
+@router.get("/", response_class=HTMLResponse)
+@router.head("/", response_class=HTMLResponse)  # a route per method: each its own operation id
+def front_page(request: Request) -> HTMLResponse:
+    """The subscribe page, with the latest issue's subject and titles (where every masthead links)."""
+    latest = None
+    with session(_state(request).engine) as db:
+        issue = db.exec(select(Issue).where(PUBLIC).order_by(col(Issue.number).desc()).limit(1)).first()
+        if issue is not None:
+            latest = {"number": issue.number, "subject": issue.subject, "date": format_date(_published(issue).date()),
+                      "titles": [item.title for item in issue_items(db, issue)]}
+    return page(request, "subscribe.html", title="Subscribe", email="", name="", error=None, indexable=True,
+                latest=latest, feed_url=f"{_root(request)}/archive/feed.atom")
+
+
 @router.get("/archive", response_class=HTMLResponse)
+@router.head("/archive", response_class=HTMLResponse)
 def archive_index(request: Request) -> HTMLResponse:
     """Every issue that went out, newest first."""
     issues = [
@@ -54,6 +74,7 @@ def archive_index(request: Request) -> HTMLResponse:
 
 
 @router.get("/archive/feed.atom")
+@router.head("/archive/feed.atom")  # feed readers check for changes with HEAD
 def archive_feed(request: Request) -> Response:
     """An Atom feed of the newest issues, each linking to its archived page."""
     config = _state(request).config
@@ -69,39 +90,29 @@ def archive_feed(request: Request) -> Response:
         _published(issues[0]) if issues else utcnow()
     ).isoformat()
     ET.SubElement(ET.SubElement(feed, f"{{{ATOM}}}author"), f"{{{ATOM}}}name").text = config.newsletter.name
-    with session(_state(request).engine) as db:
-        for issue in issues:
-            entry = ET.SubElement(feed, f"{{{ATOM}}}entry")
-            url = f"{site}/archive/{issue.number}"
-            ET.SubElement(entry, f"{{{ATOM}}}title").text = issue.subject
-            ET.SubElement(entry, f"{{{ATOM}}}id").text = url
-            ET.SubElement(entry, f"{{{ATOM}}}link", href=url, rel="alternate", type="text/html")
-            ET.SubElement(entry, f"{{{ATOM}}}updated").text = _published(issue).isoformat()
-            titles = [item.title for item in issue_items(db, issue)]
-            ET.SubElement(entry, f"{{{ATOM}}}summary").text = f"Issue {issue.number}: " + "; ".join(titles)
+    for issue in issues:
+        entry = ET.SubElement(feed, f"{{{ATOM}}}entry")
+        url = f"{site}/archive/{issue.number}"
+        ET.SubElement(entry, f"{{{ATOM}}}title").text = issue.subject
+        ET.SubElement(entry, f"{{{ATOM}}}id").text = url
+        ET.SubElement(entry, f"{{{ATOM}}}link", href=url, rel="alternate", type="text/html")
+        ET.SubElement(entry, f"{{{ATOM}}}updated").text = _published(issue).isoformat()
+        copy = archived_copy(_state(request).engine, config, issue)
+        ET.SubElement(entry, f"{{{ATOM}}}content", type="html").text = copy.html.decode("utf-8")
     body = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
     return Response(body, media_type="application/atom+xml; charset=utf-8")
 
 
 @router.get("/archive/{number}", response_class=HTMLResponse)
-def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> HTMLResponse:
-    """One issue as it was emailed ("view in browser"), without anything personal."""
+@router.head("/archive/{number}", response_class=HTMLResponse)
+def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Response:
+    """One issue as it was emailed ("view in browser"), without anything personal: the stored bytes."""
     state = _state(request)
     with session(state.engine) as db:
         issue = db.exec(select(Issue).where(Issue.number == number, PUBLIC)).first()
-        items = issue_items(db, issue) if issue else []
     if issue is None:
         return notice(request, "No such issue", f"There is no published issue number {number}.", status=404,
                       link_url=f"{_root(request)}/archive", link_label="All past issues")
-    # Rendering compiles MJML (~60 ms); a page changes only when one of its summaries is updated.
-    key = (issue.number, max((as_utc(item.updated_at) for item in items), default=None))
-    cache: dict[tuple[int, datetime | None], str] = request.app.state.archive_pages
-    if key not in cache:
-        site = state.config.newsletter.site_url
-        neutral = RecipientValues(
-            email="you", name="", unsubscribe_url=f"{site}/unsubscribe", preferences_url=f"{site}/preferences"
-        )
-        if len(cache) >= CACHED_PAGES:
-            cache.pop(next(iter(cache), None), None)  # the oldest; tolerant of a concurrent request
-        cache[key] = render_issue(state.config, issue, items).personalise(neutral)[0]
-    return HTMLResponse(cache[key])
+    # the email's own inline styles and remote images, nothing else (newsletter.web.security)
+    return HTMLResponse(archived_copy(state.engine, state.config, issue).html,
+                        headers={"Content-Security-Policy": EMAIL_POLICY})

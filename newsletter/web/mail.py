@@ -2,7 +2,12 @@
 the configured backend (the same plugins the digest uses).
 
 Templates (``confirm.*.j2``, ``welcome.*.j2``) come from the same Jinja environment and MJML compiler as
-the digest (:mod:`newsletter.render`), so a user's templates folder overrides them the same way.
+the digest (:mod:`newsletter.render`), so a user's templates folder overrides them the same way, and the
+bytes come from the digest's message builder (:class:`newsletter.message.MessageTemplate`).
+
+The confirmation goes to an address anyone may have typed into the form, so it carries nothing else they
+typed: no name in its To header or its text (``recipient.name`` is empty in its templates). Otherwise our
+domain would sign whatever greeting a stranger wants delivered to someone else's inbox.
 """
 
 from __future__ import annotations
@@ -10,22 +15,22 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage, MIMEPart
-from email.utils import format_datetime, formataddr
 from typing import Any
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
 from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import DeliveryError
-from newsletter.message import POLICY, single_line
-from newsletter.models import Subscriber, utcnow
+from newsletter.message import MessageTemplate
+from newsletter.models import Subscriber
 from newsletter.render import (
     NewsletterInfo,
+    RecipientValues,
+    RenderedIssue,
     compile_mjml,
     describe_template,
     render_template,
+    new_markers,
     template_environment,
     tidy_text,
 )
@@ -62,7 +67,7 @@ def render_transactional(config: Config, kind: str, context: dict[str, Any]) -> 
 
 
 def confirmation_email(config: Config, signer: LinkSigner, subscriber: Subscriber) -> Rendered:
-    recipient = Recipient(subscriber.email, subscriber.name or "")
+    recipient = Recipient(subscriber.email, "")  # the name is not shown before the address is confirmed
     return render_transactional(config, "confirm", {
         "recipient": recipient,
         "confirm_url": signer.confirm_url(subscriber.token),
@@ -83,29 +88,14 @@ def welcome_email(config: Config, signer: LinkSigner, subscriber: Subscriber) ->
 
 
 def build_transactional(
-    config: Config, subscriber: Subscriber, rendered: Rendered, message_id: str, *, unsubscribe_url: str | None
+    config: Config, recipient: Recipient, rendered: Rendered, message_id: str, *, unsubscribe_url: str | None
 ) -> bytes:
-    """A ``multipart/alternative`` message to one subscriber; list headers only with ``unsubscribe_url``."""
-    letter = config.newsletter
-    message = EmailMessage(policy=POLICY)
-    message["From"] = letter.sender
-    message["To"] = Address(display_name=single_line(subscriber.name), addr_spec=subscriber.email)
-    if letter.reply_to:
-        message["Reply-To"] = letter.reply_to
-    message["Subject"] = single_line(rendered.subject)
-    message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = message_id
-    if unsubscribe_url:
-        message["List-Id"] = formataddr((letter.name, letter.list_id))
-        message["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:{letter.unsubscribe_address}?subject=unsubscribe>"
-        if unsubscribe_url.startswith("https://"):
-            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    message.make_alternative()
-    html_part = MIMEPart(policy=POLICY)
-    html_part.set_content(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    message.attach(html_part)  # type: ignore[arg-type]
-    return message.as_bytes()
+    """A ``multipart/alternative`` message to ``recipient`` (its name in To: when not empty); list headers
+    only with ``unsubscribe_url``. Raises InvalidAddress for an address no message can be built for."""
+    issue = RenderedIssue(rendered.subject, rendered.subject, rendered.html, rendered.text, new_markers())
+    values = RecipientValues(recipient.email, recipient.name, unsubscribe_url or "", "")
+    template = MessageTemplate(config, issue, list_headers=unsubscribe_url is not None)
+    return template.personalise(values, message_id=message_id)
 
 
 def send_one(config: Config, subscriber: Subscriber, data: bytes, message_id: str) -> None:
@@ -121,8 +111,8 @@ def send_one(config: Config, subscriber: Subscriber, data: bytes, message_id: st
 def send_confirmation(config: Config, signer: LinkSigner, subscriber: Subscriber) -> None:
     """Send the double opt-in email. Raises DeliveryError (or TemplateError) when it cannot be sent."""
     message_id = f"<confirm.{secrets.token_hex(12)}@{config.newsletter.sender_domain}>"
-    data = build_transactional(config, subscriber, confirmation_email(config, signer, subscriber), message_id,
-                               unsubscribe_url=None)
+    data = build_transactional(config, Recipient(subscriber.email, ""), confirmation_email(config, signer, subscriber),
+                               message_id, unsubscribe_url=None)
     send_one(config, subscriber, data, message_id)
     log.info("sent a confirmation email")
 
@@ -131,7 +121,7 @@ def send_welcome(config: Config, signer: LinkSigner, subscriber: Subscriber) -> 
     """Send the welcome email to a subscriber who just confirmed. Raises DeliveryError."""
     message_id = f"<welcome.{secrets.token_hex(12)}@{config.newsletter.sender_domain}>"
     unsubscribe_url = signer.unsubscribe_url(subscriber.token)
-    data = build_transactional(config, subscriber, welcome_email(config, signer, subscriber), message_id,
-                               unsubscribe_url=unsubscribe_url)
+    data = build_transactional(config, Recipient(subscriber.email, subscriber.name or ""),
+                               welcome_email(config, signer, subscriber), message_id, unsubscribe_url=unsubscribe_url)
     send_one(config, subscriber, data, message_id)
     log.info("sent a welcome email")

@@ -8,9 +8,9 @@ confirmation link and 404 for a subscriber who no longer exists, always with a p
 from __future__ import annotations
 
 import logging
-import threading
+import re
 import time
-from collections import deque
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +22,7 @@ from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from newsletter.config import Config
 from newsletter.db import session
@@ -32,6 +33,7 @@ from newsletter.errors import (
     NewsletterError,
 )
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.subscribers import normalise_address
 from newsletter.subscriptions import (
     Confirmation,
     Consent,
@@ -46,6 +48,7 @@ from newsletter.subscriptions import (
 )
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE, LinkSigner
 from newsletter.web import mail
+from newsletter.web.limits import Backoff, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +57,7 @@ PAGES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(default=True)
 )
 EVERY = {"weekly": "every week", "daily": "every day", "monthly": "every month"}  # by schedule.cadence
-RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip counts requests in the last hour
-
-
-class RateLimiter:
-    """At most ``limit`` events per key in a sliding ``window`` (seconds); in memory, per process."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        """Count one event for ``key``; False when it is over the limit (the event is not counted then)."""
-        now = self.clock()
-        with self._lock:
-            if len(self._seen) > 10_000:  # forget idle keys so memory stays bounded
-                self._seen = {k: q for k, q in self._seen.items() if q and q[-1] > now - self.window}
-            seen = self._seen.setdefault(key, deque())
-            while seen and seen[0] <= now - self.window:
-                seen.popleft()
-            if len(seen) >= self.limit:
-                return False
-            seen.append(now)
-            return True
+RATE_WINDOW = 3600.0  # seconds: web.subscribe_limit_per_ip requests per client per hour
 
 
 @dataclass
@@ -88,7 +68,8 @@ class WebState:
     engine: Engine
     clock: Callable[[], datetime]
     signer: LinkSigner
-    limiter: RateLimiter
+    limiter: RateLimiter  # subscribe requests per client
+    backoff: Backoff  # wrong API tokens per client
 
 
 def _state(request: Request) -> WebState:
@@ -100,7 +81,7 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     config = _state(request).config
     site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
     defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False,
-                "every": EVERY[config.schedule.cadence]}
+                "latest": None, "every": EVERY[config.schedule.cadence]}
     html = PAGES.get_template(template).render({**defaults, **context})
     return HTMLResponse(html, status_code=status)
 
@@ -156,10 +137,11 @@ def subscribe(
 ) -> HTMLResponse:
     """Subscribe form endpoint (usable from another site's form): creates a pending subscriber and sends a
     confirmation email. The answer, and how long it takes, is the same whether or not the address is
-    already on the list: the email goes out after the response."""
+    already on the list: only what depends on the request alone (rate limit, honeypot, the address's
+    syntax) happens before the answer; the database and the email come after it."""
     state = _state(request)
     ip, user_agent = _client(request)
-    if not state.limiter.allow(ip or "unknown"):
+    if not state.limiter.allow(ip):
         log.warning("subscribe rate limit reached for an IP address")
         return notice(request, "Too many requests",
                       "Too many subscription requests came from your network. Please try again in an hour.",
@@ -171,15 +153,77 @@ def subscribe(
     if website.strip():
         log.info("subscribe form honeypot filled; ignoring the request")
         return check_inbox
-    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
     try:
-        subscriber = request_subscription(state.engine, email[:400], name, consent, now=state.clock())
+        address = normalise_address(email[:400])
     except InvalidAddress:
         return page(request, "subscribe.html", 400, title="Subscribe", email=email[:400], name=name[:200],
                     error="That does not look like an email address. Please check it and try again.")
-    if subscriber is not None:
-        background.add_task(_send_confirmation, state, subscriber)
+    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
+    background.add_task(_subscribe_after_answering, state, address, name, consent, state.clock())
     return check_inbox
+
+
+def _subscribe_after_answering(state: WebState, address: str, name: str, consent: Consent, now: datetime) -> None:
+    """Record the request and send the confirmation, if the address gets one. Runs after the answer went
+    out, so nobody sees an error: a database that is busy or away for a moment is waited for
+    (:data:`RETRY_DELAYS`), anything else is logged at ERROR with its reason (the address only at DEBUG)."""
+    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
+        try:
+            subscriber = request_subscription(state.engine, address, name, consent, now=now)
+            break
+        except DBAPIError as exc:  # one transaction, rolled back whole: safe to run again
+            if delay is None or not _transient(exc):
+                _lost(address, exc, attempt)
+                return
+            log.warning("could not record a subscription request (%s); trying again in %s s",
+                        _reason(exc, address), delay)
+            time.sleep(delay)
+        except Exception as exc:  # a bug: nobody waits for the answer any more, the log is the only place to tell
+            _lost(address, exc, attempt)
+            return
+    if subscriber is not None:
+        _send_confirmation(state, subscriber)
+
+
+# Seconds to wait before each further try of a subscription request that met a busy or unreachable database
+# (each try on SQLite has already waited out the busy timeout). When the database fault helpers of
+# newsletter.db arrive, newsletter.db.patiently with a bounded patience replaces this loop.
+RETRY_DELAYS = (0.5, 2.0, 5.0)
+_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, e.g. BUSY_SNAPSHOT)
+# SQLSTATE classes and codes: connection exception, transaction rollback (serialisation failure, deadlock),
+# operator intervention (a restart), too many connections, and a unique violation (a concurrent request for
+# the same new address inserted it first: the next try finds it)
+_PG_TRANSIENT = ("08", "40", "57P", "53300", "23505")
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """Whether the same request may succeed if tried again: a lock, a lost connection, a concurrent insert."""
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_BUSY
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if not sqlstate:  # no server answer at all (refused, no socket): the server is away
+        return isinstance(exc, OperationalError)
+    return sqlstate.startswith(_PG_TRANSIENT)
+
+
+def _reason(exc: BaseException, address: str) -> str:
+    """What went wrong, on one line, where in our code, and without the address: the database's own
+    message for a database error (SQLAlchemy's text would add the statement's parameters)."""
+    text = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+    text = re.sub(re.escape(address), "<the address>", " ".join(text.split()), flags=re.IGNORECASE)
+    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if "/newsletter/" in frame.filename]
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    return f"{type(exc).__name__}{where}: {text[:300]}"
+
+
+def _lost(address: str, exc: BaseException, attempts: int) -> None:
+    tries = f" after {attempts} tries" if attempts > 1 else ""
+    log.error("could not record a subscription request%s, so the address got no confirmation email (%s); the "
+              "person will have to subscribe again", tries, _reason(exc, address))
+    log.debug("the lost subscription request was for %s", address, exc_info=exc)
 
 
 def _send_confirmation(state: WebState, subscriber: Subscriber) -> None:

@@ -9,15 +9,22 @@ config file (watchfiles) and polls the summaries in the database; the page liste
 with its file and line; the server keeps running.
 
 The preview is for editors: it binds to loopback by default. Bound to any other address it requires the
-configured token (``?token=...`` once; a cookie after that). Cross-site form posts and foreign ``Host``
-headers are refused so that no web page can make it send mail.
+configured token (``?token=...`` once; a cookie after that, which holds a MAC of the token, not the
+token); a client that sends wrong tokens in the URL is shut out for longer and longer
+(:class:`~newsletter.web.limits.Backoff`), while a wrong cookie is only cleared. Cross-site form posts and foreign
+``Host`` headers are refused so that no web page can make it send mail, and no other site may frame it.
+The page runs only its own script and style (a nonce per answer, :mod:`newsletter.web.security`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
+import math
+import re
+import secrets
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -26,12 +33,13 @@ from dataclasses import replace
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
 
 import watchfiles
 from email_validator import EmailNotValidError, validate_email
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
     PlainTextResponse,
@@ -44,19 +52,25 @@ from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
-from newsletter.checks import (
-    IssueSample,
-    build_sample,
-    check_message,
-    load_issue,
-    sample_values,
-)
+from newsletter.checks import check_sample, sample_values
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
 from newsletter.errors import ConfigError, NewsletterError
-from newsletter.message import build_message
+from newsletter.issues import IssueSample, build_sample, shown_issue
+from newsletter.message import MessageTemplate, message_parts
 from newsletter.models import Issue, Subscriber, Summary
 from newsletter.render import template_dirs
+from newsletter.tokens import secret_keys
+from newsletter.web.limits import Backoff
+from newsletter.web.security import (
+    EMAIL_POLICY,
+    PAGE_POLICY,
+    SecurityHeaders,
+    describe_invalid,
+    framed_by_self,
+    preview_policy,
+    redact_logs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +79,8 @@ WIDTHS = {"desktop": 600, "phone": 375}
 VIEWS = ("html", "text", "source", "headers")
 POLL_SECONDS = 0.25  # how often the database and the config file are looked at
 COOKIE = "newsletter_preview_token"
+_NEEDS_TOKEN = "this preview needs its token: open it once with ?token=... (preview.token or NEWSLETTER_PREVIEW_TOKEN)"
+LARGEST_ISSUE = 2**31 - 1  # the issue number column's range on PostgreSQL
 
 
 class PreviewState:
@@ -82,6 +98,7 @@ class PreviewState:
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], IssueSample | NewsletterError] = {}
         self._config_stamp = self._stamp()
+        self.backoff = Backoff()  # wrong tokens per client; ``clock`` replaceable in tests
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -126,11 +143,11 @@ class PreviewState:
         cached = self._cache.get(key)
         if cached is None:
             try:
-                if ref != "next" and not ref.isdigit():
-                    raise NewsletterError(f"{ref[:20]!r} is not an issue: choose 'next' or an issue number")
+                problem = ref_problem(ref)
+                if problem:
+                    raise NewsletterError(problem)
                 number = None if ref == "next" else int(ref)
-                issue, items, description, recipient = load_issue(self.engine, self.config, number)
-                cached = build_sample(self.config, issue, items, description, recipient)
+                cached = build_sample(self.config, *shown_issue(self.engine, self.config, number))
             except NewsletterError as exc:
                 cached = exc
             self._cache[key] = cached
@@ -165,11 +182,24 @@ class PreviewState:
                 self.stop.wait(1)
 
 
+def ref_problem(ref: str) -> str | None:
+    """Why ``ref`` (the ``issue`` parameter) cannot name an issue, or None: "next" or a number in range."""
+    if ref == "next":
+        return None
+    if not re.fullmatch(r"[0-9]{1,40}", ref):
+        return f"{ref[:20]!r} is not an issue: choose 'next' or an issue number"
+    if int(ref) > LARGEST_ISSUE:
+        return f"there is no issue #{ref}: issue numbers go up to {LARGEST_ISSUE:,}"
+    return None
+
+
 def create_preview_app(config_path: Path, engine: Engine | None = None, *, require_token: bool = False) -> FastAPI:
     """The preview app for the config file at ``config_path``; ``require_token`` when bound beyond loopback.
 
-    Raises ConfigError for a bad config file, or when a token is required and none is configured.
+    Raises ConfigError for a bad config file, or when a token is required and none is configured;
+    NewsletterError when the signing key the cookie is made with cannot be read or created.
     """
+    redact_logs()
     state = PreviewState(config_path, engine)
     token = state.config.preview.access_token
     if require_token and not token:
@@ -177,6 +207,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             f"{config_path}: preview.host is not a loopback address, so the preview needs a token: set "
             f"NEWSLETTER_PREVIEW_TOKEN (16+ characters) or preview.token, or keep host 127.0.0.1"
         )
+    session_value = _session_value(state.config, token) if require_token and token else ""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -192,26 +223,56 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
     app = FastAPI(title=f"{state.config.newsletter.name} preview", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.preview = state
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+        return PlainTextResponse(describe_invalid(exc), status_code=422)
+
+    async def admit(request: Request, call_next: Any) -> Response:
+        """Let an editor in: by the session cookie, or by the token in the URL (which sets the cookie).
+
+        Only a URL token is a guess at the token, so only it counts towards the back-off. The cookie holds
+        a MAC of the token (:func:`_session_value`), not the token, so trying cookies guesses nothing: a
+        wrong one (a tab left open over a change of token, or a neighbour behind the same NAT) is cleared and
+        refused without counting, and an editor with the right one is let in even while their address is
+        shut out by someone else's wrong guesses."""
+        cookie = request.cookies.get(COOKIE)
+        if cookie is not None and hmac.compare_digest(cookie.encode(), session_value.encode()):
+            return await call_next(request)
+        given = request.query_params.get("token")
+        client = request.client.host if request.client else None
+        if given:
+            wait = state.backoff.retry_after(client)
+            if wait:  # refused unread: while shut out, a right guess looks like a wrong one
+                seconds = math.ceil(wait)
+                refused = PlainTextResponse(f"too many wrong tokens from your address; try again in {seconds} s",
+                                            status_code=429, headers={"Retry-After": str(seconds)})
+            elif hmac.compare_digest(given.encode(), token.encode()):
+                state.backoff.succeeded(client)
+                response: Response = await call_next(request)
+                response.set_cookie(COOKIE, session_value, httponly=True, samesite="strict")
+                return response
+            else:
+                state.backoff.failed(client)
+                refused = PlainTextResponse(_NEEDS_TOKEN, status_code=403)
+        elif cookie is not None:
+            refused = PlainTextResponse("this preview's token has changed since you opened it: open it again with "
+                                        "?token=... (preview.token or NEWSLETTER_PREVIEW_TOKEN)", status_code=403)
+        else:  # no token at all is not a guess
+            refused = PlainTextResponse(_NEEDS_TOKEN, status_code=403)
+        if cookie is not None:  # so an open tab stops sending it
+            refused.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return refused
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
-        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
-        if not require_token and host not in LOOPBACK:
+        if not require_token and _hostname(request.headers.get("host") or "") not in LOOPBACK:
             return PlainTextResponse("this preview only answers to 127.0.0.1 or localhost", status_code=403)
         if request.method == "POST":
             origin = request.headers.get("origin")
             if origin and urlsplit(origin).netloc != request.headers.get("host"):
                 return PlainTextResponse("cross-site request refused", status_code=403)
         if require_token and token:
-            given = request.query_params.get("token") or request.cookies.get(COOKIE) or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return PlainTextResponse(
-                    "this preview needs its token: open it once with ?token=... (preview.token or "
-                    "NEWSLETTER_PREVIEW_TOKEN)", status_code=403,
-                )
-            response: Response = await call_next(request)
-            if request.query_params.get("token"):
-                response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-            return response
+            return await admit(request, call_next)
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
@@ -220,30 +281,37 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
     ) -> HTMLResponse:
         view = view if view in VIEWS else "html"
         width = width if width in WIDTHS else "desktop"
+        nonce = secrets.token_urlsafe(18)
+        bad_ref = ref_problem(issue)
         context: dict[str, Any] = {
             "name": state.config.newsletter.name, "issue": issue, "view": view, "width": width,
             "widths": WIDTHS, "views": VIEWS, "version": state.version, "notice": notice, "form_error": error,
-            "numbers": _issue_numbers(state), "problem": state.config_error, "sample": None, "findings": [],
+            "numbers": _issue_numbers(state), "problem": state.config_error or bad_ref, "sample": None,
+            "findings": [], "nonce": nonce,
         }  # fmt: skip
-        if not state.config_error:
+        if not context["problem"]:
             try:
                 sample = state.sample(issue)
                 context["sample"] = sample
-                context["findings"] = check_message(state.config, sample.rendered, sample.message)
+                context["findings"] = check_sample(state.config, sample)
                 context["text"], context["source"], context["headers"] = _parts(sample)
             except NewsletterError as exc:
                 context["problem"] = str(exc)
-        return HTMLResponse(_PAGE.render(context))
+        return HTMLResponse(_PAGE.render(context), status_code=400 if bad_ref else 200,
+                            headers={"Content-Security-Policy": preview_policy(nonce)})
 
     @app.get("/email", response_class=HTMLResponse)
     def email_html(issue: str = "next") -> HTMLResponse:
         """The HTML part alone, personalised for the sample recipient (what the page's frame shows)."""
+        # an email's inline styles and remote images; framed by the preview page, by no one else
+        headers = {"Content-Security-Policy": framed_by_self(EMAIL_POLICY)}
         try:
             sample = state.sample(issue)
         except NewsletterError as exc:
-            return HTMLResponse(_ERROR_FRAME.render(problem=str(exc)), status_code=200)
-        html_part, _text = sample.rendered.personalise(sample.values)
-        return HTMLResponse(html_part)
+            status = 400 if ref_problem(issue) else 200
+            return HTMLResponse(_ERROR_FRAME.render(problem=str(exc)), status_code=status, headers=headers)
+        html_part, _text = message_parts(sample.message)
+        return HTMLResponse(html_part, headers=headers)
 
     @app.get("/events")
     async def events(request: Request) -> StreamingResponse:
@@ -261,10 +329,8 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     @app.post("/send-test")
-    async def send_test(request: Request) -> RedirectResponse:
+    async def send_test(to: Annotated[str, Form()] = "", issue: Annotated[str, Form()] = "next") -> RedirectResponse:
         """Send the issue to one address through the configured backend, subject marked [Test]."""
-        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))  # a plain urlencoded form
-        to, issue = form.get("to", [""])[0], form.get("issue", ["next"])[0]
         try:
             notice = await asyncio.to_thread(_send_test, state, to, issue)
             query = _query(issue, "html", "desktop", notice=notice)
@@ -272,7 +338,28 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             query = _query(issue, "html", "desktop", error=str(exc))
         return RedirectResponse(f"/?{query}", status_code=303)
 
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on a form post, which the
+    # guard above refuses as cross-site
+    app.add_middleware(SecurityHeaders, headers={"Content-Security-Policy": PAGE_POLICY,
+                                                 "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"})
     return app
+
+
+def _session_value(config: Config, token: str) -> str:
+    """What the preview's cookie holds: an HMAC-SHA256 of the token under the site's signing key.
+
+    Nobody can make it without that key, so a cookie cannot be used to guess the token (a cookie is
+    never counted as a guess); it changes when the token or the signing key does."""
+    key = secret_keys(config)[-1].encode()
+    return hmac.new(key, b"newsletter preview session\0" + token.encode(), hashlib.sha256).hexdigest()
+
+
+def _hostname(host: str) -> str:
+    """The name or address of a ``Host`` header without its port: ``[::1]:8025`` and ``[::1]`` give ``::1``."""
+    if host.startswith("["):
+        address, bracket, rest = host[1:].partition("]")
+        return address if bracket and (not rest or re.fullmatch(r":[0-9]{1,5}", rest)) else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _send_test(state: PreviewState, to: str, ref: str) -> str:
@@ -287,7 +374,7 @@ def _send_test(state: PreviewState, to: str, ref: str) -> str:
     values = sample_values(config, Subscriber(email=address, name="", token=f"preview-{address}"))
     rendered = replace(sample.rendered, subject=f"[Test] {sample.rendered.subject}")
     message_id = f"<preview-{uuid.uuid4().hex}@{config.newsletter.sender_domain}>"
-    data = build_message(config, rendered, values, message_id=message_id)
+    data = MessageTemplate(config, rendered).personalise(values, message_id=message_id)
     backend = create_backend(config)
     with backend:
         envelope = config.bounces.return_path or config.newsletter.sender_address
@@ -304,7 +391,7 @@ def _issue_numbers(state: PreviewState) -> list[int]:
 
 def _parts(sample: IssueSample) -> tuple[str, str, str]:
     """(text part, raw source, headers) of the sample message, for the page's other views."""
-    _html, text = sample.rendered.personalise(sample.values)
+    _html, text = message_parts(sample.message)
     source = sample.message.decode("utf-8", errors="replace").replace("\r\n", "\n")
     headers = BytesHeaderParser(policy=default_policy).parsebytes(sample.message)
     return text, source, "\n".join(f"{name}: {value}" for name, value in headers.items())
@@ -322,7 +409,7 @@ _PAGE = _ENV.from_string("""<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Preview · {{ name }}</title>
-<style>
+<style nonce="{{ nonce }}">
   * { box-sizing: border-box; }
   body { margin: 0; font: 15px/1.5 system-ui, sans-serif; color: #1f2933; background: #eef1f5; }
   header { background: #fff; border-bottom: 1px solid #dfe3e8; padding: 10px 14px; display: flex; flex-wrap: wrap;
@@ -345,6 +432,8 @@ _PAGE = _ENV.from_string("""<!doctype html>
   .error { color: #9b1c1c; } .warning { color: #8a5a00; }
   ul { margin: 0; padding-left: 18px; } input[type=email] { width: 100%; padding: 6px; margin: 4px 0; }
   button { padding: 6px 14px; background: #0f6b66; color: #fff; border: 0; border-radius: 4px; }
+  {% for key, px in widths.items() %}.width-{{ key }} { width: {{ px }}px; }
+  {% endfor %}
 </style>
 </head>
 <body>
@@ -381,8 +470,8 @@ _PAGE = _ENV.from_string("""<!doctype html>
     <p id="description">{{ sample.description }} · subject: <strong id="subject">{{ sample.rendered.subject }}</strong></p>
     {% if view == 'html' %}
     <iframe id="email" title="The email as HTML" src="/email?issue={{ issue }}&amp;v={{ version }}"
-            width="{{ widths[width] }}" style="width: {{ widths[width] }}px"></iframe>
-    {% elif view == 'text' %}<pre id="text" style="width: {{ widths[width] }}px">{{ text }}</pre>
+            width="{{ widths[width] }}" class="width-{{ width }}"></iframe>
+    {% elif view == 'text' %}<pre id="text" class="width-{{ width }}">{{ text }}</pre>
     {% elif view == 'source' %}<pre id="source">{{ source }}</pre>
     {% else %}<pre id="headers">{{ headers }}</pre>
     {% endif %}
@@ -406,7 +495,7 @@ _PAGE = _ENV.from_string("""<!doctype html>
   </aside>
   {% endif %}
 </main>
-<script>
+<script nonce="{{ nonce }}">
   const shown = {{ version }};
   const events = new EventSource("/events");
   events.onopen = () => { document.documentElement.dataset.live = "yes"; };

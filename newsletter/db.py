@@ -160,8 +160,9 @@ def session(engine: Engine) -> Session:
 _SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another connection holds the lock past the busy timeout
 _SQLITE_FULL = 13
 # SQLSTATEs: connection exceptions, admin/crash shutdown, "the database system is starting up", too many
-# connections; 53100 is disk_full.
-_PG_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300")
+# connections, and a serialisation failure or deadlock (the server rolled the transaction back: a unit of
+# work tried again as a whole is the cure); 53100 is disk_full.
+_PG_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
 _PG_FULL = "53100"
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds before each further try; the last one repeats
 

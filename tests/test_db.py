@@ -238,6 +238,10 @@ def test_which_driver_errors_are_weather_a_full_disk_or_neither():
                       DatabaseUnavailable)
     assert isinstance(database_fault(wrapped(psycopg.OperationalError("connection failed: No such file"))),
                       DatabaseUnavailable)
+    # the server rolled the transaction back: the unit of work tried again as a whole goes through
+    assert isinstance(database_fault(wrapped(psycopg.errors.DeadlockDetected("deadlock detected"))), DatabaseUnavailable)
+    assert isinstance(database_fault(wrapped(psycopg.errors.SerializationFailure("could not serialize access"))),
+                      DatabaseUnavailable)
     full = database_fault(wrapped(psycopg.errors.DiskFull("could not extend file: No space left on device")))
     assert isinstance(full, DatabaseFull) and "could not extend file" in str(full)
     assert database_fault(wrapped(psycopg.errors.UniqueViolation("duplicate key"), Integrity)) is None

@@ -373,6 +373,41 @@ def _lease_all_to(engine, owner: str) -> None:
         db.commit()
 
 
+@pytest.mark.parametrize("lost", ["before", "after"])
+def test_storing_the_archive_copy_at_send_start_waits_out_a_dropped_connection(config, engine, monkeypatch, caplog,
+                                                                               lost):
+    """The connection drops as the archive copy is committed, ``before`` or ``after`` the server wrote it:
+    the send waits, stores the copy once (or finds it stored) and sends everyone. (A lost answer cannot be
+    produced at will with a real server, so the session's commit fakes it.)"""
+    from sqlalchemy.exc import OperationalError
+    from sqlmodel import Session
+
+    from newsletter.issues import archived
+    from newsletter.models import IssueCopy
+
+    faults = [lost]
+
+    class Dropping(Session):
+        def commit(self) -> None:
+            copy = any(isinstance(row, IssueCopy) for row in [*self.new, *self.identity_map.values()])
+            if not (faults and copy):
+                return super().commit()
+            if faults.pop() == "after":
+                super().commit()
+            else:
+                self.rollback()
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
+                                   connection_invalidated=True)
+
+    monkeypatch.setattr(archived, "session", lambda bound: Dropping(bound, expire_on_commit=False))
+    prepared(config, engine, "a@example.org", "b@example.org")
+    report = send_issue(engine, config, create_backend(config), 1)
+    assert faults == [] and "database unavailable: server closed the connection unexpectedly" in caplog.text
+    assert report.sent == 2 and report.issue.status is IssueStatus.SENT
+    with session(engine) as db:
+        assert len(db.exec(select(IssueCopy)).all()) == 1
+
+
 def test_rows_of_a_sender_that_died_on_this_machine_are_taken_over_at_once(config, engine):
     import subprocess
     import sys

@@ -138,6 +138,19 @@ class NewsletterSection(_Section):
 
 class DatabaseSection(_Section):
     url: str = DEFAULT_DATABASE_URL
+    # How long `digest send` and `worker --until-done` wait for a database that went away (a restart, a
+    # lock held by another program) before they stop with an error; `run` and a worker daemon wait for ever.
+    outage_limit: str = "10m"
+
+    @field_validator("outage_limit")
+    @classmethod
+    def _outage_limit(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def outage_limit_time(self) -> timedelta:
+        return parse_duration(self.outage_limit)
 
     @field_validator("url")
     @classmethod

@@ -1,26 +1,38 @@
-"""Database engine and schema upgrades.
+"""Database engine, schema upgrades, and riding out a database that goes away.
 
 ``open_database(config)`` returns an engine whose schema is at the newest Alembic revision; call it once
 per process and pass the engine on (no global engine). SQLite connections get WAL mode, a busy timeout and
 foreign keys; a relative SQLite path is created under the config file's folder. PostgreSQL connections
-(``postgresql+psycopg://``, the ``postgres`` extra) use the UTC time zone.
+(``postgresql+psycopg://``, the ``postgres`` extra) use the UTC time zone, and are checked before use, so
+a pool emptied by a server restart is refilled without an error.
+
+A database that is briefly unavailable (a PostgreSQL restart or fail-over, a SQLite file another program
+keeps locked for longer than the busy timeout) is weather: :func:`patiently` runs a unit of work again,
+with backoff, logging one line per try, for as long as a :class:`Patience` allows. A full disk is not
+weather: it becomes one :class:`~newsletter.errors.DatabaseFull` line at once.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from newsletter.config import Config
-from newsletter.errors import NewsletterError
+from newsletter.errors import DatabaseFull, DatabaseUnavailable, NewsletterError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +70,8 @@ def make_engine(url: str) -> Engine:
                 f"cannot create the database folder {folder} ({exc.strerror}); check database.url"
             ) from None
     try:
-        engine = create_engine(url)
+        # pre-ping: a connection the server dropped (a restart) is replaced at checkout instead of failing
+        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     except ModuleNotFoundError as exc:
         raise NewsletterError(
             f"database.url needs the {exc.name} driver, which is not installed; for postgresql+psycopg:// "
@@ -117,6 +130,9 @@ def open_database(config: Config) -> Engine:
     except DBAPIError as exc:  # unreachable server, a file that is not a database, no permission, ...
         reason = " ".join(str(exc.orig).split())  # PostgreSQL's hints come on lines of their own
         shown = engine.url.render_as_string(hide_password=True)
+        if _disk_full(engine):  # SQLite says "disk I/O error" when it cannot even create its -shm file
+            raise DatabaseFull(f"cannot open the database {shown!r} ({reason}): the disk holding it is full; free "
+                               "some space, then run the command again") from None
         raise NewsletterError(
             f"cannot open the database {shown!r} ({reason}); check database.url in {config.source} or "
             "NEWSLETTER_DATABASE_URL"
@@ -124,6 +140,125 @@ def open_database(config: Config) -> Engine:
     return engine
 
 
+def _disk_full(engine: Engine) -> bool:
+    """Whether a SQLite database's folder has no space left."""
+    if engine.dialect.name != "sqlite" or not engine.url.database:
+        return False
+    try:
+        return shutil.disk_usage(Path(engine.url.database).parent).free == 0
+    except OSError:
+        return False
+
+
 def session(engine: Engine) -> Session:
     """A session whose objects stay readable after commit (results are handed back to callers)."""
     return Session(engine, expire_on_commit=False)
+
+
+# -- a database that goes away --------------------------------------------------------------------------------
+
+_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED: another connection holds the lock past the busy timeout
+_SQLITE_FULL = 13
+# SQLSTATEs: connection exceptions, admin/crash shutdown, "the database system is starting up", too many
+# connections, and a serialisation failure or deadlock (the server rolled the transaction back: a unit of
+# work tried again as a whole is the cure); 53100 is disk_full.
+_PG_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
+_PG_FULL = "53100"
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds before each further try; the last one repeats
+
+T = TypeVar("T")
+
+
+def describe(exc: BaseException) -> str:
+    """The driver's message on one line (PostgreSQL's come with hints on lines of their own)."""
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def database_fault(exc: BaseException) -> NewsletterError | None:
+    """``exc`` as the user-facing error it stands for: DatabaseUnavailable for weather (the server restarting
+    or out of reach, a connection it dropped, a SQLite file locked beyond the busy timeout), DatabaseFull for
+    a full disk; None for anything else, which is a bug and keeps its traceback."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    reason = describe(exc)
+    full = DatabaseFull(f"the disk holding the database is full ({reason}); nothing of the step that failed was "
+                        "written: free some space, then run the command again")
+    unavailable = DatabaseUnavailable(
+        f"database unavailable: {reason}; check that the database server is running (database.url), or what "
+        "keeps the SQLite file locked, then run the command again"
+    )
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:
+        if code & 0xFF == _SQLITE_FULL:
+            return full
+        return unavailable if code & 0xFF in _SQLITE_BUSY else None
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    if state == _PG_FULL:
+        return full
+    if exc.connection_invalidated or state.startswith(_PG_UNAVAILABLE):
+        return unavailable
+    if isinstance(exc, (OperationalError, InterfaceError)) and not state:  # no connection: refused, no socket
+        return unavailable
+    return None
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long work waits for an unavailable database: ``limit`` (None: as long as it takes, what the
+    scheduler and a worker daemon do), and ``stop``, which ends the wait early (SIGTERM)."""
+
+    limit: timedelta | None = None
+    stop: threading.Event | None = None
+
+
+def patiently(call: Callable[[], T], patience: Patience) -> T:
+    """``call()``, tried again while the database is unavailable.
+
+    ``call`` must be one unit of work that is undone as a whole when it fails (one transaction, or several
+    that are safe to repeat). Each failed try logs one line, ``database unavailable: <reason>; retrying in
+    N s``, then waits (1, 2, 4, 8, 15, then every 30 s). Raises DatabaseUnavailable when ``patience.limit``
+    has passed since the first failure or ``patience.stop`` is set while waiting, DatabaseFull at once for a
+    full disk; any other error propagates unchanged.
+    """
+    first_failure: float | None = None  # when the first try that failed began (a lock waits out the busy timeout)
+    tries = 0
+    while True:
+        began = time.monotonic()
+        try:
+            result = call()
+        except DBAPIError as exc:
+            fault = database_fault(exc)
+            if fault is None:
+                raise
+            if not isinstance(fault, DatabaseUnavailable):
+                raise fault from None
+            first_failure = began if first_failure is None else first_failure
+            waited = time.monotonic() - first_failure
+            delay = BACKOFF[min(tries, len(BACKOFF) - 1)]
+            if patience.limit is not None:
+                left = patience.limit.total_seconds() - waited
+                if left <= 0:
+                    raise DatabaseUnavailable(
+                        f"the database has been unavailable for {_span(waited)}, longer than database.outage_limit "
+                        f"({_span(patience.limit.total_seconds())}): {describe(exc)}; check that the database "
+                        "server is running, or what keeps the SQLite file locked, then run the command again"
+                    ) from None
+                delay = min(delay, max(left, 0.1))
+            log.warning("database unavailable: %s; retrying in %s", describe(exc), _span(delay))
+            stop = patience.stop or threading.Event()
+            if stop.wait(delay):
+                raise DatabaseUnavailable(
+                    f"stopped while waiting for the database ({describe(exc)})"
+                ) from None
+            tries += 1
+            continue
+        if first_failure is not None:
+            log.warning("database available again after %s", _span(time.monotonic() - first_failure))
+        return result
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

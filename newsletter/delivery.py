@@ -9,7 +9,8 @@ result being written, and are sent again by the next run (their deterministic Me
 recognisable). Claimed rows not yet handed over go back to ``queued``.
 
 The next run takes over a dead sender's rows when its lease (``delivery.lease``) expires, or at once when
-the owner was a process on this machine that no longer exists. Rows already ``sent`` are never claimed.
+the owner was a process on this machine that is proven dead (its lock file is free, see
+:mod:`newsletter.owners`). Rows already ``sent`` are never claimed.
 
 Results map onto the ledger like this: SENT → ``sent``; RETRY → ``retry`` with ``next_attempt_at`` from
 ``delivery.retry_schedule`` (``failed`` once the schedule is used up); FAILED (5xx) → ``failed`` and a
@@ -23,12 +24,10 @@ or cancelled by another command, or when more than ``delivery.pause_error_rate``
 
 from __future__ import annotations
 
+import copy
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,13 +36,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, exists, func, or_, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
+from newsletter import owners
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
 from newsletter.bounces import record_bounce
 from newsletter.config import Config
-from newsletter.db import session
-from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.db import Patience, database_fault, patiently, session
+from newsletter.errors import DatabaseFull, DatabaseUnavailable, DeliveryError, NewsletterError
 from newsletter.issues import (
     SENDABLE,
     delivery_counts,
@@ -66,6 +67,7 @@ from newsletter.models import (
     IssueStatus,
     Subscriber,
     SubscriberStatus,
+    Summary,
     utcnow,
 )
 
@@ -73,7 +75,6 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=10)  # the default of delivery.lease
 UNFINISHED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.RETRY)
-_HOST = socket.gethostname()
 
 Progress = Callable[[int, int, int], None]  # (issue number, done so far, due when the run started)
 
@@ -161,32 +162,45 @@ def send_issue(
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utcnow,
     stop: threading.Event | None = None,
+    patience: Patience | None = None,
 ) -> SendReport:
     """Send the deliveries of issue ``number`` that are due now; returns what this run did. The first send
     of an issue stores the archive's copy of it (:func:`newsletter.issues.keep_copy`).
 
-    Raises NewsletterError for an unknown issue, TransitionRefused for a paused, cancelled or sent one, and
-    DeliveryError when the backend fails as a whole; the claimed batch is then released for the next run, so
-    nothing is lost.
+    A database that goes away meanwhile is waited for as ``patience`` allows (default:
+    ``database.outage_limit``, ended early by ``stop``), each ledger write tried again as a whole.
+
+    Raises NewsletterError for an unknown issue, TransitionRefused for a paused, cancelled or sent one,
+    DeliveryError when the backend fails as a whole (the claimed batch is then released for the next run, so
+    nothing is lost), and DatabaseUnavailable / DatabaseFull when the database stays away longer or its disk
+    is full.
     """
+    patience = patience or Patience(config.database.outage_limit_time, stop)
+    issue, items, report = patiently(lambda: _start(engine, number, clock()), patience)
+    composer = Composer(config, issue, items, backend.extra_headers())
+    if not patiently(lambda: has_copy(engine, issue), patience):
+        everything = composer.template([])  # the render the messages are built from: no extra MJML compile
+        assert everything is not None  # an issue has at least one item
+        # keep_copy keeps the first copy stored, so a try again after a lost commit changes nothing
+        patiently(lambda: keep_copy(engine, config, issue, everything.rendered), patience)
+    if progress:
+        progress(issue.number, 0, report.total)
+    with backend, owners.Owner(owners.runtime_folder(engine.url)) as owner:
+        loop = _Loop(engine, config, backend, composer, report, clock, stop, owner.name, patience)
+        loop.run(batch_size or config.delivery.batch_size, progress)
+    patiently(lambda: _finish(engine, report), patience)
+    log.info(report.summary_line())
+    return report
+
+
+def _start(engine: Engine, number: int, now: datetime) -> tuple[Issue, list[Summary], SendReport]:
+    """The issue to send (refused when it is not sendable), its items and an empty report; marks it sending."""
     with session(engine) as db:
         issue = start_sending(db, find_issue(db, number))
         items = issue_items(db, issue)
-        report = SendReport(issue, total=_due_count(db, issue.id, clock()))
+        report = SendReport(issue, total=_due_count(db, issue.id, now))
         db.commit()
-    composer = Composer(config, issue, items, backend.extra_headers())
-    if not has_copy(engine, issue):
-        everything = composer.template([])  # the render the messages are built from: no extra MJML compile
-        assert everything is not None  # an issue has at least one item
-        keep_copy(engine, config, issue, everything.rendered)
-    loop = _Loop(engine, config, backend, composer, report, clock, stop)
-    if progress:
-        progress(issue.number, 0, report.total)
-    with backend:
-        loop.run(batch_size or config.delivery.batch_size, progress)
-    _finish(engine, report)
-    log.info(report.summary_line())
-    return report
+    return issue, items, report
 
 
 def work(
@@ -206,49 +220,74 @@ def work(
     side with any number of other workers sharing the database, until ``stop`` is set.
 
     Between passes it waits ``poll`` seconds, so it picks up new issues, retries that come due and rows
-    whose holder died (lease expired, or a process on this host that is gone). ``ready(number)`` is asked
+    whose holder died (lease expired, or a process on this machine proven dead). ``ready(number)`` is asked
     before an issue's first message (the pre-send checks); an issue it refuses is left alone and asked
     about again after ``recheck`` seconds, so a fixed template is picked up without a restart. When the
     backend fails as a whole (a server that is down, a refused login) the error is logged and the issue
-    tried again on the next pass. With ``until_done`` it returns once no issue it may send has a queued or
-    leased delivery (retries waiting for their time do not count), and raises the backend's DeliveryError
-    instead of waiting for the server. Returns one report per issue and pass that found something to do.
+    tried again on the next pass. A database that goes away is waited for (see :func:`~newsletter.db.patiently`):
+    for ever, or with ``until_done`` for ``database.outage_limit``. With ``until_done`` it returns once no
+    issue it may send has a queued or leased delivery (retries waiting for their time do not count), and
+    raises the backend's DeliveryError instead of waiting for the server, and DatabaseUnavailable or
+    DatabaseFull instead of waiting longer. Returns one report per issue and pass that found something to do.
     """
     stop = stop or threading.Event()
+    patience = Patience(config.database.outage_limit_time if until_done else None, stop)
     approved: set[int] = set()
     refused_at: dict[int, float] = {}  # issue number -> when ready() last refused it (monotonic)
     reports: list[SendReport] = []
-    while not stop.is_set():
+
+    def look() -> tuple[list[Issue], set[int]]:
         with session(engine) as db:
             issues = [issue for issue in unfinished_issues(db) if issue.status in SENDABLE]
-            due = {i.number for i in issues if _due_count(db, i.id, clock())}
-        for number in [issue.number for issue in issues]:
-            if number not in due:  # nothing to claim: do not connect to the server for nothing
-                continue
-            if number not in approved:
-                if number in refused_at and time.monotonic() - refused_at[number] < recheck:
+            return issues, {i.number for i in issues if _due_count(db, i.id, clock())}
+
+    try:
+        while not stop.is_set():
+            issues, due = patiently(look, patience)
+            for number in [issue.number for issue in issues]:
+                if not _work_on(number, due, approved, refused_at, recheck, ready, patience):
                     continue
-                if not ready(number):
-                    refused_at[number] = time.monotonic()
+                try:
+                    report = send_issue(engine, config, backend, number, batch_size=batch_size, clock=clock,
+                                        stop=stop, patience=patience)
+                except (DeliveryError, DatabaseFull) as exc:
+                    if until_done:
+                        raise
+                    log.error("issue #%d: %s; trying again in %g s", number, exc, poll)
                     continue
-                approved.add(number)
-                refused_at.pop(number, None)
-            try:
-                report = send_issue(engine, config, backend, number, batch_size=batch_size, clock=clock, stop=stop)
-            except DeliveryError as exc:
-                if until_done:
+                except DatabaseUnavailable:  # beyond the limit (--until-done), or stopped while waiting
                     raise
-                log.error("issue #%d: %s; trying again in %g s", number, exc, poll)
-                continue
-            except NewsletterError as exc:  # paused or cancelled since the list was read
-                log.info("issue #%d: %s", number, exc)
-                continue
-            if report.total:
-                reports.append(report)
-        if until_done and not _leftover(engine, [i.number for i in issues if i.number not in refused_at]):
-            break
-        stop.wait(poll)
+                except NewsletterError as exc:  # paused or cancelled since the list was read
+                    log.info("issue #%d: %s", number, exc)
+                    continue
+                if report.total:
+                    reports.append(report)
+            numbers = [i.number for i in issues if i.number not in refused_at]
+            if until_done and not patiently(lambda: _leftover(engine, numbers), patience):
+                break
+            stop.wait(poll)
+    except DatabaseUnavailable as exc:
+        if not stop.is_set():
+            raise
+        log.warning("%s; stopping", exc)  # asked to stop while waiting for the database
     return reports
+
+
+def _work_on(number: int, due: set[int], approved: set[int], refused_at: dict[int, float], recheck: float,
+             ready: Callable[[int], bool], patience: Patience) -> bool:
+    """Whether a worker's pass sends issue ``number``: something is due and it passed ``ready`` (asked
+    again ``recheck`` seconds after a refusal)."""
+    if number not in due:  # nothing to claim: do not connect to the server for nothing
+        return False
+    if number not in approved:
+        if number in refused_at and time.monotonic() - refused_at[number] < recheck:
+            return False
+        if not patiently(lambda: ready(number), patience):
+            refused_at[number] = time.monotonic()
+            return False
+        approved.add(number)
+        refused_at.pop(number, None)
+    return True
 
 
 def _leftover(engine: Engine, numbers: Sequence[int]) -> int:
@@ -292,30 +331,14 @@ def due_now(db: Session, issue: Issue, now: datetime | None = None) -> int:
     return _due_count(db, issue.id, now or utcnow())
 
 
-def _new_owner() -> str:
-    """``host:pid:nonce``: lets a later run on this host see that the owner process is gone."""
-    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 def _dead_owners(db: Session, issue_id: int | None) -> list[str]:
-    """Owners of ``sending`` rows that were processes on this host and no longer exist."""
-    owners = db.exec(
+    """Owners of ``sending`` rows proven dead: processes of this machine whose lock is free (a pid proves
+    nothing: another PID namespace, a reused pid). Others' rows wait for their lease."""
+    holders = db.exec(
         select(Delivery.claimed_by).where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING)
         .distinct()
     ).all()
-    dead = []
-    for owner in owners:
-        host, _, rest = (owner or "").partition(":")
-        pid = rest.partition(":")[0]
-        if host != _HOST or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            dead.append(owner)
-        except PermissionError:  # alive, someone else's
-            pass
-    return dead
+    return owners.dead(owners.runtime_folder(db.get_bind().url), [holder for holder in holders if holder])
 
 
 def _claimable(db: Session, issue_id: int | None, now: datetime, limit: int) -> list[int]:
@@ -348,6 +371,7 @@ def _claim(engine: Engine, issue_id: int | None, owner: str, limit: int, now: da
                 .values(status=DeliveryStatus.QUEUED, claimed_by=None, lease_expires_at=None, updated_at=now)
             )
             db.commit()
+            owners.forget(owners.runtime_folder(engine.url), dead)
         # PostgreSQL: FOR UPDATE SKIP LOCKED lets concurrent workers each take different rows without waiting.
         # SQLite ignores it; its short write transaction and the due condition checked again in the UPDATE
         # make a concurrent sender that claimed a row first win.
@@ -407,10 +431,11 @@ class _Loop:
     most one window is ever in flight."""
 
     def __init__(self, engine: Engine, config: Config, backend: Backend, composer: Composer, report: SendReport,
-                 clock: Callable[[], datetime], stop: threading.Event | None) -> None:
+                 clock: Callable[[], datetime], stop: threading.Event | None, owner: str, patience: Patience) -> None:
         self.engine, self.config, self.backend, self.composer = engine, config, backend, composer
         self.report, self.clock, self.stop = report, clock, stop
-        self.owner = _new_owner()
+        self.owner, self.patience = owner, patience
+        self.database_failed = False  # the database stayed away longer than patience allows
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
         self.expires_at = clock()  # when the lease on the current batch runs out (set by each claim)
         self.held: set[int] | None = None  # the batch's rows still held, once the lease ran out (None: all)
@@ -433,8 +458,8 @@ class _Loop:
                 progress(self.report.issue.number, done, self.report.total)
 
         with ThreadPoolExecutor(1, thread_name_prefix="newsletter-send") as sender:
-            while not self._should_stop() and (claimed := _claim(self.engine, issue_id, self.owner, batch_size,
-                                                                  self.clock(), lease)):
+            while not self._should_stop() and (claimed := self._db(
+                    lambda: _claim(self.engine, issue_id, self.owner, batch_size, self.clock(), lease))):
                 self.expires_at, self.held = self.clock() + lease, None
                 try:
                     for start in range(0, len(claimed), size):
@@ -454,11 +479,41 @@ class _Loop:
                     if out is not None:  # this thread failed while a window was out: try to keep its results
                         try:
                             record_out()
+                        except NewsletterError as exc:  # the database is gone for good, or its disk is full
+                            log.error("could not record the results of the window in flight (%s); its messages "
+                                      "will be sent again", exc)
                         except Exception:
                             log.exception("could not record the results of the window in flight; its "
                                           "messages will be sent again")
                     # rows stopped early, or whose window failed, go back to the queue for the next run
-                    _release(self.engine, [r.delivery_id for r in claimed], self.owner)
+                    self._give_back(claimed)
+
+    def _db(self, call: Callable[[], Any]) -> Any:
+        """``call()``, one unit of ledger work, tried again while the database is unavailable, as long as
+        ``patience`` allows. Once the database has failed the loop, the clean-up gets a single try."""
+        try:
+            if not self.database_failed:
+                return patiently(call, self.patience)
+            try:
+                return call()
+            except DBAPIError as exc:
+                raise (database_fault(exc) or exc) from None
+        except (DatabaseUnavailable, DatabaseFull):
+            self.database_failed = True
+            raise
+
+    def _give_back(self, claimed: Sequence[Recipient]) -> None:
+        """Release the batch's rows not finished; when the database already failed the loop, a failure here
+        is logged and the loop's own error goes on (the lock file left free lets the next sender on this
+        machine take the rows over at once)."""
+        failing = self.database_failed
+        try:
+            self._db(lambda: _release(self.engine, [r.delivery_id for r in claimed], self.owner))
+        except (DatabaseUnavailable, DatabaseFull):
+            if not failing:
+                raise
+            log.error("could not give back the claimed deliveries either: the next sender on this machine takes "
+                      "them over at once, others once their lease expires")
 
     def _should_stop(self) -> bool:
         if self.report.stopped:
@@ -466,12 +521,15 @@ class _Loop:
         if self.stop is not None and self.stop.is_set():
             self.report.stopped = "stopped on request; in-flight messages were recorded"
             return True
-        with self.engine.connect() as connection:  # once per window: a plain connection costs half a Session
-            status = connection.execute(self._status).scalar_one()
+        status = self._db(self._issue_status)
         if status not in SENDABLE:
             self.report.stopped = f"the issue was {status.value} by another command"
             return True
         return False
+
+    def _issue_status(self) -> IssueStatus:
+        with self.engine.connect() as connection:  # once per window: a plain connection costs half a Session
+            return connection.execute(self._status).scalar_one()
 
     def _keep_lease(self) -> None:
         """Once a tenth of the lease is used up, extend it on the rows of the batch this sender still holds
@@ -483,21 +541,26 @@ class _Loop:
         If the lease had already run out, another sender may have taken over rows of the batch meanwhile:
         ``self.held`` then says which rows are still this sender's.
         """
-        now = self.clock()
         lease = self.config.delivery.lease_time
-        if now < self.expires_at - lease * 0.9:
+        if self.clock() < self.expires_at - lease * 0.9:
             return
+
+        def extend() -> tuple[datetime, set[int]]:
+            now = self.clock()  # read again on every try: a wait for the database may have used up the lease
+            with session(self.engine) as db:
+                held = set(db.execute(
+                    update(Delivery)
+                    .where(Delivery.issue_id == self.report.issue.id, Delivery.claimed_by == self.owner,
+                           Delivery.status == DeliveryStatus.SENDING)
+                    .values(lease_expires_at=now + lease)
+                    .returning(Delivery.id)
+                    .execution_options(synchronize_session=False)
+                ).scalars())
+                db.commit()
+            return now, held
+
+        now, held = self._db(extend)
         ran_out = now >= self.expires_at
-        with session(self.engine) as db:
-            held = set(db.execute(
-                update(Delivery)
-                .where(Delivery.issue_id == self.report.issue.id, Delivery.claimed_by == self.owner,
-                       Delivery.status == DeliveryStatus.SENDING)
-                .values(lease_expires_at=now + lease)
-                .returning(Delivery.id)
-                .execution_options(synchronize_session=False)
-            ).scalars())
-            db.commit()
         if ran_out:
             self.held = held
         self.expires_at = now + lease
@@ -564,9 +627,18 @@ class _Loop:
         results = sending.result()
         window.bounce = {r.delivery_id for r in results if r.status is SendStatus.FAILED and r.bounce}
         window.results.extend(results)
-        _record(self.engine, self.config, self.owner, window, self.report, self.clock())
+        self._db(lambda: self._record_once(window))
         self._watch_errors(window.results)
         return len(window.claimed)
+
+    def _record_once(self, window: _Window) -> None:
+        """One try at :func:`_record`; the report's counts are put back when it fails, so a try again counts once."""
+        before = copy.copy(self.report)
+        try:
+            _record(self.engine, self.config, self.owner, window, self.report, self.clock())
+        except BaseException:
+            vars(self.report).update(vars(before))
+            raise
 
     def _watch_errors(self, results: Sequence[SendResult]) -> None:
         """Pause the issue when too many of the recent results were failures."""

@@ -41,6 +41,15 @@ class DeliveryError(NewsletterError):
     """Sending cannot start or go on (no prepared issue, backend cannot connect, ...)."""
 
 
+class DatabaseUnavailable(NewsletterError):
+    """The database could not be reached, or stayed locked, for longer than the command may wait
+    (``database.outage_limit``), or the command was stopped while waiting for it."""
+
+
+class DatabaseFull(NewsletterError):
+    """The disk holding the database is full: nothing was written by the statement that failed."""
+
+
 class BackendNotFound(ConfigError, LookupError):
     """The configured backend name is not registered under the ``newsletter.backends`` entry points."""
 

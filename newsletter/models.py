@@ -7,6 +7,7 @@ migration in ``newsletter/migrations``.
 
 from __future__ import annotations
 
+import base64
 import enum
 import secrets
 from datetime import UTC, datetime
@@ -37,6 +38,14 @@ def _status_column(enum_class: type[enum.StrEnum], *, index: bool = False) -> An
 def new_token() -> str:
     """An opaque random identifier for a subscriber's links; reveals neither email nor row id."""
     return secrets.token_urlsafe(18)
+
+
+def new_tokens(count: int) -> list[str]:
+    """``count`` tokens like :func:`new_token`, for a bulk import: 18 random bytes each encode to exactly
+    24 URL-safe characters, so one draw of ``18 * count`` bytes, encoded once and cut every 24 characters,
+    gives the same tokens at a fraction of the cost of one call per token."""
+    encoded = base64.urlsafe_b64encode(secrets.token_bytes(18 * count)).decode("ascii")
+    return [encoded[start : start + 24] for start in range(0, 24 * count, 24)]
 
 
 class SubscriberStatus(enum.StrEnum):

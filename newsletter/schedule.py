@@ -8,6 +8,12 @@ the same call serves the cron firing, catch-up on start and ``digest send --if-d
 
 On top of the once-per-firing rule only the process holding the ``scheduler_lease`` row fires jobs; the
 others wait and say so.
+
+The database going away (a PostgreSQL restart, a SQLite file locked by another program) never stops the
+scheduler: the lease renewal and every job wait for it (:func:`~newsletter.db.patiently`), logging one
+line per try, and go on where they were. A job the outage interrupted is run again from what the database
+says is left: a firing whose ``Firing`` row was committed is found done, one whose transaction was lost is
+done again, so a firing still makes at most one issue.
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ from newsletter.backends import create_backend
 from newsletter.bounces import process_bounces
 from newsletter.checks import check_issue
 from newsletter.config import Config
-from newsletter.db import session
+from newsletter.db import Patience, describe, patiently, session
 from newsletter.delivery import SendReport, due_now, send_issue
-from newsletter.errors import NewsletterError
+from newsletter.errors import DatabaseFull, DatabaseUnavailable, NewsletterError
 from newsletter.firings import digest_trigger, fire_if_due, next_run_time
 from newsletter.ingest.feeds import poll_feeds
 from newsletter.ingest.inbox import process_inbox
@@ -68,22 +74,26 @@ class DueResult:
 
 
 def run_if_due(
-    engine: Engine, config: Config, *, now: datetime | None = None, halt: threading.Event | None = None
+    engine: Engine, config: Config, *, now: datetime | None = None, halt: threading.Event | None = None,
+    patience: Patience | None = None,
 ) -> DueResult:
     """Do what is due at ``now``: the newest firing if nobody has done it (see
     :func:`newsletter.firings.fire_if_due`), then every unfinished send (retries, an interrupted send, an
     issue an editor prepared). The digest job, catch-up on start and ``digest send --if-due``.
 
-    Raises NewsletterError when preparing or sending fails; whatever was recorded stays recorded.
+    Raises NewsletterError when preparing or sending fails; whatever was recorded stays recorded. ``patience``:
+    how long a send waits for the database (default: ``database.outage_limit``).
     """
     fired = fire_if_due(engine, config, now=now)
     result = DueResult(fired.due_at, fired.outcome, fired.issue, fired.lines)
-    result.sends = send_due(engine, config, halt=halt)
+    result.sends = send_due(engine, config, halt=halt, patience=patience)
     result.lines += [report.summary_line() for report in result.sends]
     return result
 
 
-def send_due(engine: Engine, config: Config, *, halt: threading.Event | None = None) -> list[SendReport]:
+def send_due(
+    engine: Engine, config: Config, *, halt: threading.Event | None = None, patience: Patience | None = None
+) -> list[SendReport]:
     """Send what is due of every unfinished issue (retries whose time has come, an interrupted send); does
     nothing when no issue is left to send (paused and cancelled ones are left alone). With ``halt``, stops
     after the messages in flight once it is set.
@@ -103,7 +113,7 @@ def send_due(engine: Engine, config: Config, *, halt: threading.Event | None = N
     for number in numbers:
         if backend is None or number in refused:
             continue
-        reports.append(send_issue(engine, config, backend, number, stop=halt))
+        reports.append(send_issue(engine, config, backend, number, stop=halt, patience=patience))
         if halt is not None and halt.is_set():
             log.warning("stopped sending after the messages in flight; the rest is sent on the next run")
             break
@@ -136,22 +146,27 @@ class Job:
 
 
 def build_jobs(config: Config, halt: threading.Event) -> list[Job]:
-    """The jobs ``newsletter run`` fires. Adding a job is one line here."""
+    """The jobs ``newsletter run`` fires. Adding a job is one line here. Sends wait for the database for as
+    long as it takes (until ``halt``)."""
     every = config.schedule.intervals
+    patient = Patience(None, halt)
     return [
-        Job(DIGEST_JOB, digest_trigger(config), partial(run_if_due, halt=halt)),
-        Job("send-due", IntervalTrigger(minutes=every.send_due), partial(send_due, halt=halt)),
+        Job(DIGEST_JOB, digest_trigger(config), partial(run_if_due, halt=halt, patience=patient)),
+        Job("send-due", IntervalTrigger(minutes=every.send_due), partial(send_due, halt=halt, patience=patient)),
         *([Job("feeds", IntervalTrigger(minutes=every.feeds), poll_feeds)] if config.ingest.feeds else []),
         *([Job("inbox", IntervalTrigger(minutes=every.inbox), process_inbox)] if config.ingest.inbox else []),
         *([Job("bounces", IntervalTrigger(minutes=every.bounces), process_bounces)] if config.bounces.mailbox else []),
     ]
 
 
-def run_job(engine: Engine, config: Config, job: Job) -> None:
+def run_job(engine: Engine, config: Config, job: Job, halt: threading.Event | None = None) -> None:
     """Run ``job`` once; an error is logged (with its traceback unless it is a NewsletterError, whose
-    message says it all) and recorded in ``job_failure``, never raised, so the scheduler keeps running."""
+    message says it all) and recorded in ``job_failure``, never raised, so the scheduler keeps running.
+
+    A job the database failed (it went away) is run again once it is back, until ``halt``: every job decides
+    from the database what is left to do, so running it again does only what the failed run did not."""
     try:
-        job.call(engine, config)
+        patiently(lambda: job.call(engine, config), Patience(None, halt))
     except Exception as exc:
         if isinstance(exc, NewsletterError):
             log.error("job %s failed: %s", job.id, exc)
@@ -167,8 +182,8 @@ def record_failure(engine: Engine, job_id: str, exc: BaseException) -> None:
         with session(engine) as db:
             db.add(JobFailure(job=job_id, error=f"{type(exc).__name__}: {text}", traceback=trace))
             db.commit()
-    except Exception:  # the database may be what failed; the log line above already has it
-        log.exception("could not record the failure of job %s", job_id)
+    except Exception as failure:  # the database may be what failed; the log line above already has it
+        log.error("could not record the failure of job %s: %s", job_id, describe(failure))
 
 
 # --- the lease ----------------------------------------------------------------------------------------
@@ -256,7 +271,9 @@ def run_scheduler(
     reported: str | None = None
     try:
         while not stop.is_set():
-            holder = acquire_lease(engine, owner, timing.ttl)
+            holder = _lease(engine, owner, timing, stop)
+            if holder is None:  # stopped while waiting for the database
+                break
             if holder.owner != owner:
                 if reported != holder.owner:
                     log.warning(
@@ -270,8 +287,29 @@ def run_scheduler(
             log.info("holding the scheduler lease as %s", owner)
             _run_holding(engine, config, owner, stop, timing)
     finally:
-        release_lease(engine, owner)
+        try:
+            release_lease(engine, owner)
+        except Exception as exc:  # the database is away: the lease runs out by itself
+            log.warning("could not release the scheduler lease (%s); another scheduler takes over once it expires "
+                        "(schedule.lease_seconds)", describe(exc))
     log.info("scheduler stopped")
+
+
+def _lease(engine: Engine, owner: str, timing: LeaseTiming, stop: threading.Event) -> LeaseHolder | None:
+    """Take or renew the lease, waiting for the database as long as it takes (a full disk included: tried
+    again every renewal interval); None once ``stop`` is set.
+
+    After an outage that outlasted the lease, the lease is taken again unless another scheduler took it
+    meanwhile (then that one holds it and this one waits)."""
+    while True:
+        try:
+            return patiently(lambda: acquire_lease(engine, owner, timing.ttl), Patience(None, stop))
+        except DatabaseUnavailable:
+            return None
+        except DatabaseFull as exc:
+            log.error("cannot renew the scheduler lease: %s; trying again in %g s", exc, timing.renew.total_seconds())
+            if stop.wait(timing.renew.total_seconds()):
+                return None
 
 
 def _run_holding(engine: Engine, config: Config, owner: str, stop: threading.Event, timing: LeaseTiming) -> None:
@@ -282,7 +320,7 @@ def _run_holding(engine: Engine, config: Config, owner: str, stop: threading.Eve
     for job in build_jobs(config, halt):
         first = {"next_run_time": datetime.now(config.schedule.zone)} if job.id == DIGEST_JOB else {}
         scheduler.add_job(
-            run_job, job.trigger, args=(engine, config, job), id=job.id, coalesce=True, max_instances=1,
+            run_job, job.trigger, args=(engine, config, job, halt), id=job.id, coalesce=True, max_instances=1,
             misfire_grace_time=None, **first,
         )
     scheduler.start()
@@ -297,7 +335,9 @@ def _run_holding(engine: Engine, config: Config, owner: str, stop: threading.Eve
     )
     try:
         while not stop.wait(timing.renew.total_seconds()):
-            holder = acquire_lease(engine, owner, timing.ttl)
+            holder = _lease(engine, owner, timing, stop)
+            if holder is None:
+                break
             if holder.owner != owner:
                 log.error("lost the scheduler lease to %s; pausing jobs", holder.owner)
                 break

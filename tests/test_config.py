@@ -70,6 +70,7 @@ def test_defaults_fill_everything_but_the_newsletter_section(tmp_path):
         ("web:\n  subscribe_limit_per_ip: 0\n", "web.subscribe_limit_per_ip: Input should be greater than or equal to 1"),
         ("delivery:\n  retry_schedule: [5m, soon]\n", "delivery.retry_schedule: 'soon' is not a duration such as 30s"),
         ("delivery:\n  lease: 0m\n", "delivery.lease: '0m' is not a duration"),
+        ("database:\n  outage_limit: forever\n", "database.outage_limit: 'forever' is not a duration such as 30s"),
         ("delivery:\n  pause_error_rate: 2\n", "delivery.pause_error_rate: Input should be less than or equal to 1"),
         ("bounces:\n  mailbox:\n    type: pop3\n", "bounces.mailbox.type: Input should be 'maildir', 'mbox' or 'imap'"),
         ("bounces:\n  mailbox:\n    type: imap\n", "bounces.mailbox: an imap mailbox needs host and username"),

@@ -144,6 +144,110 @@ def test_the_subscribers_migration_keeps_existing_data(config):
     upgraded.dispose()
 
 
+# -- a database that goes away: what is weather, and waiting it out --------------------------------------------
+
+
+def _locked_out(tmp_path):
+    """A write that fails with SQLite's own "database is locked" (no busy timeout), and the lock's holder."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+
+    def write() -> str:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        return "written"
+
+    holder.execute("BEGIN IMMEDIATE")
+    return engine, holder, write
+
+
+def test_a_lock_beyond_the_busy_timeout_is_waited_out_with_one_line_per_try(tmp_path, caplog):
+    from newsletter.db import Patience, patiently
+
+    engine, holder, write = _locked_out(tmp_path)
+    tries = []
+
+    def write_then_release() -> str:
+        tries.append(1)
+        try:
+            return write()
+        finally:
+            if len(tries) == 2:
+                holder.execute("COMMIT")  # the other program lets go after the second try failed
+
+    assert patiently(write_then_release, Patience()) == "written"
+    lines = [r.getMessage() for r in caplog.records if r.name == "newsletter.db"]
+    assert lines == ["database unavailable: database is locked; retrying in 1 s",
+                     "database unavailable: database is locked; retrying in 2 s",
+                     lines[2]]
+    assert lines[2].startswith("database available again after ")
+    engine.dispose()
+
+
+def test_waiting_ends_at_the_limit_or_when_stopped_and_other_errors_are_not_retried(tmp_path):
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy.exc import OperationalError
+
+    from newsletter.db import Patience, patiently
+    from newsletter.errors import DatabaseUnavailable
+
+    engine, holder, write = _locked_out(tmp_path)
+    with pytest.raises(DatabaseUnavailable, match=r"unavailable for 0\.0 s, longer than database.outage_limit "
+                       r"\(0\.0 s\): database is locked; check that the database server is running"):
+        patiently(write, Patience(timedelta(0)))
+    stopped = threading.Event()
+    stopped.set()
+    with pytest.raises(DatabaseUnavailable, match=r"stopped while waiting for the database \(database is locked\)"):
+        patiently(write, Patience(None, stopped))
+    holder.execute("COMMIT")
+    tries = []
+
+    def broken() -> None:
+        tries.append(1)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT * FROM no_such_table"))
+
+    with pytest.raises(OperationalError, match="no such table"):  # a bug, not weather: at once, as it is
+        patiently(broken, Patience())
+    assert len(tries) == 1
+    engine.dispose()
+
+
+def test_which_driver_errors_are_weather_a_full_disk_or_neither():
+    psycopg = pytest.importorskip("psycopg")
+    from sqlalchemy.exc import IntegrityError as Integrity
+    from sqlalchemy.exc import OperationalError
+
+    from newsletter.db import database_fault
+    from newsletter.errors import DatabaseFull, DatabaseUnavailable
+
+    def wrapped(error, kind=OperationalError):
+        return kind("UPDATE delivery SET ...", {}, error)
+
+    assert isinstance(database_fault(wrapped(psycopg.errors.AdminShutdown("terminating connection"))),
+                      DatabaseUnavailable)
+    assert isinstance(database_fault(wrapped(psycopg.errors.CannotConnectNow("the database system is starting up"))),
+                      DatabaseUnavailable)
+    assert isinstance(database_fault(wrapped(psycopg.OperationalError("connection failed: No such file"))),
+                      DatabaseUnavailable)
+    # the server rolled the transaction back: the unit of work tried again as a whole goes through
+    assert isinstance(database_fault(wrapped(psycopg.errors.DeadlockDetected("deadlock detected"))), DatabaseUnavailable)
+    assert isinstance(database_fault(wrapped(psycopg.errors.SerializationFailure("could not serialize access"))),
+                      DatabaseUnavailable)
+    full = database_fault(wrapped(psycopg.errors.DiskFull("could not extend file: No space left on device")))
+    assert isinstance(full, DatabaseFull) and "could not extend file" in str(full)
+    assert database_fault(wrapped(psycopg.errors.UniqueViolation("duplicate key"), Integrity)) is None
+    assert database_fault(ValueError("not a database error")) is None
+
+
 def test_the_firings_migration_keeps_issues_maps_each_period_to_its_firing_and_archives_old_issues_once(
         config, tmp_path):
     from fastapi.testclient import TestClient

@@ -1,5 +1,6 @@
 """The send loop: everyone once, nothing twice, failures recorded, and an interrupted run resumes."""
 
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +21,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.conftest import make_config
+from tests.conftest import ROOT, make_config
 from tests.helpers import add_people, add_summaries
 
 NOW = datetime(2026, 11, 18, 9, tzinfo=UTC)
@@ -364,22 +365,83 @@ def test_a_stop_request_drains_the_window_in_flight_and_releases_the_rest(config
     assert sorted(statuses(engine).values()) == ["queued"] * 4 + ["sent"] * 2  # nothing left "sending"
 
 
+def _lease_all_to(engine, owner: str) -> None:
+    with session(engine) as db:
+        for row in db.exec(select(Delivery)).all():
+            row.status, row.claimed_by, row.lease_expires_at = DeliveryStatus.SENDING, owner, NOW + LEASE
+            db.add(row)
+        db.commit()
+
+
+@pytest.mark.parametrize("lost", ["before", "after"])
+def test_storing_the_archive_copy_at_send_start_waits_out_a_dropped_connection(config, engine, monkeypatch, caplog,
+                                                                               lost):
+    """The connection drops as the archive copy is committed, ``before`` or ``after`` the server wrote it:
+    the send waits, stores the copy once (or finds it stored) and sends everyone. (A lost answer cannot be
+    produced at will with a real server, so the session's commit fakes it.)"""
+    from sqlalchemy.exc import OperationalError
+    from sqlmodel import Session
+
+    from newsletter.issues import archived
+    from newsletter.models import IssueCopy
+
+    faults = [lost]
+
+    class Dropping(Session):
+        def commit(self) -> None:
+            copy = any(isinstance(row, IssueCopy) for row in [*self.new, *self.identity_map.values()])
+            if not (faults and copy):
+                return super().commit()
+            if faults.pop() == "after":
+                super().commit()
+            else:
+                self.rollback()
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
+                                   connection_invalidated=True)
+
+    monkeypatch.setattr(archived, "session", lambda bound: Dropping(bound, expire_on_commit=False))
+    prepared(config, engine, "a@example.org", "b@example.org")
+    report = send_issue(engine, config, create_backend(config), 1)
+    assert faults == [] and "database unavailable: server closed the connection unexpectedly" in caplog.text
+    assert report.sent == 2 and report.issue.status is IssueStatus.SENT
+    with session(engine) as db:
+        assert len(db.exec(select(IssueCopy)).all()) == 1
+
+
 def test_rows_of_a_sender_that_died_on_this_machine_are_taken_over_at_once(config, engine):
     import subprocess
     import sys
 
-    from newsletter.delivery import _HOST
+    from newsletter.owners import runtime_folder
 
     prepared(config, engine, "a@example.org", "b@example.org")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    with session(engine) as db:
-        for row in db.exec(select(Delivery)).all():
-            row.status, row.claimed_by = DeliveryStatus.SENDING, f"{_HOST}:{dead.stdout.strip()}:abc"
-            row.lease_expires_at = NOW + LEASE
-            db.add(row)
-        db.commit()
+    folder = runtime_folder(engine.url)
+    crashed = subprocess.run(  # takes its lock, then dies without giving anything back
+        [sys.executable, "-c", "import os, sys; from pathlib import Path; from newsletter.owners import Owner; "
+         "print(Owner(Path(sys.argv[1])).__enter__().name, flush=True); os._exit(9)", str(folder)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    owner = crashed.stdout.strip()
+    _lease_all_to(engine, owner)
     report = send_issue(engine, config, create_backend(config), 1, clock=lambda: NOW)
     assert report.sent == 2 and report.issue.status is IssueStatus.SENT
+    assert not (folder / f"{owner.rpartition(':')[2]}.lock").exists()  # its lock file went with the take-over
+
+
+def test_rows_of_an_owner_whose_pid_is_gone_but_not_proven_dead_wait_for_their_lease(config, engine):
+    """A pid that does not exist here may live in another PID namespace (a container with this host
+    name): without the owner's free lock file, its rows wait for the lease."""
+    import subprocess
+    import sys
+
+    from newsletter.owners import HOST
+
+    prepared(config, engine, "a@example.org", "b@example.org")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _lease_all_to(engine, f"{HOST}:{gone.stdout.strip()}:0123456789ab")
+    assert send_issue(engine, config, create_backend(config), 1, clock=lambda: NOW).sent == 0
+    later = NOW + LEASE + timedelta(seconds=1)
+    assert send_issue(engine, config, create_backend(config), 1, clock=lambda: later).sent == 2
 
 
 def test_a_cancel_during_a_send_leaves_nothing_queued_or_sending(config, engine):

@@ -499,3 +499,71 @@ def test_the_retry_job_leaves_the_backend_alone_when_nothing_is_due(config, engi
     monkeypatch.setattr("newsletter.schedule.create_backend", lambda cfg: opened.append(cfg))
     assert send_due(engine, config) == []
     assert opened == []  # no connection to the mail server, no render, every 5 minutes
+
+
+def test_a_full_disk_while_renewing_the_lease_is_logged_and_tried_again_not_fatal(engine, monkeypatch, caplog):
+    """The renewal is a write; a full disk (which SQLite meets only when its WAL must grow, so it cannot be
+    set up at will here) makes it fail: the scheduler says so and tries again at the next renewal."""
+    from newsletter import schedule
+    from newsletter.errors import DatabaseFull
+
+    real = schedule.acquire_lease
+    failures = [DatabaseFull("the disk holding the database is full (database or disk is full); ...")] * 2
+
+    def acquire(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(schedule, "acquire_lease", acquire)
+    timing = schedule.LeaseTiming(timedelta(seconds=4), timedelta(milliseconds=10))
+    holder = schedule._lease(engine, "me", timing, threading.Event())
+    assert holder is not None and holder.owner == "me"
+    lines = [r.getMessage() for r in caplog.records if "cannot renew the scheduler lease" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].endswith("trying again in 0.01 s")
+    stopped = threading.Event()
+    stopped.set()
+    failures.append(DatabaseFull("full"))
+    assert schedule._lease(engine, "me", timing, stopped) is None  # stopping ends the wait
+
+
+@pytest.mark.parametrize("lost", ["before", "after"])
+def test_a_firing_whose_commit_meets_a_database_outage_is_done_again_by_its_job_once(config, engine, monkeypatch,
+                                                                                      caplog, lost):
+    """The connection drops as the firing's transaction commits: ``before`` the server wrote it (nothing of
+    the firing is kept), or ``after`` (it is kept, but the answer never came back, so the job cannot know).
+    The job is run again once the database answers; either way the firing makes one issue, sent once.
+    (The lost answer cannot be produced at will with a real server, so the session's commit fakes it.)"""
+    from sqlalchemy.exc import OperationalError
+    from sqlmodel import Session
+
+    from newsletter import firings
+
+    faults = [lost]
+
+    class Dropping(Session):
+        def commit(self) -> None:
+            firing = any(isinstance(row, Firing) and row.issue_id for row in self.identity_map.values())
+            if not (faults and firing):
+                return super().commit()
+            if faults.pop() == "after":
+                super().commit()
+            else:
+                self.rollback()
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
+                                   connection_invalidated=True)
+
+    monkeypatch.setattr(firings, "session", lambda bound: Dropping(bound, expire_on_commit=False))
+    add_summaries(engine, 2, at=IN_W47)
+    add_people(engine, "a@example.org", "b@example.org")
+    now = (MONDAY_0800 + timedelta(minutes=30)).astimezone(UTC)
+
+    run_job(engine, config, Job("digest", digest_trigger(config), lambda e, c: run_if_due(e, c, now=now)))
+
+    assert faults == []  # the fault happened
+    assert "database unavailable: server closed the connection unexpectedly; retrying in 1 s" in caplog.text
+    assert [issue.number for issue in issues(engine)] == [1]
+    assert firing_outcomes(engine) == {"11-23 08:00": FiringOutcome.ISSUED}
+    assert deliveries(engine) == [(DeliveryStatus.SENT, 1)] * 2
+    with session(engine) as db:
+        assert db.exec(select(JobFailure)).all() == []

@@ -247,7 +247,7 @@ def test_a_locked_database_after_the_answer_is_waited_out_and_the_sign_up_kept(t
     site = make_site(tmp_path)
     caplog.set_level(logging.DEBUG, logger="newsletter.web.pages")
     retrying = Signal(logging.WARNING)
-    logging.getLogger("newsletter.web.pages").addHandler(retrying)
+    logging.getLogger("newsletter.db").addHandler(retrying)  # db.patiently's line for each failed try
     blocker = sqlite3.connect(tmp_path / "newsletter.db", isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")  # another process writing for longer than the busy timeout
 
@@ -262,15 +262,35 @@ def test_a_locked_database_after_the_answer_is_waited_out_and_the_sign_up_kept(t
     finally:
         releaser.join(timeout=90)
         blocker.close()
-        logging.getLogger("newsletter.web.pages").removeHandler(retrying)
+        logging.getLogger("newsletter.db").removeHandler(retrying)
         site.engine.dispose()
     assert response.status_code == 200 and "Check your inbox" in response.text
     assert retrying.seen.is_set()
     assert site.subscriber("ada@example.org").status is SubscriberStatus.PENDING
     assert [m["To"].addresses[0].addr_spec for m in site.mails()] == ["ada@example.org"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings and all("database is locked" in w and "trying again in" in w for w in warnings), warnings
+    *tries, back = warnings
+    assert tries and all(w.startswith("database unavailable: database is locked; retrying in ") for w in tries), warnings
+    assert back.startswith("database available again after "), warnings
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_concurrent_request_for_the_same_new_address_after_the_answer_keeps_the_sign_up(site, monkeypatch, caplog):
+    from newsletter import subscriptions
+    from newsletter.subscriptions import Consent, request_subscription
+
+    looked_up = subscriptions.find_subscriber
+
+    def another_request_first(db, address):  # a second request inserts the address between lookup and insert
+        monkeypatch.setattr(subscriptions, "find_subscriber", looked_up)
+        request_subscription(site.engine, address, "", Consent("web form", None, None), now=START)
+        return None
+
+    monkeypatch.setattr(subscriptions, "find_subscriber", another_request_first)
+    response = subscribe(site, "ada@example.org")
+    assert response.status_code == 200 and "Check your inbox" in response.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # tried again, not lost
+    assert site.subscriber("ada@example.org").status is SubscriberStatus.PENDING
 
 
 def test_a_subscription_request_that_fails_after_the_answer_is_logged_with_its_reason(site, caplog):

@@ -129,3 +129,64 @@ def test_a_killed_workers_leased_batch_is_finished_by_the_others_after_its_lease
     assert set(handler.received) == set(_people(2_000))  # nobody left out
     duplicates = sum(n - 1 for n in handler.received.values())
     assert duplicates <= IN_FLIGHT  # only the messages in flight when it died, sent again
+
+
+def _pid_namespaces() -> None:
+    """Skip (fail in CI) unless workers can be started in PID namespaces of their own here."""
+    require("unshare", "needs unshare(1) (util-linux) to start workers in PID namespaces of their own")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode:
+        missing(f"cannot create a PID namespace here (needs root): {probe.stderr.decode().strip()}")
+
+
+def namespaced_worker(base: Path, *, pids_before: int) -> subprocess.Popen[bytes]:
+    """A worker in a PID namespace of its own, as in a container sharing the host's name and network: its
+    pid there (``pids_before`` + 2, after as many short-lived processes) means nothing outside. Killing the
+    returned process kills everything in the namespace (--kill-child)."""
+    command = [sys.executable, "-m", "newsletter", "worker", "--until-done", "--poll", "0.2",
+               "-c", str(base / "config.yaml")]
+    use_up_pids = f'i=0; while [ $i -lt {pids_before} ]; do /bin/true; i=$((i+1)); done; "$@"; exit $?'
+    return subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", use_up_pids, "sh", *command],
+        cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_two_workers_in_separate_pid_namespaces_never_take_each_others_batches(world):
+    """Same host name, separate PID namespaces: neither can see the other's pid, and must not conclude
+    from that that the other died (which made them send most messages many times over)."""
+    _pid_namespaces()
+    base, handler, engine = world(3_000, "10m", 50)
+    handler.hold_until = lambda: claim_holders(engine) == 2  # both hold a batch before any is sent
+    workers = [namespaced_worker(base, pids_before=0), namespaced_worker(base, pids_before=5)]
+    outputs = finish(workers)
+    assert not handler.barrier_timed_out, "the two workers never held batches at the same time"
+
+    assert handler.received == Counter(dict.fromkeys(_people(3_000), 1))
+    assert ledger(engine) == Counter({DeliveryStatus.SENT: 3_000})
+    assert all(re.search(r"\bsent [1-9]\d*,", out) for out in outputs), outputs  # both did a share
+
+
+def test_a_worker_killed_in_its_own_pid_namespace_is_taken_over_at_once(world):
+    """A dead owner on this host is still taken over without waiting for its lease (an hour here), even
+    though its pid, from another PID namespace, says nothing here."""
+    _pid_namespaces()
+    base, handler, engine = world(2_000, "1h", 40)
+    victim = namespaced_worker(base, pids_before=3)
+    handler.on_message = lambda total: total == 100 and os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=120)
+    handler.on_message = None
+    with session(engine) as db:
+        leased = db.exec(select(func.count()).where(Delivery.status == DeliveryStatus.SENDING)).one()
+    assert leased > 0  # killed in the middle of its batch, which is still leased to it
+
+    survivor = worker(base)
+    try:
+        _, err = survivor.communicate(timeout=120)  # far less than the lease: it did not wait for it
+    finally:
+        survivor.kill()
+    assert survivor.returncode == 0, err.decode()
+    assert "taking over deliveries of sender(s) that are no longer running" in err.decode()
+    assert ledger(engine) == Counter({DeliveryStatus.SENT: 2_000})
+    assert set(handler.received) == set(_people(2_000))
+    assert sum(n - 1 for n in handler.received.values()) <= IN_FLIGHT

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -22,11 +21,12 @@ from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from newsletter.config import Config
-from newsletter.db import session
+from newsletter.db import Patience, patiently, session
 from newsletter.errors import (
+    DatabaseUnavailable,
     ExpiredToken,
     InvalidAddress,
     InvalidToken,
@@ -165,48 +165,38 @@ def subscribe(
 
 def _subscribe_after_answering(state: WebState, address: str, name: str, consent: Consent, now: datetime) -> None:
     """Record the request and send the confirmation, if the address gets one. Runs after the answer went
-    out, so nobody sees an error: a database that is busy or away for a moment is waited for
-    (:data:`RETRY_DELAYS`), anything else is logged at ERROR with its reason (the address only at DEBUG)."""
-    for attempt, delay in enumerate((*RETRY_DELAYS, None), start=1):
-        try:
-            subscriber = request_subscription(state.engine, address, name, consent, now=now)
-            break
-        except DBAPIError as exc:  # one transaction, rolled back whole: safe to run again
-            if delay is None or not _transient(exc):
-                _lost(address, exc, attempt)
-                return
-            log.warning("could not record a subscription request (%s); trying again in %s s",
-                        _reason(exc, address), delay)
-            time.sleep(delay)
-        except Exception as exc:  # a bug: nobody waits for the answer any more, the log is the only place to tell
-            _lost(address, exc, attempt)
-            return
+    out, so nobody sees an error: a database that is busy or away for a moment is waited for, up to
+    :data:`SIGN_UP_WAIT` (:func:`~newsletter.db.patiently`, one WARNING per try); anything else, or a
+    database still away then, is logged at ERROR with its reason (the address only at DEBUG)."""
+    try:
+        subscriber = patiently(lambda: _record_request(state.engine, address, name, consent, now),
+                               Patience(SIGN_UP_WAIT))
+    except DatabaseUnavailable as exc:
+        log.error("could not record a subscription request: the database was still unavailable after %g s (the "
+                  "reason is in the warnings above), so the address got no confirmation email; the person will "
+                  "have to subscribe again", SIGN_UP_WAIT.total_seconds())
+        log.debug("the lost subscription request was for %s", address, exc_info=exc)
+        return
+    except Exception as exc:  # a bug: nobody waits for the answer any more, the log is the only place to tell
+        _lost(address, exc)
+        return
     if subscriber is not None:
         _send_confirmation(state, subscriber)
 
 
-# Seconds to wait before each further try of a subscription request that met a busy or unreachable database
-# (each try on SQLite has already waited out the busy timeout). When the database fault helpers of
-# newsletter.db arrive, newsletter.db.patiently with a bounded patience replaces this loop.
-RETRY_DELAYS = (0.5, 2.0, 5.0)
-_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, e.g. BUSY_SNAPSHOT)
-# SQLSTATE classes and codes: connection exception, transaction rollback (serialisation failure, deadlock),
-# operator intervention (a restart), too many connections, and a unique violation (a concurrent request for
-# the same new address inserted it first: the next try finds it)
-_PG_TRANSIENT = ("08", "40", "57P", "53300", "23505")
+# How long a subscription request that met a busy or unreachable database is tried again (on SQLite each try
+# first waits out the busy timeout). Short, unlike a send's database.outage_limit: the request runs after
+# its answer, on one of the server's worker threads, and nobody is waiting for it.
+SIGN_UP_WAIT = timedelta(seconds=30)
 
 
-def _transient(exc: DBAPIError) -> bool:
-    """Whether the same request may succeed if tried again: a lock, a lost connection, a concurrent insert."""
-    if exc.connection_invalidated:
-        return True
-    code = getattr(exc.orig, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _SQLITE_BUSY
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if not sqlstate:  # no server answer at all (refused, no socket): the server is away
-        return isinstance(exc, OperationalError)
-    return sqlstate.startswith(_PG_TRANSIENT)
+def _record_request(engine: Engine, address: str, name: str, consent: Consent, now: datetime) -> Subscriber | None:
+    """:func:`request_subscription`, once more at once when a concurrent request for the same new address
+    inserted it first (a unique violation, rolled back whole): the second try finds the row."""
+    try:
+        return request_subscription(engine, address, name, consent, now=now)
+    except IntegrityError:
+        return request_subscription(engine, address, name, consent, now=now)
 
 
 def _reason(exc: BaseException, address: str) -> str:
@@ -219,10 +209,9 @@ def _reason(exc: BaseException, address: str) -> str:
     return f"{type(exc).__name__}{where}: {text[:300]}"
 
 
-def _lost(address: str, exc: BaseException, attempts: int) -> None:
-    tries = f" after {attempts} tries" if attempts > 1 else ""
-    log.error("could not record a subscription request%s, so the address got no confirmation email (%s); the "
-              "person will have to subscribe again", tries, _reason(exc, address))
+def _lost(address: str, exc: BaseException) -> None:
+    log.error("could not record a subscription request, so the address got no confirmation email (%s); the "
+              "person will have to subscribe again", _reason(exc, address))
     log.debug("the lost subscription request was for %s", address, exc_info=exc)
 
 

@@ -222,7 +222,7 @@ class SmtpBackend(Backend):
                     return  # this lane is down; the others go on
                 except Exception as exc:  # noqa: BLE001  a bug or a library error about this one message:
                     # it fails alone (maybe delivered already, so not retried); the lane reconnects for the next
-                    log.exception("could not send the message to %s", batch[index].recipient)
+                    log.exception("could not send the message of delivery %d", batch[index].delivery_id)
                     results[index] = SendResult(batch[index].delivery_id, SendStatus.FAILED,
                                                 f"could not be sent ({type(exc).__name__}: {exc})", bounce=False)
                 index = following if following is not None else take()
@@ -406,7 +406,7 @@ class _Lane:
         try:
             signed = self.backend.sign(message.data)
         except Exception as exc:  # noqa: BLE001  dkimpy's errors about this message: it fails alone
-            log.error("could not DKIM-sign the message to %s: %s", message.recipient, exc)
+            log.error("could not DKIM-sign the message of delivery %d: %s", message.delivery_id, exc)
             return SendResult(message.delivery_id, SendStatus.FAILED,
                               f"not sent: the message could not be DKIM-signed ({type(exc).__name__}: {exc})",
                               bounce=False)
@@ -505,7 +505,8 @@ class _Lane:
         detail = _reply_text(code, reply)
         if sender:
             detail = f"envelope sender {message.envelope_from} refused: {detail}"
-        log.info("%s for %s: %s", status.value, message.recipient, detail)
+        log.info("%s for delivery %d: %s", status.value, message.delivery_id, detail)
+        log.debug("delivery %d was to %s", message.delivery_id, message.recipient)
         return SendResult(message.delivery_id, status, detail)
 
     # -- connecting ------------------------------------------------------------------------------

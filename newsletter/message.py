@@ -47,6 +47,11 @@ from newsletter.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 
+# Every header the builder writes itself; a backend's extra headers (Feedback-ID) come on top.
+WRITTEN_HEADERS = (
+    "From", "To", "Reply-To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post",
+    "MIME-Version", "Content-Type",
+)
 _MESSAGE_ID = re.compile(r"^<[!-;=?-~]+@[!-;=?-~]+>$")  # printable ASCII without <, > or spaces
 _HTTP_URI = re.compile(r"^https?://[!#-;=?-~]+$", re.IGNORECASE)  # printable ASCII without spaces, ", <, >
 _MAX_URI = 900  # a List-Unsubscribe line must stay under 998 octets

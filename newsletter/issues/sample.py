@@ -16,6 +16,7 @@ from typing import NamedTuple
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from newsletter.backends import create_backend
 from newsletter.config import Config
 from newsletter.db import session
 from newsletter.errors import NewsletterError
@@ -108,6 +109,7 @@ class IssueSample:
     rendered: RenderedIssue  # every item
     messages: list[SampleMessage]
     unbuildable: list[tuple[str, str]]  # (address, why) of sample readers no message can be built for
+    extra_headers: tuple[str, ...] = ()  # the names of the headers the backend adds to every message
 
     @property
     def values(self) -> RecipientValues:
@@ -122,11 +124,14 @@ def build_sample(
     config: Config, issue: Issue, items: list[Summary], description: str, readers: Sequence[Subscriber]
 ) -> IssueSample:
     """Render ``issue`` and build each of ``readers``' messages with the send loop's own
-    :class:`~newsletter.message.Composer` (for their topics; everything when none of theirs has an item).
+    :class:`~newsletter.message.Composer` (for their topics; everything when none of theirs has an item),
+    with the configured backend's extra headers, as the send builds them (a DKIM signature is added by the
+    backend as it sends).
 
     Raises TemplateError when a template fails.
     """
-    composer = Composer(config, issue, items)
+    extra_headers = create_backend(config).extra_headers()
+    composer = Composer(config, issue, items, extra_headers)
     everything = composer.template([]) or MessageTemplate(config, render_issue(config, issue, items))
     messages, unbuildable = [], []
     for person in [*readers, SAMPLE_READER]:
@@ -139,7 +144,7 @@ def build_sample(
             unbuildable.append((person.email, str(exc)))
             continue
         messages.append(SampleMessage(person, composer.values(person), template.rendered, data))
-    return IssueSample(issue, items, description, everything.rendered, messages, unbuildable)
+    return IssueSample(issue, items, description, everything.rendered, messages, unbuildable, tuple(extra_headers))
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,8 @@ def ingest(
         raise typer.Exit(1)
 
 
-SummaryId = Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="The summary's id (see 'summaries list').")]
+MAX_SUMMARY_ID = 2**31 - 1
+SummaryId = Annotated[int, typer.Argument(min=1, max=MAX_SUMMARY_ID, help="The summary's id (see 'summaries list').")]
 
 
 @summaries_app.command("list")
@@ -448,16 +449,19 @@ def digest_prepare(config: ConfigOption = None) -> None:
 def digest_order(
     first: Annotated[
         list[int] | None,
-        typer.Argument(min=1, max=2**31 - 1, show_default=False, metavar="[ID]...",
-                       help="Summary ids to show first, in this order (after the lead); the others follow in their order."),
+        typer.Argument(min=1, max=MAX_SUMMARY_ID, show_default=False, metavar="ID",
+                       help="Summary ids to show first, in this order (after the lead); the others keep their order."),
     ] = None,
-    lead: Annotated[int | None, typer.Option("--lead", min=1, max=2**31 - 1,
-                                             help="Make this item the lead: first, and named by the default subject.")] = None,
+    lead: Annotated[int | None, typer.Option(
+        "--lead", min=1, max=MAX_SUMMARY_ID, help="Make this item the lead: first, and named by the default subject.",
+    )] = None,
     no_lead: Annotated[bool, typer.Option("--no-lead", help="Unpin the lead item.")] = False,
-    leave_out: Annotated[list[int] | None, typer.Option("--leave-out", min=1, max=2**31 - 1, show_default=False,
-                                                        help="Leave this item out of the next issue (repeatable).")] = None,
-    bring_back: Annotated[list[int] | None, typer.Option("--bring-back", min=1, max=2**31 - 1, show_default=False,
-                                                         help="Bring a left-out item back (repeatable).")] = None,
+    leave_out: Annotated[list[int] | None, typer.Option(
+        "--leave-out", min=1, max=MAX_SUMMARY_ID, show_default=False, help="Leave this item out (repeatable).",
+    )] = None,
+    bring_back: Annotated[list[int] | None, typer.Option(
+        "--bring-back", min=1, max=MAX_SUMMARY_ID, show_default=False, help="Bring a left-out item back (repeatable).",
+    )] = None,
     undo: Annotated[bool, typer.Option("--undo", help="Take back the last change to the next issue (its order, "
                                                       "lead, items, note or subject).")] = False,
     config: ConfigOption = None,
@@ -554,7 +558,8 @@ def digest_subject(
         subject, source = state.choices.subject or "", "the editor's" if state.choices.subject else "none yet"
     else:
         subject, source = upcoming.issue.subject, "the editor's" if state.choices.subject else "subject.txt.j2's"
-    console.print(Text(f"next issue #{state.number}: {subject!r} ({source}, {len(subject)}/{SUBJECT_LIMIT} characters)"))
+    counted_ = f"{len(subject)}/{SUBJECT_LIMIT} characters"
+    console.print(Text(f"next issue #{state.number}: {subject!r} ({source}, {counted_})"))
 
 
 def _read_text(file: Path) -> str:

@@ -4,8 +4,8 @@ shown above the items in both parts of the email.
 Rendered with markdown-it-py and cleaned with nh3's allow-list, as summaries' Markdown is
 (:mod:`newsletter.ingest.clean`). The HTML part keeps paragraphs, emphasis, code, lists, quotes and links
 (``http``, ``https`` and ``mailto`` only; anything else loses its link and keeps its text); a heading
-becomes a bold paragraph; every other tag, attribute, script or style is dropped. The text part is plain text wrapped at the text part's width, a link
-written as ``text (address)``.
+becomes a bold paragraph; every other tag, attribute, script or style is dropped. The text part is plain
+text wrapped at the text part's width, a link written as ``text (address)``.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def render_note(markdown: str | None, width: int = 72) -> Note | None:
     if source is None:
         return None
     safe = nh3.clean(
-        _HEADING.sub(r"<p><strong>\1</strong></p>", _MARKDOWN.render(source)), tags=_TAGS, clean_content_tags=_DROPPED_WITH_CONTENT,
-        attributes={"a": {"href"}}, url_schemes={"http", "https", "mailto"}, link_rel=None, strip_comments=True,
+        _HEADING.sub(r"<p><strong>\1</strong></p>", _MARKDOWN.render(source)), tags=_TAGS,
+        clean_content_tags=_DROPPED_WITH_CONTENT, attributes={"a": {"href"}}, url_schemes={"http", "https", "mailto"},
+        link_rel=None, strip_comments=True,
     )  # fmt: skip
     text = html_to_text(_LINK.sub(_link_as_text, safe))
     if not text:  # nothing a reader would see (only a comment or a script)

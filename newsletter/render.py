@@ -43,7 +43,7 @@ from newsletter.config import Config
 from newsletter.dates import format_day, format_span
 from newsletter.errors import TemplateError
 from newsletter.models import Issue, Summary
-from newsletter.note import Note, render_note
+from newsletter.note import render_note
 from newsletter.resources import packaged_templates_dir
 from newsletter.template_trace import TracingEnvironment, origin_of, traced_render
 
@@ -189,7 +189,7 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
     """
     lead = issue.lead_id
     ordered = [replace(_item(summary, config), id=summary.id, lead=lead is not None and summary.id == lead)
-               for summary in display_order(issue, items)]
+               for summary in display_order(items, issue.item_order, lead)]
     sections = _number_links(_sections(ordered))
     flat = [item for section in sections for item in section.items]
     links = list({item.url: LinkRef(item.ref, item.url) for item in flat if item.url and item.ref}.values())
@@ -217,25 +217,25 @@ def section_key(summary: Summary) -> str:
     return (" ".join((summary.category or "").split()) or DEFAULT_SECTION).casefold()
 
 
-def display_order(issue: Issue, summaries: Sequence[Summary]) -> list[Summary]:
-    """``summaries`` in the order the digest shows them.
+def display_order(summaries: Sequence[Summary], order: Sequence[int] = (), lead: int | None = None) -> list[Summary]:
+    """``summaries`` in the order the digest shows them, for an issue's ``item_order`` and ``lead_id``.
 
     By default grouped by category in order of first appearance, uncategorised ones last. Once an editor
-    chose (:mod:`newsletter.issues.editorial`): the lead item first, then those in ``issue.item_order``
-    in that order, then any not placed yet (arrived after the choice) in the default order.
+    chose (:mod:`newsletter.issues.editorial`): the ``lead`` item first, then those in ``order`` in that
+    order, then any not placed yet (arrived after the choice) in the default order.
     """
     groups: dict[str, list[Summary]] = {}
     for summary in summaries:
         groups.setdefault(section_key(summary), []).append(summary)
     keys = sorted(groups, key=lambda key: key == DEFAULT_SECTION.casefold())  # stable: keeps first appearance
     default = [summary for key in keys for summary in groups[key]]
-    if not issue.item_order and issue.lead_id is None:
+    if not order and lead is None:
         return default
-    rank = {summary_id: n for n, summary_id in enumerate(issue.item_order or [])}
-    placed = sorted((s for s in default if s.id in rank), key=lambda s: rank[s.id])
+    rank = {summary_id: n for n, summary_id in enumerate(order)}
+    placed = sorted((s for s in default if s.id in rank), key=lambda s: rank[s.id or 0])
     ordered = placed + [s for s in default if s.id not in rank]
-    lead = [s for s in ordered if issue.lead_id is not None and s.id == issue.lead_id]
-    return lead + [s for s in ordered if s not in lead]
+    first = [s for s in ordered if lead is not None and s.id == lead]
+    return first + [s for s in ordered if s not in first]
 
 
 def span_days(config: Config, issue: Issue) -> tuple[date, date]:
@@ -625,10 +625,10 @@ def _unbalanced(source: str) -> tuple[int | None, str]:
             else:
                 return at, f"</{name}> closes no open element"
         elif name in _RAW and not empty:
-            end = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE).search(source, following)
-            if end is None:
+            closed = re.compile(rf"</{re.escape(name)}\s*>", re.IGNORECASE).search(source, following)
+            if closed is None:
                 return at, f"<{name}> is never closed"
-            following = end.end()
+            following = closed.end()
         elif not empty and name not in _VOID:
             stack.append((name, at))
         at = source.find("<", following)
@@ -637,10 +637,13 @@ def _unbalanced(source: str) -> tuple[int | None, str]:
     return None, ""
 
 
-def _locate(env: Environment, name: str, context: Mapping[str, Any], source: str, offset: int) -> tuple[str, int] | None:
+def _locate(
+    env: Environment, name: str, context: Mapping[str, Any], source: str, offset: int
+) -> tuple[str, int] | None:
     """(file, line) of the template that wrote character ``offset`` of ``source`` (``name`` rendered with
     ``context``), or None when the traced render differs from ``source``."""
     tracing = _environment(env.loader, TracingEnvironment)
+    assert isinstance(tracing, TracingEnvironment)
     try:
         pieces = traced_render(tracing, name, context)
     except Exception:  # the render just worked; a diagnosis must never hide the error it explains

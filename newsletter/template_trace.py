@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from jinja2 import Environment, Template
@@ -35,7 +35,8 @@ class _Piece(str):
 class TracingEnvironment(Environment):
     """An environment whose templates tag their output (:class:`_Piece`); use it for diagnosis only."""
 
-    def get_template(self, name: Any, parent: str | None = None, globals: Mapping[str, Any] | None = None) -> Template:
+    def get_template(self, name: Any, parent: str | None = None,
+                     globals: MutableMapping[str, Any] | None = None) -> Template:
         template = super().get_template(name, parent, globals)
         if not getattr(template, "_traced", False):
             _trace(self, template)

@@ -244,3 +244,63 @@ def test_no_horizontal_scroll_and_the_plain_text_is_72_columns_of_whole_words(br
         panel, email = page.locator("#panel").bounding_box(), page.locator("#email-pane").bounding_box()
         assert panel["y"] >= email["y"] + email["height"] - 1  # below 1,000 px the panel stacks under the email
     page.close()
+
+
+@pytest.fixture
+def samples_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Project]]:
+    """The desk on the bundled sample summaries (ten of them, long titles, five sections)."""
+    from newsletter.ingest import ingest_paths
+    from newsletter.resources import sample_summaries_dir
+
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "test-secret-key")
+    project = make_project(tmp_path, summaries=0)
+    ingest_paths(project.engine, [sample_summaries_dir()])
+    add_people(project.engine, "ada@example.org", "bob@example.org", "cy@example.org")
+    port = free_port()
+    app = create_preview_app(project.config_file, project.engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the preview server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", project
+    app.state.preview.stop.set()
+    server.should_exit = True
+    thread.join(timeout=10)
+    project.engine.dispose()
+
+
+def test_with_ten_long_items_the_checks_stay_in_view_and_an_mjml_error_shows_where_it_is(browser, samples_server) -> None:
+    server, project = samples_server
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server)
+    expect(page.locator("#items .item")).to_have_count(10)
+    expect(page.locator("#checks")).to_be_in_viewport()
+    expect(page.frame_locator("#email").locator(".nl-title a").first).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.get_by_role("button", name=re.compile("Make “Rewetted peatlands")).click()
+    expect(page.locator("#items .item.lead .title")).to_contain_text("Rewetted peatlands")
+    page.get_by_text("Editor's note").click()
+    page.get_by_label("Markdown:").fill("Ten papers this week, and **a new section**: notes from the blog.")
+    page.get_by_role("button", name="Save note").click()
+    expect(page.frame_locator("#email").get_by_text("a new section")).to_be_visible()
+    page.goto(server)  # as an editor finds it later: the note written, the lead pinned
+    expect(page.frame_locator("#email").locator(".nl-title a").first).to_be_visible()
+    expect(page.locator("#checks")).to_be_in_viewport()
+    shot(page, "samples-1280")
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.goto(f"{server}/?width=phone")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    shot(page, "samples-375")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(server)
+    page.wait_for_function("document.documentElement.dataset.live === 'yes'")
+    project.edit("partials/header.mjml.j2", "{{ issue.date_range }}</mj-text>", "{{ issue.date_range }}")
+    problem = page.locator("#problem")
+    expect(problem).to_contain_text("partials/header.mjml.j2:5: the rendered MJML does not compile")
+    expect(problem.locator(".fault")).to_contain_text("5")
+    shot(page, "samples-mjml-error")
+    page.close()

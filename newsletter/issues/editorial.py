@@ -112,9 +112,10 @@ def _state(db: Session, row: Issue | None) -> NextIssue:
     left_out = list(db.exec(select(Summary).where(col(Summary.issue_id).is_(None), col(Summary.excluded).is_(True))
                             .order_by(col(Summary.ingested_at), col(Summary.id))))
     if row is None:
-        return NextIssue(next_number(db), 0, display_order(Issue(), waiting), left_out, Choices(), None)
+        return NextIssue(next_number(db), 0, display_order(waiting), left_out, Choices(), None)
     history = row.undo or []
-    return NextIssue(row.number, row.version, display_order(row, waiting), left_out, Choices.of(row),
+    return NextIssue(row.number, row.version, display_order(waiting, row.item_order, row.lead_id), left_out,
+                     Choices.of(row),
                      history[-1]["label"] if history else None)
 
 
@@ -128,7 +129,7 @@ def move(engine: Engine, summary_id: int, position: int, *, seen: Seen | None = 
 
 def moving(summary_id: int, position: int) -> Change:
     def change(state: NextIssue) -> tuple[str, Choices, dict[int, bool]]:
-        ids = [item.id for item in state.items]
+        ids = _ids(state.items)
         if summary_id not in ids:
             raise NewsletterError(f"{_quoted(state.title(summary_id))} is left out; bring it back to place it")
         if summary_id == state.choices.lead:
@@ -151,7 +152,7 @@ def reorder(engine: Engine, first: Sequence[int], *, seen: Seen | None = None) -
 
 def reordering(first: Sequence[int]) -> Change:
     def change(state: NextIssue) -> tuple[str, Choices, dict[int, bool]]:
-        ids = [item.id for item in state.items]
+        ids = _ids(state.items)
         for summary_id in first:
             if summary_id not in ids:
                 raise NewsletterError(f"{_quoted(state.title(summary_id))} is left out; bring it back to place it")
@@ -195,7 +196,7 @@ def leading(summary_id: int | None) -> Change:
             return f"unpinned {_quoted(state.lead.title)}", replace(state.choices, lead=None), {}
         if all(item.id != summary_id for item in state.items):
             raise NewsletterError(f"{_quoted(state.title(summary_id))} is left out; bring it back to make it the lead")
-        ids = [item.id for item in state.items]  # the former lead keeps its place, first among the rest
+        ids = _ids(state.items)  # the former lead keeps its place, first among the rest
         return (f"made {_quoted(state.title(summary_id))} the lead",
                 replace(_ordered(state, ids), lead=summary_id), {})
 
@@ -223,8 +224,7 @@ def _with(state: NextIssue, choices: Choices, flags: dict[int, bool]) -> NextIss
     every = sorted([*state.items, *state.left_out], key=lambda s: (as_utc(s.ingested_at), s.id or 0))
     out = {s.id for s in state.left_out} | {k for k, v in flags.items() if v}
     out -= {k for k, v in flags.items() if not v}
-    shown = Issue(item_order=list(choices.order), lead_id=choices.lead)
-    return replace(state, items=display_order(shown, [s for s in every if s.id not in out]),
+    return replace(state, items=display_order([s for s in every if s.id not in out], choices.order, choices.lead),
                    left_out=[s for s in every if s.id in out], choices=choices)
 
 
@@ -266,6 +266,10 @@ def _ordered(state: NextIssue, ids: list[int]) -> Choices:
     back returns where it was)."""
     known = [i for i in state.choices.order if i in {s.id for s in state.left_out}]
     return replace(state.choices, order=tuple(ids + known))
+
+
+def _ids(items: Sequence[Summary]) -> list[int]:
+    return [item.id for item in items if item.id is not None]
 
 
 def _quoted(title: str) -> str:
@@ -321,13 +325,13 @@ def _claim(db: Session, seen: Seen | None) -> Issue:
         db.add(row)
         db.flush()  # IntegrityError: the number was taken meanwhile (a draft, or a prepared issue)
         return row
-    query = update(Issue).where(col(Issue.id) == row.id, Issue.status == IssueStatus.DRAFT)
+    query = update(Issue).where(col(Issue.id) == row.id, col(Issue.status) == IssueStatus.DRAFT)
     if seen is not None:
         if seen.number != row.number:
             raise Conflict(CHANGED_ELSEWHERE)
-        query = query.where(Issue.version == seen.version)
-    taken = db.execute(query.values(version=Issue.version + 1).execution_options(synchronize_session=False))
-    if not taken.rowcount:
+        query = query.where(col(Issue.version) == seen.version)
+    taken = db.execute(query.values(version=col(Issue.version) + 1).execution_options(synchronize_session=False))
+    if not taken.rowcount:  # type: ignore[attr-defined]
         raise Conflict(CHANGED_ELSEWHERE)
     db.refresh(row)
     return row

@@ -17,13 +17,13 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from newsletter.config import Config
+from newsletter.dates import format_day
 from newsletter.db import session
 from newsletter.errors import NewsletterError
 from newsletter.issues.lookup import find_issue, issue_items, newest_issue
 from newsletter.issues.prepare import draft
 from newsletter.message import Composer, MessageTemplate, message_parts
 from newsletter.models import Issue, IssueStatus, Subscriber, SubscriberStatus, Summary
-from newsletter.dates import format_day
 from newsletter.render import RecipientValues, RenderedIssue, as_utc, render_issue
 
 SAMPLE_READER = Subscriber(email="reader@example.org", name="Sample Reader", token="sample-reader")

@@ -19,10 +19,10 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import and_, exists, or_
 from sqlmodel import col, select
 
+from newsletter.dates import format_day
 from newsletter.db import session
 from newsletter.issues import archived_copy, issue_items
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueCopy, IssueStatus, utcnow
-from newsletter.dates import format_day
 from newsletter.render import as_utc
 from newsletter.web.pages import _root, _state, notice, page
 from newsletter.web.security import EMAIL_POLICY

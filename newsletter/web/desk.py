@@ -23,7 +23,7 @@ import asyncio
 import html
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,15 +42,15 @@ from newsletter.errors import Conflict, NewsletterError, TemplateError
 from newsletter.firings import next_run_time
 from newsletter.issues import (
     PrepareOutcome,
+    editorial,
     find_issue,
     issue_status,
     pause_issue,
     prepare_issue,
     resume_issue,
 )
-from newsletter.issues import editorial
 from newsletter.issues.editorial import NextIssue, Seen
-from newsletter.models import Issue, IssueStatus, Subscriber, SubscriberStatus, Summary
+from newsletter.models import IssueStatus, Subscriber, SubscriberStatus, Summary
 from newsletter.render import SUBJECT_LIMIT, display_order, section_key
 from newsletter.web.preview import (
     LARGEST_ISSUE,
@@ -99,8 +99,8 @@ class Row:
     can_sink: bool
 
 
-def _rows(issue: Issue, items: list[Summary], lead: int | None, editable: bool) -> list[Row]:
-    ordered = display_order(issue, items)
+def _rows(items: list[Summary], order: Sequence[int], lead: int | None, editable: bool) -> list[Row]:
+    ordered = display_order(items, order, lead)
     first_movable = 2 if lead is not None and ordered and ordered[0].id == lead else 1
     rows, previous = [], None
     for position, summary in enumerate(ordered, 1):
@@ -136,8 +136,7 @@ def page(
     }  # fmt: skip
     if issue == "next" and not context["problem"]:
         context["next"] = upcoming = editorial.next_issue_state(state.engine)
-        context["rows"] = _rows(Issue(item_order=list(upcoming.choices.order), lead_id=upcoming.choices.lead),
-                                upcoming.items, upcoming.choices.lead, editable=True)
+        context["rows"] = _rows(upcoming.items, upcoming.choices.order, upcoming.choices.lead, editable=True)
     if not context["problem"]:
         try:
             sample = state.sample(issue)
@@ -151,7 +150,7 @@ def page(
             context["errors"] = sum(f.severity is Severity.ERROR for f in findings)
             context["html"], context["text"], context["source"], context["headers"] = sample_parts(sample)
             if issue != "next":
-                context["rows"] = _rows(sample.issue, sample.items, sample.issue.lead_id, editable=False)
+                context["rows"] = _rows(sample.items, sample.issue.item_order, sample.issue.lead_id, editable=False)
     context["send"] = _send_panel(state, context)
     status = 400 if bad_ref else 200
     return HTMLResponse(_PAGES.get_template("desk.html").render(context), status_code=status,

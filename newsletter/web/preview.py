@@ -56,10 +56,10 @@ from sqlalchemy import Engine, Integer, cast, func
 from sqlmodel import col, select
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
-from newsletter.delivery import send_issue
-from newsletter.checks import check_sample, sample_values
+from newsletter.checks import sample_values
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
+from newsletter.delivery import send_issue
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.issues import IssueSample, build_sample, shown_issue
 from newsletter.issues.lookup import NOT_DRAFT
@@ -74,7 +74,6 @@ from newsletter.web.security import (
     SecurityHeaders,
     describe_invalid,
     framed_by_self,
-    preview_policy,
     redact_logs,
 )
 
@@ -271,7 +270,8 @@ async def require_form_token(request: Request, form_token_: Annotated[str, Form(
     """Refuse a state-changing request (403) whose form token does not match the browser's desk session."""
     state: PreviewState = request.app.state.preview
     desk_session = request.cookies.get(DESK_COOKIE, "")
-    if not desk_session or not hmac.compare_digest(form_token_.encode(), form_token(state.form_key, desk_session).encode()):
+    expected = form_token(state.form_key, desk_session) if desk_session else ""
+    if not expected or not hmac.compare_digest(form_token_.encode(), expected.encode()):
         raise HTTPException(403, _STALE_FORM)
 
 

@@ -233,11 +233,11 @@ def test_no_horizontal_scroll_and_the_plain_text_is_72_columns_of_whole_words(br
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), view
     shot(page, f"text-{width}")
     pre = page.locator("#text")
-    style = pre.evaluate("(e) => [getComputedStyle(e).wordBreak, getComputedStyle(e).overflowWrap]")
-    assert style == ["normal", "normal"]  # a line breaks only where the text has a space, never inside a word
+    style = pre.evaluate("(e) => [getComputedStyle(e).whiteSpace, getComputedStyle(e).wordBreak]")
+    assert style == ["pre", "normal"]  # the text part's own lines, never a word (or a link) cut by the page
+    assert pre.evaluate(REWRAPPED) == []  # every line of the text part is one line on the screen
     if width >= 1000:
         assert 72 <= pre.evaluate(COLUMNS) < 73
-        assert pre.evaluate(REWRAPPED) == []  # every line of the text part is one line on the screen
     else:
         page.goto(f"{server}/")
         shot(page, "desk-375")

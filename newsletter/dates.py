@@ -74,4 +74,5 @@ def format_moment(moment: datetime, locale: str = DEFAULT_LOCALE) -> str:
     day = babel_format_date(moment.date(), "full", locale=chosen)
     time_of_day = format_time(moment, "short", locale=chosen)
     # as Babel's format_datetime glues them, without the seconds and the zone its long formats add
-    return str(get_datetime_format("long", locale=chosen)).replace("'", "").replace("{0}", time_of_day).replace("{1}", day)
+    glue = str(get_datetime_format("long", locale=chosen)).replace("'", "")
+    return glue.replace("{0}", time_of_day).replace("{1}", day)

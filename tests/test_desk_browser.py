@@ -273,7 +273,8 @@ def samples_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     project.engine.dispose()
 
 
-def test_with_ten_long_items_the_checks_stay_in_view_and_an_mjml_error_shows_where_it_is(browser, samples_server) -> None:
+def test_with_ten_long_items_the_checks_stay_in_view_and_an_mjml_error_shows_where_it_is(browser,
+                                                                                       samples_server) -> None:
     server, project = samples_server
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(server)

@@ -51,7 +51,7 @@ from newsletter.issues import (
 )
 from newsletter.issues.editorial import NextIssue, Seen
 from newsletter.models import IssueStatus, Subscriber, SubscriberStatus, Summary
-from newsletter.render import SUBJECT_LIMIT, display_order, section_key
+from newsletter.render import DEFAULT_SECTION, SUBJECT_LIMIT, display_order, section_key
 from newsletter.web.preview import (
     LARGEST_ISSUE,
     VIEWS,
@@ -105,7 +105,7 @@ def _rows(items: list[Summary], order: Sequence[int], lead: int | None, editable
     rows, previous = [], None
     for position, summary in enumerate(ordered, 1):
         key = section_key(summary)
-        heading = " ".join((summary.category or "").split()) or "More research"
+        heading = " ".join((summary.category or "").split()) or DEFAULT_SECTION
         is_lead = summary.id == lead
         rows.append(Row(summary, position, heading if key != previous else None, is_lead,
                         editable and not is_lead and position > first_movable,
@@ -146,7 +146,7 @@ def page(
         else:
             context["sample"] = sample
             findings = check_sample(state.config, sample)
-            context["findings"] = [(f, _finding_link(f, sample.items, issue, view, width)) for f in findings]
+            context["findings"] = [(f, _finding_link(f, sample.items, issue, width)) for f in findings]
             context["errors"] = sum(f.severity is Severity.ERROR for f in findings)
             context["html"], context["text"], context["source"], context["headers"] = sample_parts(sample)
             if issue != "next":
@@ -170,7 +170,7 @@ def _excerpt(exc: NewsletterError) -> dict[str, Any] | None:
     return {"file": exc.file, "line": exc.line, "lines": shown}
 
 
-def _finding_link(finding: Finding, items: list[Summary], issue: str, view: str, width: str) -> str | None:
+def _finding_link(finding: Finding, items: list[Summary], issue: str, width: str) -> str | None:
     """Where a finding points: the item it is about (a link or an image of a summary), else the view and
     line of the message it names."""
     about = f"{finding.where} {finding.message}"
@@ -337,7 +337,9 @@ async def send(request: Request, number: Number, version: Version) -> Response:
     except Conflict as exc:
         return _answer(request, 409, error=str(exc))
     except NewsletterError as exc:
-        return _answer(request, 400, error=str(exc), location=f"/?issue={number if version < 0 else 'next'}")
+        upcoming = await asyncio.to_thread(editorial.next_issue_state, state.engine)
+        shown = "next" if upcoming.number == number else number
+        return _answer(request, 400, error=str(exc), location=f"/?issue={shown}")
     state.start_send(sending)
     state.database_changed(f"issue #{sending}")
     return _answer(request, 200, message=f"sending issue #{sending}", number=sending,

@@ -56,14 +56,13 @@ from sqlalchemy import Engine, Integer, cast, func
 from sqlmodel import col, select
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
-from newsletter.checks import sample_values
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
 from newsletter.delivery import send_issue
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.issues import IssueSample, build_sample, shown_issue
 from newsletter.issues.lookup import NOT_DRAFT
-from newsletter.message import MessageTemplate, message_parts
+from newsletter.message import MessageTemplate, message_parts, recipient_values
 from newsletter.models import Issue, Subscriber, Summary
 from newsletter.render import template_dirs
 from newsletter.tokens import secret_keys
@@ -452,7 +451,7 @@ def _send_test(state: PreviewState, to: str, ref: str) -> str:
         ) from None
     sample = state.sample(ref)
     config = state.config
-    values = sample_values(config, Subscriber(email=address, name="", token=f"preview-{address}"))
+    values = recipient_values(config, Subscriber(email=address, name="", token=f"preview-{address}"))
     rendered = replace(sample.rendered, subject=f"[Test] {sample.rendered.subject}")
     message_id = f"<preview-{uuid.uuid4().hex}@{config.newsletter.sender_domain}>"
     data = MessageTemplate(config, rendered).personalise(values, message_id=message_id)

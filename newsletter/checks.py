@@ -11,7 +11,8 @@ RFC 5322), ``links`` (absolute, well-formed http(s) or mailto), ``unsubscribe`` 
 the ``List-Unsubscribe`` header), ``postal-address`` (in both parts), ``subject`` (present, under 100
 characters), ``preheader`` (present and in the HTML), ``headers`` (the standard library's strict parser reads
 exactly the headers we write, each once and without defects, one To with the subscriber's address, and the
-Subject that was rendered).
+Subject that was rendered), ``note`` (a warning: the editor's note is missing from a part, as it is with a
+``digest.mjml.j2`` or ``digest.txt.j2`` of one's own written before notes existed).
 
 The issue's checks run on the exact bytes the send loop would send (:class:`newsletter.message.Composer`,
 through :func:`newsletter.issues.build_sample`) for a sample of real subscribers: the first on the list,
@@ -38,6 +39,7 @@ from sqlalchemy import Engine
 from newsletter.config import Config
 from newsletter.issues import IssueSample, build_sample, shown_issue
 from newsletter.message import WRITTEN_HEADERS, single_line
+from newsletter.note import render_note
 from newsletter.render import MAX_SUBJECT_CHARS, RecipientValues, RenderedIssue
 from newsletter.urls import http_url_problem
 
@@ -302,8 +304,29 @@ def check_sample(config: Config, sample: IssueSample) -> list[Finding]:
             seen.setdefault(finding.line(), finding)
     unbuildable = [Finding("headers", f"subscriber {address!r}", f"{why}; the send fails this message alone",
                            Severity.WARNING) for address, why in sample.unbuildable]
-    findings = [*seen.values(), *unbuildable]
+    findings = [*seen.values(), *unbuildable, *_note_shown(sample)]
     return sorted(findings, key=lambda finding: finding.severity is not Severity.ERROR)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _note_shown(sample: IssueSample) -> list[Finding]:
+    """A warning for each part that does not show the issue's editor's note."""
+    note = render_note(sample.issue.note)
+    if note is None or not sample.messages:
+        return []
+    parsed: EmailMessage = email.message_from_bytes(sample.message, policy=email.policy.default)  # type: ignore[assignment]
+    html_part, text_part = _body(parsed, "html"), _body(parsed, "plain")
+    missing = []
+    shown = _flat(_Page.parse(note.html).visible_text)
+    if html_part is not None and shown not in _flat(_Page.parse(html_part).visible_text):
+        missing.append(("HTML part", "digest.mjml.j2 (include \"partials/note.mjml.j2\" after the header)"))
+    if text_part is not None and _flat(note.text) not in _flat(text_part):
+        missing.append(("text part", "digest.txt.j2 ({{ note.text }} where it should show)"))
+    return [Finding("note", where, f"the editor's note is not shown; add it to your {template}", Severity.WARNING)
+            for where, template in missing]
 
 
 def check_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None

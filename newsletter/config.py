@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 from newsletter.cron import parse_cron
+from newsletter.dates import DEFAULT_LOCALE, locale_problem
 from newsletter.errors import ConfigError
 from newsletter.urls import http_url_problem
 
@@ -69,6 +70,15 @@ class NewsletterSection(_Section):
     postal_address: str = Field(min_length=5)
     site_url: str
     unsubscribe_mailto: str | None = None
+    locale: str = DEFAULT_LOCALE  # the language dates are written in (Babel), e.g. en, en_GB, de
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        problem = locale_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("name")
     @classmethod

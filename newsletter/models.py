@@ -57,11 +57,12 @@ class SubscriberStatus(enum.StrEnum):
 
 
 class IssueStatus(enum.StrEnum):
-    PREPARED = "prepared"
+    PREPARED = "prepared"  # first: the default of a new row
     SENDING = "sending"
     SENT = "sent"
     PAUSED = "paused"  # by `digest pause` or by the send loop when too many messages fail
     CANCELLED = "cancelled"  # by `digest cancel`: what was not sent is skipped
+    DRAFT = "draft"  # the next issue with an editor's choices, not prepared yet (no deliveries)
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -155,11 +156,17 @@ class Suppression(SQLModel, table=True):
 
 
 class Issue(SQLModel, table=True):
-    """One digest, numbered from 1. Its life (prepared → sending → sent, paused, cancelled) is governed by
-    ``newsletter.issues``; nothing else changes ``status``.
+    """One digest, numbered from 1. Its life (draft → prepared → sending → sent, paused, cancelled) is
+    governed by ``newsletter.issues``; nothing else changes ``status``.
 
     ``period_start``..``period_end`` is the span it covers: from the previous issue's preparation (the first
     issue: from its oldest item) to its own, exclusive; it carries the summaries waiting at ``period_end``.
+
+    The editor's choices (:mod:`newsletter.issues.editorial`) are made while it is a ``draft`` and kept
+    after: ``item_order`` (summary ids, first shown first; summaries not in it follow in the default order),
+    ``lead_id`` (shown first, named by the default subject), ``note`` (Markdown, shown above the items) and
+    ``subject_override``. ``version`` goes up with every choice, so that two editors never overwrite each
+    other unknowingly; ``undo`` holds the choices before each of the last few changes (a draft only).
     """
 
     id: int | None = Field(default=None, primary_key=True)
@@ -171,6 +178,12 @@ class Issue(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     scheduled_at: datetime | None = None
     sent_at: datetime | None = None
+    note: str | None = None
+    subject_override: str | None = None
+    item_order: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    lead_id: int | None = None
+    version: int = 0
+    undo: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 class IssueCopy(SQLModel, table=True):

@@ -16,7 +16,7 @@ from newsletter.config import Config
 from newsletter.db import session
 from newsletter.firings import next_run_time, when
 from newsletter.ingest.feeds import feed_states
-from newsletter.issues import delivery_counts, unfinished_issues, waiting_summaries
+from newsletter.issues import delivery_counts, newest_issue, unfinished_issues, waiting_summaries
 from newsletter.models import (
     FeedState,
     Firing,
@@ -39,7 +39,7 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
     now = now or utcnow()
     upcoming = next_run_time(config, now)
     with session(engine) as db:
-        last = db.exec(select(Issue).order_by(col(Issue.number).desc())).first()
+        last = newest_issue(db)
         by_status = dict(db.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
         lease = db.get(SchedulerLease, LEASE_NAME)
         failures = db.exec(

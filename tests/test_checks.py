@@ -24,7 +24,7 @@ from newsletter.cli import app
 from newsletter.config import Config
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
-from newsletter.issues import shown_issue
+from newsletter.issues import editorial, shown_issue
 from newsletter.message import MessageTemplate
 from newsletter.render import RecipientValues, RenderedIssue, render_issue
 from tests.conftest import make_config
@@ -137,6 +137,21 @@ def test_check_issue_uses_the_users_templates(tmp_path: Path, engine) -> None:
     report = check_issue(engine, config)
     assert report.description.startswith("draft of issue #1") and not report.ok
     assert {f.rule for f in report.findings} == {"links", "img-alt"}
+
+
+def test_a_note_left_out_by_a_template_of_ones_own_is_a_warning_naming_it(tmp_path: Path, engine) -> None:
+    add_summaries(engine, 2)
+    editorial.set_note(engine, "A *short* week; see [the call](https://example.org/call).")
+    assert check_issue(engine, make_config(tmp_path)).findings == []  # the default templates show it
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    digest = (Path(__file__).resolve().parent.parent / "templates" / "digest.mjml.j2").read_text(encoding="utf-8")
+    (folder / "digest.mjml.j2").write_text(digest.replace('{% include "partials/note.mjml.j2" %}', ""))
+    report = check_issue(engine, make_config(tmp_path, templates=str(folder)))
+    assert [f.line() for f in report.findings] == [
+        "warning: [note] HTML part: the editor's note is not shown; add it to your digest.mjml.j2 (include "
+        "\"partials/note.mjml.j2\" after the header)"]
+    assert report.ok  # a warning: the send goes ahead
 
 
 runner = CliRunner()

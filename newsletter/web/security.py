@@ -27,7 +27,8 @@ PAGE_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-actio
                "frame-ancestors 'none'; base-uri 'none'")
 EMAIL_POLICY = ("default-src 'none'; style-src 'unsafe-inline' https:; img-src https: http: data:; "
                 "font-src https: data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
-TOKEN_ROUTES = frozenset({"confirm", "unsubscribe", "preferences"})  # /<route>/<token>: the token is a secret
+# /<route>/<token>: the token is a secret (a click link's may name its subscriber)
+TOKEN_ROUTES = frozenset({"confirm", "unsubscribe", "preferences", "c"})
 
 
 def preview_policy(nonce: str) -> str:
@@ -117,8 +118,8 @@ _PATH = re.compile(r"/[^\s\"?#]*")
 
 
 def redact(text: str) -> str:
-    """``text`` with every path segment after ``/confirm/``, ``/unsubscribe/`` or ``/preferences/`` (the
-    links' tokens) and every query value (the preview's ``?token=``, and anything else) replaced by "…"."""
+    """``text`` with every path segment after ``/confirm/``, ``/unsubscribe/``, ``/preferences/`` or ``/c/``
+    (the links' tokens) and every query value (the preview's ``?token=``, and anything else) replaced by "…"."""
 
     def path(match: re.Match[str]) -> str:
         segments = match[0].split("/")
@@ -147,7 +148,7 @@ _REDACT = RedactTokens()
 # The servers' loggers, and ours under newsletter.web (which never log a URL; this keeps it so). A filter on
 # a logger applies to the records logged there, not to its children's, hence each name.
 LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn", "gunicorn.access", "gunicorn.error",
-           *(f"newsletter.web.{module}" for module in ("app", "pages", "archive", "api", "mail", "preview")))
+           *(f"newsletter.web.{module}" for module in ("app", "pages", "archive", "api", "mail", "preview", "clicks")))
 
 
 def redact_logs(loggers: Iterable[str] = LOGGERS) -> None:

@@ -24,6 +24,7 @@ from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+SCANNER_AGENT = "Mozilla/5.0 (compatible; GoogleImageProxy)"  # Gmail's image proxy
 
 
 def tracked(base_dir: Path, **tracking: Any) -> Config:

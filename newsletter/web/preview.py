@@ -53,6 +53,7 @@ from sqlmodel import col, select
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
 from newsletter.checks import check_sample, sample_values
+from newsletter.click_report import issue_clicks
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
 from newsletter.errors import ConfigError, NewsletterError
@@ -287,7 +288,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             "name": state.config.newsletter.name, "issue": issue, "view": view, "width": width,
             "widths": WIDTHS, "views": VIEWS, "version": state.version, "notice": notice, "form_error": error,
             "numbers": _issue_numbers(state), "problem": state.config_error or bad_ref, "sample": None,
-            "findings": [], "nonce": nonce,
+            "findings": [], "nonce": nonce, "clicks": None,
         }  # fmt: skip
         if not context["problem"]:
             try:
@@ -295,6 +296,8 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
                 context["sample"] = sample
                 context["findings"] = check_sample(state.config, sample)
                 context["text"], context["source"], context["headers"] = _parts(sample)
+                if issue != "next":  # a past issue: its clicks beside its items
+                    context["clicks"] = issue_clicks(state.engine, state.config, int(issue))
             except NewsletterError as exc:
                 context["problem"] = str(exc)
         return HTMLResponse(_PAGE.render(context), status_code=400 if bad_ref else 200,
@@ -477,6 +480,15 @@ _PAGE = _ENV.from_string("""<!doctype html>
     {% endif %}
   </div>
   <aside>
+    {% if clicks %}
+    <section id="clicks">
+      <h2>Clicks</h2>
+      <p>{{ clicks.summary_line() }}</p>
+      {% if clicks.counted or clicks.clicks %}
+      <ul>{% for item in clicks.items %}<li>{{ item.position or "?" }}. {{ item.title }}: <strong>{{ item.clicks }}</strong> ({{ item.human_clicks }} likely human)</li>{% endfor %}</ul>
+      {% endif %}
+    </section>
+    {% endif %}
     <section id="checks">
       <h2>Pre-send checks</h2>
       {% if findings %}

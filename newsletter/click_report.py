@@ -145,7 +145,8 @@ def person_clicks(db: Session, subscriber_id: int) -> list[dict[str, Any]]:
     """A subscriber's recorded clicks (``tracking.per_subscriber``), oldest first, JSON-ready."""
     rows = db.exec(
         select(SubscriberClick, Issue).join(Issue, col(Issue.id) == SubscriberClick.issue_id)
-        .where(SubscriberClick.subscriber_id == subscriber_id).order_by(col(SubscriberClick.at), col(SubscriberClick.id))
+        .where(SubscriberClick.subscriber_id == subscriber_id)
+        .order_by(col(SubscriberClick.at), col(SubscriberClick.id))
     ).all()
     names: dict[int, tuple[dict[tuple[int, str], tuple[int | None, str, str]], dict[str, tuple[str, str]]]] = {}
     found = []

@@ -142,8 +142,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         clicks = last["clicks"]
         if clicks["counted"] or clicks["clicks"]:
             lines.append(f"  clicks: {clicks['clicks']:,}, likely human {clicks['likely_human_clicks']:,}")
-            lines += [f"    item {item['item'] or '?'}: {item['clicks']:,} ({item['likely_human_clicks']:,} likely human) "
-                      f"{item['title']}" for item in clicks["items"]]
+            lines += [f"    item {item['item'] or '?'}: {item['clicks']:,} ({item['likely_human_clicks']:,} likely "
+                      f"human) {item['title']}" for item in clicks["items"]]
     for issue in status["older_unfinished_issues"]:
         counts = ", ".join(f"{name} {count}" for name, count in issue["deliveries"].items())
         lines.append(f"unfinished: issue #{issue['number']} is {issue['status']} ({counts})")

@@ -120,7 +120,8 @@ def test_without_click_counting_the_reports_say_so(tmp_path):
     assert result.exit_code == 0
     assert "clicks: not counted (tracking.clicks is off; see docs/engagement.md)" in result.output
     assert "clicks: not counted" in invoke("digest", "status", "--config", config_path).output
-    assert json.loads(invoke("status", "--json", "--config", config_path).output)["last_issue"]["clicks"]["counted"] is False
+    status = json.loads(invoke("status", "--json", "--config", config_path).output)
+    assert status["last_issue"]["clicks"]["counted"] is False
 
 
 def test_the_preview_shows_each_items_clicks_for_a_past_issue(tmp_path):
@@ -142,7 +143,8 @@ def test_per_subscriber_the_export_lists_ones_clicks_and_erasing_deletes_them_bu
     assert [(c["issue"], c["title"], c["url"], c["likely_human"]) for c in exported["clicks"]] == [
         (1, "Paper number 0", "https://example.org/papers/0", True)] * 3 + [
         (1, "Paper number 1", "https://example.org/papers/1", False)]
-    assert json.loads(invoke("subscribers", "export", "grace@example.org", "--config", config_path).output)["clicks"] == []
+    grace = json.loads(invoke("subscribers", "export", "grace@example.org", "--config", config_path).output)
+    assert grace["clicks"] == []
     erased = invoke("subscribers", "erase", "ada@example.org", "--yes", "--config", config_path)
     assert erased.exit_code == 0 and "4 recorded clicks" in erased.output
     with session(engine) as db:

@@ -88,7 +88,8 @@ def test_a_click_long_after_delivery_is_human_a_scanner_agent_is_not_and_head_is
     [message] = send_issue(site, engine, "ada@example.org")
     delivered_ago(engine, timedelta(hours=2))
     first, second = sorted(item_urls(engine, 1))
-    links = {url: [link for link in click_links(message) if _target(site, engine, link) == url] for url in (first, second)}
+    links = {url: [link for link in click_links(message) if _target(site, engine, link) == url]
+             for url in (first, second)}
     with served_in_thread(create_app(site, engine)) as base:
         httpx.get(base + path(links[first][0]), headers={"User-Agent": BROWSER})
         httpx.get(base + path(links[first][1]), headers={"User-Agent": BROWSER})  # the button, from another app
@@ -123,7 +124,8 @@ def test_tampered_forged_replayed_and_oversized_tokens_lead_nowhere(site, engine
     other_issue = sorted(urls[2])[0]
     attempts = {
         "a changed signature": f"{payload}.{signature[:-2]}{'AB' if signature[-2:] != 'AB' else 'CD'}",
-        "a changed payload": URLSafeSerializer("k").dumps([2, item, url_hash(other_issue)]).split(".")[0] + "." + signature,
+        "a changed payload": f"{URLSafeSerializer('k').dumps([2, item, url_hash(other_issue)]).split('.')[0]}."
+                             f"{signature}",
         "another key": forged_key,
         "another purpose": signer.sign(UNSUBSCRIBE, "x"),
         # signed with our own key, as if by a bug: issue 1, but the URL of an item of issue 2

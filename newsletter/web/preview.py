@@ -485,7 +485,9 @@ _PAGE = _ENV.from_string("""<!doctype html>
       <h2>Clicks</h2>
       <p>{{ clicks.summary_line() }}</p>
       {% if clicks.counted or clicks.clicks %}
-      <ul>{% for item in clicks.items %}<li>{{ item.position or "?" }}. {{ item.title }}: <strong>{{ item.clicks }}</strong> ({{ item.human_clicks }} likely human)</li>{% endfor %}</ul>
+      <ul>{% for item in clicks.items %}
+        <li>{{ item.position or "?" }}. {{ item.title }}: <strong>{{ item.clicks }}</strong> ({{ item.human_clicks }} likely human)</li>
+      {% endfor %}</ul>
       {% endif %}
     </section>
     {% endif %}

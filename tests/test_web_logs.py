@@ -52,8 +52,9 @@ def test_newsletter_serve_logs_no_token(tmp_path: Path, monkeypatch: pytest.Monk
         secrets = [signer.sign(purpose, token) for purpose in (CONFIRM, UNSUBSCRIBE, PREFERENCES)]
         secrets.append(signer.click_url(1, 1, "https://example.org/paper", token).rsplit("/", 1)[1])
         paths = [f"/confirm/{secrets[0]}", f"/unsubscribe/{secrets[1]}", f"/preferences/{secrets[2]}?welcome=1",
-                 f"/preferences/{secrets[2]}/nothing-here", f"/c/{secrets[3]}"]
+                 f"/preferences/{secrets[2]}/nothing-here"]
         with httpx.Client(base_url=served.base) as client:
+            client.get(f"/c/{secrets[3]}")  # a click link: first, so its line would be in the log before the rest
             for path in paths:
                 client.get(path)
             client.post(f"/unsubscribe/{secrets[1]}", data={"List-Unsubscribe": "One-Click"})
@@ -65,7 +66,7 @@ def test_newsletter_serve_logs_no_token(tmp_path: Path, monkeypatch: pytest.Monk
     log = served.log_text()
     assert '"GET /confirm/… HTTP/1.1" 200' in log and '"POST /unsubscribe/… HTTP/1.1" 200' in log
     assert '"GET /preferences/…?welcome=… HTTP/1.1" 200' in log and "/subscribe?email=… " in log
-    assert '"GET /c/… HTTP/1.1" 404' in log  # a click link (its issue is not there: only the log matters here)
+    assert "/c/" not in log  # a click leaves no line: its address and time would tie it to a person
     for secret in (*secrets, token, "ada%40example.org"):
         assert secret not in log
 

@@ -82,10 +82,10 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     def stylesheet() -> Response:
         return Response(css, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
 
+    app.include_router(clicks.router)  # first: the route asked most often is matched first
     app.include_router(pages.router)
     app.include_router(archive.router)
     app.include_router(api.router)
-    app.include_router(clicks.router)
     return app
 
 

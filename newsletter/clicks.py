@@ -51,6 +51,7 @@ FLUSH_SECONDS = 2.0  # how often counted clicks are written
 MAX_PENDING = 200_000  # clicks held at most (a database away for long): beyond, new ones are dropped, logged
 CACHED_ISSUES = 256  # issues whose URLs are kept in memory
 RELOAD_SECONDS = 1.0  # an unknown hash reloads an issue's URLs at most this often
+AGENT_LENGTH = 512  # the part of a User-Agent looked at (real ones are shorter; the verdicts are cached)
 
 
 # -- where a link leads ---------------------------------------------------------------------------------------
@@ -206,8 +207,9 @@ class ClickRecorder:
 
     def record(self, issue_id: int, token: ClickToken, ip: str | None, user_agent: str | None) -> None:
         """Count a GET of ``token``'s link of issue ``issue_id`` from ``ip`` with ``user_agent`` (neither kept)."""
-        click = Click(issue_id, token.item, token.url_hash, self.clock(), network(ip),
-                      self.agents.is_scanner(user_agent), token.subscriber if self.per_subscriber else None)
+        scanner = self.agents.is_scanner((user_agent or "")[:AGENT_LENGTH])
+        click = Click(issue_id, token.item, token.url_hash, self.clock(), network(ip), scanner,
+                      token.subscriber if self.per_subscriber else None)
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
                 self._dropped += 1

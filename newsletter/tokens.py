@@ -105,7 +105,7 @@ def url_hash(url: str) -> str:
 
 URL_HASH_LENGTH = 16
 MAX_CLICK_TOKEN = 400  # characters; ours are under 150, a longer one is refused before any work
-_MAX_ID = 2**63 - 1
+_MAX_ID = 2**31 - 1  # issue numbers and summary ids are INTEGER columns (PostgreSQL refuses more)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ async def counting(app: FastAPI) -> AsyncIterator[None]:
     if state.recorder is None:
         yield
         return
+    state.stop.clear()  # an app started again (tests do) counts again
     writer = threading.Thread(target=state.recorder.run, args=(state.stop,), name="click-counter", daemon=True)
     writer.start()
     try:

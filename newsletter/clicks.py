@@ -15,7 +15,7 @@ writes the counts every :data:`FLUSH_SECONDS` in one transaction. What is writte
 - with it: also a row per click of a known subscriber (``subscriber_click``: who, which link, when, whether
   it looked human), exported and erased with them.
 
-Clicks on an issue nobody has received yet (a test sent from the preview) are not counted. The counts are
+Clicks on an issue nobody has received yet (an editor trying a prepared issue's links) are not counted. The counts are
 kept per server process until written: a process killed without its shutdown loses at most the last few
 seconds of clicks, and bursts are recognised within one process.
 """

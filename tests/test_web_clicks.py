@@ -3,6 +3,7 @@ item, a GET is counted and a HEAD is not, and no token whatever leads anywhere t
 
 from __future__ import annotations
 
+import re
 import string
 from datetime import timedelta
 from urllib.parse import quote
@@ -60,7 +61,9 @@ def test_every_item_link_of_both_parts_leads_through_the_site_to_its_item(site, 
             assert answer.headers["Referrer-Policy"] == "no-referrer"  # the item's site is not told where from
             assert answer.headers["Cache-Control"] == "no-store"  # so every click reaches us
         landed = {httpx.get(base + path(link)).headers["Location"] for link in click_links(message)}
+        archived = httpx.get(f"{base}/archive/1").text  # reading the issue on the website is not counted
     assert landed == items
+    assert items <= set(re.findall(r'href="([^"]+)"', archived)) and "/c/" not in archived
     # the links that are not items' are as before
     assert "https://news.example.org/archive/1" in html_links(message)
     assert any("/unsubscribe/" in link for link in html_links(message))
@@ -211,7 +214,7 @@ def test_with_tracking_turned_off_old_links_still_work_and_are_not_counted(site,
 
 
 def test_clicks_on_an_issue_nobody_received_yet_are_not_counted(site, engine):
-    """A prepared issue's links (in a test sent from the preview) lead to its items, but count for nothing."""
+    """A prepared issue's links (an editor trying them in the preview) lead to its items, but count for nothing."""
     send_issue(site, engine, "ada@example.org")  # issue 1: sent
     add_summaries(engine, 1)
     prepare_issue(engine, site)  # issue 2: prepared, not sent

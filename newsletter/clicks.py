@@ -221,6 +221,10 @@ class ClickRecorder:
         while not stop.wait(FLUSH_SECONDS):
             self._flush_logged()
         self._flush_logged(final=True)
+        with self._lock:
+            lost = len(self._pending) + sum(clicks for clicks, _human in self._counts.values())
+        if lost:
+            log.error("stopping with %d clicks not written: the database could not be reached", lost)
 
     def _flush_logged(self, *, final: bool = False) -> None:
         try:
@@ -250,6 +254,10 @@ class ClickRecorder:
                 log.warning("could not read the deliveries to classify clicks (%s); trying again in %g s",
                             " ".join(str(exc.orig).split())[:200], FLUSH_SECONDS)
                 return 0
+            except BaseException:  # kept for the next flush whatever went wrong
+                with self._lock:
+                    self._pending[:0] = pending
+                raise
             self._classify(due, pending, now)
             with self._lock:
                 self._pending[:0] = [click for click in pending if not (final or click.at <= now - BURST)]

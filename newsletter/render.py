@@ -235,16 +235,17 @@ class LinkRef:
 
 
 def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipient: RecipientValues,
-                  links: Sequence[ItemLink | None] = ()) -> dict[str, Any]:
+                  placeholders: Sequence[ItemLink | None] = ()) -> dict[str, Any]:
     """The variables every digest template sees (documented in the README's template section).
 
     Sections are ordered by their first appearance in ``items``, with uncategorised summaries last under
-    :data:`DEFAULT_SECTION`; ``items`` is the same summaries flat, in that display order. ``links`` (from
-    :func:`item_links`, one per summary of ``items``): each item's ``url`` is its link's placeholder.
+    :data:`DEFAULT_SECTION`; ``items`` is the same summaries flat, in that display order. ``placeholders``
+    (from :func:`item_links`, one per summary of ``items``): each item's ``url`` is its link's placeholder.
     """
     shown = [_item(summary, config) for summary in items]
-    if links:
-        shown = [replace(item, url=link.marker) if link else item for item, link in zip(shown, links, strict=True)]
+    if placeholders:
+        shown = [replace(item, url=link.marker) if link else item
+                 for item, link in zip(shown, placeholders, strict=True)]
     sections = _number_links(_sections(shown))
     flat = [item for section in sections for item in section.items]
     links = list({item.url: LinkRef(item.ref, item.url) for item in flat if item.url and item.ref}.values())

@@ -160,23 +160,23 @@ class NoClickLines(logging.Filter):
 
 _REDACT = RedactTokens()
 _NO_CLICKS = NoClickLines()
-ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")  # their records' arguments: client, method, path, ...
+ACCESS_LOG = "uvicorn.access"  # its records' arguments: client, method, path, HTTP version, status
 # The servers' loggers, and ours under newsletter.web (which never log a URL; this keeps it so). A filter on
 # a logger applies to the records logged there, not to its children's, hence each name.
-LOGGERS = (*ACCESS_LOGGERS, "uvicorn.error", "uvicorn", "gunicorn.error",
+LOGGERS = (ACCESS_LOG, "uvicorn.error", "uvicorn", "gunicorn.access", "gunicorn.error",
            *(f"newsletter.web.{module}" for module in ("app", "pages", "archive", "api", "mail", "preview", "clicks")))
 
 
 def redact_logs(loggers: Iterable[str] = LOGGERS) -> None:
     """Put :class:`RedactTokens` on the loggers that write about requests, and :class:`NoClickLines` (first)
-    on the access logs (idempotent).
+    on uvicorn's access log (idempotent).
 
     Called by both app factories, so however an app is served (``newsletter serve``, ``uvicorn ...:app``,
     tests), the access log never carries a link's token, nor a line per click. The filters sit on the
     loggers, not on handlers, so they hold whatever handlers a logging configuration adds later."""
     for name in loggers:
         logger = logging.getLogger(name)
-        if name in ACCESS_LOGGERS and _NO_CLICKS not in logger.filters:
+        if name == ACCESS_LOG and _NO_CLICKS not in logger.filters:
             logger.filters.insert(0, _NO_CLICKS)
         if _REDACT not in logger.filters:
             logger.addFilter(_REDACT)

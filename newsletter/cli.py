@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import click
 import typer
@@ -67,6 +67,9 @@ from newsletter.models import IssueStatus, SubscriberStatus
 from newsletter.render import span_label
 from newsletter.schedule import run_if_due, run_scheduler
 from newsletter.status import collect_status, status_lines
+
+if TYPE_CHECKING:
+    from newsletter.click_report import IssueClicks
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -443,8 +446,9 @@ def subscribers_erase(
     with _opened(config) as (_config, engine):
         result = subscriber_list.erase_subscriber(engine, email)
     if result.was_on_list:
-        console.print(f"erased {result.address}: the subscriber, {result.events} events and {result.deliveries} "
-                      f"delivery records; a hash of the address keeps it off the list")
+        clicks = f", {result.clicks} recorded clicks" if result.clicks else ""
+        console.print(f"erased {result.address}: the subscriber, {result.events} events{clicks} and "
+                      f"{result.deliveries} delivery records; a hash of the address keeps it off the list")
     else:
         console.print(f"{result.address} was not on the list; a hash of it now keeps it off the list")
 
@@ -728,12 +732,16 @@ def digest_check(issue: IssueOption = None, config: ConfigOption = None) -> None
 
 @digest_app.command("status")
 def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> None:
-    """Show an issue's deliveries by state, the sending rate and the errors grouped by reason.
+    """Show an issue's deliveries by state, the sending rate, the errors grouped by reason and the clicks on
+    each item (with tracking.clicks).
 
     Example: newsletter digest status 3
     """
+    from newsletter.click_report import issue_clicks
+
     with _opened(config) as (loaded, engine):
         found = issue_status(engine, issue)
+        clicks = issue_clicks(engine, loaded, found.issue.number)
     i = found.issue
     console.print(Text(f"issue #{i.number} ({span_label(loaded, i)}) \"{i.subject}\": {i.status.value}"))
     console.print(", ".join(f"{status.value} {count}" for status, count in found.counts.items()))
@@ -746,6 +754,53 @@ def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> N
         for reason, count in found.errors:
             table.add_row(str(count), reason)
         console.print(table)
+    _print_clicks(clicks)
+
+
+def _print_clicks(report: IssueClicks) -> None:
+    """An issue's clicks: the totals, then a row per item."""
+    console.print(report.summary_line())
+    if report.counted or report.clicks:
+        table = Table("item", "clicks", "likely human", "title")
+        for item in report.items:
+            table.add_row("" if item.position is None else str(item.position), f"{item.clicks:,}",
+                          f"{item.human_clicks:,}", Text(item.title))
+        console.print(table)
+
+
+@digest_app.command("clicks")
+def digest_clicks(
+    issue: IssueArgument = None,
+    every: Annotated[bool, typer.Option("--all", help="Every issue, oldest first.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the CSV to this file.", dir_okay=False)
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show the clicks on each item of an issue (default: the newest): every click, and the likely human
+    ones (not from a known link scanner's user agent, nor from a burst from one network right after
+    delivery). Columns of the CSV: issue, item, title, url, clicks, likely_human_clicks. Clicks are counted
+    with tracking.clicks: true (docs/engagement.md).
+
+    Example: newsletter digest clicks 3 --out clicks-3.csv
+    Example: newsletter digest clicks --all --csv > clicks.csv
+    """
+    from newsletter.click_report import every_issue_clicks, issue_clicks, write_csv
+
+    if every and issue is not None:
+        raise NewsletterError("give an issue number or --all, not both")
+    with _opened(config) as (loaded, engine):
+        reports = every_issue_clicks(engine, loaded) if every else [issue_clicks(engine, loaded, issue)]
+    if out is not None:
+        rows = _write(out, lambda handle: write_csv(reports, handle))
+        errors.print(f"wrote {rows} rows to {out}")
+    elif as_csv:
+        write_csv(reports, sys.stdout)
+    else:
+        for report in reports:
+            console.print(Text(f"issue #{report.number} \"{report.subject}\""))
+            _print_clicks(report)
 
 
 @digest_app.command("pause")

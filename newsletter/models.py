@@ -205,6 +205,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
         Index("ix_delivery_issue_status", "issue_id", "status", "id"),  # claims read it in id order
+        Index("ix_delivery_issue_sent", "issue_id", "sent_at"),  # the latest delivery before a click, in one seek
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -219,6 +220,37 @@ class Delivery(SQLModel, table=True):
     claimed_by: str | None = None
     lease_expires_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ClickCount(SQLModel, table=True):
+    """How often one item link of an issue was clicked (``tracking.clicks``), counted without knowing who
+    clicked: every GET of the link (``clicks``) and those the scanner filter let through (``human_clicks``).
+    No time, address or browser is kept, so nothing here can be tied to a person. ``item_id`` is the
+    summary's id when the issue was sent (no foreign key: summaries may be deleted, the counts stay), and
+    ``url_hash`` the hash of the URL the link led to (:func:`newsletter.tokens.url_hash`)."""
+
+    __tablename__ = "click_count"
+
+    issue_id: int = Field(primary_key=True, foreign_key="issue.id")
+    item_id: int = Field(primary_key=True)
+    url_hash: str = Field(primary_key=True, max_length=16)
+    clicks: int = 0
+    human_clicks: int = 0
+
+
+class SubscriberClick(SQLModel, table=True):
+    """One click by a known subscriber, kept only with ``tracking.per_subscriber``: part of their data export,
+    deleted when they are erased. The same click is in :class:`ClickCount` too, without them."""
+
+    __tablename__ = "subscriber_click"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    issue_id: int = Field(foreign_key="issue.id")
+    item_id: int
+    url_hash: str = Field(max_length=16)
+    at: datetime
+    likely_human: bool
 
 
 class Event(SQLModel, table=True):

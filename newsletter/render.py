@@ -2,7 +2,10 @@
 
 MJML is compiled once per issue. Per-subscriber values never reach the template engine: the context's
 ``recipient`` holds unique placeholder markers, and :meth:`RenderedIssue.personalise` substitutes the real
-values into the compiled output (HTML-escaped into the HTML, verbatim into the text).
+values into the compiled output (HTML-escaped into the HTML, verbatim into the text). With click counting
+(``tracking.clicks``) each item's ``url`` is such a placeholder too (:class:`ItemLink`): where it leads (a
+counted ``/c/`` link, the same for everyone or one per subscriber, or the item's own URL in the archive's
+copy) is decided after the compile.
 
 Templates are looked up in the user's templates folder first, then in the packaged defaults, so a user
 file overrides the default of the same name. ``*.txt.j2`` templates are not autoescaped; every other
@@ -69,31 +72,62 @@ _JINJA_DOCS = "https://jinja.palletsprojects.com/en/stable/templates/"
 
 @dataclass(frozen=True)
 class RecipientValues:
-    """One subscriber's values for personalisation; ``name`` is "" when unknown."""
+    """One subscriber's values for personalisation; ``name`` is "" when unknown. ``links``: where each of
+    the render's item links (:attr:`RenderedIssue.links`, in order) leads for this reader; empty: to the
+    items' own URLs."""
 
     email: str
     name: str
     unsubscribe_url: str
     preferences_url: str
+    links: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ItemLink:
+    """An item's link in a render with click counting: the placeholder in its place, the item (its summary's
+    id; None for a summary not saved), and the item's own URL."""
+
+    marker: str
+    item_id: int | None
+    url: str
 
 
 @dataclass(frozen=True)
 class RenderedIssue:
-    """An issue compiled once: ``html`` and ``text`` still hold the ``markers`` for per-subscriber values."""
+    """An issue compiled once: ``html`` and ``text`` still hold the ``markers`` for per-subscriber values,
+    and with click counting the placeholders of the item ``links``."""
 
     subject: str
     preheader: str
     html: str
     text: str
     markers: RecipientValues
+    links: tuple[ItemLink, ...] = ()
 
     def personalise(self, values: RecipientValues) -> tuple[str, str]:
         """(html, text) for one subscriber: values HTML-escaped (quotes too) into the HTML, raw into the text."""
         html_part, text_part = self.html, self.text
-        for marker, value in _pairs(self.markers, values):
+        for marker, value in [*_pairs(self.markers, values), *self.link_pairs(values.links)]:
             html_part = html_part.replace(marker, html.escape(value, quote=True))
             text_part = text_part.replace(marker, value)
         return html_part, text_part
+
+    def link_pairs(self, urls: Sequence[str] = ()) -> list[tuple[str, str]]:
+        """(placeholder, where it leads) for each item link: ``urls`` in order, or the items' own URLs."""
+        if not urls:
+            return [(link.marker, link.url) for link in self.links]
+        if len(urls) != len(self.links):
+            raise ValueError(f"{len(urls)} link URLs for {len(self.links)} item links")
+        return [(link.marker, url) for link, url in zip(self.links, urls, strict=True)]
+
+    def with_links(self, urls: Sequence[str]) -> RenderedIssue:
+        """This render with every item link leading to ``urls`` (one per link, in order) for every reader."""
+        html_part, text_part = self.html, self.text
+        for marker, url in self.link_pairs(urls):
+            html_part = html_part.replace(marker, html.escape(url, quote=True))
+            text_part = text_part.replace(marker, url)
+        return replace(self, html=html_part, text=text_part, links=())
 
 
 def _pairs(markers: RecipientValues, values: RecipientValues) -> list[tuple[str, str]]:
@@ -124,6 +158,26 @@ class NewsletterInfo:
     name: str
     postal_address: str
     site_url: str
+
+
+@dataclass(frozen=True)
+class TrackingInfo:
+    """What is counted (``tracking`` in templates), so that the footer can say so."""
+
+    clicks: bool  # item links are counted, without knowing who clicked unless per_subscriber
+    per_subscriber: bool  # who clicked which link is recorded
+    notice: str  # one sentence saying so: :func:`tracking_notice`
+
+
+def tracking_notice(clicks: bool, per_subscriber: bool) -> str:
+    """What the footer of every digest and the subscribe page say is tracked (never opens: there is no pixel)."""
+    if clicks and per_subscriber:
+        return ("We record which articles linked in our emails you click, with your subscription (ask us for a "
+                "copy or to erase it), and never whether you open them.")
+    if clicks:
+        return ("We count how often each article linked in our emails is clicked, not who clicked, and never "
+                "whether you open them.")
+    return "We do not track whether you open our emails or which links you click."
 
 
 @dataclass(frozen=True)
@@ -158,7 +212,7 @@ class Item:
     article_type: str | None = None  # "Research Paper", "Review", ...
     paywalled: bool = False  # the source needs a subscription to read in full
     ref: int | None = None
-    id: int | None = None  # the summary's id
+    id: int | None = None  # the summary's row id (None for one not saved)
     lead: bool = False  # the editor's lead item: shown first, named by the default subject
 
     @property
@@ -180,16 +234,22 @@ class LinkRef:
     url: str
 
 
-def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipient: RecipientValues) -> dict[str, Any]:
+def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipient: RecipientValues,
+                  placeholders: Sequence[ItemLink | None] = ()) -> dict[str, Any]:
     """The variables every digest template sees (documented in the README's template section).
 
     ``items`` are shown in :func:`display_order`; ``sections`` are its runs of items of one category, so
     by default each category once, in order of first appearance, uncategorised summaries last under
-    :data:`DEFAULT_SECTION`. ``note`` is the editor's note (None without one).
+    :data:`DEFAULT_SECTION`. ``note`` is the editor's note (None without one). ``placeholders`` (from
+    :func:`item_links` over ``items`` in display order, one each): each item's ``url`` is its link's
+    placeholder.
     """
     lead = issue.lead_id
-    ordered = [replace(_item(summary, config), id=summary.id, lead=lead is not None and summary.id == lead)
+    ordered = [replace(_item(summary, config), lead=lead is not None and summary.id == lead)
                for summary in display_order(items, issue.item_order, lead)]
+    if placeholders:
+        ordered = [replace(item, url=link.marker) if link else item
+                   for item, link in zip(ordered, placeholders, strict=True)]
     sections = _number_links(_sections(ordered))
     flat = [item for section in sections for item in section.items]
     links = list({item.url: LinkRef(item.ref, item.url) for item in flat if item.url and item.ref}.values())
@@ -209,6 +269,8 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
         "recipient": recipient,
         "preheader": make_preheader(flat),
         "note": render_note(issue.note, TEXT_WIDTH),
+        "tracking": TrackingInfo(config.tracking.clicks, config.tracking.per_subscriber,
+                                 tracking_notice(config.tracking.clicks, config.tracking.per_subscriber)),
     }
 
 
@@ -236,6 +298,18 @@ def display_order(summaries: Sequence[Summary], order: Sequence[int] = (), lead:
     ordered = placed + [s for s in default if s.id not in rank]
     first = [s for s in ordered if lead is not None and s.id == lead]
     return first + [s for s in ordered if s not in first]
+
+
+def item_links(config: Config, items: Sequence[Summary]) -> tuple[ItemLink | None, ...]:
+    """With ``tracking.clicks``, a fresh placeholder for the link of each of ``items`` (None: it has no link),
+    letters and digits only like the recipient's markers; without it, nothing."""
+    if not config.tracking.clicks:
+        return ()
+    nonce = secrets.token_hex(8).upper()
+    return tuple(
+        ItemLink(f"NLP{nonce}LINK{n}X", summary.id, url) if (url := item_url(summary)) else None
+        for n, summary in enumerate(items)
+    )
 
 
 def span_days(config: Config, issue: Issue) -> tuple[date, date]:
@@ -289,15 +363,21 @@ def _item(summary: Summary, config: Config) -> Item:
         subtitle=" ".join((summary.subtitle or "").split()) or None,
         article_type=" ".join((summary.article_type or "").split()) or None,
         paywalled=bool(summary.paywalled),
+        id=summary.id,
     )
 
 
-def _web_url(url: str | None) -> str | None:
+def item_url(summary: Summary) -> str | None:
+    """The URL an item of ``summary`` links to (an http(s) URL), or None: what a click link may lead to."""
+    return _web_url(summary.url, warn=False)
+
+
+def _web_url(url: str | None, *, warn: bool = True) -> str | None:
     """``url`` if it is an http(s) link; anything else (``javascript:``, blanks) is dropped."""
     url = (url or "").strip()
     if re.match(r"^https?://[^\s]+$", url, re.IGNORECASE):
         return url
-    if url:
+    if url and warn:
         log.warning("ignoring a link that is not http(s): %.80r", url)
     return None
 
@@ -457,7 +537,8 @@ def render_issue(config: Config, issue: Issue, items: Sequence[Summary]) -> Rend
     """
     env = template_environment(config)
     markers = new_markers()
-    context = issue_context(config, issue, items, markers)
+    links = item_links(config, display_order(items, issue.item_order, issue.lead_id))
+    context = issue_context(config, issue, items, markers, links)
     context["subject"] = subject = _subject(env, context, issue)
     html_part = render_mjml(env, DIGEST_MJML_TEMPLATE, context)
     text_part = tidy_text(render_template(env, DIGEST_TEXT_TEMPLATE, context))
@@ -465,7 +546,8 @@ def render_issue(config: Config, issue: Issue, items: Sequence[Summary]) -> Rend
     _require_legal_footer(describe_template(env, DIGEST_MJML_TEMPLATE), html_part, markers, address, is_html=True)
     _require_legal_footer(describe_template(env, DIGEST_TEXT_TEMPLATE), text_part, markers, address, is_html=False)
     log.info("rendered issue %s: %d items, %d bytes of HTML", issue.number, len(context["items"]), len(html_part))
-    return RenderedIssue(subject, context["preheader"], html_part, text_part, markers)
+    return RenderedIssue(subject, context["preheader"], html_part, text_part, markers,
+                         tuple(link for link in links if link))
 
 
 def _subject(env: Environment, context: Mapping[str, Any], issue: Issue | None = None) -> str:

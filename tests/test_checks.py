@@ -263,6 +263,30 @@ def test_digest_check_sees_exactly_what_the_send_loop_sends(config, engine) -> N
     assert normalised(checked) == normalised(sent.read_bytes())
 
 
+@pytest.mark.parametrize("tracking", [{"clicks": True}, {"clicks": True, "per_subscriber": True}],
+                         ids=["clicks", "per-subscriber"])
+def test_with_click_counting_the_checks_pass_on_exactly_what_is_sent(tmp_path: Path, engine, tracking) -> None:
+    from newsletter.backends import create_backend
+    from newsletter.delivery import send_issue
+    from newsletter.issues import prepare_issue
+
+    config = make_config(tmp_path, tracking=tracking)
+    add_summaries(engine, 2)
+    add_people(engine, "ada@example.org")
+    prepare_issue(engine, config)
+    assert check_issue(engine, config, 1).findings == []
+    checked = build_sample(config, *shown_issue(engine, config, 1)).message
+    assert b"/c/" in checked
+    send_issue(engine, config, create_backend(config), 1)
+    [sent] = (config.base_dir / "outbox").glob("*.eml")
+
+    def normalised(data: bytes) -> bytes:
+        boundary = re.search(rb'boundary="([^"]+)"', data).group(1)  # type: ignore[union-attr]
+        return re.sub(rb"\r\nDate: [^\r]+", b"", data).replace(boundary, b"BOUNDARY")
+
+    assert normalised(checked) == normalised(sent.read_bytes())
+
+
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [

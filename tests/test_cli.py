@@ -34,7 +34,7 @@ COMMANDS = [
     ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["subscribers", "erase"],
     ["serve"], ["preview"], ["status"], ["worker"], ["digest"],
     ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"], ["digest", "check"],
-    ["digest", "pause"], ["digest", "resume"], ["digest", "retry-failed"], ["digest", "cancel"],
+    ["digest", "pause"], ["digest", "resume"], ["digest", "retry-failed"], ["digest", "cancel"], ["digest", "clicks"],
     ["digest", "order"], ["digest", "note"], ["digest", "subject"],
     ["bounces"], ["bounces", "process"], ["summaries"], ["summaries", "list"], ["summaries", "show"],
     ["summaries", "edit"], ["summaries", "exclude"],

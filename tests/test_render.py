@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from html import escape as html_escape
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -18,6 +19,7 @@ from newsletter.render import (
     DEFAULT_SECTION,
     RecipientValues,
     RenderedIssue,
+    display_order,
     render_issue,
     template_environment,
 )
@@ -419,7 +421,7 @@ def test_an_element_left_open_is_reported_in_the_partial_and_line_that_opens_it(
 @pytest.mark.parametrize(("name", "old", "new", "line", "what"), [
     ("partials/item.mjml.j2", "<mj-divider />", "<mj-divider>", 12, "<mj-divider> is not closed before </mj-column>"),
     ("partials/header.mjml.j2", 'mj-class="meta"', "mj-class=meta", 5, "starts no well-formed tag"),
-    ("partials/footer.mjml.j2", "</mj-column>", "</mj-column></mj-column>", 19, "</mj-column> closes no open element"),
+    ("partials/footer.mjml.j2", "</mj-column>", "</mj-column></mj-column>", 21, "</mj-column> closes no open element"),
     ("partials/note.mjml.j2", "<mj-column>", "<mj-column>\n    <mj-raw>", 8, "<mj-raw> is not closed before </mj-column>"),
     ("partials/item.mjml.j2", '<mj-text mj-class="meta">', '<mj-txt mj-class="meta">', 24,
      "<mj-txt> is not an MJML element"),
@@ -434,3 +436,37 @@ def test_each_kind_of_mjml_fault_names_the_partial_its_line_and_what_is_wrong(
     message = str(caught.value)
     assert f"my-templates/{name}:{line}: " in message and what in message, message
     assert "digest.mjml.j2" not in message
+
+
+TRACKING_MODES = {
+    "off": ({}, "We do not track whether you open our emails or which links you click."),
+    "clicks": ({"clicks": True}, "We count how often each article linked in our emails is clicked, not who clicked"),
+    "per-subscriber": ({"clicks": True, "per_subscriber": True},
+                       "We record which articles linked in our emails you click, with your subscription"),
+}
+
+
+@pytest.mark.parametrize("mode", TRACKING_MODES)
+def test_both_parts_say_what_is_tracked(tmp_path, config, mode):
+    tracking, sentence = TRACKING_MODES[mode]
+    rendered = render_issue(make_config(tmp_path, tracking=tracking), make_issue(), make_summaries())
+    html, text = rendered.personalise(ALICE)
+    visible = " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<head>.*</head>", "", html, flags=re.S)).split())
+    assert sentence in visible
+    assert sentence in " ".join(text.split())
+    assert "never whether you open" in visible or mode == "off"  # no pixel in any mode
+
+
+def test_with_click_counting_each_item_url_is_a_placeholder_filled_after_the_compile(tmp_path, config):
+    rendered = render_issue(make_config(tmp_path, tracking={"clicks": True}), make_issue(), make_summaries())
+    urls = [summary.url for summary in display_order(make_summaries())]
+    assert [link.url for link in rendered.links] == urls  # one per item, in the order the digest shows them
+    assert not any(url in rendered.html or url in rendered.text for url in urls)
+    assert all(link.marker in rendered.html and link.marker in rendered.text for link in rendered.links)
+    direct_html, direct_text = rendered.personalise(ALICE)  # no link values given: straight to the items
+    counted = [f"https://news.example.org/c/item{n}" for n in range(len(urls))]
+    html, text = rendered.personalise(RecipientValues(**{**ALICE.__dict__, "links": tuple(counted)}))
+    for url, link in zip(urls, counted, strict=True):
+        assert f'href="{html_escape(url)}"' in direct_html and url in direct_text
+        assert f'href="{link}"' in html and f"] {link}" in text
+        assert url not in html and url not in text

@@ -151,7 +151,7 @@ def build_sample(
         except ValueError as exc:  # InvalidAddress: the send loop fails this one alone
             unbuildable.append((person.email, str(exc)))
             continue
-        messages.append(SampleMessage(person, composer.values(person), template.rendered, data))
+        messages.append(SampleMessage(person, composer.values(person, template), template.rendered, data))
     return IssueSample(issue, items, description, everything.rendered, messages, unbuildable, tuple(extra_headers))
 
 

@@ -36,6 +36,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from newsletter.checks import Finding, Severity, check_issue, check_sample
+from newsletter.click_report import issue_clicks
 from newsletter.dates import format_moment
 from newsletter.db import session
 from newsletter.errors import Conflict, NewsletterError, TemplateError
@@ -131,7 +132,7 @@ def page(
         "form_error": error, "numbers": issue_numbers(state), "problem": state.config_error or bad_ref,
         "sample": None, "findings": [], "nonce": nonce, "style": _STYLE, "script": _SCRIPT,
         "csrf": form_token(state.form_key, request.state.desk_session), "subject_limit": SUBJECT_LIMIT,
-        "next": None, "rows": [], "excerpt": None, "send": None, "confirm": confirm == "send",
+        "next": None, "rows": [], "clicks": None, "clicks_by_item": {}, "excerpt": None, "send": None, "confirm": confirm == "send",
         "fragment": request.headers.get("x-desk") == "refresh",
     }  # fmt: skip
     if issue == "next" and not context["problem"]:
@@ -151,6 +152,9 @@ def page(
             context["html"], context["text"], context["source"], context["headers"] = sample_parts(sample)
             if issue != "next":
                 context["rows"] = _rows(sample.items, sample.issue.item_order, sample.issue.lead_id, editable=False)
+                clicks = issue_clicks(state.engine, state.config, sample.issue.number)
+                context["clicks"] = clicks
+                context["clicks_by_item"] = {item.item_id: item for item in clicks.items if item.item_id is not None}
     context["send"] = _send_panel(state, context)
     status = 400 if bad_ref else 200
     return HTMLResponse(_PAGES.get_template("desk.html").render(context), status_code=status,

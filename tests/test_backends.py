@@ -805,23 +805,32 @@ def test_rate_limiter_spaces_messages_evenly_across_threads() -> None:
     assert slept == [0.25]
 
 
-def test_dkim_signature_covers_the_list_headers_and_verifies(config, engine, smtp_server, tmp_path: Path) -> None:
+@pytest.fixture
+def dkim_verifier(tmp_path: Path):
+    """A fresh RSA key in ``tmp_path/dkim.pem`` (selector ``nl2026``, domain example.org); returns dkimpy's
+    verifier with the key's public half as the only DNS record it can look up."""
     import base64
 
     import dkim
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from newsletter.delivery import send_issue
-    from newsletter.issues import prepare_issue
-    from tests.conftest import make_config
-    from tests.helpers import add_people, add_summaries
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (tmp_path / "dkim.pem").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     public = base64.b64encode(key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    dns = {b"nl2026._domainkey.example.org.": f"v=DKIM1; k=rsa; p={public}".encode()}
+    return lambda message: dkim.verify(message, dnsfunc=lambda name, timeout=5: dns.get(name))
+
+
+def test_dkim_signature_covers_the_list_headers_and_verifies(config, engine, smtp_server, tmp_path: Path,
+                                                             dkim_verifier) -> None:
+    from newsletter.delivery import send_issue
+    from newsletter.issues import prepare_issue
+    from tests.conftest import make_config
+    from tests.helpers import add_people, add_summaries
+
     smtp = make_config(tmp_path, backend={"name": "smtp", "options": {
         "host": smtp_server.host, "port": smtp_server.port, "security": "none", "dkim_selector": "nl2026",
         "dkim_private_key": "dkim.pem", "feedback_id": "digest:weekly:newsletter:example"}})
@@ -835,33 +844,23 @@ def test_dkim_signature_covers_the_list_headers_and_verifies(config, engine, smt
     assert message["Feedback-ID"] == "digest:weekly:newsletter:example"
     signed = {h.strip().lower() for h in str(message["DKIM-Signature"]).replace("\r\n", "").split("h=")[1].split(";")[0].split(":")}
     assert {"from", "subject", "list-unsubscribe", "list-unsubscribe-post", "feedback-id", "to"} <= signed
-    dns = {b"nl2026._domainkey.example.org.": f"v=DKIM1; k=rsa; p={public}".encode()}
-    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: dns.get(name))
+    assert dkim_verifier(data)
     tampered = data.replace(b"List-Unsubscribe: <https://", b"List-Unsubscribe: <http://", 1)
-    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: dns.get(name))
+    assert not dkim_verifier(tampered)
 
 
-def test_dkim_is_relaxed_and_over_signs_what_a_reader_sees(config, engine, smtp_server, tmp_path: Path) -> None:
+def test_dkim_is_relaxed_and_over_signs_what_a_reader_sees(config, engine, smtp_server, tmp_path: Path,
+                                                           dkim_verifier) -> None:
     """relaxed/relaxed survives a relay that re-spaces headers or body lines; every header a reader sees
     or acts on is named once more in h= than it appears, so a copy with a second From, Subject or
     List-Unsubscribe put in front (or a Reply-To added) no longer verifies. Judged by dkimpy's verifier."""
-    import base64
     import email
     import email.policy
-
-    import dkim
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
     from newsletter.delivery import send_issue
     from newsletter.issues import prepare_issue
     from tests.helpers import add_people, add_summaries
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "dkim.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    public = base64.b64encode(key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
     smtp = make_config(tmp_path, backend={"name": "smtp", "options": {
         "host": smtp_server.host, "port": smtp_server.port, "security": "none", "dkim_selector": "nl2026",
         "dkim_private_key": "dkim.pem"}})
@@ -870,10 +869,7 @@ def test_dkim_is_relaxed_and_over_signs_what_a_reader_sees(config, engine, smtp_
     prepare_issue(engine, smtp)
     assert send_issue(engine, smtp, create_backend(smtp), 1).sent == 1
     data = smtp_server.messages[0].data
-    dns = {b"nl2026._domainkey.example.org.": f"v=DKIM1; k=rsa; p={public}".encode()}
-
-    def verifies(message: bytes) -> bool:
-        return dkim.verify(message, dnsfunc=lambda name, timeout=5: dns.get(name))
+    verifies = dkim_verifier
 
     signature = email.message_from_bytes(data, policy=email.policy.default)["DKIM-Signature"]
     tags = dict(tag.strip().split("=", 1) for tag in "".join(str(signature).split()).split(";") if tag.strip())

@@ -39,18 +39,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Recipient:
-    email: str
-    name: str
-    unsubscribe_url: str = ""
-    preferences_url: str = ""
-
-
-@dataclass(frozen=True)
 class Rendered:
     subject: str
     html: str
     text: str
+
+
+def _confirmation_recipient(subscriber: Subscriber) -> RecipientValues:
+    """No name and no links: the name is not shown before the address is confirmed."""
+    return RecipientValues(subscriber.email, "", "", "")
+
+
+def _welcome_recipient(signer: LinkSigner, subscriber: Subscriber) -> RecipientValues:
+    return RecipientValues(subscriber.email, subscriber.name or "", signer.unsubscribe_url(subscriber.token),
+                           signer.preferences_url(subscriber.token))
 
 
 def render_transactional(config: Config, kind: str, context: dict[str, Any]) -> Rendered:
@@ -66,35 +68,25 @@ def render_transactional(config: Config, kind: str, context: dict[str, Any]) -> 
 
 
 def confirmation_email(config: Config, signer: LinkSigner, subscriber: Subscriber) -> Rendered:
-    recipient = Recipient(subscriber.email, "")  # the name is not shown before the address is confirmed
     return render_transactional(config, "confirm", {
-        "recipient": recipient,
+        "recipient": _confirmation_recipient(subscriber),
         "confirm_url": signer.confirm_url(subscriber.token),
         "expiry_days": config.web.confirm_expiry_days,
     })
 
 
 def welcome_email(config: Config, signer: LinkSigner, subscriber: Subscriber) -> Rendered:
-    recipient = Recipient(
-        subscriber.email,
-        subscriber.name or "",
-        signer.unsubscribe_url(subscriber.token),
-        signer.preferences_url(subscriber.token),
-    )
     return render_transactional(config, "welcome", {
-        "recipient": recipient, "archive_url": f"{config.newsletter.site_url}/archive",
+        "recipient": _welcome_recipient(signer, subscriber), "archive_url": f"{config.newsletter.site_url}/archive",
     })
 
 
-def build_transactional(
-    config: Config, recipient: Recipient, rendered: Rendered, message_id: str, *, unsubscribe_url: str | None
-) -> bytes:
+def build_transactional(config: Config, recipient: RecipientValues, rendered: Rendered, message_id: str) -> bytes:
     """A ``multipart/alternative`` message to ``recipient`` (its name in To: when not empty); list headers
-    only with ``unsubscribe_url``. Raises InvalidAddress for an address no message can be built for."""
+    only when it has an unsubscribe URL. Raises InvalidAddress for an address no message can be built for."""
     issue = RenderedIssue(rendered.subject, rendered.subject, rendered.html, rendered.text, new_markers())
-    values = RecipientValues(recipient.email, recipient.name, unsubscribe_url or "", "")
-    template = MessageTemplate(config, issue, list_headers=unsubscribe_url is not None)
-    return template.personalise(values, message_id=message_id)
+    template = MessageTemplate(config, issue, list_headers=bool(recipient.unsubscribe_url))
+    return template.personalise(recipient, message_id=message_id)
 
 
 def send_one(config: Config, subscriber: Subscriber, data: bytes, message_id: str) -> None:
@@ -110,8 +102,8 @@ def send_one(config: Config, subscriber: Subscriber, data: bytes, message_id: st
 def send_confirmation(config: Config, signer: LinkSigner, subscriber: Subscriber) -> None:
     """Send the double opt-in email. Raises DeliveryError (or TemplateError) when it cannot be sent."""
     message_id = f"<confirm.{secrets.token_hex(12)}@{config.newsletter.sender_domain}>"
-    data = build_transactional(config, Recipient(subscriber.email, ""), confirmation_email(config, signer, subscriber),
-                               message_id, unsubscribe_url=None)
+    data = build_transactional(config, _confirmation_recipient(subscriber),
+                               confirmation_email(config, signer, subscriber), message_id)
     send_one(config, subscriber, data, message_id)
     log.info("sent a confirmation email")
 
@@ -119,8 +111,7 @@ def send_confirmation(config: Config, signer: LinkSigner, subscriber: Subscriber
 def send_welcome(config: Config, signer: LinkSigner, subscriber: Subscriber) -> None:
     """Send the welcome email to a subscriber who just confirmed. Raises DeliveryError."""
     message_id = f"<welcome.{secrets.token_hex(12)}@{config.newsletter.sender_domain}>"
-    unsubscribe_url = signer.unsubscribe_url(subscriber.token)
-    data = build_transactional(config, Recipient(subscriber.email, subscriber.name or ""),
-                               welcome_email(config, signer, subscriber), message_id, unsubscribe_url=unsubscribe_url)
+    data = build_transactional(config, _welcome_recipient(signer, subscriber),
+                               welcome_email(config, signer, subscriber), message_id)
     send_one(config, subscriber, data, message_id)
     log.info("sent a welcome email")

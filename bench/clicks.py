@@ -29,20 +29,17 @@ import asyncio
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import yaml
 from sqlalchemy import func, insert, update
 from sqlmodel import col, select
 
-from bench.subscribe_timing import free_port
+from bench.subscribe_timing import start_server
 from newsletter.backends import create_backend
 from newsletter.config import load_config
 from newsletter.db import open_database, session
@@ -96,27 +93,6 @@ def sent_issue(config_path: Path, just_delivered: bool) -> list[bytes]:
         links += sorted({urlsplit(url).path.encode() for url in re.findall(r"https://news\.example\.org/c/[\w.\-]+", text)})
     engine.dispose()
     return links
-
-
-def start_server(config_path: Path, cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    log = (config_path.parent / "serve.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "newsletter", "serve", "--port", str(port), "--config",
-                               str(config_path)], stdout=subprocess.DEVNULL, stderr=log)
-    if cpus:  # still starting, one thread: the threads it starts later inherit this
-        os.sched_setaffinity(server.pid, cpus)
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        if server.poll() is not None:
-            raise SystemExit(f"newsletter serve stopped: see {config_path.parent / 'serve.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return server, port
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"newsletter serve did not answer within {DEADLINE:.0f} s")
-        time.sleep(0.05)
 
 
 async def answer(reader: asyncio.StreamReader) -> int:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import yaml
 
-from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
 from newsletter.ingest import ingest_paths
 from newsletter.resources import packaged_templates_dir, sample_summaries_dir

@@ -92,21 +92,21 @@ def fill(config_path: Path, count: int) -> None:
     engine.dispose()
 
 
-def start_server(config_path: Path, cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(config_path: Path, cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], int]:
+    """``newsletter serve`` on a free loopback port (pinned to ``cpus``), once /healthz answers."""
     port = free_port()
     log = (config_path.parent / "serve.log").open("wb")
     server = subprocess.Popen([sys.executable, "-m", "newsletter", "serve", "--port", str(port), "--config",
                                str(config_path)], stdout=subprocess.DEVNULL, stderr=log)
     if cpus:  # still starting, one thread: the threads it starts later inherit this
         os.sched_setaffinity(server.pid, cpus)
-    base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + DEADLINE
     while True:
         if server.poll() is not None:
             raise SystemExit(f"newsletter serve stopped: see {config_path.parent / 'serve.log'}")
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return server, base
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return server, port
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
@@ -166,7 +166,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="newsletter-bench-") as folder:
         config_path = write_config(Path(folder))
         fill(config_path, count)
-        server, base = start_server(config_path, available - client_cpu if client_cpu else None)
+        server, port = start_server(config_path, available - client_cpu if client_cpu else None)
+        base = f"http://127.0.0.1:{port}"
         load_before = os.getloadavg()[0]
         try:
             if client_cpu:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvicorn
 import yaml
 from sqlalchemy import Engine
 
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
-from tests.conftest import ROOT, make_config
+from newsletter.web.preview import create_preview_app
+from tests.conftest import ROOT, _free_port, make_config
 from tests.helpers import add_summaries
 
 
@@ -41,6 +45,27 @@ def make_project(root: Path, summaries: int = 3) -> Project:
     engine = open_database(make_config(root, **settings))
     add_summaries(engine, summaries)
     return Project(root, config_file, templates, engine)
+
+
+@contextmanager
+def served_preview(project: Project) -> Iterator[str]:
+    """The preview served by uvicorn in a thread on a free loopback port; yields its base URL."""
+    port = _free_port()
+    app = create_preview_app(project.config_file, project.engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the preview server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        app.state.preview.stop.set()  # ends the event streams, so the server stops at once
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> float:

@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from newsletter.web.preview import create_preview_app
 from tests.conftest import ROOT
 from tests.helpers import add_people, add_summaries
 from tests.outbox import html_part, text_part, wait_for_messages
-from tests.preview_support import Project, make_project
-from tests.test_preview_browser import COLUMNS, free_port
+from tests.preview_support import Project, make_project, served_preview
+from tests.test_preview_browser import COLUMNS
 from tests.tools import missing
 
 CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
@@ -73,20 +69,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
 
 @pytest.fixture
 def server(project: Project) -> Iterator[str]:
-    port = free_port()
-    app = create_preview_app(project.config_file, project.engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the preview server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    app.state.preview.stop.set()
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_preview(project) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -256,20 +240,8 @@ def samples_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     project = make_project(tmp_path, summaries=0)
     ingest_paths(project.engine, [sample_summaries_dir()])
     add_people(project.engine, "ada@example.org", "bob@example.org", "cy@example.org")
-    port = free_port()
-    app = create_preview_app(project.config_file, project.engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the preview server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", project
-    app.state.preview.stop.set()
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_preview(project) as base:
+        yield base, project
     project.engine.dispose()
 
 

@@ -5,23 +5,19 @@ the preview's Content-Security-Policy (which Chromium enforces); another site fr
 from __future__ import annotations
 
 import os
-import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from newsletter.backends import create_backend
 from newsletter.config import load_config
 from newsletter.delivery import send_unfinished
 from newsletter.issues import prepare_issue
-from newsletter.web.preview import create_preview_app
 from tests.helpers import add_people, add_summaries
-from tests.preview_support import Project, make_project
+from tests.preview_support import Project, make_project, served_preview
 from tests.tools import missing
 from tests.web_support import REFUSED, frame_from_another_site
 
@@ -66,12 +62,6 @@ COLUMNS = """(element) => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "test-secret-key")
@@ -82,21 +72,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
 
 @pytest.fixture
 def server(project: Project) -> Iterator[str]:
-    """The preview served by uvicorn in a thread on a free loopback port; yields its base URL."""
-    port = free_port()
-    app = create_preview_app(project.config_file, project.engine)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the preview server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    app.state.preview.stop.set()  # ends the event streams, so the server stops at once
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_preview(project) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

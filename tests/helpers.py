@@ -1,10 +1,12 @@
 """Small builders shared by tests: issues and summaries in memory, summaries and subscribers in the database."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
-from sqlmodel import select
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, select
 
 from newsletter.db import session
 from newsletter.models import Issue, Subscriber, SubscriberStatus, Summary, utcnow
@@ -93,3 +95,22 @@ def make_summaries() -> list[Summary]:
             published_at=datetime(2026, 11, 20, 8, tzinfo=UTC),
         ),
     ]
+
+
+def losing_commit(faults: list[str], writes: Callable[[Session], bool]) -> Callable[[Engine], Session]:
+    """A ``session`` factory whose commit of a transaction that ``writes`` (judged on the session) loses the
+    connection, once per entry of ``faults``: ``"before"`` the server wrote it (rolled back) or ``"after"``
+    (committed, but the answer never came back). A lost answer cannot be produced at will with a real server."""
+
+    class Dropping(Session):
+        def commit(self) -> None:
+            if not (faults and writes(self)):
+                return super().commit()
+            if faults.pop() == "after":
+                super().commit()
+            else:
+                self.rollback()
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
+                                   connection_invalidated=True)
+
+    return lambda bound: Dropping(bound, expire_on_commit=False)

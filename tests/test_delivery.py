@@ -22,7 +22,7 @@ from newsletter.models import (
     SubscriberStatus,
 )
 from tests.conftest import ROOT, make_config
-from tests.helpers import add_people, add_summaries
+from tests.helpers import add_people, add_summaries, losing_commit
 
 NOW = datetime(2026, 11, 18, 9, tzinfo=UTC)
 
@@ -379,27 +379,12 @@ def test_storing_the_archive_copy_at_send_start_waits_out_a_dropped_connection(c
     """The connection drops as the archive copy is committed, ``before`` or ``after`` the server wrote it:
     the send waits, stores the copy once (or finds it stored) and sends everyone. (A lost answer cannot be
     produced at will with a real server, so the session's commit fakes it.)"""
-    from sqlalchemy.exc import OperationalError
-    from sqlmodel import Session
-
     from newsletter.issues import archived
     from newsletter.models import IssueCopy
 
     faults = [lost]
-
-    class Dropping(Session):
-        def commit(self) -> None:
-            copy = any(isinstance(row, IssueCopy) for row in [*self.new, *self.identity_map.values()])
-            if not (faults and copy):
-                return super().commit()
-            if faults.pop() == "after":
-                super().commit()
-            else:
-                self.rollback()
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
-                                   connection_invalidated=True)
-
-    monkeypatch.setattr(archived, "session", lambda bound: Dropping(bound, expire_on_commit=False))
+    monkeypatch.setattr(archived, "session", losing_commit(faults, lambda db: any(
+        isinstance(row, IssueCopy) for row in [*db.new, *db.identity_map.values()])))
     prepared(config, engine, "a@example.org", "b@example.org")
     report = send_issue(engine, config, create_backend(config), 1)
     assert faults == [] and "database unavailable: server closed the connection unexpectedly" in caplog.text

@@ -35,7 +35,7 @@ from newsletter.schedule import (
     send_due,
 )
 from tests.conftest import ROOT, make_config
-from tests.helpers import BERLIN, add_people, add_summaries
+from tests.helpers import BERLIN, add_people, add_summaries, losing_commit
 
 # The default schedule in the tests: Mondays 08:00 in Europe/Berlin. Monday 23 November 2026 08:00 CET is
 # 07:00 UTC; the firing before it was Monday 16 November 08:00.
@@ -534,26 +534,11 @@ def test_a_firing_whose_commit_meets_a_database_outage_is_done_again_by_its_job_
     the firing is kept), or ``after`` (it is kept, but the answer never came back, so the job cannot know).
     The job is run again once the database answers; either way the firing makes one issue, sent once.
     (The lost answer cannot be produced at will with a real server, so the session's commit fakes it.)"""
-    from sqlalchemy.exc import OperationalError
-    from sqlmodel import Session
-
     from newsletter import firings
 
     faults = [lost]
-
-    class Dropping(Session):
-        def commit(self) -> None:
-            firing = any(isinstance(row, Firing) and row.issue_id for row in self.identity_map.values())
-            if not (faults and firing):
-                return super().commit()
-            if faults.pop() == "after":
-                super().commit()
-            else:
-                self.rollback()
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
-                                   connection_invalidated=True)
-
-    monkeypatch.setattr(firings, "session", lambda bound: Dropping(bound, expire_on_commit=False))
+    monkeypatch.setattr(firings, "session", losing_commit(faults, lambda db: any(
+        isinstance(row, Firing) and row.issue_id for row in db.identity_map.values())))
     add_summaries(engine, 2, at=IN_W47)
     add_people(engine, "a@example.org", "b@example.org")
     now = (MONDAY_0800 + timedelta(minutes=30)).astimezone(UTC)

@@ -32,7 +32,7 @@ from newsletter.cron import cron_trigger, parse_cron
 from newsletter.db import session
 from newsletter.errors import NewsletterError
 from newsletter.issues import PrepareOutcome, prepare_in, waiting_summaries
-from newsletter.issues.lookup import NOT_DRAFT
+from newsletter.issues.lookup import REACHES_READERS, draft_row
 from newsletter.issues.prepare import counted
 from newsletter.models import Firing, FiringOutcome, Issue, Summary, utcnow
 from newsletter.render import as_utc
@@ -163,13 +163,17 @@ _OUTCOMES = {
 def _quiet_note(db: Session, config: Config, due: datetime) -> tuple[str | None, str]:
     """(the quiet note to send if nothing is waiting, or None; why there is none though one is configured).
 
-    None when an issue went out since the previous firing (an editor's, prepared by hand): the readers had
-    an issue in this interval, so "a quiet week" would be wrong.
+    None when an issue that reaches readers (not cancelled before it reached anyone) was prepared since the
+    previous firing: the readers have an issue in this interval, so "a quiet week" would be wrong. None too
+    while an editor shapes the next issue (a draft row): a quiet note would take over its number and choices.
     """
     if config.schedule.quiet_note is None:
         return None, ""
+    shaped = draft_row(db)
+    if shaped is not None:
+        return None, f"no quiet note: an editor is shaping issue #{shaped.number}"
     previous = last_run_time(config, due - timedelta(microseconds=1))
-    query = select(Issue).where(NOT_DRAFT)
+    query = select(Issue).where(REACHES_READERS)
     if previous is not None:
         query = query.where(col(Issue.period_end) > as_utc(previous))
     recent = db.exec(query.order_by(col(Issue.number).desc()).limit(1)).first()

@@ -377,6 +377,49 @@ def test_no_quiet_note_after_an_issue_prepared_by_hand_since_the_previous_firing
     assert quiet.outcome is FiringOutcome.QUIET and len(issues(engine)) == 2
 
 
+def test_an_editors_draft_is_not_taken_over_by_a_quiet_note(tmp_path, monkeypatch, engine, caplog):
+    """An editor shaping the next issue (a note, a subject, every waiting item left out for now): a firing
+    with nothing waiting sends no quiet note (it would carry the editor's subject and note), and the draft
+    keeps its choices for the issue it was meant for."""
+    from newsletter.issues import editorial
+
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin",
+                                             "quiet_note": "Nothing new this week."})
+    add_people(engine, "a@example.org")
+    add_summaries(engine, 1, at=IN_W47)
+    with session(engine) as db:
+        summary_id = db.exec(select(Summary.id)).one()
+    editorial.set_note(engine, "Hello from the desk")
+    editorial.set_subject(engine, "My own subject")
+    editorial.leave_out(engine, summary_id)
+
+    caplog.set_level("INFO")
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(minutes=1)).astimezone(UTC))
+    assert result.outcome is FiringOutcome.EMPTY
+    assert "no quiet note: an editor is shaping issue #1" in caplog.text
+    assert list((config.base_dir / "outbox").glob("*.eml")) == []
+    [draft] = issues(engine)
+    assert (draft.status, draft.subject_override, draft.note) == (IssueStatus.DRAFT, "My own subject",
+                                                                   "Hello from the desk")
+
+
+def test_a_cancelled_issue_that_reached_nobody_does_not_silence_the_quiet_note(tmp_path, monkeypatch, engine):
+    from newsletter.issues import cancel_issue
+
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "k")
+    config = make_config(tmp_path, schedule={"cron": "0 8 * * mon", "timezone": "Europe/Berlin",
+                                             "quiet_note": "Nothing new this week."})
+    add_people(engine, "a@example.org")
+    add_summaries(engine, 2, at=IN_W47)
+    prepare_issue(engine, config, now=(MONDAY_0800 - timedelta(hours=1)).astimezone(UTC))
+    cancel_issue(engine, 1)
+    result = run_if_due(engine, config, now=(MONDAY_0800 + timedelta(minutes=1)).astimezone(UTC))
+    assert result.outcome is FiringOutcome.QUIET
+    [mail] = [path.read_text(encoding="utf-8") for path in (config.base_dir / "outbox").glob("*.eml")]
+    assert "A quiet week" in mail
+
+
 # --- the lease and failing jobs -----------------------------------------------------------------------
 
 

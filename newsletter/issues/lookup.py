@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, exists, func, or_
 from sqlmodel import Session, col, select
 
 from newsletter.db import session
@@ -39,6 +39,11 @@ def issue_items(db: Session, issue: Issue) -> list[Summary]:
 
 
 NOT_DRAFT = Issue.status != IssueStatus.DRAFT
+# An issue that reaches readers: any but a draft or one cancelled before anyone got it.
+REACHES_READERS = or_(
+    col(Issue.status).notin_([IssueStatus.DRAFT, IssueStatus.CANCELLED]),
+    exists().where(Delivery.issue_id == Issue.id, Delivery.status == DeliveryStatus.SENT),
+)
 
 
 def newest_issue(db: Session) -> Issue | None:

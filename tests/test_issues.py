@@ -27,7 +27,7 @@ from newsletter.issues import (
     transition,
 )
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, SubscriberStatus, Summary
-from newsletter.render import issue_context, new_markers
+from newsletter.render import as_utc, issue_context, new_markers
 from tests.helpers import add_people, add_summaries
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -217,7 +217,14 @@ def test_resume_sends_again_cancel_skips_the_rest_and_retry_reopens_a_sent_issue
         db.execute(update(Delivery).values(status=DeliveryStatus.FAILED))
         db.commit()
     issue, count = retry_failed(engine, 1)
-    assert (issue.status, issue.sent_at, count) == (IssueStatus.SENDING, None, 1)
+    assert (issue.status, count) == (IssueStatus.SENDING, 1)
+    with session(engine) as db:  # sent again: the issue's date (archive, feed, status) stays the first send's
+        issue = finish_sending(db, find_issue(db, 1))
+        db.commit()
+        assert (issue.status, as_utc(issue.sent_at)) == (IssueStatus.SENT, T0)
+        db.execute(update(Delivery).values(status=DeliveryStatus.FAILED))
+        db.commit()
+    retry_failed(engine, 1)
     issue, skipped = cancel_issue(engine, 1)
     assert (issue.status, skipped) == (IssueStatus.CANCELLED, 1)
 

@@ -97,10 +97,8 @@ def transition(db: Session, issue: Issue, step: Step) -> Issue:
         if target is issue.status:
             return issue
         values: dict[str, object] = {"status": target}
-        if target is SENT:
+        if target is SENT and issue.sent_at is None:  # the first time only: retries never move the issue's date
             values["sent_at"] = utcnow()
-        elif issue.status is SENT:
-            values["sent_at"] = None  # retried: it is sent again once the retries are done
         before = issue.status
         changed = db.execute(
             update(Issue).where(col(Issue.id) == issue.id, col(Issue.status) == before).values(**values)

@@ -743,6 +743,11 @@ def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> N
         found = issue_status(engine, issue)
         clicks = issue_clicks(engine, loaded, found.issue.number)
     i = found.issue
+    if i.status is IssueStatus.DRAFT:
+        console.print(f"issue #{i.number} is the next issue, not prepared yet (the editor's draft): "
+                      "`newsletter digest render` shows it, `newsletter digest prepare` prepares it",
+                      soft_wrap=True)
+        return
     console.print(Text(f"issue #{i.number} ({span_label(loaded, i)}) \"{i.subject}\": {i.status.value}"))
     console.print(", ".join(f"{status.value} {count}" for status, count in found.counts.items()))
     if found.rate_per_minute:

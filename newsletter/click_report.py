@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from newsletter.clicks import copy_links
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.issues.lookup import find_issue, issue_items
+from newsletter.issues.lookup import NOT_DRAFT, find_issue, issue_items
 from newsletter.models import ClickCount, Issue, IssueCopy, SubscriberClick
 from newsletter.render import as_utc, item_url
 from newsletter.tokens import url_hash
@@ -120,9 +120,10 @@ def issue_clicks(engine: Engine, config: Config, number: int | None = None) -> I
 
 
 def every_issue_clicks(engine: Engine, config: Config) -> list[IssueClicks]:
-    """The clicks of every issue, oldest first."""
+    """The clicks of every issue, oldest first (the editor's draft of the next one is no issue yet)."""
     with session(engine) as db:
-        return [_issue_clicks(db, config, issue) for issue in db.exec(select(Issue).order_by(col(Issue.number)))]
+        issues = db.exec(select(Issue).where(NOT_DRAFT).order_by(col(Issue.number)))
+        return [_issue_clicks(db, config, issue) for issue in issues]
 
 
 def write_csv(reports: Sequence[IssueClicks], handle: TextIO) -> int:

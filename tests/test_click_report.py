@@ -19,6 +19,7 @@ from newsletter.models import ClickCount, Subscriber, SubscriberClick, Summary
 from newsletter.web.app import create_app
 from newsletter.web.preview import create_preview_app
 from tests.click_support import BROWSER, SCANNER_AGENT, click_links, delivered_ago, path, send_issue
+from tests.helpers import add_summaries
 from tests.test_cli import config_file, invoke
 
 COUNTED = {"clicks: false": "clicks: true"}
@@ -151,3 +152,19 @@ def test_per_subscriber_the_export_lists_ones_clicks_and_erasing_deletes_them_bu
         assert db.exec(select(SubscriberClick)).all() == []
         assert sum(row.clicks for row in db.exec(select(ClickCount))) == 4  # the counts name nobody
         assert db.exec(select(Subscriber.email)).all() == ["grace@example.org"]
+
+
+def test_the_editors_draft_is_not_reported_as_an_issue(tmp_path):
+    """An editor's choice for the next issue saves it as a draft row: it has no deliveries and no clicks, so
+    `digest clicks --all` leaves it out and `digest status` on its number says what it is."""
+    from newsletter.issues import editorial
+
+    config_path, _config, engine = clicked_issue(tmp_path)
+    add_summaries(engine, 1)
+    editorial.set_note(engine, "A word from the editor")  # the draft row, issue #2
+    every = invoke("digest", "clicks", "--all", "--config", config_path)
+    assert every.exit_code == 0 and "issue #1" in every.output and "#2" not in every.output, every.output
+    status = invoke("digest", "status", "2", "--config", config_path)
+    assert status.exit_code == 0, status.output
+    assert status.output.strip() == ("issue #2 is the next issue, not prepared yet (the editor's draft): "
+                                     "`newsletter digest render` shows it, `newsletter digest prepare` prepares it")

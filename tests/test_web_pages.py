@@ -287,6 +287,43 @@ def test_a_locked_database_after_the_answer_is_waited_out_and_the_sign_up_kept(t
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@sqlite_only
+def test_a_confirmation_that_cannot_be_sent_frees_its_slot_even_through_a_locked_database(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """The mail server refuses the confirmation, and the database is locked just then: freeing the 24-hour
+    slot waits the lock out (one line, no traceback), so asking again sends the email at once."""
+    from newsletter.errors import DeliveryError
+    from newsletter.web import mail
+
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    site = make_site(tmp_path)
+    retrying = Signal(logging.WARNING)
+    logging.getLogger("newsletter.db").addHandler(retrying)
+    blocker = sqlite3.connect(tmp_path / "newsletter.db", isolation_level=None, check_same_thread=False)
+    send_confirmation = mail.send_confirmation
+
+    def refused_while_another_process_writes(*args) -> None:
+        blocker.execute("BEGIN EXCLUSIVE")
+        threading.Thread(target=lambda: (retrying.seen.wait(timeout=60), blocker.execute("COMMIT"))).start()
+        raise DeliveryError("the smtp backend did not accept the message: 451 try later")
+
+    monkeypatch.setattr(mail, "send_confirmation", refused_while_another_process_writes)
+    try:
+        assert subscribe(site, "ada@example.org").status_code == 200
+        assert retrying.seen.is_set()
+        monkeypatch.setattr(mail, "send_confirmation", send_confirmation)
+        assert subscribe(site, "ada@example.org").status_code == 200  # at once, not 24 hours later
+    finally:
+        blocker.close()
+        logging.getLogger("newsletter.db").removeHandler(retrying)
+        site.engine.dispose()
+    assert [m["To"].addresses[0].addr_spec for m in site.mails()] == ["ada@example.org"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "could not send a confirmation email: the smtp backend did not accept the message: 451 try later"]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 def test_a_concurrent_request_for_the_same_new_address_after_the_answer_keeps_the_sign_up(site, monkeypatch, caplog):
     from newsletter import subscriptions
     from newsletter.subscriptions import Consent, request_subscription

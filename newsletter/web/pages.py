@@ -218,11 +218,17 @@ def _lost(address: str, exc: BaseException) -> None:
 
 
 def _send_confirmation(state: WebState, subscriber: Subscriber) -> None:
+    """Send the confirmation; when it cannot be sent, free the 24-hour slot so that asking again sends it
+    (waiting out a busy database like the request itself)."""
     try:
         mail.send_confirmation(state.config, state.signer, subscriber)
-    except NewsletterError as exc:  # free the 24-hour slot, so asking again sends it
-        release_confirmation(state.engine, subscriber)
+    except NewsletterError as exc:
         log.error("could not send a confirmation email: %s", exc)
+        try:
+            patiently(lambda: release_confirmation(state.engine, subscriber), Patience(SIGN_UP_WAIT))
+        except DatabaseUnavailable:
+            log.error("the database was still unavailable after %g s, so asking again sends the confirmation "
+                      "only after 24 hours", SIGN_UP_WAIT.total_seconds())
 
 
 # -- confirm --------------------------------------------------------------------------------------------

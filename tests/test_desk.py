@@ -58,6 +58,12 @@ def change(client: TestClient, route: str, **fields: object) -> object:
     return client.post(route, data={k: str(v) for k, v in data.items()}, headers={"X-Desk": "1"})
 
 
+def shown_items(client: TestClient) -> str:
+    """The items field of the page's "Send … now?" confirmation: the ids it shows, in order."""
+    page = client.get("/?issue=next&confirm=send").text
+    return re.search(r'<input type="hidden" name="items" value="([0-9,]*)">', page).group(1)
+
+
 def order_in_page(page: str) -> list[int]:
     return [int(n) for n in re.findall(r'<li id="item-(\d+)" class="item[^"]*" data-id', page)]
 
@@ -175,8 +181,8 @@ def test_each_finding_links_to_the_item_or_the_view_it_is_about_errors_first(cli
     assert '<a href="#item-2">[links] HTML line' in checks
     assert checks.index('class="error"') < checks.index('class="warning"')
     assert change(client, "/desk/subject", text="S" * 99).status_code == 200
-    sent = client.post("/send", data={"csrf": form_token(client), "number": "1", "version": "1"},
-                       headers={"X-Desk": "1"})
+    sent = client.post("/send", data={"csrf": form_token(client), "number": "1", "version": "1",
+                                      "items": shown_items(client)}, headers={"X-Desk": "1"})
     assert sent.status_code == 400 and "fails the pre-send checks" in sent.json()["error"]
     with session(project.engine) as db:
         assert db.exec(select(Delivery)).all() == []
@@ -185,9 +191,13 @@ def test_each_finding_links_to_the_item_or_the_view_it_is_about_errors_first(cli
 def test_send_now_prepares_the_issue_as_shaped_and_sends_it_with_progress(client: TestClient, project: Project) -> None:
     change(client, "/desk/move", id=3, position=0)
     token = form_token(client)
-    stale = client.post("/send", data={"csrf": token, "number": "1", "version": "0"}, headers={"X-Desk": "1"})
+    shown = shown_items(client)
+    assert shown == "3,1,2"
+    stale = client.post("/send", data={"csrf": token, "number": "1", "version": "0", "items": shown},
+                        headers={"X-Desk": "1"})
     assert stale.status_code == 409  # the confirmation was for what the page showed before the change
-    sent = client.post("/send", data={"csrf": token, "number": "1", "version": "1"}, follow_redirects=False)
+    sent = client.post("/send", data={"csrf": token, "number": "1", "version": "1", "items": shown},
+                       follow_redirects=False)
     assert sent.status_code == 303 and sent.headers["location"].startswith("/?issue=1&notice=sending%20issue%20%231")
     found = wait_for_messages(project.root / "outbox", 2)
     assert all(papers(text_part(message)) == [2, 0, 1] for message in found)
@@ -197,6 +207,20 @@ def test_send_now_prepares_the_issue_as_shaped_and_sends_it_with_progress(client
     page = client.get("/?issue=1").text
     assert "Sending · issue #1" in page and '<dd id="count-sent">2</dd>' in page
     assert client.get("/progress?issue=9").status_code == 404 and client.get("/progress?issue=x").status_code == 422
+
+
+def test_send_now_refuses_when_a_summary_arrived_after_the_page_showed_the_issue(client: TestClient,
+                                                                                   project: Project) -> None:
+    """The confirmation named the items it showed; a summary ingested meanwhile (a feed job, a colleague)
+    is not sent unseen: 409, nothing prepared, and a reload shows it."""
+    token, shown = form_token(client), shown_items(client)
+    add_summaries(project.engine, 1)
+    refused = client.post("/send", data={"csrf": token, "number": "1", "version": "0", "items": shown},
+                          headers={"X-Desk": "1"})
+    assert refused.status_code == 409 and "reload" in refused.json()["error"]
+    with session(project.engine) as db:
+        assert db.exec(select(Issue)).all() == [] and db.exec(select(Delivery)).all() == []
+    assert shown_items(client) == shown + ",4"
 
 
 class HeldHandler(RecordingHandler):
@@ -228,7 +252,7 @@ def test_pause_stops_a_send_after_the_message_in_flight_and_resume_sends_the_res
         app = create_preview_app(project.config_file, project.engine)
         with TestClient(app, base_url="http://127.0.0.1:8025") as client:
             token = form_token(client)
-            client.post("/send", data={"csrf": token, "number": "1", "version": "0"})
+            client.post("/send", data={"csrf": token, "number": "1", "version": "0", "items": shown_items(client)})
             assert handler.arrived.wait(30)  # the first message is at the server
             paused = client.post("/pause", data={"csrf": token, "number": "1"}, headers={"X-Desk": "1"})
             assert paused.json()["message"] == "issue #1 paused"

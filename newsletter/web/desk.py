@@ -51,7 +51,7 @@ from newsletter.issues import (
     resume_issue,
 )
 from newsletter.issues.editorial import NextIssue, Seen
-from newsletter.models import IssueStatus, Subscriber, SubscriberStatus, Summary
+from newsletter.models import IssueStatus, Subscriber, SubscriberStatus, Summary, utcnow
 from newsletter.render import DEFAULT_SECTION, SUBJECT_LIMIT, display_order, section_key
 from newsletter.web.preview import (
     LARGEST_ISSUE,
@@ -331,13 +331,20 @@ async def undo(request: Request, number: Number, version: Version) -> Response:
 # -- sending ----------------------------------------------------------------------------------------------
 
 
+# The ids of the items the confirmation showed, in order ("3,1,2"): the next issue is sent only as shown.
+ShownItems = Annotated[str, Form(max_length=100_000, pattern=r"^[0-9]*(,[0-9]+)*$")]
+ITEMS_CHANGED = "the next issue's items changed since this page showed them (a summary arrived or went); reload"
+
+
 @router.post("/send", dependencies=FormChecked)
-async def send(request: Request, number: Number, version: Version) -> Response:
-    """Send issue ``number`` to every subscriber now: the next issue as the page showed it (its checks must
-    pass; it is prepared first, as ``digest prepare`` does) or an issue prepared already."""
+async def send(request: Request, number: Number, version: Version, items: ShownItems = "") -> Response:
+    """Send issue ``number`` to every subscriber now: the next issue as the page showed it (the same items
+    in the same order, its checks passing; it is prepared first, as ``digest prepare`` does) or an issue
+    prepared already."""
     state = _state(request)
+    shown = tuple(int(item) for item in items.split(",") if item)
     try:
-        sending = await asyncio.to_thread(_prepare_to_send, state, number, version)
+        sending = await asyncio.to_thread(_prepare_to_send, state, number, version, shown)
     except Conflict as exc:
         return _answer(request, 409, error=str(exc))
     except NewsletterError as exc:
@@ -350,18 +357,21 @@ async def send(request: Request, number: Number, version: Version) -> Response:
                    location=f"/?issue={sending}")
 
 
-def _prepare_to_send(state: PreviewState, number: int, version: int) -> int:
-    """The number of the issue to send: the next one prepared now (if it is still the one the page showed and
-    passes its checks), or issue ``number`` when it is prepared already."""
+def _prepare_to_send(state: PreviewState, number: int, version: int, shown: tuple[int, ...]) -> int:
+    """The number of the issue to send: the next one prepared now (if it is still the one the page showed,
+    with the ``shown`` items, and passes its checks), or issue ``number`` when it is prepared already."""
     engine, config = state.engine, state.config
+    cutoff = utcnow()  # what arrives after the comparison below waits for the issue after this one
     upcoming = editorial.next_issue_state(engine)
     if upcoming.number == number:
         if upcoming.seen != Seen(number, version):
             raise Conflict(editorial.CHANGED_ELSEWHERE)
+        if tuple(item.id for item in upcoming.items) != shown:
+            raise Conflict(ITEMS_CHANGED)
         report = check_issue(engine, config)
         if not report.ok:
             raise NewsletterError(f"issue #{number} fails the pre-send checks (see Checks); fix them before sending")
-        result = prepare_issue(engine, config)
+        result = prepare_issue(engine, config, now=cutoff)
         if result.outcome is not PrepareOutcome.CREATED or result.issue is None:
             raise NewsletterError(result.message())
         return result.issue.number

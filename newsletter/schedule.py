@@ -317,20 +317,24 @@ def run_scheduler(
     log.info("scheduler stopped")
 
 
-def _lease(engine: Engine, owner: str, timing: LeaseTiming, stop: threading.Event) -> LeaseHolder | None:
+def _lease(engine: Engine, owner: str, timing: LeaseTiming, stop: threading.Event, *,
+           before: float | None = None) -> LeaseHolder | None:
     """Take or renew the lease, waiting for the database as long as it takes (a full disk included: tried
-    again every renewal interval); None once ``stop`` is set.
+    again every renewal interval); None once ``stop`` is set, or once ``before`` (a ``time.monotonic()``
+    value) passes without the database answering: a holder must stop firing jobs before its lease can expire
+    and another scheduler take it.
 
     After an outage that outlasted the lease, the lease is taken again unless another scheduler took it
     meanwhile (then that one holds it and this one waits)."""
     while True:
+        left = None if before is None else timedelta(seconds=max(before - time.monotonic(), 0))
         try:
-            return patiently(lambda: acquire_lease(engine, owner, timing.ttl), Patience(None, stop))
+            return patiently(lambda: acquire_lease(engine, owner, timing.ttl), Patience(left, stop))
         except DatabaseUnavailable:
             return None
         except DatabaseFull as exc:
             log.error("cannot renew the scheduler lease: %s; trying again in %g s", exc, timing.renew.total_seconds())
-            if stop.wait(timing.renew.total_seconds()):
+            if stop.wait(timing.renew.total_seconds()) or (before is not None and time.monotonic() >= before):
                 return None
 
 
@@ -355,11 +359,17 @@ def _run_holding(engine: Engine, config: Config, owner: str, stop: threading.Eve
         config.schedule.timezone,
         config.schedule.intervals.send_due,
     )
+    renewed = time.monotonic()
     try:
         while not stop.wait(timing.renew.total_seconds()):
-            holder = _lease(engine, owner, timing, stop)
+            # one renewal interval before the lease could expire, this holder stops firing jobs
+            holder = _lease(engine, owner, timing, stop, before=renewed + (timing.ttl - timing.renew).total_seconds())
             if holder is None:
+                if not stop.is_set():
+                    log.error("could not renew the scheduler lease before it could expire; pausing jobs until the "
+                              "database answers again")
                 break
+            renewed = time.monotonic()
             if holder.owner != owner:
                 log.error("lost the scheduler lease to %s; pausing jobs", holder.owner)
                 break

@@ -438,6 +438,39 @@ def test_the_lease_has_one_holder_is_renewed_and_is_taken_over_when_expired(engi
     assert acquire_lease(engine, "c", ttl, now=t0 + timedelta(seconds=109)).owner == "c"
 
 
+def test_a_holder_that_cannot_renew_stops_its_jobs_before_its_lease_can_expire(config, engine, monkeypatch, caplog):
+    """The database goes away for longer than the lease: the holder stops firing jobs while its lease still
+    holds, so a second scheduler that takes the expired lease never runs jobs beside it."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from newsletter import schedule
+
+    timing = schedule.LeaseTiming(timedelta(seconds=3), timedelta(milliseconds=300))
+    taken = acquire_lease(engine, "me", timing.ttl)
+    renewals: list[int] = []
+
+    def away(*args, **kwargs):  # every renewal meets a database that does not answer
+        renewals.append(1)
+        raise OperationalError("UPDATE scheduler_lease ...", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(schedule, "acquire_lease", away)
+    monkeypatch.setattr(schedule, "build_jobs", lambda config, halt: [])
+    stop = threading.Event()
+    runner = threading.Thread(target=schedule._run_holding, args=(engine, config, "me", stop, timing))
+    runner.start()
+    runner.join(timeout=60)
+    stopped_at = utcnow()
+    alive = runner.is_alive()
+    stop.set()
+    runner.join(timeout=60)
+    assert not alive, "the holder went on firing jobs without a lease it could renew"
+    assert renewals and stopped_at < taken.expires_at  # stopped while the lease it last wrote still held
+    assert ("could not renew the scheduler lease before it could expire; pausing jobs until the database "
+            "answers again") in caplog.text
+
+
 def test_a_job_that_raises_is_logged_with_its_traceback_recorded_and_not_raised(config, engine, caplog):
     def broken(_engine, _config):
         raise RuntimeError("feed server returned nonsense")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import xml.etree.ElementTree as ET
 
 from fastapi.testclient import TestClient
-from sqlmodel import select
+from sqlmodel import delete, select
 
 from newsletter.backends import create_backend
 from newsletter.db import session
 from newsletter.delivery import send_unfinished
 from newsletter.issues import cancel_issue, prepare_issue
-from newsletter.models import Delivery, Subscriber, Summary, utcnow
+from newsletter.models import Delivery, IssueCopy, Subscriber, Summary, utcnow
 from newsletter.web.app import create_app
+from tests.conftest import ROOT, make_config
 from tests.helpers import add_people, add_summaries
 
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -108,3 +110,39 @@ def test_an_issue_cancelled_before_anyone_got_it_is_not_published(config, engine
     client = TestClient(create_app(config, engine))
     assert client.get("/archive/1").status_code == 404
     assert 'href="/archive/1"' not in client.get("/archive").text
+
+
+def sent_before_copies_were_kept(config, engine) -> None:
+    """A sent issue as the upgrade that introduced archive copies leaves it: without a stored copy."""
+    sent_issue(config, engine)
+    with session(engine) as db:
+        db.execute(delete(IssueCopy))
+        db.commit()
+
+
+def test_an_issue_sent_before_copies_were_kept_gets_its_copy_when_the_site_starts(config, engine):
+    """Stored at the first start after the upgrade, not at the first public visit (whenever that is, with
+    whatever templates there are by then)."""
+    sent_before_copies_were_kept(config, engine)
+    create_app(config, engine)
+    with session(engine) as db:
+        assert db.get(IssueCopy, 1) is not None
+
+
+def test_an_old_issue_whose_copy_cannot_be_made_is_left_out_not_answered_500(tmp_path, config, engine, caplog):
+    """Its templates have an error now: the site starts, the feed carries the issue without content, its
+    page says it cannot be shown, and the log names the issue and the template."""
+    sent_before_copies_were_kept(config, engine)
+    broken = tmp_path / "broken-templates"
+    shutil.copytree(ROOT / "templates", broken)
+    (broken / "digest.mjml.j2").write_text("{% if %}", encoding="utf-8")
+    client = TestClient(create_app(make_config(tmp_path, templates=str(broken)), engine))
+    feed = client.get("/archive/feed.atom")
+    assert feed.status_code == 200
+    [entry] = ET.fromstring(feed.content).findall(f"{ATOM}entry")
+    assert entry.findtext(f"{ATOM}title").startswith("Research Weekly #1") and entry.find(f"{ATOM}content") is None
+    page = client.get("/archive/1")
+    assert page.status_code == 503 and "cannot be shown right now" in page.text
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert lines and all(line.startswith("issue #1 has no archived copy and none can be made now (") for line in lines)
+    assert "digest.mjml.j2" in lines[0]

@@ -39,6 +39,7 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title=config.newsletter.name, docs_url=None, redoc_url=None, lifespan=clicks.counting)
     app.state.config = config
     app.state.engine = engine if engine is not None else open_database(config)
+    archive.store_missing_copies(app.state.engine, config)
     app.state.clicks = clicks.ClickState(
         Targets(app.state.engine), ClickRecorder(app.state.engine, config) if config.tracking.clicks else None)
 

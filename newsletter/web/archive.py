@@ -10,23 +10,28 @@ issues that went out are public. The feed's entries carry the same HTML, so a fe
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import and_, exists, or_
+from sqlalchemy import Engine, and_, exists, or_
 from sqlmodel import col, select
 
 from newsletter.dates import format_day
 from newsletter.db import session
+from newsletter.config import Config
+from newsletter.errors import NewsletterError
 from newsletter.issues import archived_copy, issue_items
+from newsletter.issues.archived import ArchivedCopy
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueCopy, IssueStatus, utcnow
 from newsletter.render import as_utc
 from newsletter.web.pages import _root, _state, notice, page
 from newsletter.web.security import EMAIL_POLICY
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 # An issue is public once it has reached someone: its "view in browser" link must keep working even if
 # the send was later paused or cancelled. One being sent is public too (its copy is stored when sending
@@ -36,6 +41,26 @@ _BEING_SENT = and_(Issue.status == IssueStatus.SENDING, exists().where(IssueCopy
 PUBLIC = or_(Issue.status == IssueStatus.SENT, _REACHED_SOMEONE, _BEING_SENT)
 FEED_SIZE = 20
 ATOM = "http://www.w3.org/2005/Atom"
+
+
+def store_missing_copies(engine: Engine, config: Config) -> None:
+    """Store the archive copy of every public issue sent before copies were kept (at the site's first start
+    after the upgrade, rather than at each issue's first visit, whenever that is, with the templates of then).
+    An issue whose copy cannot be made is logged and left to :func:`_copy_or_none`."""
+    with session(engine) as db:
+        missing = list(db.exec(select(Issue).where(PUBLIC, ~exists().where(IssueCopy.issue_id == Issue.id))))
+    for issue in missing:
+        _copy_or_none(engine, config, issue)
+
+
+def _copy_or_none(engine: Engine, config: Config, issue: Issue) -> ArchivedCopy | None:
+    """The issue's archived copy; None (logged) when it has none and its templates cannot make one now."""
+    try:
+        return archived_copy(engine, config, issue)
+    except NewsletterError as exc:
+        log.error("issue #%d has no archived copy and none can be made now (%s); fix the templates, then it is "
+                  "made at its next visit", issue.number, exc)
+        return None
 
 
 def _published(issue: Issue) -> datetime:
@@ -100,8 +125,9 @@ def archive_feed(request: Request) -> Response:
         ET.SubElement(entry, f"{{{ATOM}}}id").text = url
         ET.SubElement(entry, f"{{{ATOM}}}link", href=url, rel="alternate", type="text/html")
         ET.SubElement(entry, f"{{{ATOM}}}updated").text = _published(issue).isoformat()
-        copy = archived_copy(_state(request).engine, config, issue)
-        ET.SubElement(entry, f"{{{ATOM}}}content", type="html").text = copy.html.decode("utf-8")
+        copy = _copy_or_none(_state(request).engine, config, issue)
+        if copy is not None:
+            ET.SubElement(entry, f"{{{ATOM}}}content", type="html").text = copy.html.decode("utf-8")
     body = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
     return Response(body, media_type="application/atom+xml; charset=utf-8")
 
@@ -116,6 +142,9 @@ def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 
     if issue is None:
         return notice(request, "No such issue", f"There is no published issue number {number}.", status=404,
                       link_url=f"{_root(request)}/archive", link_label="All past issues")
+    copy = _copy_or_none(state.engine, state.config, issue)
+    if copy is None:
+        return notice(request, "Not available", f"Issue number {number} cannot be shown right now.", status=503,
+                      link_url=f"{_root(request)}/archive", link_label="All past issues")
     # the email's own inline styles and remote images, nothing else (newsletter.web.security)
-    return HTMLResponse(archived_copy(state.engine, state.config, issue).html,
-                        headers={"Content-Security-Policy": EMAIL_POLICY})
+    return HTMLResponse(copy.html, headers={"Content-Security-Policy": EMAIL_POLICY})

@@ -96,6 +96,6 @@ def _error(request: Request, status: int, reason: str, headers: dict[str, str] |
         response: Response = JSONResponse({"error": reason}, status_code=status)
     else:
         response = pages.notice(request, _TITLES.get(status, "This request cannot be answered"), reason, status=status,
-                                link_url=f"{pages._root(request)}/", link_label="Go to the subscribe page")
+                                link_url=f"{pages.site_root(request)}/", link_label="Go to the subscribe page")
     response.headers.update(headers or {})
     return response

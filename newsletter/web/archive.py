@@ -28,7 +28,7 @@ from newsletter.issues import archived_copy, issue_items
 from newsletter.issues.archived import ArchivedCopy
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueCopy, IssueStatus, utcnow
 from newsletter.render import as_utc
-from newsletter.web.pages import _root, _state, notice, page
+from newsletter.web.pages import notice, page, site_root, web_state
 from newsletter.web.security import EMAIL_POLICY
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _published(issue: Issue) -> datetime:
 
 
 def _public_issues(request: Request, limit: int | None = None) -> list[Issue]:
-    with session(_state(request).engine) as db:
+    with session(web_state(request).engine) as db:
         query = select(Issue).where(PUBLIC).order_by(col(Issue.number).desc())
         return list(db.exec(query.limit(limit) if limit else query))
 
@@ -78,34 +78,34 @@ def _public_issues(request: Request, limit: int | None = None) -> list[Issue]:
 def front_page(request: Request) -> HTMLResponse:
     """The subscribe page, with the latest issue's subject and titles (where every masthead links)."""
     latest = None
-    with session(_state(request).engine) as db:
+    with session(web_state(request).engine) as db:
         issue = db.exec(select(Issue).where(PUBLIC).order_by(col(Issue.number).desc()).limit(1)).first()
         if issue is not None:
             latest = {"number": issue.number, "subject": issue.subject,
-                      "date": format_day(_published(issue).date(), _state(request).config.newsletter.locale),
+                      "date": format_day(_published(issue).date(), web_state(request).config.newsletter.locale),
                       "titles": [item.title for item in issue_items(db, issue)]}
     return page(request, "subscribe.html", title="Subscribe", email="", name="", error=None, indexable=True,
-                latest=latest, feed_url=f"{_root(request)}/archive/feed.atom")
+                latest=latest, feed_url=f"{site_root(request)}/archive/feed.atom")
 
 
 @router.get("/archive", response_class=HTMLResponse)
 @router.head("/archive", response_class=HTMLResponse)
 def archive_index(request: Request) -> HTMLResponse:
     """Every issue that went out, newest first."""
-    locale = _state(request).config.newsletter.locale
+    locale = web_state(request).config.newsletter.locale
     issues = [
         {"number": issue.number, "subject": issue.subject, "date": format_day(_published(issue).date(), locale)}
         for issue in _public_issues(request)
     ]
     return page(request, "archive.html", title="Past issues", issues=issues, indexable=True,
-                feed_url=f"{_root(request)}/archive/feed.atom")
+                feed_url=f"{site_root(request)}/archive/feed.atom")
 
 
 @router.get("/archive/feed.atom")
 @router.head("/archive/feed.atom")  # feed readers check for changes with HEAD
 def archive_feed(request: Request) -> Response:
     """An Atom feed of the newest issues, each linking to its archived page."""
-    config = _state(request).config
+    config = web_state(request).config
     site = config.newsletter.site_url
     issues = _public_issues(request, FEED_SIZE)
     ET.register_namespace("", ATOM)
@@ -125,7 +125,7 @@ def archive_feed(request: Request) -> Response:
         ET.SubElement(entry, f"{{{ATOM}}}id").text = url
         ET.SubElement(entry, f"{{{ATOM}}}link", href=url, rel="alternate", type="text/html")
         ET.SubElement(entry, f"{{{ATOM}}}updated").text = _published(issue).isoformat()
-        copy = _copy_or_none(_state(request).engine, config, issue)
+        copy = _copy_or_none(web_state(request).engine, config, issue)
         if copy is not None:
             ET.SubElement(entry, f"{{{ATOM}}}content", type="html").text = copy.html.decode("utf-8")
     body = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
@@ -136,15 +136,15 @@ def archive_feed(request: Request) -> Response:
 @router.head("/archive/{number}", response_class=HTMLResponse)
 def archived_issue(request: Request, number: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Response:
     """One issue as it was emailed ("view in browser"), without anything personal: the stored bytes."""
-    state = _state(request)
+    state = web_state(request)
     with session(state.engine) as db:
         issue = db.exec(select(Issue).where(Issue.number == number, PUBLIC)).first()
     if issue is None:
         return notice(request, "No such issue", f"There is no published issue number {number}.", status=404,
-                      link_url=f"{_root(request)}/archive", link_label="All past issues")
+                      link_url=f"{site_root(request)}/archive", link_label="All past issues")
     copy = _copy_or_none(state.engine, state.config, issue)
     if copy is None:
         return notice(request, "Not available", f"Issue number {number} cannot be shown right now.", status=503,
-                      link_url=f"{_root(request)}/archive", link_label="All past issues")
+                      link_url=f"{site_root(request)}/archive", link_label="All past issues")
     # the email's own inline styles and remote images, nothing else (newsletter.web.security)
     return HTMLResponse(copy.html, headers={"Content-Security-Policy": EMAIL_POLICY})

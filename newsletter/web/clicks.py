@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from newsletter.clicks import ClickRecorder, Targets
 from newsletter.errors import InvalidToken
-from newsletter.web.pages import _root, _state, notice
+from newsletter.web.pages import notice, site_root, web_state
 
 router = APIRouter()
 
@@ -69,17 +69,17 @@ router.add_route("/c/{token}", follow_link, methods=["GET", "HEAD"], include_in_
 async def _follow(request: Request, token: str, *, count: bool) -> Response:
     state: ClickState = request.app.state.clicks
     try:
-        named = _state(request).signer.read_click(token)
+        named = web_state(request).signer.read_click(token)
     except InvalidToken:
         return notice(request, "This link does not work",
                       "It may have been cut short or changed when it was copied. Open it again from the email, "
                       "or find the issue in the archive.", status=404,
-                      link_url=f"{_root(request)}/archive", link_label="All past issues")
+                      link_url=f"{site_root(request)}/archive", link_label="All past issues")
     found = state.targets.cached(named) or await run_in_threadpool(state.targets.load, named)
     if found is None or found[1] is None:  # only a link we signed gets here: its issue or its URL is gone
         return notice(request, "This link leads nowhere now",
                       f"Issue {named.issue} has no such link any more. The issue itself may still be in the archive.",
-                      status=404, link_url=f"{_root(request)}/archive", link_label="All past issues")
+                      status=404, link_url=f"{site_root(request)}/archive", link_label="All past issues")
     issue_id, url = found
     if count and state.recorder is not None:
         client = request.client.host if request.client else None

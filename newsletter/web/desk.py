@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -260,14 +261,8 @@ def _answer(request: Request, status: int, *, error: str = "", message: str = ""
         body = {"error": error} if error else {"message": message, **values}
         return JSONResponse(body, status_code=status)
     separator = "&" if "?" in location else "?"
-    query = f"error={_quote(error)}" if error else f"notice={_quote(message)}"
+    query = f"error={quote(error, safe='')}" if error else f"notice={quote(message, safe='')}"
     return RedirectResponse(f"{location}{separator}{query}", status_code=303)
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
 
 
 @router.post("/desk/move", dependencies=FormChecked)

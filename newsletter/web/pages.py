@@ -73,13 +73,13 @@ class WebState:
     backoff: Backoff  # wrong API tokens per client
 
 
-def _state(request: Request) -> WebState:
+def web_state(request: Request) -> WebState:
     return request.app.state.web  # type: ignore[no-any-return]
 
 
 def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """Render one of the site's page templates (autoescaped) with the newsletter's details."""
-    config = _state(request).config
+    config = web_state(request).config
     site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
     defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False,
                 "latest": None, "every": EVERY[config.schedule.cadence],
@@ -95,9 +95,9 @@ def notice(request: Request, title: str, *paragraphs: str, status: int = 200, **
 def _bad_link(request: Request, exc: InvalidToken, what: str) -> HTMLResponse:
     if isinstance(exc, ExpiredToken):
         return notice(request, "This link has expired",
-                      f"For your safety, {what} links work for {_state(request).config.web.confirm_expiry_days} days.",
+                      f"For your safety, {what} links work for {web_state(request).config.web.confirm_expiry_days} days.",
                       "Subscribe again and we will send you a fresh one.",
-                      status=410, link_url=f"{_root(request)}/subscribe", link_label="Subscribe again")
+                      status=410, link_url=f"{site_root(request)}/subscribe", link_label="Subscribe again")
     return notice(request, "This link does not work",
                   "It may have been cut short or changed when it was copied. Open it again from the email, "
                   "or copy the whole address into your browser.", status=400)
@@ -106,11 +106,11 @@ def _bad_link(request: Request, exc: InvalidToken, what: str) -> HTMLResponse:
 def _unknown(request: Request) -> HTMLResponse:
     return notice(request, "We could not find this subscription",
                   "It may have been erased at your request. Nothing more will be sent to you from this list.",
-                  status=404, link_url=f"{_root(request)}/subscribe", link_label="Subscribe")
+                  status=404, link_url=f"{site_root(request)}/subscribe", link_label="Subscribe")
 
 
-def _root(request: Request) -> str:
-    return urlsplit(_state(request).config.newsletter.site_url).path.rstrip("/")
+def site_root(request: Request) -> str:
+    return urlsplit(web_state(request).config.newsletter.site_url).path.rstrip("/")
 
 
 def _client(request: Request) -> tuple[str | None, str | None]:
@@ -141,7 +141,7 @@ def subscribe(
     confirmation email. The answer, and how long it takes, is the same whether or not the address is
     already on the list: only what depends on the request alone (rate limit, honeypot, the address's
     syntax) happens before the answer; the database and the email come after it."""
-    state = _state(request)
+    state = web_state(request)
     ip, user_agent = _client(request)
     if not state.limiter.allow(ip):
         log.warning("subscribe rate limit reached for an IP address")
@@ -238,21 +238,21 @@ def _send_confirmation(state: WebState, subscriber: Subscriber) -> None:
 def confirm_page(request: Request, token: str) -> HTMLResponse:
     """Shows a button that confirms: a GET changes nothing, so mail scanners that open links cannot
     confirm a subscription that nobody asked for."""
-    state = _state(request)
+    state = web_state(request)
     try:
         state.signer.verify(CONFIRM, token)
     except InvalidToken as exc:
         return _bad_link(request, exc, "confirmation")
     letter, cadence = state.config.newsletter.name, EVERY[state.config.schedule.cadence]
     return notice(request, "Confirm your subscription", f"One more click and {letter} will arrive {cadence}.",
-                  action_url=f"{_root(request)}/confirm/{token}", action_fields=[],
+                  action_url=f"{site_root(request)}/confirm/{token}", action_fields=[],
                   action_label="Confirm my subscription")
 
 
 @router.post("/confirm/{token}", response_class=HTMLResponse)
 def confirm(request: Request, token: str) -> Response:
     """Activates the subscription and sends the welcome email, then shows the preferences page."""
-    state = _state(request)
+    state = web_state(request)
     try:
         subscriber_token = state.signer.verify(CONFIRM, token)
     except InvalidToken as exc:
@@ -265,14 +265,14 @@ def confirm(request: Request, token: str) -> Response:
     if outcome is Confirmation.NOT_PENDING:
         return notice(request, "Nothing to confirm",
                       "This address left the list after this link was sent, so the link no longer subscribes it.",
-                      link_url=f"{_root(request)}/subscribe", link_label="Subscribe again")
+                      link_url=f"{site_root(request)}/subscribe", link_label="Subscribe again")
     if outcome is Confirmation.CONFIRMED and state.config.web.welcome_email:
         try:
             mail.send_welcome(state.config, state.signer, subscriber)
         except NewsletterError as exc:  # the subscription stands; the welcome is a courtesy
             log.error("could not send a welcome email: %s", exc)
     preferences = state.signer.sign(PREFERENCES, subscriber.token)
-    return RedirectResponse(f"{_root(request)}/preferences/{preferences}?welcome=1", status_code=303)
+    return RedirectResponse(f"{site_root(request)}/preferences/{preferences}?welcome=1", status_code=303)
 
 
 # -- unsubscribe (RFC 8058) -----------------------------------------------------------------------------
@@ -285,12 +285,12 @@ def manage_help(request: Request) -> HTMLResponse:
     return notice(request, "Manage your subscription",
                   "To unsubscribe or choose your topics, use the links at the bottom of any email you received "
                   "from us: they are personal, so no login is needed.",
-                  link_url=f"{_root(request)}/subscribe", link_label="Not subscribed yet? Subscribe")
+                  link_url=f"{site_root(request)}/subscribe", link_label="Not subscribed yet? Subscribe")
 
 
 def _linked_subscriber(request: Request, purpose: str, token: str, what: str) -> Subscriber | HTMLResponse:
     """The subscriber a signed link points at, or the friendly page to answer with (400 tampered, 404 gone)."""
-    state = _state(request)
+    state = web_state(request)
     try:
         subscriber_token = state.signer.verify(purpose, token)
     except InvalidToken as exc:
@@ -309,9 +309,9 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     if subscriber.status is not SubscriberStatus.ACTIVE and subscriber.status is not SubscriberStatus.PENDING:
         return notice(request, "You are unsubscribed", f"{subscriber.email} receives nothing more from this list.",
                       **_rejoin_link(request, subscriber, "Subscribe again"))
-    letter = _state(request).config.newsletter.name
+    letter = web_state(request).config.newsletter.name
     return notice(request, "Unsubscribe?", f"Stop sending {letter} to {subscriber.email}.",
-                  action_url=f"{_root(request)}/unsubscribe/{token}",
+                  action_url=f"{site_root(request)}/unsubscribe/{token}",
                   action_fields=[("List-Unsubscribe", "One-Click")], action_label="Unsubscribe",
                   link_url=_preferences_url(request, subscriber), link_label="Or choose fewer topics instead")
 
@@ -322,7 +322,7 @@ def unsubscribe(request: Request, token: str) -> HTMLResponse:
 
     Mail providers post ``List-Unsubscribe=One-Click`` (form-urlencoded or multipart); the body is not
     needed to act, so it is not parsed."""
-    state = _state(request)
+    state = web_state(request)
     try:
         subscriber_token = state.signer.verify(UNSUBSCRIBE, token)
     except InvalidToken as exc:
@@ -338,25 +338,25 @@ def _rejoin_link(request: Request, subscriber: Subscriber, label: str) -> dict[s
     """The link to the subscribe form, for those the form can take back (not who bounced or complained)."""
     if not may_subscribe_again(subscriber):
         return {}
-    return {"link_url": f"{_root(request)}/subscribe", "link_label": label}
+    return {"link_url": f"{site_root(request)}/subscribe", "link_label": label}
 
 
 # -- preferences ----------------------------------------------------------------------------------------
 
 
 def _preferences_url(request: Request, subscriber: Subscriber) -> str:
-    return f"{_root(request)}/preferences/{_state(request).signer.sign(PREFERENCES, subscriber.token)}"
+    return f"{site_root(request)}/preferences/{web_state(request).signer.sign(PREFERENCES, subscriber.token)}"
 
 
 def _preferences_page(request: Request, token: str, subscriber: Subscriber, status: int = 200,
                       **flags: Any) -> HTMLResponse:
-    state = _state(request)
+    state = web_state(request)
     topics = known_topics(state.engine)
     chosen = set(subscriber.topics)
     topics += [topic for topic in subscriber.topics if topic not in topics]  # a topic that has no summaries now
     return page(request, "preferences.html", status, title="Your preferences", subscriber=subscriber,
-                topics=topics, chosen=chosen, action_url=f"{_root(request)}/preferences/{token}",
-                unsubscribe_url=f"{_root(request)}/unsubscribe/{state.signer.sign(UNSUBSCRIBE, subscriber.token)}",
+                topics=topics, chosen=chosen, action_url=f"{site_root(request)}/preferences/{token}",
+                unsubscribe_url=f"{site_root(request)}/unsubscribe/{state.signer.sign(UNSUBSCRIBE, subscriber.token)}",
                 welcome=flags.get("welcome", False), saved=flags.get("saved", False), error=flags.get("error"))
 
 
@@ -380,10 +380,10 @@ def save_preferences(
     subscriber = _linked_subscriber(request, PREFERENCES, token, "preferences")
     if isinstance(subscriber, HTMLResponse):
         return subscriber
-    allowed = set(known_topics(_state(request).engine)) | set(subscriber.topics)
+    allowed = set(known_topics(web_state(request).engine)) | set(subscriber.topics)
     unknown = [topic for topic in topics if topic not in allowed]
     if unknown:
         return _preferences_page(request, token, subscriber, 400,
                                  error=f"There is no topic called {unknown[0][:100]!r}; pick from the list.")
-    update_preferences(_state(request).engine, subscriber.token, name, topics)
-    return RedirectResponse(f"{_root(request)}/preferences/{token}?saved=1", status_code=303)
+    update_preferences(web_state(request).engine, subscriber.token, name, topics)
+    return RedirectResponse(f"{site_root(request)}/preferences/{token}?saved=1", status_code=303)

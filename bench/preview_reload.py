@@ -24,7 +24,7 @@ import yaml
 from newsletter.demo import DEMO_SETTINGS
 from newsletter.ingest import ingest_paths
 from newsletter.resources import packaged_templates_dir, sample_summaries_dir
-from newsletter.web.preview import PreviewState
+from newsletter.web.preview_state import PreviewState
 
 DEADLINE = 30.0
 

@@ -20,7 +20,8 @@ from sqlmodel import select
 from newsletter.db import session
 from newsletter.issues import editorial, prepare_issue
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, Summary
-from newsletter.web.preview import DESK_COOKIE, create_preview_app
+from newsletter.web.preview import create_preview_app
+from newsletter.web.preview_state import DESK_COOKIE
 from tests.conftest import RecordingHandler, _free_port
 from tests.helpers import add_people, add_summaries
 from tests.outbox import text_part, wait_for_messages

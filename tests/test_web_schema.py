@@ -22,7 +22,8 @@ from newsletter.issues import prepare_issue
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE
 from newsletter.web.app import create_app
-from newsletter.web.preview import DESK_COOKIE, create_preview_app, form_token
+from newsletter.web.preview import create_preview_app
+from newsletter.web.preview_state import DESK_COOKIE, form_token
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries
 from tests.preview_support import make_project

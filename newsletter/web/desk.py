@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
@@ -54,20 +54,18 @@ from newsletter.issues import (
 from newsletter.issues.editorial import NextIssue, Seen
 from newsletter.models import IssueStatus, Subscriber, SubscriberStatus, Summary, utcnow
 from newsletter.render import DEFAULT_SECTION, SUBJECT_LIMIT, display_order, section_key
-from newsletter.web.preview import (
+from newsletter.web.preview_state import (
     LARGEST_ISSUE,
     VIEWS,
     WIDTHS,
     FormChecked,
+    PreviewState,
     form_token,
     issue_numbers,
     ref_problem,
     sample_parts,
 )
 from newsletter.web.security import preview_policy
-
-if TYPE_CHECKING:
-    from newsletter.web.preview import PreviewState
 
 router = APIRouter()
 HERE = Path(__file__).parent

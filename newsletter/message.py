@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.quoprimime import body_encode
 from email.utils import format_datetime, parseaddr
-from typing import Protocol
+from typing import Any, Protocol
 
 from newsletter.backends.base import OutgoingMessage
 from newsletter.bounces import return_path
@@ -283,13 +283,18 @@ class MessageTemplate:
             extra + b"MIME-Version: 1.0\r\n"
             + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")
         )
-        self._pieces: tuple[bytes | _Part, ...] = (
+        pieces: tuple[bytes | _Part, ...] = (
             f"--{boundary}\r\n{part.format('plain')}".encode("ascii"),
             self._split(rendered.text, is_html=False),
             f"\r\n--{boundary}\r\n{part.format('html')}".encode("ascii"),
             self._split(rendered.html, is_html=True),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         )
+        self._body = _segments(pieces)
+        places = {segment for segment in self._body if isinstance(segment, tuple)}
+        self._text_fields = sorted(field for is_html, field in places if not is_html)
+        self._html_fields = sorted(field for is_html, field in places if is_html)
+        self._dates: tuple[int, bytes] = (-1, b"")  # the last Date header written, by the second it names
 
     def _split(self, body: str, *, is_html: bool) -> _Part:
         markers = {getattr(self.rendered.markers, name): name for name in self.fields}
@@ -318,7 +323,7 @@ class MessageTemplate:
             self._from,
             _field("To", mailbox(name, values.email, used=len("To: "))),
             self._subject,
-            _field("Date", format_datetime(as_utc(date or datetime.now(UTC)))),
+            self._date(as_utc(date) if date else datetime.now(UTC)),
             _field("Message-ID", message_id),
         ]
         if self.list_headers:
@@ -326,25 +331,44 @@ class MessageTemplate:
             if url.lower().startswith("https://"):
                 out.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")  # RFC 8058 needs https
         out.append(self._mime)
-        values = dataclasses.replace(values, name=name)
-        raw = {field: getattr(values, field) or "" for field in self.fields}
-        text_values = {field: qp_encode(value) for field, value in raw.items()}
-        html_values = {field: qp_encode(html_escaping.escape(value, quote=True)) for field, value in raw.items()}
-        for piece in self._pieces:
-            if isinstance(piece, bytes):
-                out.append(piece)
-                continue
-            encoded = html_values if piece.is_html else text_values
-            for chunk, field, after in zip(piece.chunks, piece.fields, piece.chunks[1:], strict=False):
-                if chunk and not chunk.endswith(b"\r\n"):
-                    out += (chunk, _SOFT_BREAK)
-                else:
-                    out.append(chunk)
-                out.append(encoded[field])
-                if not after.startswith(b"\r\n"):
-                    out.append(_SOFT_BREAK)  # else the value ends its line itself (a soft break would be ambiguous)
-            out.append(piece.chunks[-1])
+        raw = {field: (name if field == "name" else getattr(values, field)) or "" for field in self.fields}
+        encoded = {(False, field): qp_encode(raw[field]) for field in self._text_fields}
+        encoded.update({(True, field): qp_encode(html_escaping.escape(raw[field], quote=True))
+                        for field in self._html_fields})
+        out += [segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body]
         return b"".join(out)
+
+    def _date(self, moment: datetime) -> bytes:
+        """The Date header for ``moment`` (UTC), written once per second of sending."""
+        second = int(moment.timestamp() // 1)
+        if self._dates[0] != second:
+            self._dates = (second, _field("Date", format_datetime(moment.replace(microsecond=0))))
+        return self._dates[1]
+
+
+def _segments(pieces: Sequence[bytes | _Part]) -> tuple[Any, ...]:
+    """The body as a flat sequence of bytes that are the same in every message and ``(is_html, field)``
+    places for a subscriber's encoded values, with the soft line breaks around each value already decided:
+    a chunk that does not end its line gets one before the value, and the value gets one after it unless
+    the chunk after it begins with a line break (a soft break there would be ambiguous)."""
+    out: list[Any] = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            out.append(piece)
+            continue
+        for chunk, field, after in zip(piece.chunks, piece.fields, piece.chunks[1:], strict=False):
+            out.append(chunk + _SOFT_BREAK if chunk and not chunk.endswith(b"\r\n") else chunk)
+            out.append((piece.is_html, field))
+            if not after.startswith(b"\r\n"):
+                out.append(_SOFT_BREAK)
+        out.append(piece.chunks[-1])
+    merged: list[Any] = []  # neighbouring bytes joined once here rather than in every message
+    for segment in out:
+        if isinstance(segment, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += segment
+        elif segment != b"":
+            merged.append(segment)
+    return tuple(merged)
 
 
 def message_parts(data: bytes) -> tuple[str, str]:

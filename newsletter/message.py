@@ -37,7 +37,7 @@ from email.quoprimime import body_encode
 from email.utils import format_datetime, parseaddr
 from typing import Any, Protocol
 
-from newsletter.backends.base import OutgoingMessage
+from newsletter.backends.base import OutgoingMessage, dot_stuff
 from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import InvalidAddress
@@ -291,6 +291,9 @@ class MessageTemplate:
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         )
         self._body = _segments(pieces)
+        self._line_starts = _line_starts(self._body)
+        self._wire_body = tuple(dot_stuff(segment, line_start) if isinstance(segment, bytes) else segment
+                                for segment, line_start in zip(self._body, self._line_starts, strict=True))
         places = {segment for segment in self._body if isinstance(segment, tuple)}
         self._text_fields = sorted(field for is_html, field in places if not is_html)
         self._html_fields = sorted(field for is_html, field in places if is_html)
@@ -313,6 +316,12 @@ class MessageTemplate:
         Raises InvalidAddress for an unusable recipient address and ValueError for a malformed
         ``message_id`` or unsubscribe URL (both are the caller's bug, not the subscriber's).
         """
+        head, encoded = self._head_and_values(values, message_id=message_id, date=date)
+        return b"".join([head, *(segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body)])
+
+    def _head_and_values(self, values: RecipientValues, *, message_id: str,
+                         date: datetime | None) -> tuple[bytes, dict[tuple[bool, str], bytes]]:
+        """The headers (through the blank line) and the encoded values for the body's places."""
         if not _MESSAGE_ID.match(message_id):
             raise ValueError(f"message_id {message_id!r} must look like <local@domain>")
         url = values.unsubscribe_url
@@ -335,8 +344,29 @@ class MessageTemplate:
         encoded = {(False, field): qp_encode(raw[field]) for field in self._text_fields}
         encoded.update({(True, field): qp_encode(html_escaping.escape(raw[field], quote=True))
                         for field in self._html_fields})
-        out += [segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body]
-        return b"".join(out)
+        return b"".join(out), encoded
+
+    def personalise_for_smtp(self, values: RecipientValues, *, message_id: str,
+                             date: datetime | None = None) -> tuple[bytes, bytes]:
+        """:meth:`personalise`'s message, and the same message dot-stuffed for SMTP's DATA (RFC 5321
+        4.5.2: a line that starts with "." gets one more). The body's static pieces are stuffed once per
+        template, so per message only the spliced values are looked at, not the whole message."""
+        head, encoded = self._head_and_values(values, message_id=message_id, date=date)
+        data = b"".join([head, *(segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body)])
+        stuffed: dict[tuple[Any, bool], bytes] = {}
+        out = [head]  # no header line starts with "."; each place knows if its value starts a line
+        for segment, line_start in zip(self._wire_body, self._line_starts, strict=True):
+            if isinstance(segment, bytes):
+                out.append(segment)
+                continue
+            key = (segment, line_start)
+            if key not in stuffed:
+                value = encoded[segment]
+                if value.endswith(b"\n"):  # the next line's start would not be where the template expects
+                    return data, dot_stuff(data)
+                stuffed[key] = dot_stuff(value, line_start)
+            out.append(stuffed[key])
+        return data, b"".join(out)
 
     def _date(self, moment: datetime) -> bytes:
         """The Date header for ``moment`` (UTC), written once per second of sending."""
@@ -344,6 +374,17 @@ class MessageTemplate:
         if self._dates[0] != second:
             self._dates = (second, _field("Date", format_datetime(moment.replace(microsecond=0))))
         return self._dates[1]
+
+
+def _line_starts(body: Sequence[Any]) -> tuple[bool, ...]:
+    """For each body segment, whether it starts a line: the body starts one, and a segment does after one
+    that ends with a line break. Values (quoted-printable of one line of text) never end with one."""
+    starts, line_start = [], True
+    for segment in body:
+        starts.append(line_start)
+        line_start = segment.endswith(b"\n") if isinstance(segment, bytes) and segment else \
+            (line_start if isinstance(segment, bytes) else False)
+    return tuple(starts)
 
 
 def _segments(pieces: Sequence[bytes | _Part]) -> tuple[Any, ...]:
@@ -443,6 +484,6 @@ class Composer:
                 date: datetime | None = None) -> OutgoingMessage:
         """The message for ``subscriber``; raises InvalidAddress (or ValueError) when none can be built."""
         message_id = make_message_id(self.config, self.issue.number, subscriber.token)
-        data = template.personalise(self.values(subscriber), message_id=message_id, date=date)
+        data, stuffed = template.personalise_for_smtp(self.values(subscriber), message_id=message_id, date=date)
         return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
-                               message_id, data)
+                               message_id, data, dot_stuffed=stuffed)

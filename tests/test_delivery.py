@@ -303,7 +303,9 @@ def test_retries_follow_the_configured_schedule_and_give_up_at_its_end(config, e
 def test_sending_pauses_itself_when_the_error_rate_passes_the_threshold(config, engine, smtp_server):
     smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
                        "port": smtp_server.port, "security": "none", "connections": 1}},
-                       delivery={"pause_window": 4, "pause_error_rate": 0.5})
+                       # one message out at a time: the pause comes right after the fourth result (with more
+                       # places, the messages already handed over would still go out first)
+                       delivery={"pause_window": 4, "pause_error_rate": 0.5, "in_flight_factor": 1})
     people = [f"p{n}@example.org" for n in range(10)]
     for person in people[:3]:
         smtp_server.handler.reject[person] = "451 4.7.1 Rate limited"

@@ -691,3 +691,36 @@ def test_a_poisoned_subscriber_in_the_middle_of_a_window_fails_alone_and_everyon
     with pytest.raises(NewsletterError, match="it cannot be sent again"):
         send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(days=3))
     assert len(smtp_server.messages) == 6
+
+
+def test_the_connections_go_on_sending_while_results_are_written(config, engine, smtp_server, monkeypatch):
+    """The SMTP connection does not wait for the ledger: while the first results are being written (held
+    here until the server has received a message they do not include), it sends the messages already
+    handed over. The bound on messages in flight still holds: the server never has more than one window
+    (connections x in_flight_factor) of messages whose results are not written."""
+    import time
+
+    from newsletter import delivery
+
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {
+        "host": smtp_server.host, "port": smtp_server.port, "security": "none", "connections": 1}},
+        delivery={"in_flight_factor": 4})
+    people = [f"p{n:02d}@example.org" for n in range(12)]
+    prepared(smtp, engine, *people)
+    record = delivery._record
+    ahead: list[int] = []  # per write: messages the server had beyond those written, this write's included
+
+    def held_record(engine, config, owner, window, report, now):  # type: ignore[no-untyped-def]
+        written = report.sent + len(window.results)
+        deadline = time.monotonic() + 60  # generous: the condition, not the time, ends the wait
+        while not ahead and len(smtp_server.messages) <= written and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ahead.append(len(smtp_server.messages) - written)
+        return record(engine, config, owner, window, report, now)
+
+    monkeypatch.setattr(delivery, "_record", held_record)
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    assert report.sent == len(people)
+    assert ahead[0] > 0  # sent while the first write was held
+    assert all(0 <= n <= 4 for n in ahead)  # never more than a window ahead of the ledger
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == people

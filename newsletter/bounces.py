@@ -93,7 +93,8 @@ def record_bounce(db: Session, config: Config, subscriber: Subscriber, *, hard: 
         if soft < config.bounces.soft_limit:
             return False
     subscriber.status = SubscriberStatus.BOUNCED
-    log.info("%s marked bounced (%s)", subscriber.email, detail.get("reason", kind.value))
+    log.info("subscriber %d marked bounced (%s)", subscriber.id, detail.get("reason", kind.value))
+    log.debug("subscriber %d is %s", subscriber.id, subscriber.email)
     return True
 
 

@@ -11,7 +11,8 @@ RFC 5322), ``links`` (absolute, well-formed http(s) or mailto), ``unsubscribe`` 
 the ``List-Unsubscribe`` header), ``postal-address`` (in both parts), ``subject`` (present, under 100
 characters), ``preheader`` (present and in the HTML), ``headers`` (the standard library's strict parser reads
 exactly the headers we write, each once and without defects, one To with the subscriber's address, and the
-Subject that was rendered).
+Subject that was rendered), ``note`` (a warning: the editor's note is missing from a part, as it is with a
+``digest.mjml.j2`` or ``digest.txt.j2`` of one's own written before notes existed).
 
 The issue's checks run on the exact bytes the send loop would send (:class:`newsletter.message.Composer`,
 through :func:`newsletter.issues.build_sample`) for a sample of real subscribers: the first on the list,
@@ -25,6 +26,7 @@ import email.policy
 import enum
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.errors import MessageError
@@ -36,9 +38,10 @@ from sqlalchemy import Engine
 
 from newsletter.config import Config
 from newsletter.issues import IssueSample, build_sample, shown_issue
-from newsletter.message import recipient_values, single_line
-from newsletter.models import Subscriber
+from newsletter.message import WRITTEN_HEADERS, single_line
+from newsletter.note import render_note
 from newsletter.render import MAX_SUBJECT_CHARS, RecipientValues, RenderedIssue
+from newsletter.urls import http_url_problem
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" above this much HTML
 SIZE_WARNING_BYTES = 90 * 1024
@@ -71,13 +74,13 @@ def has_errors(findings: list[Finding]) -> bool:
 
 
 def check_message(config: Config, rendered: RenderedIssue, message: bytes,
-                  values: RecipientValues | None = None) -> list[Finding]:
+                  values: RecipientValues | None = None, extra_headers: Sequence[str] = ()) -> list[Finding]:
     """Every finding for ``message`` (the complete RFC 5322 bytes built from ``rendered``, for the reader
-    ``values`` when given), errors first."""
+    ``values`` when given, with the backend's ``extra_headers``), errors first."""
     parsed: EmailMessage = email.message_from_bytes(message, policy=email.policy.default)  # type: ignore[assignment]
     html_part = _body(parsed, "html")
     text_part = _body(parsed, "plain")
-    findings = [*_line_lengths(message), *_headers(message, rendered, values), *_subject(parsed),
+    findings = [*_line_lengths(message), *_headers(message, rendered, values, extra_headers), *_subject(parsed),
                 *_preheader(rendered, html_part)]
     if html_part is None:
         findings.append(Finding("html-size", "message", "there is no text/html part"))
@@ -106,16 +109,14 @@ def _line_lengths(message: bytes) -> list[Finding]:
     ]
 
 
-# The headers the builder writes; anything else in a message (a Bcc:) came from data that escaped.
-_OUR_HEADERS = frozenset({
-    "from", "to", "reply-to", "subject", "date", "message-id", "list-id", "list-unsubscribe",
-    "list-unsubscribe-post", "feedback-id", "mime-version", "content-type",
-})
 _SINGLE = ("From", "To", "Subject", "Date", "Message-ID")
 
 
-def _headers(message: bytes, rendered: RenderedIssue, values: RecipientValues | None) -> list[Finding]:
-    """The message as ``email.policy.strict`` reads it: our headers only, each once, without defects."""
+def _headers(message: bytes, rendered: RenderedIssue, values: RecipientValues | None,
+             extra_headers: Sequence[str]) -> list[Finding]:
+    """The message as ``email.policy.strict`` reads it: the builder's headers and the backend's only (anything
+    else, a Bcc:, came from data that escaped), each once, without defects."""
+    ours = {name.lower() for name in (*WRITTEN_HEADERS, *extra_headers)}
     try:
         parsed: EmailMessage = email.message_from_bytes(message, policy=email.policy.strict)  # type: ignore[assignment]
         found = [(key, parsed[key]) for key in parsed.keys()]
@@ -123,7 +124,7 @@ def _headers(message: bytes, rendered: RenderedIssue, values: RecipientValues | 
         return [Finding("headers", "message", f"the standard library's strict parser refuses it ({exc})")]
     findings = [Finding("headers", f"{key} header", "is not a header this newsletter writes: text from a "
                         "summary or a name has become mail structure; do not send")
-                for key, _value in found if key.lower() not in _OUR_HEADERS]
+                for key, _value in found if key.lower() not in ours]
     findings += [Finding("headers", f"{key} header", f"is malformed ({value.defects[0]})")
                  for key, value in found if value.defects]
     for name in _SINGLE:
@@ -190,23 +191,13 @@ def _links(page: _Page) -> list[Finding]:
 
 
 def link_problem(href: str) -> str | None:
-    """Why ``href`` is not a usable link in an email, or None: absolute http(s) or mailto, well-formed."""
-    if not href or any(ch.isspace() or ord(ch) < 32 or ch in '<>"' for ch in href):
-        return "is empty or contains spaces, quotes or control characters"
-    try:
-        parts = urlsplit(href)
-        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
-    except ValueError as exc:
-        return f"is malformed ({exc})"
-    if parts.scheme in ("http", "https") and "@" in parts.netloc:
-        return "has a user name or password before its host (user@host), which hides where it really goes"
-    if parts.scheme == "mailto":
-        return None if re.fullmatch(r"[^@\s]+@[^@\s]+", parts.path) else "is a mailto: without an address"
-    if parts.scheme not in ("http", "https"):
-        return "is not an absolute http(s) link; a mail client has no page to resolve it against"
-    if not parts.hostname or "." not in parts.hostname.strip("."):
-        return "has no valid host name"
-    return None
+    """Why ``href`` is not a usable link in an email, or None: a ``mailto:`` with an address, or what
+    :func:`~newsletter.urls.http_url_problem` accepts for a public page (the rule summaries' links are
+    checked by at ingest, so a link that went in passes here)."""
+    if href.lower().startswith("mailto:"):
+        address = urlsplit(href).path
+        return None if re.fullmatch(r"[^@\s<>\"]+@[^@\s<>\"]+", address) else "is a mailto: without an address"
+    return http_url_problem(href, example="https://example.org/page", public=True)
 
 
 def _unsubscribe_html(page: _Page, message: EmailMessage) -> list[Finding]:
@@ -300,26 +291,42 @@ class CheckReport:
         return not has_errors(self.findings)
 
 
-def sample_values(config: Config, subscriber: Subscriber) -> RecipientValues:
-    """The personal values delivery uses for ``subscriber`` (signed links from its token)."""
-    return recipient_values(config, subscriber)
-
-
 def check_sample(config: Config, sample: IssueSample) -> list[Finding]:
     """The findings for every sample message, each once, errors first; a finding that depends on the reader
     (headers, line lengths) names the reader's address. A sample reader no message can be built for is a
     warning: the send fails that message alone."""
     seen: dict[str, Finding] = {}
     for message in sample.messages:
-        for finding in check_message(config, message.rendered, message.data, message.values):
+        for finding in check_message(config, message.rendered, message.data, message.values, sample.extra_headers):
             if finding.rule in ("headers", "line-length") and len(sample.messages) > 1:
                 finding = Finding(finding.rule, f"message to {message.values.email}: {finding.where}",
                                   finding.message, finding.severity)
             seen.setdefault(finding.line(), finding)
     unbuildable = [Finding("headers", f"subscriber {address!r}", f"{why}; the send fails this message alone",
                            Severity.WARNING) for address, why in sample.unbuildable]
-    findings = [*seen.values(), *unbuildable]
+    findings = [*seen.values(), *unbuildable, *_note_shown(sample)]
     return sorted(findings, key=lambda finding: finding.severity is not Severity.ERROR)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _note_shown(sample: IssueSample) -> list[Finding]:
+    """A warning for each part that does not show the issue's editor's note."""
+    note = render_note(sample.issue.note)
+    if note is None or not sample.messages:
+        return []
+    parsed: EmailMessage = email.message_from_bytes(sample.message, policy=email.policy.default)  # type: ignore[assignment]
+    html_part, text_part = _body(parsed, "html"), _body(parsed, "plain")
+    missing = []
+    shown = _flat(_Page.parse(note.html).visible_text)
+    if html_part is not None and shown not in _flat(_Page.parse(html_part).visible_text):
+        missing.append(("HTML part", "digest.mjml.j2 (include \"partials/note.mjml.j2\" after the header)"))
+    if text_part is not None and _flat(note.text) not in _flat(text_part):
+        missing.append(("text part", "digest.txt.j2 ({{ note.text }} where it should show)"))
+    return [Finding("note", where, f"the editor's note is not shown; add it to your {template}", Severity.WARNING)
+            for where, template in missing]
 
 
 def check_issue(engine: Engine, config: Config, number: int | None = None, *, now: datetime | None = None

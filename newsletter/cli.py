@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import click
 import typer
@@ -67,6 +67,9 @@ from newsletter.models import IssueStatus, SubscriberStatus
 from newsletter.render import span_label
 from newsletter.schedule import run_if_due, run_scheduler
 from newsletter.status import collect_status, status_lines
+
+if TYPE_CHECKING:
+    from newsletter.click_report import IssueClicks
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -225,7 +228,8 @@ def ingest(
         raise typer.Exit(1)
 
 
-SummaryId = Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="The summary's id (see 'summaries list').")]
+MAX_SUMMARY_ID = 2**31 - 1
+SummaryId = Annotated[int, typer.Argument(min=1, max=MAX_SUMMARY_ID, help="The summary's id (see 'summaries list').")]
 
 
 @summaries_app.command("list")
@@ -442,8 +446,9 @@ def subscribers_erase(
     with _opened(config) as (_config, engine):
         result = subscriber_list.erase_subscriber(engine, email)
     if result.was_on_list:
-        console.print(f"erased {result.address}: the subscriber, {result.events} events and {result.deliveries} "
-                      f"delivery records; a hash of the address keeps it off the list")
+        clicks = f", {result.clicks} recorded clicks" if result.clicks else ""
+        console.print(f"erased {result.address}: the subscriber, {result.events} events{clicks} and "
+                      f"{result.deliveries} delivery records; a hash of the address keeps it off the list")
     else:
         console.print(f"{result.address} was not on the list; a hash of it now keeps it off the list")
 
@@ -458,6 +463,132 @@ def digest_prepare(config: ConfigOption = None) -> None:
     with _opened(config) as (loaded, engine):
         result = prepare_issue(engine, loaded)
     console.print(result.message())
+
+
+@digest_app.command("order")
+def digest_order(
+    first: Annotated[
+        list[int] | None,
+        typer.Argument(min=1, max=MAX_SUMMARY_ID, show_default=False, metavar="ID",
+                       help="Summary ids to show first, in this order (after the lead); the others keep their order."),
+    ] = None,
+    lead: Annotated[int | None, typer.Option(
+        "--lead", min=1, max=MAX_SUMMARY_ID, help="Make this item the lead: first, and named by the default subject.",
+    )] = None,
+    no_lead: Annotated[bool, typer.Option("--no-lead", help="Unpin the lead item.")] = False,
+    leave_out: Annotated[list[int] | None, typer.Option(
+        "--leave-out", min=1, max=MAX_SUMMARY_ID, show_default=False, help="Leave this item out (repeatable).",
+    )] = None,
+    bring_back: Annotated[list[int] | None, typer.Option(
+        "--bring-back", min=1, max=MAX_SUMMARY_ID, show_default=False, help="Bring a left-out item back (repeatable).",
+    )] = None,
+    undo: Annotated[bool, typer.Option("--undo", help="Take back the last change to the next issue (its order, "
+                                                      "lead, items, note or subject).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show or change the next issue's items: their order, the lead item, the ones left out. Without
+    arguments it lists them with their ids; the preview's desk does the same in the browser.
+
+    Example: newsletter digest order 12 7 --lead 12 --leave-out 9
+    """
+    from newsletter.issues import editorial  # here, not at the top: other commands start faster without it
+
+    steps = [
+        *(editorial.leaving_out(summary_id, out=False) for summary_id in bring_back or []),
+        *(editorial.leaving_out(summary_id) for summary_id in leave_out or []),
+        *([editorial.leading(None)] if no_lead else []),
+        *([editorial.leading(lead)] if lead is not None else []),
+        *([editorial.reordering(first)] if first else []),
+    ]
+    if undo and steps:
+        raise NewsletterError("--undo takes back the last change on its own; give it without other changes")
+    with _opened(config) as (_config, engine):
+        if undo:
+            state = editorial.undo(engine)
+        elif steps:
+            state = editorial.arrange(engine, steps)  # all of them or, when one makes no sense, none
+        else:
+            state = editorial.next_issue_state(engine)
+    console.print(f"next issue #{state.number}:")
+    for position, item in enumerate(state.items, 1):
+        mark = "  (lead)" if item.id == state.choices.lead else ""
+        console.print(Text(f"{position:>4}. [{item.id}] {item.title}{mark}"))
+    if not state.items:
+        console.print("      nothing yet: no summary is waiting")
+    if state.left_out:
+        console.print("left out (--bring-back ID):")
+        for item in state.left_out:
+            console.print(Text(f"      [{item.id}] {item.title}"))
+    if state.undo_label:
+        console.print(Text(f"--undo would take back: {state.undo_label}"))
+
+
+@digest_app.command("note")
+def digest_note(
+    text: Annotated[str | None, typer.Argument(help="The note, in Markdown (quote it).", show_default=False)] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the note from this file ('-': standard "
+                                              "input).", dir_okay=False, allow_dash=True)] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the note.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show or set the editor's note of the next issue: Markdown shown above the items, in the HTML and the
+    text part (links, emphasis and lists are kept; anything else is cleaned away as in summaries).
+
+    Example: newsletter digest note "A short week: **three** papers, and a call for reviewers."
+    """
+    from newsletter.issues import editorial
+
+    given = [value for value in (text, file, clear or None) if value is not None]
+    if len(given) > 1:
+        raise NewsletterError("give the note as TEXT, or --file, or --clear: one of them")
+    if file is not None:
+        text = _read_text(file)
+    with _opened(config) as (_config, engine):
+        if given:
+            state = editorial.set_note(engine, None if clear else text)
+        else:
+            state = editorial.next_issue_state(engine)
+    note = state.choices.note
+    console.print(Text(f"next issue #{state.number}: " + (f"note:\n{note}" if note else "no note")))
+
+
+@digest_app.command("subject")
+def digest_subject(
+    text: Annotated[str | None, typer.Argument(help="The subject (quote it).", show_default=False)] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Go back to the subject subject.txt.j2 writes.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show or set the subject of the next issue, instead of the one subject.txt.j2 writes; at most 99
+    characters (the pre-send check's limit).
+
+    Example: newsletter digest subject "Research Weekly #12: the sleep issue"
+    """
+    from newsletter.issues import draft, editorial
+    from newsletter.render import SUBJECT_LIMIT
+
+    if text is not None and clear:
+        raise NewsletterError("give a subject or --clear, not both")
+    with _opened(config) as (loaded, engine):
+        if text is not None or clear:
+            editorial.set_subject(engine, None if clear else text)
+        with session(engine) as db:
+            upcoming = draft(db, loaded)
+        state = editorial.next_issue_state(engine)
+    if upcoming is None:
+        subject, source = state.choices.subject or "", "the editor's" if state.choices.subject else "none yet"
+    else:
+        subject, source = upcoming.issue.subject, "the editor's" if state.choices.subject else "subject.txt.j2's"
+    counted_ = f"{len(subject)}/{SUBJECT_LIMIT} characters"
+    console.print(Text(f"next issue #{state.number}: {subject!r} ({source}, {counted_})"))
+
+
+def _read_text(file: Path) -> str:
+    """The text of ``file`` ('-': standard input), as UTF-8; NewsletterError naming the file otherwise."""
+    try:
+        return sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NewsletterError(f"cannot read {file} ({getattr(exc, 'strerror', None) or exc}); give a UTF-8 "
+                              f"text file") from None
 
 
 MAX_NUMBER = 2**31 - 1  # what every database stores in an INTEGER column
@@ -601,12 +732,16 @@ def digest_check(issue: IssueOption = None, config: ConfigOption = None) -> None
 
 @digest_app.command("status")
 def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> None:
-    """Show an issue's deliveries by state, the sending rate and the errors grouped by reason.
+    """Show an issue's deliveries by state, the sending rate, the errors grouped by reason and the clicks on
+    each item (with tracking.clicks).
 
     Example: newsletter digest status 3
     """
+    from newsletter.click_report import issue_clicks
+
     with _opened(config) as (loaded, engine):
         found = issue_status(engine, issue)
+        clicks = issue_clicks(engine, loaded, found.issue.number)
     i = found.issue
     console.print(Text(f"issue #{i.number} ({span_label(loaded, i)}) \"{i.subject}\": {i.status.value}"))
     console.print(", ".join(f"{status.value} {count}" for status, count in found.counts.items()))
@@ -619,6 +754,53 @@ def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> N
         for reason, count in found.errors:
             table.add_row(str(count), reason)
         console.print(table)
+    _print_clicks(clicks)
+
+
+def _print_clicks(report: IssueClicks) -> None:
+    """An issue's clicks: the totals, then a row per item."""
+    console.print(report.summary_line())
+    if report.counted or report.clicks:
+        table = Table("item", "clicks", "likely human", "title")
+        for item in report.items:
+            table.add_row("" if item.position is None else str(item.position), f"{item.clicks:,}",
+                          f"{item.human_clicks:,}", Text(item.title))
+        console.print(table)
+
+
+@digest_app.command("clicks")
+def digest_clicks(
+    issue: IssueArgument = None,
+    every: Annotated[bool, typer.Option("--all", help="Every issue, oldest first.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the CSV to this file.", dir_okay=False)
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show the clicks on each item of an issue (default: the newest): every click, and the likely human
+    ones (not from a known link scanner's user agent, nor from a burst from one network right after
+    delivery). Columns of the CSV: issue, item, title, url, clicks, likely_human_clicks. Clicks are counted
+    with tracking.clicks: true (docs/engagement.md).
+
+    Example: newsletter digest clicks 3 --out clicks-3.csv
+    Example: newsletter digest clicks --all --csv > clicks.csv
+    """
+    from newsletter.click_report import every_issue_clicks, issue_clicks, write_csv
+
+    if every and issue is not None:
+        raise NewsletterError("give an issue number or --all, not both")
+    with _opened(config) as (loaded, engine):
+        reports = every_issue_clicks(engine, loaded) if every else [issue_clicks(engine, loaded, issue)]
+    if out is not None:
+        rows = _write(out, lambda handle: write_csv(reports, handle))
+        errors.print(f"wrote {rows} rows to {out}")
+    elif as_csv:
+        write_csv(reports, sys.stdout)
+    else:
+        for report in reports:
+            console.print(Text(f"issue #{report.number} \"{report.subject}\""))
+            _print_clicks(report)
 
 
 @digest_app.command("pause")

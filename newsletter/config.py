@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 from newsletter.cron import parse_cron
+from newsletter.dates import DEFAULT_LOCALE, locale_problem
 from newsletter.errors import ConfigError
 from newsletter.urls import http_url_problem
 
@@ -69,6 +70,15 @@ class NewsletterSection(_Section):
     postal_address: str = Field(min_length=5)
     site_url: str
     unsubscribe_mailto: str | None = None
+    locale: str = DEFAULT_LOCALE  # the language dates are written in (Babel), e.g. en, en_GB, de
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        problem = locale_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("name")
     @classmethod
@@ -380,6 +390,35 @@ class BouncesSection(_Section):
                              f"bounces@example.org") from None
 
 
+class TrackingSection(_Section):
+    """Click counting (off by default; see docs/engagement.md). There is no open pixel, whatever is set."""
+
+    clicks: bool = False  # item links go through <site_url>/c/<token>, which counts the click and redirects
+    per_subscriber: bool = False  # also record who clicked (exported and erased with the subscriber)
+    scanner_agents: tuple[str, ...] = ()  # more user agents of link scanners: regular expressions, any case
+
+    @field_validator("scanner_agents")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not pattern.strip():
+                raise ValueError("an empty pattern would match every browser; remove it")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"{pattern!r} is not a regular expression ({exc}); escape . ( ) [ ] with \\"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _per_subscriber_needs_clicks(self) -> TrackingSection:
+        if self.per_subscriber and not self.clicks:
+            raise ValueError("per_subscriber: true needs clicks: true (nothing is counted without it); set both "
+                             "or neither")
+        return self
+
+
 class Config(_Section):
     """The whole configuration. ``base_dir`` is the folder of the config file."""
 
@@ -393,6 +432,7 @@ class Config(_Section):
     ingest: IngestSection = IngestSection()
     delivery: DeliverySection = DeliverySection()
     bounces: BouncesSection = BouncesSection()
+    tracking: TrackingSection = TrackingSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="<defaults>", exclude=True)
 

@@ -179,6 +179,7 @@ def send_issue(
     is full.
     """
     patience = patience or Patience(config.database.outage_limit_time, stop)
+    started = time.monotonic()
     issue, items, report = patiently(lambda: _start(engine, number, clock()), patience)
     composer = Composer(config, issue, items, backend.extra_headers())
     if not patiently(lambda: has_copy(engine, issue), patience):
@@ -192,7 +193,10 @@ def send_issue(
         loop = _Loop(engine, config, backend, composer, report, clock, stop, owner.name, patience)
         loop.run(batch_size or config.delivery.batch_size, progress)
     patiently(lambda: _finish(engine, report), patience)
-    log.info(report.summary_line())
+    seconds = round(time.monotonic() - started, 3)
+    log.info("%s (%.1f s)", report.summary_line(), seconds, extra={
+        "issue": issue.number, "sent": report.sent, "retry": report.retry, "failed": report.failed,
+        "skipped": report.skipped, "remaining": report.remaining, "seconds": seconds})
     return report
 
 

@@ -34,7 +34,18 @@ class ExpiredToken(InvalidToken):
 
 
 class TemplateError(NewsletterError):
-    """A template that is missing, does not render, or does not compile to HTML."""
+    """A template that is missing, does not render, or does not compile to HTML. ``file`` and ``line``
+    name the file the problem is in, where known (the preview shows that line)."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.line = line
+
+
+class Conflict(NewsletterError):
+    """The next issue was changed by someone else (another tab, a command) since the editor last saw it;
+    nothing was changed. The desk answers it with HTTP 409."""
 
 
 class DeliveryError(NewsletterError):

@@ -32,6 +32,7 @@ from newsletter.cron import cron_trigger, parse_cron
 from newsletter.db import session
 from newsletter.errors import NewsletterError
 from newsletter.issues import PrepareOutcome, prepare_in, waiting_summaries
+from newsletter.issues.lookup import NOT_DRAFT
 from newsletter.issues.prepare import counted
 from newsletter.models import Firing, FiringOutcome, Issue, Summary, utcnow
 from newsletter.render import as_utc
@@ -168,7 +169,7 @@ def _quiet_note(db: Session, config: Config, due: datetime) -> tuple[str | None,
     if config.schedule.quiet_note is None:
         return None, ""
     previous = last_run_time(config, due - timedelta(microseconds=1))
-    query = select(Issue)
+    query = select(Issue).where(NOT_DRAFT)
     if previous is not None:
         query = query.where(col(Issue.period_end) > as_utc(previous))
     recent = db.exec(query.order_by(col(Issue.number).desc()).limit(1)).first()

@@ -42,11 +42,16 @@ from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import InvalidAddress
 from newsletter.models import Issue, Summary
-from newsletter.render import DEFAULT_SECTION, RecipientValues, RenderedIssue, as_utc, render_issue
+from newsletter.render import DEFAULT_SECTION, ItemLink, RecipientValues, RenderedIssue, as_utc, render_issue
 from newsletter.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 
+# Every header the builder writes itself; a backend's extra headers (Feedback-ID) come on top.
+WRITTEN_HEADERS = (
+    "From", "To", "Reply-To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post",
+    "MIME-Version", "Content-Type",
+)
 _MESSAGE_ID = re.compile(r"^<[!-;=?-~]+@[!-;=?-~]+>$")  # printable ASCII without <, > or spaces
 _HTTP_URI = re.compile(r"^https?://[!#-;=?-~]+$", re.IGNORECASE)  # printable ASCII without spaces, ", <, >
 _MAX_URI = 900  # a List-Unsubscribe line must stay under 998 octets
@@ -251,23 +256,33 @@ class _Part:
 # -- the message --------------------------------------------------------------------------------------------
 
 
+_FIELDS = ("email", "name", "unsubscribe_url", "preferences_url")  # the text fields of RecipientValues
+
+
 class MessageTemplate:
     """A rendered issue (or a transactional email) encoded once; :meth:`personalise` splices one
     subscriber in as bytes.
 
-    The bodies are split at the renderer's markers (one per :class:`RecipientValues` field) and each piece
-    is quoted-printable encoded on its own, ended by a soft line break, so no encoder can split a marker and
-    a spliced value never lengthens an encoded line beyond 76 octets. ``extra_headers`` (e.g.
-    ``Feedback-ID``) are the same for every message; ``list_headers`` False leaves out List-Id and
-    List-Unsubscribe (an email to someone who is not on the list yet).
+    The bodies are split at the renderer's markers (one per text field of :class:`RecipientValues`, and one
+    per item link of a render with click counting) and each piece is quoted-printable encoded on its own,
+    ended by a soft line break, so no encoder can split a marker and a spliced value never lengthens an
+    encoded line beyond 76 octets. ``extra_headers`` (e.g. ``Feedback-ID``) are the same for every message;
+    ``list_headers`` False leaves out List-Id and List-Unsubscribe (an email to someone who is not on the
+    list yet). ``links``: where the item links lead for every reader, written in once; None: per reader
+    (``RecipientValues.links``, the items' own URLs when that is empty).
     """
 
     def __init__(self, config: Config, rendered: RenderedIssue, *, extra_headers: dict[str, str] | None = None,
-                 list_headers: bool = True) -> None:
+                 list_headers: bool = True, links: Sequence[str] | None = None) -> None:
         self.config = config
-        self.rendered = rendered
+        self.rendered = rendered  # as rendered, item links still placeholders: what the archive's copy is made of
         self.list_headers = list_headers
-        self.fields = tuple(f.name for f in dataclasses.fields(rendered.markers))
+        body = rendered.with_links(links) if links is not None and rendered.links else rendered
+        self._links = tuple(link.marker for link in body.links)
+        self._direct = tuple(link.url for link in body.links)
+        self.fields = (*_FIELDS, *(f"link{n}" for n in range(len(self._links))))
+        self._markers = {**{getattr(rendered.markers, name): name for name in _FIELDS},
+                         **{marker: f"link{n}" for n, marker in enumerate(self._links)}}
         letter = config.newsletter
         self._from = _config_mailbox("From", letter.sender)
         self._subject = (_config_mailbox("Reply-To", letter.reply_to) if letter.reply_to else b"") + _field(
@@ -285,9 +300,9 @@ class MessageTemplate:
         )
         pieces: tuple[bytes | _Part, ...] = (
             f"--{boundary}\r\n{part.format('plain')}".encode("ascii"),
-            self._split(rendered.text, is_html=False),
+            self._split(body.text, is_html=False),
             f"\r\n--{boundary}\r\n{part.format('html')}".encode("ascii"),
-            self._split(rendered.html, is_html=True),
+            self._split(body.html, is_html=True),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         )
         self._body = _segments(pieces)
@@ -300,7 +315,7 @@ class MessageTemplate:
         self._dates: tuple[int, bytes] = (-1, b"")  # the last Date header written, by the second it names
 
     def _split(self, body: str, *, is_html: bool) -> _Part:
-        markers = {getattr(self.rendered.markers, name): name for name in self.fields}
+        markers = self._markers
         pattern = re.compile("|".join(re.escape(marker) for marker in markers))
         pieces = pattern.split(body)
         found = tuple(markers[m] for m in pattern.findall(body))
@@ -340,7 +355,13 @@ class MessageTemplate:
             if url.lower().startswith("https://"):
                 out.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")  # RFC 8058 needs https
         out.append(self._mime)
-        raw = {field: (name if field == "name" else getattr(values, field)) or "" for field in self.fields}
+        raw = {field: getattr(values, field) or "" for field in _FIELDS}
+        raw["name"] = name
+        if self._links:
+            links = values.links or self._direct
+            if len(links) != len(self._links):
+                raise ValueError(f"{len(links)} link URLs for {len(self._links)} item links")
+            raw.update((f"link{n}", url) for n, url in enumerate(links))
         encoded = {(False, field): qp_encode(raw[field]) for field in self._text_fields}
         encoded.update({(True, field): qp_encode(html_escaping.escape(raw[field], quote=True))
                         for field in self._html_fields})
@@ -454,7 +475,13 @@ def _section_key(summary: Summary) -> str:
 
 class Composer:
     """An issue's messages, one subscriber at a time: what the send loop sends and what the checks,
-    ``digest render`` and the preview look at. Renders once per distinct topic selection (cached)."""
+    ``digest render`` and the preview look at. Renders once per distinct topic selection (cached).
+
+    With ``tracking.clicks`` the items' links lead to ``<site_url>/c/<token>``: one token per item, written
+    into the encoded issue once, or with ``tracking.per_subscriber`` one per item and subscriber, spliced
+    in like the unsubscribe link. A draft (an issue not saved yet) links straight to its items: there is
+    no issue for a click to be counted in.
+    """
 
     def __init__(self, config: Config, issue: Issue, items: Sequence[Summary],
                  extra_headers: dict[str, str] | None = None) -> None:
@@ -464,9 +491,27 @@ class Composer:
         self.links = LinkSigner(config)
         self.extra_headers = extra_headers or {}
         self._templates: dict[tuple[int | None, ...], MessageTemplate] = {}
+        self._counted = config.tracking.clicks and issue.id is not None
+        self._per_reader = self._counted and config.tracking.per_subscriber
 
-    def values(self, subscriber: Reader) -> RecipientValues:
-        return recipient_values(self.config, subscriber, self.links)
+    def values(self, subscriber: Reader, template: MessageTemplate | None = None) -> RecipientValues:
+        """``subscriber``'s values; for ``template``, with their own click links when those are per reader."""
+        values = recipient_values(self.config, subscriber, self.links)
+        if template is None or not self._per_reader or not template.rendered.links:
+            return values
+        return dataclasses.replace(values, links=tuple(
+            self._click_url(link, subscriber.token) for link in template.rendered.links))
+
+    def _issue_links(self, rendered: RenderedIssue) -> list[str] | None:
+        """Where every reader's item links lead, or None when each reader's lead to their own tokens."""
+        if not rendered.links or self._per_reader:
+            return None
+        return [self._click_url(link) if self._counted else link.url for link in rendered.links]
+
+    def _click_url(self, link: ItemLink, subscriber_token: str | None = None) -> str:
+        if link.item_id is None:  # a summary that is not saved cannot be named: straight to it
+            return link.url
+        return self.links.click_url(self.issue.number, link.item_id, link.url, subscriber_token)
 
     def template(self, topics: Sequence[str]) -> MessageTemplate | None:
         """The encoded issue for a topic selection (empty = everything); None when it has no item."""
@@ -477,13 +522,15 @@ class Composer:
         key = tuple(s.id for s in chosen)
         if key not in self._templates:
             rendered = render_issue(self.config, self.issue, chosen)
-            self._templates[key] = MessageTemplate(self.config, rendered, extra_headers=self.extra_headers)
+            self._templates[key] = MessageTemplate(self.config, rendered, extra_headers=self.extra_headers,
+                                                   links=self._issue_links(rendered))
         return self._templates[key]
 
     def compose(self, delivery_id: int, subscriber: Reader, template: MessageTemplate,
                 date: datetime | None = None) -> OutgoingMessage:
         """The message for ``subscriber``; raises InvalidAddress (or ValueError) when none can be built."""
         message_id = make_message_id(self.config, self.issue.number, subscriber.token)
-        data, stuffed = template.personalise_for_smtp(self.values(subscriber), message_id=message_id, date=date)
+        data, stuffed = template.personalise_for_smtp(self.values(subscriber, template), message_id=message_id,
+                                                      date=date)
         return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
                                message_id, data, dot_stuffed=stuffed)

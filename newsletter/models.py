@@ -57,11 +57,12 @@ class SubscriberStatus(enum.StrEnum):
 
 
 class IssueStatus(enum.StrEnum):
-    PREPARED = "prepared"
+    PREPARED = "prepared"  # first: the default of a new row
     SENDING = "sending"
     SENT = "sent"
     PAUSED = "paused"  # by `digest pause` or by the send loop when too many messages fail
     CANCELLED = "cancelled"  # by `digest cancel`: what was not sent is skipped
+    DRAFT = "draft"  # the next issue with an editor's choices, not prepared yet (no deliveries)
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -155,11 +156,17 @@ class Suppression(SQLModel, table=True):
 
 
 class Issue(SQLModel, table=True):
-    """One digest, numbered from 1. Its life (prepared → sending → sent, paused, cancelled) is governed by
-    ``newsletter.issues``; nothing else changes ``status``.
+    """One digest, numbered from 1. Its life (draft → prepared → sending → sent, paused, cancelled) is
+    governed by ``newsletter.issues``; nothing else changes ``status``.
 
     ``period_start``..``period_end`` is the span it covers: from the previous issue's preparation (the first
     issue: from its oldest item) to its own, exclusive; it carries the summaries waiting at ``period_end``.
+
+    The editor's choices (:mod:`newsletter.issues.editorial`) are made while it is a ``draft`` and kept
+    after: ``item_order`` (summary ids, first shown first; summaries not in it follow in the default order),
+    ``lead_id`` (shown first, named by the default subject), ``note`` (Markdown, shown above the items) and
+    ``subject_override``. ``version`` goes up with every choice, so that two editors never overwrite each
+    other unknowingly; ``undo`` holds the choices before each of the last few changes (a draft only).
     """
 
     id: int | None = Field(default=None, primary_key=True)
@@ -171,6 +178,12 @@ class Issue(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     scheduled_at: datetime | None = None
     sent_at: datetime | None = None
+    note: str | None = None
+    subject_override: str | None = None
+    item_order: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    lead_id: int | None = None
+    version: int = 0
+    undo: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 class IssueCopy(SQLModel, table=True):
@@ -192,6 +205,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
         Index("ix_delivery_issue_status", "issue_id", "status", "id"),  # claims read it in id order
+        Index("ix_delivery_issue_sent", "issue_id", "sent_at"),  # the latest delivery before a click, in one seek
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -206,6 +220,37 @@ class Delivery(SQLModel, table=True):
     claimed_by: str | None = None
     lease_expires_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ClickCount(SQLModel, table=True):
+    """How often one item link of an issue was clicked (``tracking.clicks``), counted without knowing who
+    clicked: every GET of the link (``clicks``) and those the scanner filter let through (``human_clicks``).
+    No time, address or browser is kept, so nothing here can be tied to a person. ``item_id`` is the
+    summary's id when the issue was sent (no foreign key: summaries may be deleted, the counts stay), and
+    ``url_hash`` the hash of the URL the link led to (:func:`newsletter.tokens.url_hash`)."""
+
+    __tablename__ = "click_count"
+
+    issue_id: int = Field(primary_key=True, foreign_key="issue.id")
+    item_id: int = Field(primary_key=True)
+    url_hash: str = Field(primary_key=True, max_length=16)
+    clicks: int = 0
+    human_clicks: int = 0
+
+
+class SubscriberClick(SQLModel, table=True):
+    """One click by a known subscriber, kept only with ``tracking.per_subscriber``: part of their data export,
+    deleted when they are erased. The same click is in :class:`ClickCount` too, without them."""
+
+    __tablename__ = "subscriber_click"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    issue_id: int = Field(foreign_key="issue.id")
+    item_id: int
+    url_hash: str = Field(max_length=16)
+    at: datetime
+    likely_human: bool
 
 
 class Event(SQLModel, table=True):

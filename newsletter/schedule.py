@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -71,6 +72,9 @@ class DueResult:
     issue: Issue | None = None  # the issue the firing made
     lines: list[str] = field(default_factory=list)
     sends: list[SendReport] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        return "; ".join(self.lines) or "nothing due"
 
 
 def run_if_due(
@@ -160,19 +164,37 @@ def build_jobs(config: Config, halt: threading.Event) -> list[Job]:
 
 
 def run_job(engine: Engine, config: Config, job: Job, halt: threading.Event | None = None) -> None:
-    """Run ``job`` once; an error is logged (with its traceback unless it is a NewsletterError, whose
-    message says it all) and recorded in ``job_failure``, never raised, so the scheduler keeps running.
+    """Run ``job`` once and log one line saying what it did and how long it took (INFO; the JSON format
+    carries ``job``, ``outcome`` and ``seconds`` as fields). An error is logged instead (with its traceback
+    unless it is a NewsletterError, whose message says it all) and recorded in ``job_failure``, never
+    raised, so the scheduler keeps running.
 
     A job the database failed (it went away) is run again once it is back, until ``halt``: every job decides
     from the database what is left to do, so running it again does only what the failed run did not."""
+    started = time.monotonic()
     try:
-        patiently(lambda: job.call(engine, config), Patience(None, halt))
+        result = patiently(lambda: job.call(engine, config), Patience(None, halt))
     except Exception as exc:
+        seconds = round(time.monotonic() - started, 3)
+        fields = {"job": job.id, "outcome": "failed", "seconds": seconds}
         if isinstance(exc, NewsletterError):
-            log.error("job %s failed: %s", job.id, exc)
+            log.error("job %s failed after %.2f s: %s", job.id, seconds, exc, extra=fields)
         else:
-            log.exception("job %s failed", job.id)
+            log.exception("job %s failed after %.2f s", job.id, seconds, extra=fields)
         record_failure(engine, job.id, exc)
+        return
+    seconds = round(time.monotonic() - started, 3)
+    outcome = job_outcome(result)
+    log.info("job %s: %s (%.2f s)", job.id, outcome, seconds, extra={"job": job.id, "outcome": outcome,
+                                                                     "seconds": seconds})
+
+
+def job_outcome(result: object) -> str:
+    """One line saying what a job run did: its result's ``summary_line()``, or each one's for a list."""
+    if isinstance(result, list):
+        return "; ".join(job_outcome(item) for item in result) or "nothing to do"
+    summary = getattr(result, "summary_line", None)
+    return summary() if callable(summary) else "done"
 
 
 def record_failure(engine: Engine, job_id: str, exc: BaseException) -> None:

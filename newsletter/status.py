@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
+from newsletter.click_report import issue_clicks
 from newsletter.config import Config
 from newsletter.db import session
 from newsletter.firings import next_run_time, when
 from newsletter.ingest.feeds import feed_states
-from newsletter.issues import delivery_counts, unfinished_issues, waiting_summaries
+from newsletter.issues import delivery_counts, newest_issue, unfinished_issues, waiting_summaries
 from newsletter.models import (
     FeedState,
     Firing,
@@ -39,7 +40,7 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
     now = now or utcnow()
     upcoming = next_run_time(config, now)
     with session(engine) as db:
-        last = db.exec(select(Issue).order_by(col(Issue.number).desc())).first()
+        last = newest_issue(db)
         by_status = dict(db.exec(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
         lease = db.get(SchedulerLease, LEASE_NAME)
         failures = db.exec(
@@ -50,6 +51,7 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
             col(Issue.id).in_([f.issue_id for f in firings if f.issue_id]))).all())
         waiting = len(waiting_summaries(db))
         counts = delivery_counts(db, last) if last else None
+        clicks = issue_clicks(engine, config, last.number).as_json() if last else None
         older = [issue for issue in unfinished_issues(db) if last is None or issue.number != last.number]
         unfinished = [
             {"number": issue.number, "status": issue.status.value,
@@ -74,6 +76,7 @@ def collect_status(engine: Engine, config: Config, *, now: datetime | None = Non
             "status": last.status.value,
             "sent_at": _iso(last.sent_at),
             "deliveries": {status.value: count for status, count in (counts or {}).items()},
+            "clicks": clicks,
         },
         "older_unfinished_issues": unfinished,
         "waiting_summaries": waiting,
@@ -136,6 +139,11 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         counts = ", ".join(f"{name} {count}" for name, count in last["deliveries"].items())
         lines.append(f"last issue: #{last['number']} ({last['covers']}) \"{last['subject']}\": {last['status']}")
         lines.append(f"  deliveries: {counts}")
+        clicks = last["clicks"]
+        if clicks["counted"] or clicks["clicks"]:
+            lines.append(f"  clicks: {clicks['clicks']:,}, likely human {clicks['likely_human_clicks']:,}")
+            lines += [f"    item {item['item'] or '?'}: {item['clicks']:,} ({item['likely_human_clicks']:,} likely "
+                      f"human) {item['title']}" for item in clicks["items"]]
     for issue in status["older_unfinished_issues"]:
         counts = ", ".join(f"{name} {count}" for name, count in issue["deliveries"].items())
         lines.append(f"unfinished: issue #{issue['number']} is {issue['status']} ({counts})")

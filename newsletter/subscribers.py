@@ -37,6 +37,7 @@ from newsletter.models import (
     EventKind,
     Issue,
     Subscriber,
+    SubscriberClick,
     SubscriberStatus,
     Suppression,
     new_token,
@@ -512,10 +513,13 @@ def export_csv(engine: Engine, out: TextIO, status: SubscriberStatus | None = No
 
 
 def export_person(engine: Engine, raw_address: str) -> dict[str, Any]:
-    """Everything stored about one address (the subscriber row, its events and deliveries), JSON-ready.
+    """Everything stored about one address (the subscriber row, its events, deliveries and recorded clicks),
+    JSON-ready.
 
     Raises NewsletterError when the address is not on the list (saying so if it was erased).
     """
+    from newsletter.click_report import person_clicks  # here: it loads the renderer, which the rest never needs
+
     address = normalise_address(raw_address)
     with session(engine) as db:
         subscriber = find_subscriber(db, address)
@@ -540,6 +544,7 @@ def export_person(engine: Engine, raw_address: str) -> dict[str, Any]:
                 )
                 for delivery, issue in deliveries
             ],
+            "clicks": person_clicks(db, subscriber.id),  # only kept with tracking.per_subscriber
         }
 
 
@@ -549,10 +554,12 @@ class Erasure:
     was_on_list: bool
     events: int = 0
     deliveries: int = 0
+    clicks: int = 0  # recorded with tracking.per_subscriber
 
 
 def erase_subscriber(engine: Engine, raw_address: str) -> Erasure:
-    """Delete everything stored about an address (subscriber, events, deliveries) in one transaction and keep
+    """Delete everything stored about an address (subscriber, events, deliveries, recorded clicks; the counts
+    per link, which name nobody, stay) in one transaction and keep
     only a hash of it in the suppression list, so no import, ``add`` or subscribe form adds it back.
 
     An address that is not on the list is suppressed all the same (someone asking never to be mailed).
@@ -564,8 +571,10 @@ def erase_subscriber(engine: Engine, raw_address: str) -> Erasure:
         if subscriber is not None:
             events = db.execute(delete(Event).where(col(Event.subscriber_id) == subscriber.id)).rowcount
             deliveries = db.execute(delete(Delivery).where(col(Delivery.subscriber_id) == subscriber.id)).rowcount
+            clicks = db.execute(
+                delete(SubscriberClick).where(col(SubscriberClick.subscriber_id) == subscriber.id)).rowcount
             db.delete(subscriber)
-            result = Erasure(address, True, events, deliveries)
+            result = Erasure(address, True, events, deliveries, clicks)
         if not is_suppressed(db, address):
             db.add(Suppression(address_hash=address_hash(address), reason="erased"))
         db.commit()

@@ -5,6 +5,11 @@ under a salt per purpose, so a token made for one purpose is useless for another
 rejected. Confirmation tokens also carry the time they were signed and expire (``web.confirm_expiry_days``);
 unsubscribe and preferences tokens never expire, so a link in an old email keeps working.
 
+Click tokens (``/c/<token>``, when ``tracking.clicks`` is on) name an issue, an item and a hash of the item's
+URL, and the subscriber's token only with ``tracking.per_subscriber``; they never expire either. The URL
+itself is not in them: the click handler looks the hash up among the issue's own URLs, so no token, signed
+or not, can send anyone elsewhere (:mod:`newsletter.clicks`).
+
 The signing secret is ``NEWSLETTER_SECRET_KEY``. It may hold several keys separated by commas for
 rotation: the last one signs, all of them verify. Without it, a random key is generated once into
 ``subscribers/.secret-key`` beside the config file (fine for trying newsletter out; set the variable in
@@ -13,12 +18,15 @@ production so links survive a move to another machine).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,7 @@ log = logging.getLogger(__name__)
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
 CONFIRM = "confirm"
+CLICK = "click"
 TIMED_PURPOSES = frozenset({CONFIRM})  # tokens that carry their signing time and expire
 KEY_FILE = "subscribers/.secret-key"
 
@@ -89,6 +98,27 @@ def _generated_key(path: Path) -> str:
     key = write_key_file(path)
     log.warning("generated a signing key in %s; set NEWSLETTER_SECRET_KEY in production", path)
     return key
+
+
+def url_hash(url: str) -> str:
+    """The hash a click token carries for ``url``: 96 bits of SHA-256, base64url (16 characters)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(url.encode("utf-8")).digest()[:12]).decode("ascii")
+
+
+URL_HASH_LENGTH = 16
+MAX_CLICK_TOKEN = 400  # characters; ours are under 150, a longer one is refused before any work
+_MAX_ID = 2**31 - 1  # issue numbers and summary ids are INTEGER columns (PostgreSQL refuses more)
+
+
+@dataclass(frozen=True)
+class ClickToken:
+    """What a click link names: the issue (its number), the item (its summary's id), the hash of the URL it
+    was made for, and the subscriber's token when clicks are counted per subscriber."""
+
+    issue: int
+    item: int
+    url_hash: str
+    subscriber: str | None = None
 
 
 class _ClockSigner(TimestampSigner):
@@ -192,3 +222,25 @@ class LinkSigner:
     def preferences_url(self, subscriber_token: str) -> str:
         """The subscriber's preferences page (topics, name, unsubscribe), linked from every email."""
         return f"{self.site_url}/preferences/{self.sign(PREFERENCES, subscriber_token)}"
+
+    def click_url(self, issue_number: int, item_id: int, url: str, subscriber_token: str | None = None) -> str:
+        """``<site_url>/c/<token>`` for the link to ``url`` of item ``item_id`` in issue ``issue_number``."""
+        payload: list[object] = [issue_number, item_id, url_hash(url)]
+        if subscriber_token is not None:
+            payload.append(subscriber_token)
+        return f"{self.site_url}/c/{self._serializer(CLICK).dumps(payload)}"
+
+    def read_click(self, token: str) -> ClickToken:
+        """The click link ``token`` names. Raises InvalidToken for a token that is too long, altered, made for
+        another purpose or not of the shape :meth:`click_url` makes."""
+        if len(token) > MAX_CLICK_TOKEN:
+            raise InvalidToken("this link is not one of ours: it is far longer than our links")
+        payload: object = self.verify(CLICK, token)
+        if (
+            isinstance(payload, list) and len(payload) in (3, 4)
+            and all(type(part) is int and 0 < part <= _MAX_ID for part in payload[:2])
+            and isinstance(payload[2], str) and len(payload[2]) == URL_HASH_LENGTH
+            and (len(payload) == 3 or (isinstance(payload[3], str) and 0 < len(payload[3]) <= 64))
+        ):
+            return ClickToken(payload[0], payload[1], payload[2], payload[3] if len(payload) == 4 else None)
+        raise InvalidToken("this link is not valid; it may have been cut short when copied")

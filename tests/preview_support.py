@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -51,3 +52,12 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> float:
             raise AssertionError(f"not true within {timeout} s")
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+def form_token(client: object, path: str = "/") -> str:
+    """The form token of the page at ``path``, as the page's forms carry it (a first visit also sets the desk
+    session cookie the token belongs to)."""
+    page = client.get(path).text  # type: ignore[attr-defined]
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+    assert match, "no form token in the page"
+    return match.group(1)

@@ -373,7 +373,7 @@ def test_the_bounces_job_logs_a_bad_mailbox_path_as_one_line_without_a_traceback
     run_job(engine, config, job)
     [record] = caplog.records
     assert record.exc_info is None and "\n" not in record.getMessage()
-    assert record.getMessage().startswith("job bounces failed: ") and "bounces.mailbox.path" in record.getMessage()
+    assert record.getMessage().startswith("job bounces failed after ") and "bounces.mailbox.path" in record.getMessage()
 
 
 def test_bounces_process_cli_says_what_is_wrong_with_the_path_in_one_line(tmp_path, engine):

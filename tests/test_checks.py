@@ -24,7 +24,7 @@ from newsletter.cli import app
 from newsletter.config import Config
 from newsletter.db import open_database
 from newsletter.demo import DEMO_SETTINGS
-from newsletter.issues import shown_issue
+from newsletter.issues import editorial, shown_issue
 from newsletter.message import MessageTemplate
 from newsletter.render import RecipientValues, RenderedIssue, render_issue
 from tests.conftest import make_config
@@ -82,11 +82,12 @@ def test_lines_over_998_octets_in_the_encoded_message(config: Config, rendered: 
 @pytest.mark.parametrize(
     ("href", "problem"),
     [
-        ("/archive/12", "not an absolute http(s) link"),
-        ("javascript:alert(1)", "not an absolute http(s) link"),
+        ("/archive/12", "must be an absolute http(s) URL"),
+        ("javascript:alert(1)", "must be an absolute http(s) URL"),
         ("https://exa mple.org/", "spaces"),
-        ("https://localhost/x", "no valid host name"),
-        ("https://example.org:port/", "malformed"),
+        ("https://localhost/x", "which readers cannot reach"),
+        ("https://example.org:port/", "as its port, which must be a number"),
+        ("https://news.example.org@evil.example/", "before its host, so it opens evil.example"),
         ("mailto:", "without an address"),
     ],
 )
@@ -136,6 +137,21 @@ def test_check_issue_uses_the_users_templates(tmp_path: Path, engine) -> None:
     report = check_issue(engine, config)
     assert report.description.startswith("draft of issue #1") and not report.ok
     assert {f.rule for f in report.findings} == {"links", "img-alt"}
+
+
+def test_a_note_left_out_by_a_template_of_ones_own_is_a_warning_naming_it(tmp_path: Path, engine) -> None:
+    add_summaries(engine, 2)
+    editorial.set_note(engine, "A *short* week; see [the call](https://example.org/call).")
+    assert check_issue(engine, make_config(tmp_path)).findings == []  # the default templates show it
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    digest = (Path(__file__).resolve().parent.parent / "templates" / "digest.mjml.j2").read_text(encoding="utf-8")
+    (folder / "digest.mjml.j2").write_text(digest.replace('{% include "partials/note.mjml.j2" %}', ""))
+    report = check_issue(engine, make_config(tmp_path, templates=str(folder)))
+    assert [f.line() for f in report.findings] == [
+        "warning: [note] HTML part: the editor's note is not shown; add it to your digest.mjml.j2 (include "
+        "\"partials/note.mjml.j2\" after the header)"]
+    assert report.ok  # a warning: the send goes ahead
 
 
 runner = CliRunner()
@@ -247,6 +263,30 @@ def test_digest_check_sees_exactly_what_the_send_loop_sends(config, engine) -> N
     assert normalised(checked) == normalised(sent.read_bytes())
 
 
+@pytest.mark.parametrize("tracking", [{"clicks": True}, {"clicks": True, "per_subscriber": True}],
+                         ids=["clicks", "per-subscriber"])
+def test_with_click_counting_the_checks_pass_on_exactly_what_is_sent(tmp_path: Path, engine, tracking) -> None:
+    from newsletter.backends import create_backend
+    from newsletter.delivery import send_issue
+    from newsletter.issues import prepare_issue
+
+    config = make_config(tmp_path, tracking=tracking)
+    add_summaries(engine, 2)
+    add_people(engine, "ada@example.org")
+    prepare_issue(engine, config)
+    assert check_issue(engine, config, 1).findings == []
+    checked = build_sample(config, *shown_issue(engine, config, 1)).message
+    assert b"/c/" in checked
+    send_issue(engine, config, create_backend(config), 1)
+    [sent] = (config.base_dir / "outbox").glob("*.eml")
+
+    def normalised(data: bytes) -> bytes:
+        boundary = re.search(rb'boundary="([^"]+)"', data).group(1)  # type: ignore[union-attr]
+        return re.sub(rb"\r\nDate: [^\r]+", b"", data).replace(boundary, b"BOUNDARY")
+
+    assert normalised(checked) == normalised(sent.read_bytes())
+
+
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
@@ -267,3 +307,17 @@ def test_the_headers_check_reads_the_bytes_with_the_strict_parser(
     broken = b"\r\n".join([raw.rstrip(b"\r\n"), *lines]) + b"\r\n\r\n" + body
     found = [f"{f.where}: {f.message}" for f in check_message(config, rendered, broken, READER) if f.rule == "headers"]
     assert any(problem in line for line in found), found
+
+
+def test_the_checks_see_the_backends_extra_headers_as_the_send_writes_them(tmp_path: Path, engine) -> None:
+    from newsletter.checks import check_issue
+
+    smtp = make_config(tmp_path, backend={"name": "smtp", "options": {
+        "host": "mail.example.org", "security": "none", "feedback_id": "weekly:research:nl"}})
+    add_summaries(engine, 2)
+    add_people(engine, "ada@example.org")
+    sample = build_sample(smtp, *shown_issue(engine, smtp))
+    parsed = email.message_from_bytes(sample.messages[0].data, policy=email.policy.strict)
+    assert parsed["Feedback-ID"] == "weekly:research:nl"  # the bytes the send loop builds, header included
+    report = check_issue(engine, smtp)
+    assert [f.line() for f in report.findings if f.rule == "headers"] == []  # a backend's header is ours

@@ -1,6 +1,8 @@
 """The command line: every command has --help with an example, and user mistakes give one line, no
 traceback, and the right exit code."""
 
+import email
+import email.policy
 import json
 from pathlib import Path
 
@@ -32,7 +34,8 @@ COMMANDS = [
     ["subscribers", "list"], ["subscribers", "remove"], ["subscribers", "export"], ["subscribers", "erase"],
     ["serve"], ["preview"], ["status"], ["worker"], ["digest"],
     ["digest", "prepare"], ["digest", "render"], ["digest", "send"], ["digest", "status"], ["digest", "check"],
-    ["digest", "pause"], ["digest", "resume"], ["digest", "retry-failed"], ["digest", "cancel"],
+    ["digest", "pause"], ["digest", "resume"], ["digest", "retry-failed"], ["digest", "cancel"], ["digest", "clicks"],
+    ["digest", "order"], ["digest", "note"], ["digest", "subject"],
     ["bounces"], ["bounces", "process"], ["summaries"], ["summaries", "list"], ["summaries", "show"],
     ["summaries", "edit"], ["summaries", "exclude"],
 ]
@@ -278,3 +281,57 @@ def test_the_list_of_commands_shows_each_summary_as_one_reflowed_paragraph():
     send = listing[listing.index("│ send"):listing.index("│ check")]
     lines = [line.strip("│ ").strip() for line in send.splitlines()]
     assert all(len(line) > 60 for line in lines[:-1]), send  # no line cut short where the docstring broke
+
+
+def test_the_next_issue_is_shaped_from_the_command_line_and_sent_as_shaped(tmp_path):
+    path = config_file(tmp_path)
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for n, title in enumerate(["First paper", "Second paper", "Third paper"], 1):
+        (inbox / f"{n}.jsonl").write_text(f'{{"title": "{title}", "summary": "What it found.", '
+                                          f'"url": "https://example.org/{n}"}}\n', encoding="utf-8")
+        assert invoke("ingest", inbox / f"{n}.jsonl", "--config", path).exit_code == 0
+    assert invoke("subscribers", "add", "ada@example.org", "--config", path).exit_code == 0
+
+    listed = invoke("digest", "order", "--config", path)
+    assert listed.exit_code == 0
+    assert listed.output.splitlines() == ["next issue #1:", "   1. [1] First paper", "   2. [2] Second paper",
+                                          "   3. [3] Third paper"]
+    shaped = invoke("digest", "order", "3", "--lead", "2", "--leave-out", "1", "--config", path)
+    assert shaped.exit_code == 0, shaped.output
+    assert shaped.output.splitlines()[:5] == ["next issue #1:", "   1. [2] Second paper  (lead)",
+                                              "   2. [3] Third paper", "left out (--bring-back ID):",
+                                              "      [1] First paper"]
+    assert invoke("digest", "note", "A *short* week.", "--config", path).output == "next issue #1: note:\nA *short* week.\n"
+    subject = invoke("digest", "subject", "Two papers, by hand", "--config", path)
+    assert subject.output.strip() == "next issue #1: 'Two papers, by hand' (the editor's, 19/99 characters)"
+
+    assert invoke("digest", "prepare", "--config", path).exit_code == 0
+    assert invoke("digest", "send", "--config", path).exit_code == 0
+    [sent] = list((tmp_path / "outbox").glob("*.eml"))
+    message = email.message_from_bytes(sent.read_bytes(), policy=email.policy.strict)
+    text = message.get_body(("plain",)).get_content()
+    assert message["Subject"] == "Two papers, by hand"
+    assert text.index("A short week.") < text.index("Second paper") < text.index("Third paper")
+    assert "First paper" not in text
+
+
+def test_a_change_that_makes_no_sense_is_one_line_and_changes_nothing(tmp_path):
+    path = config_file(tmp_path)
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "a.jsonl").write_text('{"title": "A paper", "summary": "What it found."}\n', encoding="utf-8")
+    assert invoke("ingest", inbox / "a.jsonl", "--config", path).exit_code == 0
+    for args, error in [
+        (["order", "1", "--leave-out", "1"], "error: “A paper” is left out; bring it back to place it"),
+        (["order", "7"], "error: summary 7 is not waiting for the next issue; see `newsletter digest order` for the "
+                         "ones that are"),
+        (["order", "--undo"], "error: there is nothing to undo"),
+        (["subject", "x" * 120], "error: the subject is 120 characters; keep it to 99 (mail clients cut longer ones, "
+                                 "and the pre-send check refuses them)"),
+        (["note", "--file", tmp_path / "missing.md"], f"error: cannot read {tmp_path / 'missing.md'} (No such file or "
+                                                      "directory); give a UTF-8 text file"),
+    ]:
+        result = invoke("digest", *args, "--config", path)
+        assert (result.exit_code, result.output.strip()) == (1, error), args
+    assert invoke("digest", "order", "--config", path).output.splitlines() == ["next issue #1:", "   1. [1] A paper"]

@@ -7,6 +7,7 @@ import yaml
 
 from newsletter.backends import check_backend
 from newsletter.config import _UniqueKeyLoader, load_config
+from newsletter.demo import DEMO_SETTINGS
 from newsletter.errors import ConfigError
 from tests.conftest import ROOT, make_config
 
@@ -231,3 +232,21 @@ def test_huge_durations_are_one_line_errors_not_overflows(tmp_path, extra, expec
 def test_a_year_is_the_longest_duration(tmp_path):
     delivery = load_config(write(tmp_path, VALID + "delivery:\n  lease: 365d\n  retry_schedule: [8760h]\n")).delivery
     assert delivery.lease_time.days == delivery.retry_delays[0].days == 365
+
+
+@pytest.mark.parametrize(("tracking", "message"), [
+    ({"per_subscriber": True}, "tracking: per_subscriber: true needs clicks: true (nothing is counted without it); "
+                               "set both or neither"),
+    ({"clicks": "sometimes"}, "tracking.clicks: Input should be a valid boolean, unable to interpret input"),
+    ({"scanner_agents": ["Gateway (v2"]},
+     "tracking.scanner_agents: 'Gateway (v2' is not a regular expression (missing ), unterminated subpattern at "
+     "position 8); escape . ( ) [ ] with \\"),
+    ({"scanner_agents": [" "]}, "tracking.scanner_agents: an empty pattern would match every browser; remove it"),
+    ({"pixel": True}, "unknown key 'tracking.pixel'; allowed here: clicks, per_subscriber, scanner_agents"),
+], ids=["per-subscriber-alone", "not-a-boolean", "bad-pattern", "empty-pattern", "no-pixel"])
+def test_a_tracking_mistake_is_one_line_naming_the_key(tmp_path, tracking, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**DEMO_SETTINGS, "tracking": tracking}), encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: {message}"

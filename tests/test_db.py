@@ -296,11 +296,11 @@ def test_the_firings_migration_keeps_issues_maps_each_period_to_its_firing_and_a
     lines = status_lines(collect_status(upgraded, config, now=datetime(2026, 12, 4, tzinfo=UTC)))
     assert "firing at 2026-11-30T08:00+01:00 (Europe/Berlin): missed: as period 2026-W48: the scheduler was not " \
         "running" in lines
-    assert "last issue: #1 (16–22 November 2026) \"Research Weekly #1: Old paper\": sent" in lines
+    assert "last issue: #1 (November 16\u2009–\u200922, 2026) \"Research Weekly #1: Old paper\": sent" in lines
 
     archive = TestClient(create_app(config, upgraded))
     first = archive.get("/archive/1")  # rendered now, once, from what the issue holds
-    assert first.status_code == 200 and "Old paper" in first.text and "16–22 November 2026" in first.text
+    assert first.status_code == 200 and "Old paper" in first.text and "November 16\u2009–\u200922, 2026" in first.text
     header = own / "partials" / "header.mjml.j2"
     header.write_text(header.read_text(encoding="utf-8").replace("Issue {{", "Edition {{"), encoding="utf-8")
     assert TestClient(create_app(make_config(tmp_path, templates=str(own)), upgraded)).get("/archive/1").content \

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -37,6 +35,7 @@ from newsletter.issues import prepare_issue
 from newsletter.models import Delivery, DeliveryStatus, Firing, FiringOutcome, Issue, SchedulerLease, utcnow
 from tests.conftest import ROOT, _free_port, sqlite_only, write_smtp_config
 from tests.helpers import add_people, add_summaries
+from tests.processes import LoggedProcess as Watched
 from tests.test_crash import CONNECTIONS, IN_FLIGHT, CountingHandler
 from tests.tools import missing
 
@@ -61,63 +60,6 @@ class GatedHandler(CountingHandler):
             self.reached.set()
             await asyncio.to_thread(self.gate.wait, TIMEOUT)
         return reply
-
-
-class Watched:
-    """A `newsletter` process whose stderr lines are collected as they arrive."""
-
-    def __init__(self, base: Path, *args: str, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", *args, "-c", str(base / "config.yaml")], cwd=base,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONPATH": str(ROOT)},
-        )
-        self.lines: list[str] = []
-        self.out = ""
-        self._changed = threading.Condition()
-        self._ended = False
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._ended = True
-            self._changed.notify_all()
-
-    @property
-    def log(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str) -> re.Match[str]:
-        """The first line matching ``pattern``; fails after TIMEOUT or when the process ends without it."""
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if found := re.search(pattern, line):
-                        return found
-                assert not self._ended, f"ended before logging {pattern!r}:\n{self.log}"
-                assert self._changed.wait(timeout=TIMEOUT), f"no {pattern!r} in {TIMEOUT} s:\n{self.log}"
-
-    def finish(self) -> int:
-        assert self.process.stdout is not None
-        self.out = self.process.stdout.read()
-        code = self.process.wait(timeout=TIMEOUT)
-        with self._changed:
-            self._changed.wait_for(lambda: self._ended, timeout=TIMEOUT)
-        return code
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.finish()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 # -- the private PostgreSQL cluster ---------------------------------------------------------------------------
@@ -173,7 +115,8 @@ class World:
     env: dict[str, str]
 
     def start(self, *args: str) -> Watched:
-        return Watched(self.base, *args, env=self.env)
+        return Watched(*args, "-c", str(self.base / "config.yaml"), cwd=self.base,
+                       env={**self.env, "PYTHONPATH": str(ROOT)}, timeout=TIMEOUT)
 
     def ledger(self) -> Counter[DeliveryStatus]:
         engine = open_database(self.config)
@@ -250,7 +193,7 @@ def run_through_a_fault(world: World, command: str, put_in_place: Any, take_away
         take_away()
         if command == "run":
             holder = process.wait_for(r"holding the scheduler lease as (\S+)")[1]
-            process.wait_for(rf"issue #1: sent \d+, .*; finished")
+            process.wait_for(r"issue #1: sent \d+, .*; finished")
             check_the_scheduler_kept_its_lease(world, holder)
             assert process.stop() == 0, process.log
         else:

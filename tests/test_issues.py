@@ -95,13 +95,13 @@ def test_the_span_runs_from_the_previous_issue_to_its_own_preparation_in_local_d
     first = prepare_issue(engine, config, now=datetime(2026, 11, 22, 23, 30, tzinfo=UTC)).issue  # Mon 00:30 Berlin
     assert (first.period_start, first.period_end) == (datetime(2026, 11, 16, 10, tzinfo=UTC),
                                                       datetime(2026, 11, 22, 23, 30, tzinfo=UTC))
-    assert date_range(config, engine, first) == "16–23 November 2026"  # Monday 23rd already, in Berlin
+    assert date_range(config, engine, first) == "November 16\u2009–\u200923, 2026"  # Monday 23rd already, in Berlin
 
     add_summaries(engine, 1, at=datetime(2026, 11, 25, 12, tzinfo=UTC))
     # prepared at midnight in Berlin: the span ends with the day before
     second = prepare_issue(engine, config, now=datetime(2026, 11, 29, 23, tzinfo=UTC)).issue
     assert second.period_start == first.period_end
-    assert date_range(config, engine, second) == "23–29 November 2026"
+    assert date_range(config, engine, second) == "November 23\u2009–\u200929, 2026"
 
 
 def date_range(config, engine, issue: Issue) -> str:
@@ -177,6 +177,7 @@ ALLOWED = {
     IssueStatus.PAUSED: {"resume", "cancel", "retry"},
     IssueStatus.SENT: {"retry"},
     IssueStatus.CANCELLED: set(),
+    IssueStatus.DRAFT: set(),  # the next issue an editor is shaping: nothing to pause, resume, cancel or retry
 }
 COMMANDS = {"pause": pause_issue, "resume": resume_issue, "cancel": cancel_issue, "retry": retry_failed}
 PARTICIPLES = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "retry": "retried"}

@@ -20,6 +20,7 @@ import pytest
 from newsletter.config import Config
 from newsletter.errors import InvalidAddress
 from newsletter.message import MessageTemplate, make_message_id
+from newsletter.models import Issue, Summary
 from newsletter.render import RecipientValues, RenderedIssue, new_markers, render_issue
 from tests.conftest import make_config
 from tests.helpers import make_issue, make_summaries
@@ -445,3 +446,87 @@ def test_the_smtp_form_is_the_message_dot_stuffed_as_smtplib_would(
         return
     assert data == template.personalise(values, message_id=MESSAGE_ID, date=SENT_AT)
     assert stuffed == smtplib_stuffed(data)
+
+
+# -- click links (tracking.clicks) -------------------------------------------------------------------------
+
+
+def counted_items(base_dir: Path, **tracking: bool) -> tuple[Config, Issue, list[Summary]]:
+    """An issue and its items as saved ones are (ids set), with click counting on."""
+    config = make_config(base_dir, tracking={"clicks": True, **tracking})
+    issue = make_issue()
+    issue.id = 1
+    items = make_summaries()
+    for number, summary in enumerate(items, start=1):
+        summary.id = number
+    return config, issue, items
+
+
+def links_of(data: bytes) -> list[str]:
+    """Every link of both parts (the HTML's as lxml reads them)."""
+    import lxml.html
+
+    message = parse(data)
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    return [*(link for _e, _a, link, _p in lxml.html.fromstring(html).iterlinks()), *re.findall(r"https?://\S+", text)]
+
+
+def test_spliced_click_links_give_the_same_message_as_a_fresh_build(tmp_path: Path, config: Config) -> None:
+    config, issue, items = counted_items(tmp_path / "counted")
+    rendered = render_issue(config, issue, items)
+    links = tuple(f"https://news.example.org/c/{'x' * 60}{n}" for n in range(len(rendered.links)))
+    per_reader = replace(ZOE, links=links)
+    spliced = MessageTemplate(config, rendered).personalise(per_reader, message_id=MESSAGE_ID, date=SENT_AT)
+    same_message(spliced, stdlib_message(config, rendered, per_reader, message_id=MESSAGE_ID, date=SENT_AT))
+    written_once = MessageTemplate(config, rendered, links=links).personalise(ZOE, message_id=MESSAGE_ID, date=SENT_AT)
+    same_message(written_once, spliced)
+    direct = MessageTemplate(config, rendered).personalise(ZOE, message_id=MESSAGE_ID, date=SENT_AT)
+    same_message(direct, stdlib_message(config, rendered, ZOE, message_id=MESSAGE_ID, date=SENT_AT))
+    assert {summary.url for summary in items} <= set(links_of(direct))
+
+
+@pytest.mark.parametrize("per_subscriber", [False, True])
+def test_every_reader_gets_click_links_naming_the_items_and_only_per_subscriber_themselves(
+        tmp_path: Path, config: Config, monkeypatch: pytest.MonkeyPatch, per_subscriber: bool) -> None:
+    from newsletter import render
+    from newsletter.message import Composer
+    from newsletter.models import Subscriber
+    from newsletter.tokens import LinkSigner, url_hash
+
+    calls: list[int] = []
+    original = render.mjml2html
+    monkeypatch.setattr(render, "mjml2html", lambda *a, **k: calls.append(1) or original(*a, **k))
+    config, issue, items = counted_items(tmp_path / "counted", per_subscriber=per_subscriber)
+    composer = Composer(config, issue, items)
+    template = composer.template([])
+    assert template is not None
+    signer = LinkSigner(config)
+    expected = {(summary.id, url_hash(summary.url or "")) for summary in items}
+    for n in range(5):
+        reader = Subscriber(email=f"reader{n}@example.org", name=f"Reader {n}", token=f"reader-token-{n}")
+        data = composer.compose(n, reader, template).data
+        email.message_from_bytes(data, policy=email.policy.strict)  # raises on any defect
+        clicks = [signer.read_click(link.rsplit("/", 1)[1]) for link in links_of(data) if "/c/" in link]
+        # title, image (where there is one) and button in the HTML, a numbered reference in the text
+        assert len(clicks) == 3 * len(items) + len([summary for summary in items if summary.image_url])
+        assert {(click.item, click.url_hash) for click in clicks} == expected
+        assert {click.issue for click in clicks} == {issue.number}
+        assert {click.subscriber for click in clicks} == {reader.token if per_subscriber else None}
+        assert not {summary.url for summary in items} & set(links_of(data))
+    assert len(calls) == 1  # MJML compiled once for every reader
+
+
+def test_a_draft_links_straight_to_its_items(tmp_path: Path, config: Config) -> None:
+    """An issue not saved yet (the preview's next digest) has no number a click could be counted under."""
+    from newsletter.message import Composer
+    from newsletter.models import Subscriber
+
+    config, issue, items = counted_items(tmp_path / "counted", per_subscriber=True)
+    issue.id = None
+    composer = Composer(config, issue, items)
+    template = composer.template([])
+    assert template is not None
+    data = composer.compose(0, Subscriber(email="ada@example.org", name="Ada", token="t"), template).data
+    assert not [link for link in links_of(data) if "/c/" in link]
+    assert {summary.url for summary in items} <= set(links_of(data))

@@ -20,7 +20,7 @@ from newsletter.errors import ConfigError
 from newsletter.issues import prepare_issue
 from newsletter.web.preview import COOKIE, create_preview_app
 from tests.helpers import add_people, add_summaries
-from tests.preview_support import Project, make_project, wait_for
+from tests.preview_support import Project, form_token, make_project, wait_for
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_page_shows_the_next_digest_its_checks_and_every_view(client: TestClient
     assert "PAPER NUMBER" not in email_html and "NEUROSCIENCE\n=====" in client.get("/?view=text").text
     source = client.get("/?view=source").text
     assert "Content-Transfer-Encoding: quoted-printable" in source and "List-Unsubscribe-Post" in source
-    headers = client.get("/?view=headers").text.split('<pre id="headers">')[1].split("</pre>")[0]
+    headers = re.search(r'<pre id="headers"[^>]*>(.*?)</pre>', client.get("/?view=headers").text, re.DOTALL)[1]
     assert "Subject: Research Weekly #1: Paper number 0 and 2 more" in headers and "&lt;html" not in headers
 
 
@@ -95,20 +95,22 @@ def test_a_template_config_or_summary_change_is_noticed(client: TestClient, proj
 
 
 def test_send_a_test_through_the_configured_backend(client: TestClient, project: Project) -> None:
-    response = client.post("/send-test", data={"to": "Editor@Example.org", "issue": "next"})
+    token = form_token(client)
+    response = client.post("/send-test", data={"to": "Editor@Example.org", "issue": "next", "csrf": token})
     assert response.status_code == 200 and "sent a test of draft of issue #1" in response.text
     [sent] = list((project.root / "outbox").iterdir())
     message = email.message_from_bytes(sent.read_bytes(), policy=email.policy.default)
     assert message["To"] == "Editor@example.org"
     assert message["Subject"] == "[Test] Research Weekly #1: Paper number 0 and 2 more"
     assert "Paper number 2" in message.get_body(("html",)).get_content()
-    refused = client.post("/send-test", data={"to": "not an address", "issue": "next"})
+    refused = client.post("/send-test", data={"to": "not an address", "issue": "next", "csrf": token})
     assert "is not an email address" in refused.text
     assert len(list((project.root / "outbox").iterdir())) == 1
 
 
 def test_other_sites_and_foreign_hosts_are_refused(client: TestClient, project: Project) -> None:
-    cross = client.post("/send-test", data={"to": "a@example.org"}, headers={"Origin": "https://evil.example"})
+    token = form_token(client)  # even with the right form token and cookie, which another site cannot have
+    cross = client.post("/send-test", data={"to": "a@example.org", "csrf": token}, headers={"Origin": "https://evil.example"})
     assert cross.status_code == 403 and not (project.root / "outbox").exists()
     assert client.get("/", headers={"Host": "evil.example"}).status_code == 403  # DNS rebinding
 

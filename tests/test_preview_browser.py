@@ -56,6 +56,16 @@ CONTRAST = """() => {
 }"""
 
 
+# How many characters of the element's (monospace) font fit on one of its lines.
+COLUMNS = """(element) => {
+  const style = getComputedStyle(element);
+  const context = document.createElement("canvas").getContext("2d");
+  context.font = style.font;
+  const inner = element.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  return inner / context.measureText("x").width;
+}"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -138,7 +148,8 @@ def test_editing_a_template_updates_the_page_without_a_reload_click(browser, ser
     sync_api.expect(frame.get_by_text("3 summaries in this issue, fresh from the editor")).to_be_visible(timeout=5000)
     print(f"template edit visible in the page after {time.monotonic() - start:.2f} s")
     page.get_by_role("link", name="Plain text").click()
-    sync_api.expect(page.locator("#text")).to_have_css("width", "600px")  # widths by class, not style attributes
+    sync_api.expect(page.locator("#text")).to_have_css("white-space", "pre")  # by class, not style attributes
+    assert 72 <= page.locator("#text").evaluate(COLUMNS) < 73
     page.get_by_label("Send a test to").fill("editor@example.org")
     page.get_by_role("button", name="Send test").click()
     sync_api.expect(page.get_by_role("status")).to_contain_text("sent a test of draft of issue #1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from html import escape as html_escape
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -18,7 +19,7 @@ from newsletter.render import (
     DEFAULT_SECTION,
     RecipientValues,
     RenderedIssue,
-    format_date_range,
+    display_order,
     render_issue,
     template_environment,
 )
@@ -109,7 +110,7 @@ def test_html_holds_every_title_link_category_and_the_legal_footer(rendered: Ren
     assert "Research Weekly, 1 Example Street, 12345 Example City, Country" in html
     assert re.search(r'<a href="https://news\.example\.org/u/alice-token"[^>]*>Unsubscribe</a>', html)
     assert 'alt="EEG trace with sleep spindles highlighted"' in html
-    assert "Issue 12 · 16–22 November 2026" in html
+    assert "Issue 12 · November 16\u2009–\u200922, 2026" in html
     assert "Read the summary" in html
     assert "<link" not in html and "fonts.googleapis" not in html  # no third-party font request
 
@@ -298,7 +299,8 @@ def test_missing_partial_names_the_including_file(tmp_path: Path) -> None:
 
 def test_mjml_that_does_not_compile_is_a_template_error(tmp_path: Path) -> None:
     config = user_templates(tmp_path, {"digest.mjml.j2": "<mjml><mj-body><mj-section><mj-column>\n</mjml>"})
-    with pytest.raises(TemplateError, match=r"digest\.mjml\.j2: the rendered MJML does not compile"):
+    with pytest.raises(TemplateError, match=r"digest\.mjml\.j2:1: the rendered MJML does not compile .*"
+                                            r"<mj-column> is not closed before </mjml>"):
         render_issue(config, make_issue(), make_summaries())
 
 
@@ -316,30 +318,17 @@ def test_a_bare_date_keeps_its_day_west_of_utc(tmp_path: Path) -> None:
     summaries[3].published_at = datetime(2026, 11, 20, 3, 30, tzinfo=UTC)  # a real moment: 19 Nov in New York
     items = {item.title: item for item in render.issue_context(config, make_issue(), summaries, ALICE)["items"]}
     assert items[summaries[0].title].published == date(2026, 11, 16)
-    assert items[summaries[0].title].published_label == "16 November 2026"
+    assert items[summaries[0].title].published_label == "November 16, 2026"
     assert items[summaries[1].title].published == date(2026, 11, 18)
     assert items[summaries[3].title].published == date(2026, 11, 19)
     _html, text = render_issue(config, make_issue(), summaries).personalise(ALICE)
-    assert "Journal of Neuroscience · 16 November 2026" in text
+    assert "Journal of Neuroscience · November 16, 2026" in text
 
 
 def test_as_utc_takes_naive_values_as_utc_and_converts_aware_ones() -> None:
     assert render.as_utc(datetime(2026, 1, 2, 3, 4)) == datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
     converted = render.as_utc(datetime(2026, 1, 2, 3, 4, tzinfo=BERLIN))
     assert converted.tzinfo is UTC and converted == datetime(2026, 1, 2, 2, 4, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("start", "end", "expected"),
-    [
-        (date(2026, 11, 16), date(2026, 11, 22), "16–22 November 2026"),
-        (date(2026, 11, 30), date(2026, 12, 6), "30 November – 6 December 2026"),
-        (date(2026, 12, 28), date(2027, 1, 3), "28 December 2026 – 3 January 2027"),
-        (date(2026, 11, 16), date(2026, 11, 16), "16 November 2026"),
-    ],
-)
-def test_date_range(start: date, end: date, expected: str) -> None:
-    assert format_date_range(start, end) == expected
 
 
 def test_wrap_filter_keeps_paragraphs_and_long_urls() -> None:
@@ -385,3 +374,99 @@ def test_the_shorten_filter_cuts_at_a_word_with_an_ellipsis() -> None:
     assert render.shorten("Sleep spindles, predict recall", 16) == "Sleep spindles…"  # no dangling comma
     assert render.shorten("Supercalifragilistic", 10) == "Supercali…"  # one long word: cut inside it
     assert render.shorten("Sleep", 0) == ""
+
+
+# -- an MJML error names the file the editor wrote, and its line ----------------------------------------------
+
+DEFAULTS = Path(__file__).resolve().parent.parent / "templates"
+
+
+def closed_on_their_own_line() -> list[tuple[str, int, str]]:
+    """(template, line, closing tag) for every element of the default digest opened and closed on one line
+    (but the category label, which the digest turns off: its sections are headed by the category)."""
+    found = []
+    for path in [DEFAULTS / "digest.mjml.j2", *sorted(DEFAULTS.glob("partials/*.mjml.j2"))]:
+        if path.name == "transactional-head.mjml.j2":  # the confirmation and welcome emails' head
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            closing = re.search(r"</(mj-[a-z-]+)>\s*$", line)
+            if closing and f"<{closing.group(1)}" in line and "{{ item.category }}" not in line:
+                found.append((path.relative_to(DEFAULTS).as_posix(), number, closing.group(0).strip()))
+    return found
+
+
+def shaped_issue_with_every_part():
+    """An issue whose render goes through every line of the default partials: a note, a subtitle, an image."""
+    issue = make_issue()
+    issue.note = "A note from the editor."
+    summaries = make_summaries()
+    summaries[1].subtitle = "A subtitle"
+    return issue, summaries
+
+
+@pytest.mark.parametrize(("name", "line", "closing"), closed_on_their_own_line())
+def test_an_element_left_open_is_reported_in_the_partial_and_line_that_opens_it(
+        tmp_path: Path, name: str, line: int, closing: str) -> None:
+    lines = (DEFAULTS / name).read_text(encoding="utf-8").split("\n")
+    lines[line - 1] = lines[line - 1][::-1].replace(closing[::-1], "", 1)[::-1]  # its last closing tag goes
+    config = user_templates(tmp_path, {name: "\n".join(lines)})
+    with pytest.raises(TemplateError) as caught:
+        render_issue(config, *shaped_issue_with_every_part())
+    where = f"my-templates/{name}:{line}: "
+    assert where in str(caught.value), str(caught.value)
+    assert caught.value.file.endswith(f"my-templates/{name}") and caught.value.line == line
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "old", "new", "line", "what"), [
+    ("partials/item.mjml.j2", "<mj-divider />", "<mj-divider>", 12, "<mj-divider> is not closed before </mj-column>"),
+    ("partials/header.mjml.j2", 'mj-class="meta"', "mj-class=meta", 5, "starts no well-formed tag"),
+    ("partials/footer.mjml.j2", "</mj-column>", "</mj-column></mj-column>", 21, "</mj-column> closes no open element"),
+    ("partials/note.mjml.j2", "<mj-column>", "<mj-column>\n    <mj-raw>", 8, "<mj-raw> is not closed before </mj-column>"),
+    ("partials/item.mjml.j2", '<mj-text mj-class="meta">', '<mj-txt mj-class="meta">', 24,
+     "<mj-txt> is not an MJML element"),
+])  # fmt: skip
+def test_each_kind_of_mjml_fault_names_the_partial_its_line_and_what_is_wrong(
+        tmp_path: Path, name: str, old: str, new: str, line: int, what: str) -> None:
+    source = (DEFAULTS / name).read_text(encoding="utf-8")
+    assert old in source
+    config = user_templates(tmp_path, {name: source.replace(old, new, 1)})
+    with pytest.raises(TemplateError) as caught:
+        render_issue(config, *shaped_issue_with_every_part())
+    message = str(caught.value)
+    assert f"my-templates/{name}:{line}: " in message and what in message, message
+    assert "digest.mjml.j2" not in message
+
+
+TRACKING_MODES = {
+    "off": ({}, "We do not track whether you open our emails or which links you click."),
+    "clicks": ({"clicks": True}, "We count how often each article linked in our emails is clicked, not who clicked"),
+    "per-subscriber": ({"clicks": True, "per_subscriber": True},
+                       "We record which articles linked in our emails you click, with your subscription"),
+}
+
+
+@pytest.mark.parametrize("mode", TRACKING_MODES)
+def test_both_parts_say_what_is_tracked(tmp_path, config, mode):
+    tracking, sentence = TRACKING_MODES[mode]
+    rendered = render_issue(make_config(tmp_path, tracking=tracking), make_issue(), make_summaries())
+    html, text = rendered.personalise(ALICE)
+    visible = " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<head>.*</head>", "", html, flags=re.S)).split())
+    assert sentence in visible
+    assert sentence in " ".join(text.split())
+    assert "never whether you open" in visible or mode == "off"  # no pixel in any mode
+
+
+def test_with_click_counting_each_item_url_is_a_placeholder_filled_after_the_compile(tmp_path, config):
+    rendered = render_issue(make_config(tmp_path, tracking={"clicks": True}), make_issue(), make_summaries())
+    urls = [summary.url for summary in display_order(make_summaries())]
+    assert [link.url for link in rendered.links] == urls  # one per item, in the order the digest shows them
+    assert not any(url in rendered.html or url in rendered.text for url in urls)
+    assert all(link.marker in rendered.html and link.marker in rendered.text for link in rendered.links)
+    direct_html, direct_text = rendered.personalise(ALICE)  # no link values given: straight to the items
+    counted = [f"https://news.example.org/c/item{n}" for n in range(len(urls))]
+    html, text = rendered.personalise(RecipientValues(**{**ALICE.__dict__, "links": tuple(counted)}))
+    for url, link in zip(urls, counted, strict=True):
+        assert f'href="{html_escape(url)}"' in direct_html and url in direct_text
+        assert f'href="{link}"' in html and f"] {link}" in text
+        assert url not in html and url not in text

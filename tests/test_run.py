@@ -5,10 +5,6 @@ SIGTERM stops cleanly."""
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +18,8 @@ from newsletter.demo import DEMO_SETTINGS
 from newsletter.models import Delivery, DeliveryStatus, Issue, JobFailure, utcnow
 from tests.conftest import ROOT, _free_port
 from tests.helpers import add_people, add_summaries
+from tests.processes import LoggedProcess
 
-TIMEOUT = 60  # seconds; generous, for a machine shared with other test runs
 
 
 def write_config(tmp_path: Path, *, schedule: dict[str, Any], backend: dict[str, Any]) -> Path:
@@ -33,54 +29,10 @@ def write_config(tmp_path: Path, *, schedule: dict[str, Any], backend: dict[str,
     return path
 
 
-class Scheduler:
-    """A `newsletter run` process whose stderr lines are collected by a thread as they arrive."""
-
-    def __init__(self, config_file: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "run", "--config", str(config_file)],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "NEWSLETTER_SECRET_KEY": "k"},
-        )
-        self.lines: list[str] = []
-        self._cursor = 0  # wait_for looks at lines from here on
-        self._changed = threading.Condition()
-        self._ended = False
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._ended = True
-            self._changed.notify_all()
-
-    def seen(self, pattern: str) -> bool:
-        with self._changed:
-            return any(re.search(pattern, line) for line in self.lines)
-
-    def wait_for(self, pattern: str) -> str:
-        """The next line (after the last one matched) matching ``pattern``; fails after TIMEOUT or when the
-        process ends without logging it."""
-        with self._changed:
-            while True:
-                for index in range(self._cursor, len(self.lines)):
-                    if re.search(pattern, self.lines[index]):
-                        self._cursor = index + 1
-                        return self.lines[index]
-                assert not self._ended, f"process ended before logging {pattern!r}:\n{''.join(self.lines)}"
-                assert self._changed.wait(timeout=TIMEOUT), f"no {pattern!r} in {TIMEOUT} s:\n{''.join(self.lines)}"
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=TIMEOUT)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+def start_scheduler(config_file: Path) -> LoggedProcess:
+    """A `newsletter run` process."""
+    return LoggedProcess("run", "--config", str(config_file), env={**os.environ, "NEWSLETTER_SECRET_KEY": "k"},
+                         capture_stdout=False)
 
 
 def test_two_schedulers_on_one_database_send_one_issue_once_and_the_second_takes_over(tmp_path, smtp_server):
@@ -94,21 +46,21 @@ def test_two_schedulers_on_one_database_send_one_issue_once_and_the_second_takes
     add_summaries(engine, 2, at=utcnow() - timedelta(days=8))  # gathered during last week
     people = [f"p{n}@example.org" for n in range(20)]
     add_people(engine, *people)
-    first, second = Scheduler(config_file), Scheduler(config_file)
+    first, second = start_scheduler(config_file), start_scheduler(config_file)
     try:
-        line = first.wait_for("holding the scheduler lease|waiting to take over")
+        line = first.wait_for_next("holding the scheduler lease|waiting to take over")
         holder, waiter = (second, first) if "waiting" in line else (first, second)
         if holder is first:
-            waiter.wait_for("waiting to take over")
+            waiter.wait_for_next("waiting to take over")
         else:
-            holder.wait_for("holding the scheduler lease")
+            holder.wait_for_next("holding the scheduler lease")
         assert waiter.seen(r"another scheduler \(\S+:\d+:\w+\) holds the lease until \S+; waiting to take over")
-        holder.wait_for(r"issue #1: sent 20, retry later 0, failed 0, skipped 0; finished")
+        holder.wait_for_next(r"issue #1: sent 20, retry later 0, failed 0, skipped 0; finished")
 
         assert holder.stop() == 0  # releases the lease: the waiter takes over within a renewal interval
-        waiter.wait_for("holding the scheduler lease")
+        waiter.wait_for_next("holding the scheduler lease")
         # its catch-up finds the firing done, or (a minute later) a new firing with nothing waiting
-        waiter.wait_for(r"firing at \S+ \(Europe/Berlin\): (already done \(issued\)|nothing new was waiting)")
+        waiter.wait_for_next(r"firing at \S+ \(Europe/Berlin\): (already done \(issued\)|nothing new was waiting)")
         assert waiter.stop() == 0
     finally:
         first.kill()
@@ -134,11 +86,11 @@ def test_a_failing_job_is_logged_and_recorded_and_the_scheduler_keeps_running(tm
     engine = open_database(load_config(config_file))
     add_summaries(engine, 1, at=utcnow() - timedelta(days=8))
     add_people(engine, "a@example.org")
-    scheduler = Scheduler(config_file)
+    scheduler = start_scheduler(config_file)
     try:
-        started = scheduler.wait_for("scheduler started")
+        started = scheduler.wait_for_next("scheduler started")
         assert re.search(r"next digest at \S+\+0[12]:00 \(.* UTC\), cron '\* \* \* \* \*' in Europe/Berlin", started)
-        scheduler.wait_for("ERROR newsletter.schedule: job digest failed: .*127.0.0.1")
+        scheduler.wait_for_next(r"ERROR newsletter.schedule: job digest failed after \d+\.\d\d s: .*127.0.0.1")
         assert scheduler.process.poll() is None  # still running
         assert scheduler.stop() == 0
     finally:

@@ -173,7 +173,7 @@ def test_digest_shows_every_part_a_reader_needs(config: Config) -> None:
     assert 'alt="EEG trace with sleep spindles highlighted"' in html
     assert html.count("Finding number") == 5  # at most five key findings per item
     assert html.count(">Read the summary<") == 4
-    assert "Issue 12 · 16–22 November 2026" in html
+    assert "Issue 12 · November 16\u2009–\u200922, 2026" in html
     assert ">Climate</div>" in html and "Research Weekly, 1 Example Street" in html
 
 

@@ -34,13 +34,14 @@ def test_redact_hides_token_segments_and_query_values_and_keeps_the_rest() -> No
     assert redact("/news/confirm/tok/extra") == "/news/confirm/…/extra"  # behind a path prefix too
     assert redact("/%63onfirm/tok") == "/%63onfirm/…"  # percent-encoded, as routing decodes it
     assert redact("/?token=s3cret-preview-token-1") == "/?token=…"
+    assert redact("/c/WzEsMiwiaCJd.sig") == "/c/…"  # a click link's token, which may name its subscriber
     assert redact("/archive/12 and /subscribe") == "/archive/12 and /subscribe"
     assert redact("GET /unsubscribe HTTP/1.1") == "GET /unsubscribe HTTP/1.1"  # no token: nothing to hide
 
 
 def test_newsletter_serve_logs_no_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "log-test-secret-key")  # the server's, so the links work
-    config_file = write_config(tmp_path)
+    config_file = write_config(tmp_path, tracking={"clicks": True, "per_subscriber": True})
     engine = open_database(load_config(config_file))
     add_people(engine, "ada@example.org")
     with session(engine) as db:
@@ -49,9 +50,11 @@ def test_newsletter_serve_logs_no_token(tmp_path: Path, monkeypatch: pytest.Monk
     with newsletter_serve(config_file) as served:
         signer = LinkSigner(load_config(config_file))
         secrets = [signer.sign(purpose, token) for purpose in (CONFIRM, UNSUBSCRIBE, PREFERENCES)]
+        secrets.append(signer.click_url(1, 1, "https://example.org/paper", token).rsplit("/", 1)[1])
         paths = [f"/confirm/{secrets[0]}", f"/unsubscribe/{secrets[1]}", f"/preferences/{secrets[2]}?welcome=1",
                  f"/preferences/{secrets[2]}/nothing-here"]
         with httpx.Client(base_url=served.base) as client:
+            client.get(f"/c/{secrets[3]}")  # a click link: first, so its line would be in the log before the rest
             for path in paths:
                 client.get(path)
             client.post(f"/unsubscribe/{secrets[1]}", data={"List-Unsubscribe": "One-Click"})
@@ -63,6 +66,7 @@ def test_newsletter_serve_logs_no_token(tmp_path: Path, monkeypatch: pytest.Monk
     log = served.log_text()
     assert '"GET /confirm/… HTTP/1.1" 200' in log and '"POST /unsubscribe/… HTTP/1.1" 200' in log
     assert '"GET /preferences/…?welcome=… HTTP/1.1" 200' in log and "/subscribe?email=… " in log
+    assert "/c/" not in log  # a click leaves no line: its address and time would tie it to a person
     for secret in (*secrets, token, "ada%40example.org"):
         assert secret not in log
 

@@ -144,6 +144,18 @@ def test_the_confirmation_link_activates_only_when_the_button_is_pressed(site):
     assert again.status_code == 303 and len(site.mails()) == 2
 
 
+@pytest.mark.parametrize(("tracking", "says"), [
+    ({}, "We do not track whether you open our emails or which links you click."),
+    ({"clicks": True}, "We count how often each article linked in our emails is clicked, not who clicked"),
+    ({"clicks": True, "per_subscriber": True}, "We record which articles linked in our emails you click"),
+], ids=["off", "clicks", "per-subscriber"])
+def test_the_subscribe_pages_say_what_is_tracked(config, tmp_path, tracking, says):
+    site = make_site(tmp_path, tracking=tracking)
+    for page in ("/", "/subscribe"):
+        assert says in " ".join(site.client.get(page).text.split())
+    site.engine.dispose()
+
+
 def test_only_confirmed_subscribers_get_the_digest(site):
     add_summaries(site.engine, 2)
     subscribe(site, "pending@example.org")

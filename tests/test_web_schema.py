@@ -22,7 +22,7 @@ from newsletter.issues import prepare_issue
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.tokens import CONFIRM, PREFERENCES, UNSUBSCRIBE
 from newsletter.web.app import create_app
-from newsletter.web.preview import create_preview_app
+from newsletter.web.preview import DESK_COOKIE, create_preview_app, form_token
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries
 from tests.preview_support import make_project
@@ -100,18 +100,33 @@ def test_no_route_of_the_preview_answers_with_a_server_error(tmp_path, monkeypat
     state = app.state.preview
     add_people(project.engine, "ada@example.org")
     prepare_issue(project.engine, make_config(tmp_path))  # issue 1 exists
+    add_summaries(project.engine, 2)  # and the next issue has items
+    session_id = "schema-test-desk-session"
 
     def make_real(case, data):
         # an issue that exists, or any number at all (beyond the largest an issue can have, too)
         number = data.draw(st.sampled_from(["1", "next"]) | st.integers(-5, 10**30).map(str))
         if case.path in ("/", "/email"):
             case.query = {**(case.query or {}), "issue": number}
-        if case.path == "/send-test":
-            case.body = {**(case.body if isinstance(case.body, dict) else {}), "issue": number}
+        if case.path == "/progress":
+            case.query = {**(case.query or {}), "issue": data.draw(st.sampled_from(["1", "2"]))}
+        if case.method.upper() == "POST":  # past the form token, as the desk's own page posts
+            case.cookies = {**(case.cookies or {}), DESK_COOKIE: session_id}
+            body = case.body if isinstance(case.body, dict) else {}
+            case.body = {**body, "csrf": form_token(state.form_key, session_id)}
+            if case.path == "/send-test":
+                case.body["issue"] = number
+            elif case.path in ("/send", "/resume"):  # never a version or an issue that would really send
+                case.body["version"] = str(data.draw(st.integers(1000, 2000)))
+                case.body["number"] = str(data.draw(st.integers(2, 5) if case.path == "/send" else st.integers(3, 9)))
+            else:
+                case.body.setdefault("number", "2")
 
     state.stop.set()  # the event stream ends after its first event, instead of waiting for changes
     try:
         tried = no_server_error(app, 20, make_real, base_url="http://127.0.0.1:8025")
     finally:
         project.engine.dispose()
-    assert tried == {"GET /", "GET /email", "GET /events", "POST /send-test"}
+    assert tried == {"GET /", "GET /email", "GET /events", "GET /progress", "POST /send-test", "POST /send",
+                     "POST /pause", "POST /resume", *(f"POST /desk/{change}" for change in (
+                         "move", "leave-out", "bring-back", "lead", "unpin", "note", "subject", "undo"))}

@@ -87,10 +87,10 @@ def newsletter_serve(config_file: Path, *args: str, env: dict[str, str] | None =
 
 
 @contextmanager
-def served_in_thread(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn in a thread of this process (so a test can reach into it) on a free loopback
-    port until the block ends; yields its base URL once it answers."""
-    port = free_port()
+def served_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
+    """``app`` under uvicorn in a thread of this process (so a test can reach into it) on ``port`` (default:
+    a free loopback port) until the block ends; yields its base URL once it answers."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, daemon=True)

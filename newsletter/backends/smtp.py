@@ -351,7 +351,7 @@ class SmtpLane:
     _drop = drop
 
     def work(self, wire: Wire) -> Work:
-        return carry(self.send_one, wire, lambda message: message.recipient)
+        return carry(self.send_one, wire)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -420,7 +420,7 @@ class SmtpLane:
         try:
             signed = self.backend.sign(message.data)
         except Exception as exc:  # noqa: BLE001  dkimpy's errors about this message: it fails alone
-            log.error("could not DKIM-sign the message to %s: %s", message.recipient, exc)
+            log.error("could not DKIM-sign the message of delivery %d: %s", message.delivery_id, exc)
             return SendResult(message.delivery_id, SendStatus.FAILED,
                               f"not sent: the message could not be DKIM-signed ({type(exc).__name__}: {exc})",
                               bounce=False)
@@ -520,7 +520,8 @@ class SmtpLane:
         detail = _reply_text(code, reply)
         if sender:
             detail = f"envelope sender {message.envelope_from} refused: {detail}"
-        log.info("%s for %s: %s", status.value, message.recipient, detail)
+        log.info("%s for delivery %d: %s", status.value, message.delivery_id, detail)
+        log.debug("delivery %d was to %s", message.delivery_id, message.recipient)
         return SendResult(message.delivery_id, status, detail)
 
     # -- connecting ------------------------------------------------------------------------------

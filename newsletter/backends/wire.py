@@ -451,7 +451,7 @@ class WireStream(Stream):
 
 
 def carry(lane_work: Callable[[OutgoingMessage, Callable[[], OutgoingMessage | None]], Generator[Any, Any, SendResult]],
-          wire: Wire, describe: Callable[[OutgoingMessage], str]) -> Work:
+          wire: Wire) -> Work:
     """A lane's life in ``wire``: take a message, send it with ``lane_work(message, take_following)``, report
     its result, go on with the message it took early (if any), until the wire closes or the lane goes down.
 
@@ -479,7 +479,7 @@ def carry(lane_work: Callable[[OutgoingMessage, Callable[[], OutgoingMessage | N
             wire.finish(key, SendResult(message.delivery_id, SendStatus.RETRY, str(exc)), exc)
             return  # this lane is down; the others go on
         except Exception as exc:  # noqa: BLE001  a bug or a library error about this one message
-            log.exception("could not send the message to %s", describe(message))
+            log.exception("could not send the message of delivery %d", message.delivery_id)
             result = SendResult(message.delivery_id, SendStatus.FAILED,
                                 f"could not be sent ({type(exc).__name__}: {exc})", bounce=False)
         wire.finish(key, result)

@@ -31,7 +31,6 @@ from pydantic import (
     model_validator,
 )
 
-from newsletter.checks import link_problem
 from newsletter.config import IngestSection
 from newsletter.errors import IngestError
 from newsletter.ingest.clean import (
@@ -143,9 +142,7 @@ class SummaryIn(BaseModel):
     def _absolute_http(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        problem = http_url_problem(value, example="https://example.org/paper", public=True)
-        if problem is None and (check := link_problem(value)):  # what passes here also passes the pre-send check
-            problem = f"{check}; check the URL"
+        problem = http_url_problem(value, example="https://example.org/paper", public=True)  # as the checks do
         if problem:
             raise ValueError(f"{value!r} {problem}")
         return value

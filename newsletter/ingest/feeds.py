@@ -303,6 +303,9 @@ class PollResult:
     def failed(self) -> list[FeedResult]:
         return [result for result in self.feeds if result.status == "error"]
 
+    def summary_line(self) -> str:
+        return "; ".join(result.summary_line() for result in self.feeds) or "no feeds"
+
 
 def fetch_feed(
     engine: Engine, url: str, settings: IngestSection, *, client: httpx.Client | None = None

@@ -4,6 +4,8 @@
   table of allowed steps every command and job goes through; pause, resume, cancel, retry-failed.
 - :mod:`~newsletter.issues.prepare`: the next issue: its draft, and ``prepare``, by an editor at any time
   or by a scheduled firing (:mod:`newsletter.firings`).
+- :mod:`~newsletter.issues.editorial`: an editor's choices for the next issue (order, lead, items left
+  out, note, subject), kept on its draft row, with a version against lost updates and undo.
 - :mod:`~newsletter.issues.sample`: what editors see (the draft whenever summaries are waiting, else the
   newest issue) and the sample messages ``digest check``, ``digest render`` and the preview build.
 - :mod:`~newsletter.issues.archived`: the copy of an issue as first sent, which the archive serves.

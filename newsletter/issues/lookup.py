@@ -1,5 +1,10 @@
 """Reading issues: one by number, the unfinished ones, their items, the summaries waiting for the next one,
-and an issue's delivery report (``digest status``)."""
+and an issue's delivery report (``digest status``).
+
+A ``draft`` row (the next issue with an editor's choices, :mod:`newsletter.issues.editorial`) is not an
+issue yet: it is never "the newest issue" nor unfinished; asked for by its number it is found, so that a
+command on it is refused naming its state.
+"""
 
 from __future__ import annotations
 
@@ -27,17 +32,33 @@ def waiting_summaries(db: Session, before: datetime | None = None) -> list[Summa
 
 
 def issue_items(db: Session, issue: Issue) -> list[Summary]:
-    """The summaries of ``issue``, in the order the digest shows them."""
+    """The summaries of ``issue`` in the order they arrived (the digest shows them in
+    :func:`newsletter.render.display_order`)."""
     query = select(Summary).where(Summary.issue_id == issue.id).order_by(col(Summary.ingested_at), col(Summary.id))
     return list(db.exec(query))
 
 
+NOT_DRAFT = Issue.status != IssueStatus.DRAFT
+
+
 def newest_issue(db: Session) -> Issue | None:
-    return db.exec(select(Issue).order_by(col(Issue.number).desc()).limit(1)).first()
+    """The issue with the highest number, drafts aside."""
+    return db.exec(select(Issue).where(NOT_DRAFT).order_by(col(Issue.number).desc()).limit(1)).first()
+
+
+def next_number(db: Session) -> int:
+    """The number the next issue gets: one more than the newest issue's (drafts aside), 1 for the first."""
+    newest = newest_issue(db)
+    return newest.number + 1 if newest else 1
+
+
+def draft_row(db: Session) -> Issue | None:
+    """The next issue's draft row, if an editor made a choice for it (there is at most one)."""
+    return db.exec(select(Issue).where(Issue.status == IssueStatus.DRAFT).limit(1)).first()
 
 
 def find_issue(db: Session, number: int | None = None) -> Issue:
-    """Issue ``number``, or by default the newest one. Raises NewsletterError when there is none."""
+    """Issue ``number`` (a draft too), or by default the newest one. Raises NewsletterError when there is none."""
     issue = newest_issue(db) if number is None else db.exec(select(Issue).where(Issue.number == number)).first()
     if issue is None:
         if number is not None:
@@ -48,7 +69,7 @@ def find_issue(db: Session, number: int | None = None) -> Issue:
 
 def _existing_numbers(db: Session) -> str:
     """Which issue numbers exist, for an error about one that does not."""
-    low, high = db.exec(select(func.min(Issue.number), func.max(Issue.number))).one()
+    low, high = db.exec(select(func.min(Issue.number), func.max(Issue.number)).where(NOT_DRAFT)).one()
     if high is None:
         return "no issue has been prepared yet; run `newsletter digest prepare` first"
     if low == high:
@@ -60,7 +81,7 @@ def unfinished_issues(db: Session) -> list[Issue]:
     """Issues whose sending has not finished (paused ones included, cancelled ones not), oldest first."""
     query = (
         select(Issue)
-        .where(col(Issue.status).not_in((IssueStatus.SENT, IssueStatus.CANCELLED)))
+        .where(col(Issue.status).not_in((IssueStatus.SENT, IssueStatus.CANCELLED, IssueStatus.DRAFT)))
         .order_by(col(Issue.number))
     )
     return list(db.exec(query))

@@ -8,12 +8,12 @@ nothing was. Either way :func:`prepare_in` does it, in one transaction: the ``Is
 its summaries attached (never one attached twice: the UPDATE only takes rows still waiting) and one queued
 ``Delivery`` per active subscriber.
 
-Where an editor's choices for the next issue (item order, a note, a subject of their own) live: on its
-``Issue`` row. Until it is prepared the next issue is not saved, and :func:`draft` is the one place it is
-put together. The choice made for that: the first editorial choice saves the draft as an ``Issue`` row in a
-``draft`` state (a row in :data:`newsletter.issues.states.TRANSITIONS`: draft → prepared), :func:`draft`
-loads that row, and :func:`prepare_in` promotes it instead of inserting a new one, so its number and the
-choices carry over and the deliveries are still a snapshot taken at preparation.
+Where an editor's choices for the next issue (item order, lead item, a note, a subject of their own) live:
+on its ``Issue`` row. The first choice (:mod:`newsletter.issues.editorial`) saves the next issue as a row
+in the ``draft`` state (draft → prepared in :data:`newsletter.issues.states.TRANSITIONS`); :func:`draft`
+puts the next issue together from that row when there is one, and :func:`prepare_in` promotes it instead of
+inserting a new one, so its number and the choices carry over, whoever prepares it (an editor or a
+firing), and the deliveries are still a snapshot taken at preparation.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from sqlmodel import Session, col, select
 
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.errors import NewsletterError
-from newsletter.issues.lookup import issue_items, newest_issue, waiting_summaries
+from newsletter.errors import NewsletterError, TransitionRefused
+from newsletter.issues.lookup import draft_row, issue_items, newest_issue, next_number, waiting_summaries
+from newsletter.issues.states import Step, transition
 from newsletter.models import Delivery, DeliveryStatus, Issue, Subscriber, SubscriberStatus, Summary, utcnow
 from newsletter.render import as_utc, render_subject
 
@@ -79,7 +80,7 @@ def counted(count: int, noun: str) -> str:
 
 @dataclass(frozen=True)
 class Draft:
-    """The next issue as :func:`prepare_issue` would make it now, not saved."""
+    """The next issue as :func:`prepare_issue` would make it now (with the editor's choices), not saved."""
 
     issue: Issue
     items: list[Summary]
@@ -88,23 +89,38 @@ class Draft:
 def draft(db: Session, config: Config, *, now: datetime | None = None) -> Draft | None:
     """The next issue from the summaries waiting at ``now`` (default: now), or None when none is waiting.
 
-    Its number and span are the ones preparing it now would give. Raises TemplateError from the subject.
+    Its number and span are the ones preparing it now would give, its choices the draft row's. The issue
+    returned is a copy, never saved. Raises TemplateError from the subject.
     """
     cutoff = now or utcnow()
     items = waiting_summaries(db, before=cutoff)
     if not items:
         return None
-    issue = _new_issue(db, items, cutoff)
+    issue = next_issue(db, items, cutoff)
     issue.subject = render_subject(config, issue, items)
     return Draft(issue, items)
 
 
+def next_issue(db: Session, items: list[Summary], cutoff: datetime) -> Issue:
+    """The next issue, unsaved: the draft row's number and choices if there is one, covering the span
+    since the newest issue was prepared (the first issue: since its oldest item) up to ``cutoff``."""
+    row = draft_row(db)
+    fresh = _new_issue(db, items, cutoff)
+    if row is None:
+        return fresh
+    choices = row.model_dump(exclude={"id", "period_start", "period_end", "subject", "undo"})
+    return Issue(**choices, period_start=fresh.period_start, period_end=fresh.period_end, subject="")
+
+
 def _new_issue(db: Session, items: list[Summary], cutoff: datetime) -> Issue:
     """An unsaved issue numbered after the newest one, covering the span since that one was prepared (the
-    first issue: since its oldest item) up to ``cutoff``."""
+    first issue: since its oldest item; with nothing yet, ``cutoff`` alone) up to ``cutoff``."""
     previous = newest_issue(db)
-    number = previous.number + 1 if previous else 1
-    start = as_utc(previous.period_end) if previous else min(as_utc(item.ingested_at) for item in items)
+    number = next_number(db)
+    if previous:
+        start = as_utc(previous.period_end)
+    else:
+        start = min((as_utc(item.ingested_at) for item in items), default=cutoff)
     return Issue(number=number, period_start=min(start, cutoff), period_end=cutoff, subject="")
 
 
@@ -150,7 +166,7 @@ def prepare_in(db: Session, config: Config, *, cutoff: datetime, quiet_note: str
     if not active:
         log.warning("no active subscribers, not preparing an issue")
         return PrepareResult(PrepareOutcome.NO_RECIPIENTS, item_count=0 if quiet else len(items))
-    issue = _new_issue(db, items, cutoff)
+    issue = _promoted_draft(db, items, cutoff) or _new_issue(db, items, cutoff)
     issue.subject = "…"  # rendered below from the items it really got
     db.add_all([issue, *items] if quiet else [issue])
     db.flush()
@@ -185,6 +201,22 @@ def prepare_in(db: Session, config: Config, *, cutoff: datetime, quiet_note: str
     log.info("prepared issue #%d: %d items, %d recipients", issue.number, len(attached), recipients)
     outcome = PrepareOutcome.QUIET if quiet else PrepareOutcome.CREATED
     return PrepareResult(outcome, issue, len(attached), recipients)
+
+
+def _promoted_draft(db: Session, items: list[Summary], cutoff: datetime) -> Issue | None:
+    """The draft row, now ``prepared`` and covering the span up to ``cutoff`` (in ``db``'s transaction), or
+    None when there is none or another process promoted it first."""
+    row = draft_row(db)
+    if row is None:
+        return None
+    fresh = _new_issue(db, items, cutoff)
+    try:
+        issue = transition(db, row, Step.PREPARE)
+    except TransitionRefused:  # prepared by another process meanwhile: this one makes the issue after it
+        return None
+    issue.period_start, issue.period_end, issue.created_at = fresh.period_start, fresh.period_end, utcnow()
+    issue.undo = []  # undoing is for the draft; the choices themselves stay, as the record of what was sent
+    return issue
 
 
 def _quiet_note(config: Config, note: str, cutoff: datetime) -> Summary:

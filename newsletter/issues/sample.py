@@ -16,14 +16,16 @@ from typing import NamedTuple
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from newsletter.backends import create_backend
 from newsletter.config import Config
+from newsletter.dates import format_day
 from newsletter.db import session
 from newsletter.errors import NewsletterError
 from newsletter.issues.lookup import find_issue, issue_items, newest_issue
 from newsletter.issues.prepare import draft
 from newsletter.message import Composer, MessageTemplate, message_parts
 from newsletter.models import Issue, IssueStatus, Subscriber, SubscriberStatus, Summary
-from newsletter.render import RecipientValues, RenderedIssue, as_utc, format_date, render_issue
+from newsletter.render import RecipientValues, RenderedIssue, as_utc, render_issue
 
 SAMPLE_READER = Subscriber(email="reader@example.org", name="Sample Reader", token="sample-reader")
 
@@ -56,6 +58,12 @@ def shown_issue(engine: Engine, config: Config, number: int | None = None, *, no
                     "nothing to show: no issue was prepared and no summary is waiting; run `newsletter ingest` first"
                 )
         issue = find_issue(db, number)
+        if issue.status is IssueStatus.DRAFT:  # the next issue, by its number
+            upcoming = draft(db, config, now=now)
+            if upcoming is None:
+                raise NewsletterError(f"issue #{issue.number} is the next issue, and no summary is waiting for it yet")
+            return Shown(upcoming.issue, upcoming.items, f"draft of issue #{issue.number} (not prepared yet)",
+                         sample_readers(db))
         return Shown(issue, issue_items(db, issue), f"issue #{issue.number} ({state_and_date(config, issue)})",
                      sample_readers(db))
 
@@ -63,9 +71,10 @@ def shown_issue(engine: Engine, config: Config, number: int | None = None, *, no
 def state_and_date(config: Config, issue: Issue) -> str:
     """``sent 23 November 2026`` or ``paused, prepared 23 November 2026``: an issue's state and its date in
     the configured timezone."""
+    locale = config.newsletter.locale
     if issue.status is IssueStatus.SENT and issue.sent_at is not None:
-        return f"sent {format_date(as_utc(issue.sent_at).astimezone(config.schedule.zone).date())}"
-    prepared = format_date(as_utc(issue.created_at).astimezone(config.schedule.zone).date())
+        return f"sent {format_day(as_utc(issue.sent_at).astimezone(config.schedule.zone).date(), locale)}"
+    prepared = format_day(as_utc(issue.created_at).astimezone(config.schedule.zone).date(), locale)
     if issue.status is IssueStatus.PREPARED:
         return f"prepared {prepared}, not sent yet"
     return f"{issue.status.value}, prepared {prepared}"
@@ -108,6 +117,7 @@ class IssueSample:
     rendered: RenderedIssue  # every item
     messages: list[SampleMessage]
     unbuildable: list[tuple[str, str]]  # (address, why) of sample readers no message can be built for
+    extra_headers: tuple[str, ...] = ()  # the names of the headers the backend adds to every message
 
     @property
     def values(self) -> RecipientValues:
@@ -122,11 +132,14 @@ def build_sample(
     config: Config, issue: Issue, items: list[Summary], description: str, readers: Sequence[Subscriber]
 ) -> IssueSample:
     """Render ``issue`` and build each of ``readers``' messages with the send loop's own
-    :class:`~newsletter.message.Composer` (for their topics; everything when none of theirs has an item).
+    :class:`~newsletter.message.Composer` (for their topics; everything when none of theirs has an item),
+    with the configured backend's extra headers, as the send builds them (a DKIM signature is added by the
+    backend as it sends).
 
     Raises TemplateError when a template fails.
     """
-    composer = Composer(config, issue, items)
+    extra_headers = create_backend(config).extra_headers()
+    composer = Composer(config, issue, items, extra_headers)
     everything = composer.template([]) or MessageTemplate(config, render_issue(config, issue, items))
     messages, unbuildable = [], []
     for person in [*readers, SAMPLE_READER]:
@@ -138,8 +151,8 @@ def build_sample(
         except ValueError as exc:  # InvalidAddress: the send loop fails this one alone
             unbuildable.append((person.email, str(exc)))
             continue
-        messages.append(SampleMessage(person, composer.values(person), template.rendered, data))
-    return IssueSample(issue, items, description, everything.rendered, messages, unbuildable)
+        messages.append(SampleMessage(person, composer.values(person, template), template.rendered, data))
+    return IssueSample(issue, items, description, everything.rendered, messages, unbuildable, tuple(extra_headers))
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,15 @@
 Every command and job that changes an issue's state goes through :func:`transition`: the send loop
 (start, finish, pause itself), ``digest pause / resume / cancel / retry-failed`` and the scheduler. A step
 the table does not allow is refused with :class:`~newsletter.errors.TransitionRefused`, one line naming the
-issue's state and the step (``issue #3 is cancelled; it cannot be resumed (...)``). An issue is created
-``prepared`` by :func:`newsletter.issues.prepare_issue`::
+issue's state and the step (``issue #3 is cancelled; it cannot be resumed (...)``). The next issue is a
+``draft`` once an editor made a choice for it (:mod:`newsletter.issues.editorial`: only a draft takes
+choices); :func:`newsletter.issues.prepare_in` prepares it, or creates the issue ``prepared`` when there is
+no draft::
 
-    prepared ──send──► sending ──finish──► sent ──retry──► sending
-        │                │   ▲
-        ├──pause──►  paused ─resume
-        └──cancel──► cancelled ◄──cancel── sending, paused      (cancelled is final)
+    draft ──prepare──► prepared ──send──► sending ──finish──► sent ──retry──► sending
+    (edit)                 │                │   ▲
+                           ├──pause──►  paused ─resume
+                           └──cancel──► cancelled ◄──cancel── sending, paused      (cancelled is final)
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ class Step(enum.StrEnum):
     RESUME = "resume"  # `digest resume`
     CANCEL = "cancel"  # `digest cancel`: what was not sent is skipped
     RETRY = "retry"  # `digest retry-failed`: the failed deliveries are queued again
+    EDIT = "edit"  # an editor's choice (order, lead, note, subject): only while the issue is a draft
+    PREPARE = "prepare"  # `digest prepare` or a firing: the draft gets its summaries and deliveries
 
 
-PREPARED, SENDING, SENT = IssueStatus.PREPARED, IssueStatus.SENDING, IssueStatus.SENT
+DRAFT, PREPARED, SENDING, SENT = IssueStatus.DRAFT, IssueStatus.PREPARED, IssueStatus.SENDING, IssueStatus.SENT
 PAUSED, CANCELLED = IssueStatus.PAUSED, IssueStatus.CANCELLED
 
 # THE table: (state) -> {step: the state it leads to}. A step missing here is refused.
 TRANSITIONS: dict[IssueStatus, dict[Step, IssueStatus]] = {
+    DRAFT: {Step.EDIT: DRAFT, Step.PREPARE: PREPARED},
     PREPARED: {Step.SEND: SENDING, Step.PAUSE: PAUSED, Step.CANCEL: CANCELLED, Step.RETRY: PREPARED},
     SENDING: {Step.SEND: SENDING, Step.FINISH: SENT, Step.PAUSE: PAUSED, Step.CANCEL: CANCELLED,
               Step.RETRY: SENDING},
@@ -57,9 +62,10 @@ SENDABLE = tuple(state for state, steps in TRANSITIONS.items() if Step.SEND in s
 
 _PARTICIPLE = {
     Step.SEND: "sent", Step.FINISH: "marked sent", Step.PAUSE: "paused", Step.RESUME: "resumed",
-    Step.CANCEL: "cancelled", Step.RETRY: "retried",
+    Step.CANCEL: "cancelled", Step.RETRY: "retried", Step.EDIT: "edited", Step.PREPARE: "prepared again",
 }
 _WHAT_NOW = {
+    DRAFT: "it is the next issue, not prepared yet; `newsletter digest prepare` prepares it",
     PREPARED: "`newsletter digest send` sends it",
     SENDING: "`newsletter digest send` goes on sending it",
     PAUSED: "`newsletter digest resume {n}` lets it go on",

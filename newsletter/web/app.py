@@ -2,7 +2,8 @@
 
 ``create_app(config)`` is the only way in. The app keeps the config and the engine on ``app.state`` so that
 routers reach them through the request, never through globals. ``app.state.web`` holds what the
-subscriber pages need (signer, rate limiter, back-off, a replaceable clock for tests).
+subscriber pages need (signer, rate limiter, back-off, a replaceable clock for tests), ``app.state.clicks``
+what the click links need (their targets and, when clicks are counted, the recorder its lifespan writes).
 
 Every answer carries the headers of :mod:`newsletter.web.security`; a malformed request, an unknown page
 or a wrong method gets a page (JSON under ``/api/``) with one line saying why, never a traceback.
@@ -19,10 +20,11 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from newsletter.config import Config
+from newsletter.clicks import ClickRecorder, Targets
 from newsletter.db import open_database
 from newsletter.models import utcnow
 from newsletter.tokens import LinkSigner
-from newsletter.web import api, archive, pages
+from newsletter.web import api, archive, clicks, pages
 from newsletter.web.limits import Backoff, RateLimiter
 from newsletter.web.security import PAGE_POLICY, SecurityHeaders, describe_invalid, redact_logs
 
@@ -34,9 +36,11 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     """Build the web app for ``config``; ``engine`` defaults to the configured database (migrated)."""
     redact_logs()
     # No /docs or /redoc: Swagger UI runs inline script from a CDN, which the pages' policy forbids.
-    app = FastAPI(title=config.newsletter.name, docs_url=None, redoc_url=None)
+    app = FastAPI(title=config.newsletter.name, docs_url=None, redoc_url=None, lifespan=clicks.counting)
     app.state.config = config
     app.state.engine = engine if engine is not None else open_database(config)
+    app.state.clicks = clicks.ClickState(
+        Targets(app.state.engine), ClickRecorder(app.state.engine, config) if config.tracking.clicks else None)
 
     def seconds() -> float:
         return state.clock().timestamp()
@@ -78,6 +82,7 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     def stylesheet() -> Response:
         return Response(css, media_type="text/css; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
 
+    app.include_router(clicks.router)  # first: the route asked most often is matched first
     app.include_router(pages.router)
     app.include_router(archive.router)
     app.include_router(api.router)

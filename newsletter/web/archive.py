@@ -19,10 +19,11 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import and_, exists, or_
 from sqlmodel import col, select
 
+from newsletter.dates import format_day
 from newsletter.db import session
 from newsletter.issues import archived_copy, issue_items
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueCopy, IssueStatus, utcnow
-from newsletter.render import as_utc, format_date
+from newsletter.render import as_utc
 from newsletter.web.pages import _root, _state, notice, page
 from newsletter.web.security import EMAIL_POLICY
 
@@ -55,7 +56,8 @@ def front_page(request: Request) -> HTMLResponse:
     with session(_state(request).engine) as db:
         issue = db.exec(select(Issue).where(PUBLIC).order_by(col(Issue.number).desc()).limit(1)).first()
         if issue is not None:
-            latest = {"number": issue.number, "subject": issue.subject, "date": format_date(_published(issue).date()),
+            latest = {"number": issue.number, "subject": issue.subject,
+                      "date": format_day(_published(issue).date(), _state(request).config.newsletter.locale),
                       "titles": [item.title for item in issue_items(db, issue)]}
     return page(request, "subscribe.html", title="Subscribe", email="", name="", error=None, indexable=True,
                 latest=latest, feed_url=f"{_root(request)}/archive/feed.atom")
@@ -65,8 +67,9 @@ def front_page(request: Request) -> HTMLResponse:
 @router.head("/archive", response_class=HTMLResponse)
 def archive_index(request: Request) -> HTMLResponse:
     """Every issue that went out, newest first."""
+    locale = _state(request).config.newsletter.locale
     issues = [
-        {"number": issue.number, "subject": issue.subject, "date": format_date(_published(issue).date())}
+        {"number": issue.number, "subject": issue.subject, "date": format_day(_published(issue).date(), locale)}
         for issue in _public_issues(request)
     ]
     return page(request, "archive.html", title="Past issues", issues=issues, indexable=True,

@@ -27,8 +27,7 @@ from newsletter.render import (
     NewsletterInfo,
     RecipientValues,
     RenderedIssue,
-    compile_mjml,
-    describe_template,
+    render_mjml,
     render_template,
     new_markers,
     template_environment,
@@ -62,7 +61,7 @@ def render_transactional(config: Config, kind: str, context: dict[str, Any]) -> 
     context = {"newsletter": NewsletterInfo(letter.name, letter.postal_address, letter.site_url), **context}
     subject = " ".join(render_template(env, f"{kind}.subject.txt.j2", context).split())
     context |= {"subject": subject, "preheader": subject}
-    html = compile_mjml(render_template(env, f"{kind}.mjml.j2", context), describe_template(env, f"{kind}.mjml.j2"))
+    html = render_mjml(env, f"{kind}.mjml.j2", context)  # an MJML error names the partial at fault
     return Rendered(subject, html, tidy_text(render_template(env, f"{kind}.txt.j2", context)))
 
 

@@ -33,6 +33,7 @@ from newsletter.errors import (
     NewsletterError,
 )
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.render import tracking_notice
 from newsletter.subscribers import normalise_address
 from newsletter.subscriptions import (
     Confirmation,
@@ -81,7 +82,8 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     config = _state(request).config
     site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
     defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False,
-                "latest": None, "every": EVERY[config.schedule.cadence]}
+                "latest": None, "every": EVERY[config.schedule.cadence],
+                "tracking": tracking_notice(config.tracking.clicks, config.tracking.per_subscriber)}
     html = PAGES.get_template(template).render({**defaults, **context})
     return HTMLResponse(html, status_code=status)
 

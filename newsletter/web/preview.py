@@ -1,19 +1,23 @@
-"""The editors' preview (``newsletter preview``): the next digest, or any past issue, as it would be sent.
+"""The editors' preview (``newsletter preview``): the editor's desk, where the next digest is shaped, checked
+and sent, and any past issue is shown as it went out.
 
 A FastAPI app of its own, separate from the public site. ``create_preview_app(config_path)`` builds it; the
-config file is read again whenever it changes. One page shows the email at desktop (600 px) or phone
-(375 px) width, or its plain text, raw source or headers, with the pre-send check results and a form that
-sends a test through the configured backend. A background thread watches the template folders and the
-config file (watchfiles) and polls the summaries in the database; the page listens on ``/events``
-(server-sent events) and reloads itself after any change. A template or config error is shown in the page
-with its file and line; the server keeps running.
+config file is read again whenever it changes. The page and the routes that change or send the next issue
+are :mod:`newsletter.web.desk`; this module is the app around them: what the requests share
+(:class:`PreviewState`), who may come in, the email frame, the change events and the test send. A
+background thread watches the template folders and the config file (watchfiles) and polls the database;
+pages listen on ``/events`` (server-sent events) and bring themselves up to date after any change. A
+template or config error is shown in the page with its file and line; the server keeps running.
 
 The preview is for editors: it binds to loopback by default. Bound to any other address it requires the
 configured token (``?token=...`` once; a cookie after that, which holds a MAC of the token, not the
 token); a client that sends wrong tokens in the URL is shut out for longer and longer
-(:class:`~newsletter.web.limits.Backoff`), while a wrong cookie is only cleared. Cross-site form posts and foreign
-``Host`` headers are refused so that no web page can make it send mail, and no other site may frame it.
-The page runs only its own script and style (a nonce per answer, :mod:`newsletter.web.security`).
+(:class:`~newsletter.web.limits.Backoff`), while a wrong cookie is only cleared. Foreign ``Host`` headers
+are refused (DNS rebinding), and so is every request that changes something (every ``POST``) when it comes
+from another site: by its ``Origin`` (or ``Sec-Fetch-Site``) header, and by a form token bound to the
+browser's desk session cookie, which another site can neither read nor make (:func:`form_token`). No other
+site may frame the preview; the page runs only its own script and style (a nonce per answer,
+:mod:`newsletter.web.security`).
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from urllib.parse import urlencode, urlsplit
 
 import watchfiles
 from email_validator import EmailNotValidError, validate_email
-from fastapi import FastAPI, Form, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
     PlainTextResponse,
@@ -48,16 +52,17 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from jinja2 import Environment
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, Integer, cast, func
 from sqlmodel import col, select
 
 from newsletter.backends import OutgoingMessage, SendStatus, create_backend
-from newsletter.checks import check_sample, sample_values
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
+from newsletter.delivery import send_issue
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.issues import IssueSample, build_sample, shown_issue
-from newsletter.message import MessageTemplate, message_parts
+from newsletter.issues.lookup import NOT_DRAFT
+from newsletter.message import MessageTemplate, message_parts, recipient_values
 from newsletter.models import Issue, Subscriber, Summary
 from newsletter.render import template_dirs
 from newsletter.tokens import secret_keys
@@ -68,7 +73,6 @@ from newsletter.web.security import (
     SecurityHeaders,
     describe_invalid,
     framed_by_self,
-    preview_policy,
     redact_logs,
 )
 
@@ -79,6 +83,9 @@ WIDTHS = {"desktop": 600, "phone": 375}
 VIEWS = ("html", "text", "source", "headers")
 POLL_SECONDS = 0.25  # how often the database and the config file are looked at
 COOKIE = "newsletter_preview_token"
+DESK_COOKIE = "newsletter_desk"  # a random id per browser: the form token is made from it
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_STALE_FORM = "this page's form is out of date (or came from another site); reload the page and try again"
 _NEEDS_TOKEN = "this preview needs its token: open it once with ?token=... (preview.token or NEWSLETTER_PREVIEW_TOKEN)"
 LARGEST_ISSUE = 2**31 - 1  # the issue number column's range on PostgreSQL
 
@@ -99,6 +106,9 @@ class PreviewState:
         self._cache: dict[tuple[Any, ...], IssueSample | NewsletterError] = {}
         self._config_stamp = self._stamp()
         self.backoff = Backoff()  # wrong tokens per client; ``clock`` replaceable in tests
+        self.seen_fingerprint: tuple[Any, ...] | None = None  # the database as the version last reflected it
+        self.sends: dict[int, SendJob] = {}  # issue number -> its send from the desk
+        self.form_key = b""  # set by create_preview_app: signs the form tokens
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -113,6 +123,29 @@ class PreviewState:
             self._cache.clear()
         log.info("preview: %s changed, version %d", why, self.version)
 
+    def database_changed(self, why: str) -> None:
+        """A change made through the desk: pages show it at once, and the watcher does not count it again."""
+        self.seen_fingerprint = self.fingerprint()
+        self.changed(why)
+
+    def start_send(self, number: int) -> None:
+        """Send issue ``number`` in a background thread, as ``digest send --issue N`` does (once at a time)."""
+        with self._lock:
+            job = self.sends.get(number)
+            if job is not None and job.thread.is_alive():
+                return
+            job = SendJob(number, threading.Event())
+            job.thread = threading.Thread(target=job.run, args=(self,), name=f"desk-send-{number}", daemon=True)
+            self.sends[number] = job
+        job.thread.start()
+
+    def stop_sends(self, timeout: float = 30) -> None:
+        """Ask every send to finish its messages in flight, and wait for them (at shutdown)."""
+        for job in list(self.sends.values()):
+            job.stop.set()
+        for job in list(self.sends.values()):
+            job.thread.join(timeout)
+
     def reload_config_if_changed(self) -> bool:
         stamp = self._stamp()
         if stamp == self._config_stamp:
@@ -126,15 +159,19 @@ class PreviewState:
         return True
 
     def fingerprint(self) -> tuple[Any, ...]:
-        """Changes whenever a summary is added, updated or attached, or an issue is prepared or sent."""
+        """Changes whenever a summary is added, updated, attached or left out, an issue is prepared or sent or
+        changes state, or an editor makes a choice for the next issue (its version)."""
         with session(self.engine) as db:
             summaries = db.exec(
-                select(func.count(col(Summary.id)), func.max(Summary.updated_at), func.count(col(Summary.issue_id)))
+                select(func.count(col(Summary.id)), func.max(Summary.updated_at), func.count(col(Summary.issue_id)),
+                       func.sum(cast(col(Summary.excluded), Integer)))
             ).one()
             issues = db.exec(
-                select(func.count(col(Issue.id)), func.max(Issue.number), func.count(col(Issue.sent_at)))
+                select(func.count(col(Issue.id)), func.max(Issue.number), func.count(col(Issue.sent_at)),
+                       func.sum(Issue.version))
             ).one()
-        return (*summaries, *issues)
+            states = sorted(db.exec(select(Issue.status, func.count()).group_by(Issue.status)).all())
+        return (*summaries, *issues, *states)
 
     def sample(self, ref: str) -> IssueSample:
         """The issue ``ref`` ("next" or a number) rendered and built for the sample recipient (cached per
@@ -157,7 +194,7 @@ class PreviewState:
 
     def watch(self) -> None:
         """Bump the version on every change until ``stop`` is set (the body of the watcher thread)."""
-        last = self.fingerprint()
+        self.seen_fingerprint = self.fingerprint()
         while not self.stop.is_set():
             dirs = [str(d) for d in template_dirs(self.config)]
             try:
@@ -171,9 +208,9 @@ class PreviewState:
                     if self.reload_config_if_changed():
                         self.changed("the config")
                     current = self.fingerprint()
-                    if current != last:
-                        last = current
-                        self.changed("a summary")
+                    if current != self.seen_fingerprint:
+                        self.seen_fingerprint = current
+                        self.changed("the database")
                     if [str(d) for d in template_dirs(self.config)] != dirs:
                         break  # the config now names another templates folder: watch that one
             except Exception as exc:  # a folder removed, the database locked: keep watching, never die
@@ -193,12 +230,61 @@ def ref_problem(ref: str) -> str | None:
     return None
 
 
+class SendJob:
+    """A send started from the desk: :func:`newsletter.delivery.send_issue` in a thread of its own, which
+    ``stop`` (set at shutdown) ends after the messages in flight. ``error`` is why it stopped, if it failed."""
+
+    def __init__(self, number: int, stop: threading.Event) -> None:
+        self.number = number
+        self.stop = stop
+        self.error: str | None = None
+        self.thread = threading.Thread()
+
+    def run(self, state: PreviewState) -> None:
+        try:
+            report = send_issue(state.engine, state.config, create_backend(state.config), self.number, stop=self.stop)
+            log.info("desk: %s", report.summary_line())
+        except NewsletterError as exc:  # the server cannot be reached, the issue was cancelled meanwhile, ...
+            self.error = str(exc)
+            log.warning("desk: issue #%d: %s", self.number, exc)
+        except Exception:  # a bug: logged with its traceback, shown as one line
+            self.error = "the send stopped on an unexpected error, written to the preview's log"
+            log.exception("desk: sending issue #%d failed", self.number)
+        finally:
+            state.database_changed(f"issue #{self.number}")
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+
+def form_token(key: bytes, desk_session: str) -> str:
+    """The token every form of the desk carries: an HMAC of the browser's desk session id (a random cookie,
+    SameSite=Strict, HttpOnly) under the signing key. Another site can read neither the cookie nor the page,
+    so it cannot make a request that carries both (see :func:`require_form_token`)."""
+    return hmac.new(key, b"newsletter desk form\0" + desk_session.encode(), hashlib.sha256).hexdigest()
+
+
+async def require_form_token(request: Request, form_token_: Annotated[str, Form(alias="csrf")] = "") -> None:
+    """Refuse a state-changing request (403) whose form token does not match the browser's desk session."""
+    state: PreviewState = request.app.state.preview
+    desk_session = request.cookies.get(DESK_COOKIE, "")
+    expected = form_token(state.form_key, desk_session) if desk_session else ""
+    if not expected or not hmac.compare_digest(form_token_.encode(), expected.encode()):
+        raise HTTPException(403, _STALE_FORM)
+
+
+FormChecked = [Depends(require_form_token)]
+
+
 def create_preview_app(config_path: Path, engine: Engine | None = None, *, require_token: bool = False) -> FastAPI:
     """The preview app for the config file at ``config_path``; ``require_token`` when bound beyond loopback.
 
     Raises ConfigError for a bad config file, or when a token is required and none is configured;
     NewsletterError when the signing key the cookie is made with cannot be read or created.
     """
+    from newsletter.web import desk  # the page and the routes that change the next issue or send it
+
     redact_logs()
     state = PreviewState(config_path, engine)
     token = state.config.preview.access_token
@@ -207,6 +293,8 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             f"{config_path}: preview.host is not a loopback address, so the preview needs a token: set "
             f"NEWSLETTER_PREVIEW_TOKEN (16+ characters) or preview.token, or keep host 127.0.0.1"
         )
+    signing_key = secret_keys(state.config)[-1]
+    state.form_key = hashlib.sha256(b"newsletter desk forms\0" + signing_key.encode()).digest()
     session_value = _session_value(state.config, token) if require_token and token else ""
 
     @asynccontextmanager
@@ -218,6 +306,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             yield
         finally:
             state.stop.set()
+            await asyncio.to_thread(state.stop_sends)  # the messages in flight are recorded, then it ends
             watcher.join(timeout=5)
 
     app = FastAPI(title=f"{state.config.newsletter.name} preview", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -226,6 +315,10 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
         return PlainTextResponse(describe_invalid(exc), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def refused(_request: Request, exc: HTTPException) -> Response:
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
 
     async def admit(request: Request, call_next: Any) -> Response:
         """Let an editor in: by the session cookie, or by the token in the URL (which sets the cookie).
@@ -267,38 +360,14 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
     async def guard(request: Request, call_next: Any) -> Response:
         if not require_token and _hostname(request.headers.get("host") or "") not in LOOPBACK:
             return PlainTextResponse("this preview only answers to 127.0.0.1 or localhost", status_code=403)
-        if request.method == "POST":
-            origin = request.headers.get("origin")
-            if origin and urlsplit(origin).netloc != request.headers.get("host"):
-                return PlainTextResponse("cross-site request refused", status_code=403)
-        if require_token and token:
-            return await admit(request, call_next)
-        return await call_next(request)
-
-    @app.get("/", response_class=HTMLResponse)
-    def page(
-        issue: str = "next", view: str = "html", width: str = "desktop", notice: str = "", error: str = ""
-    ) -> HTMLResponse:
-        view = view if view in VIEWS else "html"
-        width = width if width in WIDTHS else "desktop"
-        nonce = secrets.token_urlsafe(18)
-        bad_ref = ref_problem(issue)
-        context: dict[str, Any] = {
-            "name": state.config.newsletter.name, "issue": issue, "view": view, "width": width,
-            "widths": WIDTHS, "views": VIEWS, "version": state.version, "notice": notice, "form_error": error,
-            "numbers": _issue_numbers(state), "problem": state.config_error or bad_ref, "sample": None,
-            "findings": [], "nonce": nonce,
-        }  # fmt: skip
-        if not context["problem"]:
-            try:
-                sample = state.sample(issue)
-                context["sample"] = sample
-                context["findings"] = check_sample(state.config, sample)
-                context["text"], context["source"], context["headers"] = _parts(sample)
-            except NewsletterError as exc:
-                context["problem"] = str(exc)
-        return HTMLResponse(_PAGE.render(context), status_code=400 if bad_ref else 200,
-                            headers={"Content-Security-Policy": preview_policy(nonce)})
+        if request.method not in SAFE_METHODS and _cross_site(request):
+            return PlainTextResponse("cross-site request refused", status_code=403)
+        fresh = None if request.cookies.get(DESK_COOKIE) else secrets.token_urlsafe(24)
+        request.state.desk_session = fresh or request.cookies.get(DESK_COOKIE, "")
+        response = await (admit(request, call_next) if require_token and token else call_next(request))
+        if fresh and response.status_code < 400:  # the first page: the browser's desk session begins
+            response.set_cookie(DESK_COOKIE, fresh, httponly=True, samesite="strict")
+        return response
 
     @app.get("/email", response_class=HTMLResponse)
     def email_html(issue: str = "next") -> HTMLResponse:
@@ -328,7 +397,7 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    @app.post("/send-test")
+    @app.post("/send-test", dependencies=FormChecked)
     async def send_test(to: Annotated[str, Form()] = "", issue: Annotated[str, Form()] = "next") -> RedirectResponse:
         """Send the issue to one address through the configured backend, subject marked [Test]."""
         try:
@@ -338,11 +407,22 @@ def create_preview_app(config_path: Path, engine: Engine | None = None, *, requi
             query = _query(issue, "html", "desktop", error=str(exc))
         return RedirectResponse(f"/?{query}", status_code=303)
 
+    app.include_router(desk.router)
+
     # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on a form post, which the
     # guard above refuses as cross-site
     app.add_middleware(SecurityHeaders, headers={"Content-Security-Policy": PAGE_POLICY,
                                                  "Referrer-Policy": "same-origin", "X-Content-Type-Options": "nosniff"})
     return app
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether a request says it comes from another site: an ``Origin`` that is not this host (``null``
+    included), or ``Sec-Fetch-Site: cross-site`` / ``same-site`` (a sibling host is another site here)."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        return True
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
 def _session_value(config: Config, token: str) -> str:
@@ -371,7 +451,7 @@ def _send_test(state: PreviewState, to: str, ref: str) -> str:
         ) from None
     sample = state.sample(ref)
     config = state.config
-    values = sample_values(config, Subscriber(email=address, name="", token=f"preview-{address}"))
+    values = recipient_values(config, Subscriber(email=address, name="", token=f"preview-{address}"))
     rendered = replace(sample.rendered, subject=f"[Test] {sample.rendered.subject}")
     message_id = f"<preview-{uuid.uuid4().hex}@{config.newsletter.sender_domain}>"
     data = MessageTemplate(config, rendered).personalise(values, message_id=message_id)
@@ -384,127 +464,25 @@ def _send_test(state: PreviewState, to: str, ref: str) -> str:
     return f"sent a test of {sample.description} to {address} via {backend.describe()}"
 
 
-def _issue_numbers(state: PreviewState) -> list[int]:
+def issue_numbers(state: PreviewState) -> list[int]:
+    """The numbers of every issue prepared so far (drafts aside), newest first."""
     with session(state.engine) as db:
-        return list(db.exec(select(Issue.number).order_by(col(Issue.number).desc())))
+        return list(db.exec(select(Issue.number).where(NOT_DRAFT).order_by(col(Issue.number).desc())))
 
 
-def _parts(sample: IssueSample) -> tuple[str, str, str]:
-    """(text part, raw source, headers) of the sample message, for the page's other views."""
-    _html, text = message_parts(sample.message)
+def sample_parts(sample: IssueSample) -> tuple[str, str, str, str]:
+    """(HTML part, text part, raw source, headers) of the sample message, for the page's views."""
+    html_part, text = message_parts(sample.message)
     source = sample.message.decode("utf-8", errors="replace").replace("\r\n", "\n")
     headers = BytesHeaderParser(policy=default_policy).parsebytes(sample.message)
-    return text, source, "\n".join(f"{name}: {value}" for name, value in headers.items())
+    return html_part, text, source, "\n".join(f"{name}: {value}" for name, value in headers.items())
 
 
 def _query(issue: str, view: str, width: str, **extra: str) -> str:
     return urlencode({"issue": issue, "view": view, "width": width, **extra})
 
 
-_ENV = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-
-_PAGE = _ENV.from_string("""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Preview · {{ name }}</title>
-<style nonce="{{ nonce }}">
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 15px/1.5 system-ui, sans-serif; color: #1f2933; background: #eef1f5; }
-  header { background: #fff; border-bottom: 1px solid #dfe3e8; padding: 10px 14px; display: flex; flex-wrap: wrap;
-           gap: 8px 18px; align-items: center; }
-  header h1 { font-size: 16px; margin: 0; }
-  nav { display: flex; flex-wrap: wrap; gap: 4px; }
-  nav a { padding: 3px 10px; border: 1px solid #c5ccd6; border-radius: 14px; color: #0f6b66; text-decoration: none; }
-  nav a[aria-current="true"] { background: #0f6b66; color: #fff; border-color: #0f6b66; }
-  main { padding: 14px; display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
-  .frame { max-width: 100%; }
-  iframe { display: block; border: 1px solid #c5ccd6; background: #fff; max-width: 100%; height: 80vh; }
-  pre { background: #fff; border: 1px solid #c5ccd6; padding: 12px; margin: 0; max-width: 100%; overflow: auto;
-        white-space: pre-wrap; word-break: break-all; }
-  aside { flex: 1 1 280px; min-width: 0; }
-  section { background: #fff; border: 1px solid #dfe3e8; padding: 10px 14px; margin-bottom: 12px; }
-  h2 { font-size: 14px; margin: 0 0 6px; text-transform: uppercase; letter-spacing: .5px; color: #4b5563; }
-  .problem { background: #fff4f4; border: 1px solid #d64545; color: #7a1010; padding: 12px 14px; white-space: pre-wrap;
-             word-break: break-word; flex: 1 1 100%; }
-  .notice { background: #effaf5; border: 1px solid #2f855a; padding: 8px 12px; flex: 1 1 100%; }
-  .error { color: #9b1c1c; } .warning { color: #8a5a00; }
-  ul { margin: 0; padding-left: 18px; } input[type=email] { width: 100%; padding: 6px; margin: 4px 0; }
-  button { padding: 6px 14px; background: #0f6b66; color: #fff; border: 0; border-radius: 4px; }
-  {% for key, px in widths.items() %}.width-{{ key }} { width: {{ px }}px; }
-  {% endfor %}
-</style>
-</head>
-<body>
-<header>
-  <h1>{{ name }} · preview</h1>
-  <nav aria-label="Issue">
-    <a href="?issue=next&view={{ view }}&width={{ width }}"
-       aria-current="{{ 'true' if issue == 'next' else 'false' }}">Next digest</a>
-    {% for number in numbers %}
-    <a href="?issue={{ number }}&view={{ view }}&width={{ width }}"
-       aria-current="{{ 'true' if issue == number|string else 'false' }}">#{{ number }}</a>
-    {% endfor %}
-  </nav>
-  <nav aria-label="Width">
-    {% for key, px in widths.items() %}
-    <a href="?issue={{ issue }}&view={{ view }}&width={{ key }}" data-width="{{ key }}"
-       aria-current="{{ 'true' if width == key else 'false' }}">{{ key|capitalize }} ({{ px }} px)</a>
-    {% endfor %}
-  </nav>
-  <nav aria-label="View">
-    {% for key in views %}
-    <a href="?issue={{ issue }}&view={{ key }}&width={{ width }}" data-view="{{ key }}"
-       aria-current="{{ 'true' if view == key else 'false' }}">{{ {'html': 'HTML', 'text': 'Plain text', 'source': 'Raw source', 'headers': 'Headers'}[key] }}</a>
-    {% endfor %}
-  </nav>
-</header>
-<main>
-  {% if notice %}<p class="notice" role="status">{{ notice }}</p>{% endif %}
-  {% if form_error %}<p class="problem" role="alert">{{ form_error }}</p>{% endif %}
-  {% if problem %}
-  <div class="problem" role="alert" id="problem">{{ problem }}</div>
-  {% else %}
-  <div class="frame">
-    <p id="description">{{ sample.description }} · subject: <strong id="subject">{{ sample.rendered.subject }}</strong></p>
-    {% if view == 'html' %}
-    <iframe id="email" title="The email as HTML" src="/email?issue={{ issue }}&amp;v={{ version }}"
-            width="{{ widths[width] }}" class="width-{{ width }}"></iframe>
-    {% elif view == 'text' %}<pre id="text" class="width-{{ width }}">{{ text }}</pre>
-    {% elif view == 'source' %}<pre id="source">{{ source }}</pre>
-    {% else %}<pre id="headers">{{ headers }}</pre>
-    {% endif %}
-  </div>
-  <aside>
-    <section id="checks">
-      <h2>Pre-send checks</h2>
-      {% if findings %}
-      <ul>{% for f in findings %}<li class="{{ f.severity.value }}">{{ f.severity.value }}: [{{ f.rule }}] {{ f.where }}: {{ f.message }}</li>{% endfor %}</ul>
-      {% else %}<p>All checks pass.</p>{% endif %}
-    </section>
-    <section>
-      <h2>Send a test</h2>
-      <form method="post" action="/send-test">
-        <label for="to">Send a test to</label>
-        <input type="email" id="to" name="to" required placeholder="you@example.org">
-        <input type="hidden" name="issue" value="{{ issue }}">
-        <button type="submit">Send test</button>
-      </form>
-    </section>
-  </aside>
-  {% endif %}
-</main>
-<script nonce="{{ nonce }}">
-  const shown = {{ version }};
-  const events = new EventSource("/events");
-  events.onopen = () => { document.documentElement.dataset.live = "yes"; };
-  events.onmessage = (event) => { if (Number(event.data) !== shown) { location.reload(); } };
-</script>
-</body>
-</html>
-""")
-
+_ENV = Environment(autoescape=True)
 _ERROR_FRAME = _ENV.from_string(
     '<!doctype html><html lang="en"><meta charset="utf-8"><body style="font:15px system-ui;color:#7a1010">'
     "<pre style='white-space:pre-wrap'>{{ problem }}</pre></body></html>"

@@ -27,7 +27,8 @@ PAGE_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-actio
                "frame-ancestors 'none'; base-uri 'none'")
 EMAIL_POLICY = ("default-src 'none'; style-src 'unsafe-inline' https:; img-src https: http: data:; "
                 "font-src https: data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
-TOKEN_ROUTES = frozenset({"confirm", "unsubscribe", "preferences"})  # /<route>/<token>: the token is a secret
+# /<route>/<token>: the token is a secret (a click link's may name its subscriber)
+TOKEN_ROUTES = frozenset({"confirm", "unsubscribe", "preferences", "c"})
 
 
 def preview_policy(nonce: str) -> str:
@@ -117,8 +118,8 @@ _PATH = re.compile(r"/[^\s\"?#]*")
 
 
 def redact(text: str) -> str:
-    """``text`` with every path segment after ``/confirm/``, ``/unsubscribe/`` or ``/preferences/`` (the
-    links' tokens) and every query value (the preview's ``?token=``, and anything else) replaced by "…"."""
+    """``text`` with every path segment after ``/confirm/``, ``/unsubscribe/``, ``/preferences/`` or ``/c/``
+    (the links' tokens) and every query value (the preview's ``?token=``, and anything else) replaced by "…"."""
 
     def path(match: re.Match[str]) -> str:
         segments = match[0].split("/")
@@ -143,20 +144,39 @@ class RedactTokens(logging.Filter):
         return True
 
 
+_CLICK_PATH = re.compile(r"(?:^|/)c/[^/?\s]+$")
+
+
+class NoClickLines(logging.Filter):
+    """Drops an access log line about a click link (``/c/<token>``): the client's address and the time of a
+    click would tie it to a person, which a click is never stored with unless ``tracking.per_subscriber``
+    (and a line per click is a good part of what a click costs the server)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        path = args[2] if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str) else ""
+        return not _CLICK_PATH.search(path.partition("?")[0])
+
+
 _REDACT = RedactTokens()
+_NO_CLICKS = NoClickLines()
+ACCESS_LOG = "uvicorn.access"  # its records' arguments: client, method, path, HTTP version, status
 # The servers' loggers, and ours under newsletter.web (which never log a URL; this keeps it so). A filter on
 # a logger applies to the records logged there, not to its children's, hence each name.
-LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn", "gunicorn.access", "gunicorn.error",
-           *(f"newsletter.web.{module}" for module in ("app", "pages", "archive", "api", "mail", "preview")))
+LOGGERS = (ACCESS_LOG, "uvicorn.error", "uvicorn", "gunicorn.access", "gunicorn.error",
+           *(f"newsletter.web.{module}" for module in ("app", "pages", "archive", "api", "mail", "preview", "clicks")))
 
 
 def redact_logs(loggers: Iterable[str] = LOGGERS) -> None:
-    """Put :class:`RedactTokens` on the loggers that write about requests (idempotent).
+    """Put :class:`RedactTokens` on the loggers that write about requests, and :class:`NoClickLines` (first)
+    on uvicorn's access log (idempotent).
 
     Called by both app factories, so however an app is served (``newsletter serve``, ``uvicorn ...:app``,
-    tests), the access log never carries a link's token. The filter sits on the loggers, not on handlers,
-    so it holds whatever handlers a logging configuration adds later."""
+    tests), the access log never carries a link's token, nor a line per click. The filters sit on the
+    loggers, not on handlers, so they hold whatever handlers a logging configuration adds later."""
     for name in loggers:
         logger = logging.getLogger(name)
+        if name == ACCESS_LOG and _NO_CLICKS not in logger.filters:
+            logger.filters.insert(0, _NO_CLICKS)
         if _REDACT not in logger.filters:
             logger.addFilter(_REDACT)

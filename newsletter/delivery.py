@@ -663,7 +663,9 @@ class _Loop:
 
     def _compose(self, person: Recipient, composed: deque[tuple[Recipient, OutgoingMessage]]) -> None:
         """The message for one claimed row, added to ``composed``; or its outcome, waiting for the next write
-        (skipped, or failed when no message can be built for it)."""
+        (skipped, or failed when its address or values cannot make a message). Any other error is a bug
+        that would hit the next subscribers too: it stops the send (the messages out are still finished and
+        written, the rest go back to the queue) rather than failing subscribers for good."""
         if person.status is not SubscriberStatus.ACTIVE:
             self.waiting.claimed.append(person)
             self.waiting.skipped[person.delivery_id] = f"subscriber is {person.status.value}"
@@ -675,10 +677,7 @@ class _Loop:
             return
         try:
             message = self.composer.compose(person.delivery_id, person, template)
-        except Exception as exc:  # noqa: BLE001  a message that cannot be built fails alone, with its reason
-            if not isinstance(exc, ValueError):  # InvalidAddress is one; anything else is a bug to report
-                log.exception("issue #%d: could not build the message for delivery %d",
-                              self.report.issue.number, person.delivery_id)
+        except ValueError as exc:  # InvalidAddress is one: this subscriber's message fails alone, with its reason
             self.waiting.claimed.append(person)
             self.waiting.results.append(SendResult(person.delivery_id, SendStatus.FAILED,
                                                    f"the message could not be built: {exc}", bounce=False))

@@ -144,6 +144,29 @@ def test_an_address_no_message_can_be_built_for_fails_alone(config, engine):
     assert "jörg@example.org" in failed.last_error
 
 
+def test_a_bug_while_building_one_message_stops_the_send_and_fails_no_one(config, engine, monkeypatch):
+    """Only a bad address or value fails a subscriber's delivery; any other error building a message is a
+    bug that would hit the next subscribers too, so the send stops with it and every row not written goes
+    back to the queue, for the run after the fix."""
+    from newsletter.message import Composer
+
+    prepared(config, engine, "a@example.org", "b@example.org", "c@example.org")
+    real = Composer.compose
+
+    def compose(self, delivery_id, subscriber, template, **kwargs):  # type: ignore[no-untyped-def]
+        if subscriber.email == "b@example.org":
+            raise KeyError("link7")
+        return real(self, delivery_id, subscriber, template, **kwargs)
+
+    monkeypatch.setattr(Composer, "compose", compose)
+    with pytest.raises(KeyError, match="link7"):
+        send_issue(engine, config, create_backend(config), 1)
+    assert statuses(engine) == dict.fromkeys(["a@example.org", "b@example.org", "c@example.org"], "queued")
+    monkeypatch.setattr(Composer, "compose", real)
+    assert send_issue(engine, config, create_backend(config), 1).sent == 3
+    assert set(statuses(engine).values()) == {"sent"}
+
+
 def test_send_moves_on_to_a_newer_issue_while_an_older_one_waits_for_a_retry(config, engine, smtp_server):
     smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
                        "port": smtp_server.port, "security": "none"}})

@@ -11,7 +11,7 @@ Per-message outcomes are results, never exceptions:
 - recipient or message refused with 5xx → FAILED, 4xx → RETRY, detail = ``"550 5.1.1 No such user"``;
 - refused at MAIL FROM (the envelope sender, or the declared SIZE) → RETRY whatever the code: that is
   about our configuration or message, not the recipient, and must not count as a bounce;
-- a non-ASCII address when the server does not offer SMTPUTF8 → FAILED;
+- a non-ASCII address (the message builder makes none) → FAILED, not a bounce;
 - a message that cannot be DKIM-signed → FAILED alone (not a bounce), the rest of the batch goes on;
 - connection lost → reconnect once and resend; if reconnecting fails (or the fresh connection is lost
   too) that message is RETRY and its connection stops taking messages; the other connections carry the
@@ -21,7 +21,7 @@ Messages are spread over ``connections`` parallel connections, all driven by one
 non-blocking sockets (:mod:`newsletter.backends.wire`): each connection takes its next message as soon as
 it has sent one, from :meth:`SmtpBackend.send`'s batch or the send loop's stream. They are paced by a
 shared ``rate_limit``; with ``dkim_selector`` set each message is DKIM-signed (dkimpy) just before DATA,
-``relaxed/relaxed``, over-signing the headers a reader sees and acts on (see :data:`OVERSIGNED`). The EHLO
+``relaxed/relaxed``, over-signing the headers a reader sees and acts on (see :func:`_dkim_headers`). The EHLO
 name is ``ehlo_name``, by default the sender's domain.
 
 A message whose connection dropped after the final ``.`` may have been delivered already; resending it
@@ -111,15 +111,6 @@ class SmtpOptions(BaseModel):
 
 DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
 _ENVELOPE_ACCEPTED = ((250,), (250, 251), (354,))  # the replies to MAIL FROM, RCPT TO and DATA that go on
-# What DKIM's h= covers: what a reader sees and the one-click unsubscribe. The OVERSIGNED ones are named
-# once more than they appear (an absent one once), so a copy of the message with a second From, Subject or
-# List-Unsubscribe prepended, or a Reply-To added, no longer verifies (RFC 6376 8.15); the others only as
-# present (a relay may add its own Feedback-ID).
-OVERSIGNED = (
-    b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id", b"List-Unsubscribe",
-    b"List-Unsubscribe-Post",
-)
-DKIM_HEADERS = (*OVERSIGNED, b"Feedback-ID", b"MIME-Version", b"Content-Type")
 
 
 class RateLimiter:
@@ -166,6 +157,7 @@ class SmtpBackend(Backend):
         self.limiter = RateLimiter(self.options.rate_limit)
         self._tls_context: ssl.SSLContext | None = None
         self._dkim_key: bytes | None = None
+        self._dkim_headers: list[tuple[bytes, int]] = []  # (name, how many more times h= names it than it appears)
         self._lanes = [SmtpLane(self) for _ in range(self.options.connections)]
 
     @property
@@ -183,6 +175,7 @@ class SmtpBackend(Backend):
         self.close()
         if self.options.dkim_selector:
             self._dkim_key = self._load_dkim_key()
+            self._dkim_headers = _dkim_headers(self.extra_headers())
         lane = self._lanes[0]
         lane.adopt(lane.connect())
 
@@ -228,14 +221,14 @@ class SmtpBackend(Backend):
 
     def sign(self, data: bytes) -> bytes:
         """``data`` with a DKIM-Signature prepended when DKIM is configured (relaxed/relaxed; h= over-signs
-        :data:`OVERSIGNED`). Raises dkim.DKIMException for a message that cannot be signed."""
+        :func:`_dkim_headers`). Raises dkim.DKIMException for a message that cannot be signed."""
         if self._dkim_key is None:
             return data
         import dkim  # checked at open()
 
         head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
         present = Counter(line.split(b":", 1)[0].strip().lower() for line in head if line[:1] not in (b" ", b"\t"))
-        headers = [h for h in DKIM_HEADERS for _ in range(present[h.lower()] + (h in OVERSIGNED))]
+        headers = [name for name, more in self._dkim_headers for _ in range(present[name.lower()] + more)]
         domain = (self.options.dkim_domain or self.config.newsletter.sender_domain).encode()
         signature = dkim.sign(data, str(self.options.dkim_selector).encode(), domain, self._dkim_key,
                               canonicalize=(b"relaxed", b"relaxed"), include_headers=headers, linesep=b"\r\n")
@@ -411,12 +404,9 @@ class SmtpLane:
     def _prepare(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> Steps:
         """The message's content and envelope commands for this connection, counted against the rate limit
         and the connection's share; a FAILED result for an address this server cannot take."""
-        if not (message.envelope_from + message.recipient).isascii() and not smtp.has_extn("smtputf8"):
-            return SendResult(
-                message.delivery_id,
-                SendStatus.FAILED,
-                f"{message.recipient}: non-ASCII address, but {self.address} does not offer SMTPUTF8",
-            )
+        if not (message.envelope_from + message.recipient).isascii():  # the builder makes none (InvalidAddress)
+            return SendResult(message.delivery_id, SendStatus.FAILED,
+                              f"{message.recipient!r}: not a plain ASCII address; not sent", bounce=False)
         try:
             signed = self.backend.sign(message.data)
         except Exception as exc:  # noqa: BLE001  dkimpy's errors about this message: it fails alone
@@ -429,16 +419,12 @@ class SmtpLane:
             yield Sleep(wait)
         self._messages_on_connection += 1
         content = _dot_stuffed(message, signed)
-        mail_options = [f"SIZE={len(content)}"] if smtp.has_extn("size") else []
-        if not (message.envelope_from + message.recipient).isascii():
-            mail_options.append("SMTPUTF8")
-        options = "".join(f" {option}" for option in mail_options)
-        commands = (f"MAIL FROM:{_quoted(message.envelope_from)}{options}",
+        size = f" SIZE={len(content)}" if smtp.has_extn("size") else ""
+        commands = (f"MAIL FROM:{_quoted(message.envelope_from)}{size}",
                     f"RCPT TO:{_quoted(message.recipient)}", "DATA")
         if any(ch in command for command in commands for ch in "\r\n"):  # never a second command in an address
             raise ValueError(f"line break in the envelope of {message.recipient!r}")
-        encoding = "utf-8" if "SMTPUTF8" in mail_options else "ascii"
-        return _Envelope(message, content, tuple(f"{command}\r\n".encode(encoding) for command in commands))
+        return _Envelope(message, content, tuple(f"{command}\r\n".encode("ascii") for command in commands))
 
     def _send_envelope(self, smtp: smtplib.SMTP, envelope: _Envelope) -> Steps:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920); else nothing yet,
@@ -627,6 +613,17 @@ class SmtpLane:
 
 
 _PLAIN_ADDRESS = re.compile(r'[^\s<>()\[\]\\,;:"@]+@[^\s<>()\[\]\\,;:"@]+')
+
+
+def _dkim_headers(extra_headers: dict[str, str]) -> list[tuple[bytes, int]]:
+    """What DKIM's h= covers, as ``(name, more)``: each header the message builder writes
+    (:data:`newsletter.message.WRITTEN_HEADERS`) is named once more than it appears (an absent one once),
+    so a copy with a second From, Subject or List-Unsubscribe prepended, or a Reply-To added, no longer
+    verifies (RFC 6376 8.15); the backend's own extra headers (Feedback-ID) only as present (a relay may
+    add its own)."""
+    from newsletter.message import WRITTEN_HEADERS  # here, not at import: the builder is heavy for start-up
+
+    return [*((name.encode(), 1) for name in WRITTEN_HEADERS), *((name.encode(), 0) for name in extra_headers)]
 
 
 def _quoted(address: str) -> str:

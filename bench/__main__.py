@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -145,6 +146,32 @@ def send(config_path: Path, workers: int, profile: str | None) -> tuple[float, i
     return elapsed, max(peaks), cpu
 
 
+def cpu_time(pid: int) -> float:
+    """Seconds of CPU (user + system) process ``pid`` has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Sink:
+    """``smtp-sink`` on a loopback port, and the CPU time it used while each sender ran."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = start_sink(self.port)
+        self.busy: dict[str, list[float]] = {}  # what ran -> the sink's share of one core while it ran
+
+    def measure(self, name: str, run: Callable[[], float]) -> float:
+        before, start = cpu_time(self.process.pid), time.perf_counter()
+        result = run()
+        self.busy.setdefault(name, []).append(
+            (cpu_time(self.process.pid) - before) / (time.perf_counter() - start))
+        return result
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
 def reference(port: int, size: int, count: int, connections: int, *, keep: bool) -> float:
     """smtp-source's messages per second for ``count`` messages of ``size`` bytes; with ``keep`` (its -d)
     each connection carries many messages, as ours do, instead of one."""
@@ -171,8 +198,8 @@ def main() -> None:
     os.environ.setdefault("NEWSLETTER_SECRET_KEY", "bench")
     os.environ.pop("NEWSLETTER_DATABASE_URL", None)
     with tempfile.TemporaryDirectory(prefix="newsletter-bench-") as folder:
-        port = free_port()
-        sink = start_sink(port)
+        sink = Sink()
+        port = sink.port
         try:
             config_path = write_config(Path(folder), port, args.connections, args.in_flight_factor,
                                        args.database_url)
@@ -188,16 +215,15 @@ def main() -> None:
             count = min(args.subscribers, 20_000)
 
             def references() -> tuple[float, float]:
-                return (reference(port, size, count, connections, keep=False),
-                        reference(port, size, count, connections, keep=True))
+                return (sink.measure("smtp-source", lambda: reference(port, size, count, connections, keep=False)),
+                        sink.measure("smtp-source -d", lambda: reference(port, size, count, connections, keep=True)))
 
             before = references()  # the reference runs before and after ours: this machine's speed drifts
-            elapsed, rss, cpu = send(config_path, args.workers, args.profile)
+            elapsed, rss, cpu = sink.measure("ours", lambda: send(config_path, args.workers, args.profile))
             after = references()
             source_rate, kept_rate = ((b + a) / 2 for b, a in zip(before, after, strict=True))
         finally:
-            sink.terminate()
-            sink.wait()
+            sink.stop()
     rate = prepared.recipient_count / elapsed
     print(f"subscribers            {prepared.recipient_count:,} ({args.summaries} summaries, "
           f"{args.workers} worker(s) x {args.connections} connection(s), in_flight_factor "
@@ -214,6 +240,9 @@ def main() -> None:
     print(f"smtp-source -d         {kept_rate:,.0f} msg/s over {connections} connection(s) kept open, as ours are "
           f"({before[1]:,.0f} before, {after[1]:,.0f} after)")
     print(f"ours / smtp-source     {rate / source_rate:.2f} ({rate / kept_rate:.2f} of smtp-source -d)")
+    busy = {name: sum(shares) / len(shares) for name, shares in sink.busy.items()}
+    print(f"smtp-sink busy         {busy['ours']:.0%} of a core during ours (start-up included), "
+          f"{busy['smtp-source -d']:.0%} during smtp-source -d, {busy['smtp-source']:.0%} during smtp-source")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 
 Sets up the subscribers and an issue like ``python -m bench``, then runs ``send_issue`` here (no process
 start-up, no pre-send checks) against ``smtp-sink`` and prints the rate, this process's CPU time and the
-time spent in claiming, composing, the backend's ``send`` (in the helper thread), waiting for it, and
-recording, per message. Composing overlaps the backend's send; claiming and recording do not.
+time the send loop spent claiming, composing, waiting for results, writing them and reading the issue's
+status, per message. The backend sends meanwhile, in its own threads.
 """
 
 from __future__ import annotations
@@ -20,24 +20,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import fill, free_port, start_sink, write_config
+from bench.__main__ import Sink, cpu_time, fill, write_config
 from newsletter import delivery
-from newsletter.backends import create_backend
+from newsletter.backends import create_backend, wire
 from newsletter.config import load_config
 from newsletter.db import open_database
 from newsletter.issues import prepare_issue
 
-spent: Counter[str] = Counter()
+spent: Counter[str] = Counter()  # seconds of wall time
+cpu_spent: Counter[str] = Counter()  # seconds of CPU time of the thread
 
 
 def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return function(*args, **kwargs)
         finally:
             spent[name] += time.perf_counter() - start
+            cpu_spent[name] += time.thread_time() - cpu
 
     return wrapper
 
@@ -52,8 +54,8 @@ def main() -> None:
     os.environ.pop("NEWSLETTER_DATABASE_URL", None)
     with tempfile.TemporaryDirectory(prefix="newsletter-phases-") as folder:
         os.chdir(folder)
-        port = free_port()
-        sink = start_sink(port)
+        sink = Sink()
+        port = sink.port
         try:
             config = load_config(write_config(Path(folder), port, args.connections, args.in_flight_factor, None))
             engine = open_database(config)
@@ -62,26 +64,41 @@ def main() -> None:
             delivery._claim = timed("claim", delivery._claim)
             delivery._record = timed("record", delivery._record)
             delivery._Loop._compose = timed("compose", delivery._Loop._compose)
-            wait_and_record = delivery._Loop._record_window
+            delivery._Loop._issue_status = timed("issue status", delivery._Loop._issue_status)
+            run_wire = wire.Wire._run
 
-            def record_window(loop: Any, window: Any, sending: Any) -> int:
-                timed("wait for the backend", sending.result)()
-                return wait_and_record(loop, window, sending)
+            def wire_thread(self: Any) -> None:  # the CPU time of the thread that drives the connections
+                try:
+                    run_wire(self)
+                finally:
+                    spent["connections' thread CPU"] += time.thread_time()
 
-            delivery._Loop._record_window = record_window
+            wire.Wire._run = wire_thread  # type: ignore[method-assign]
             backend = create_backend(config)
-            backend.send = timed("backend send", backend.send)  # type: ignore[method-assign]
-            cpu, start = os.times(), time.perf_counter()
+            open_stream = backend.stream
+
+            def stream() -> Any:
+                opened = open_stream()
+                opened.take = timed("wait for results", opened.take)  # type: ignore[method-assign]
+                return opened
+
+            backend.stream = stream  # type: ignore[method-assign]
+            cpu, start, sink_cpu = os.times(), time.perf_counter(), cpu_time(sink.process.pid)
+            main_cpu = time.thread_time()
             report = delivery.send_issue(engine, config, backend, 1)
             elapsed, used = time.perf_counter() - start, os.times()
+            spent["send loop's thread CPU"] += time.thread_time() - main_cpu
+            sink_cpu = cpu_time(sink.process.pid) - sink_cpu
         finally:
-            sink.terminate()
-            sink.wait()
+            sink.stop()
     sent = report.sent
     print(f"sent {sent:,} in {elapsed:.2f} s, {sent / elapsed:,.0f} msg/s; CPU {used.user - cpu.user:.2f} s user, "
-          f"{used.system - cpu.system:.2f} s system")
-    for name in ("claim", "compose", "backend send", "wait for the backend", "record"):
-        print(f"  {name:22s} {spent[name]:6.2f} s  {spent[name] / sent * 1e6:5.0f} µs/message")
+          f"{used.system - cpu.system:.2f} s system; smtp-sink {sink_cpu / sent * 1e6:.0f} µs of CPU per message, "
+          f"busy {sink_cpu / elapsed:.0%} of the time")
+    for name in ("claim", "compose", "wait for results", "record", "issue status", "send loop's thread CPU",
+                 "connections' thread CPU"):
+        cpu = f", CPU {cpu_spent[name] / sent * 1e6:4.0f} µs" if name in cpu_spent else ""
+        print(f"  {name:24s} {spent[name]:6.2f} s  {spent[name] / sent * 1e6:5.0f} µs/message{cpu}")
 
 
 if __name__ == "__main__":

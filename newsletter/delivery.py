@@ -1,11 +1,12 @@
 """The send loop and its ledger: every (issue, subscriber) pair is sent once, and a run can always resume.
 
 ``send_issue`` repeatedly claims a batch of deliveries (a lease with an owner and an expiry, taken in a
-short write transaction), then sends the batch in windows of ``backend.max_in_flight`` ×
-``delivery.in_flight_factor`` messages, recording each window's results in one transaction, only to rows
-the sender still holds; the next window is composed while one is sent. So a crash
-(even ``kill -9``) can leave at most one window ambiguous: those messages may have gone out without their
-result being written, and are sent again by the next run (their deterministic Message-ID makes the copy
+short write transaction) and streams it to the backend: at most ``backend.max_in_flight`` ×
+``delivery.in_flight_factor`` messages are handed over whose results are not yet written. Results are
+written every few milliseconds in one transaction, only to rows the sender still holds, and each write
+frees places for the next messages, composed meanwhile (see :class:`_Loop`). So a crash (even
+``kill -9``) can leave at most that many messages ambiguous: they may have gone out without their result
+being written, and are sent again by the next run (their deterministic Message-ID makes the copy
 recognisable). Claimed rows not yet handed over go back to ``queued``.
 
 The next run takes over a dead sender's rows when its lease (``delivery.lease``) expires, or at once when
@@ -17,30 +18,32 @@ Results map onto the ledger like this: SENT → ``sent``; RETRY → ``retry`` wi
 hard bounce for the subscriber. A subscriber who left the list after the issue was prepared, or none of
 whose topics has an item in the issue, is ``skipped`` with the reason in ``last_error``.
 
-The loop stops between windows when asked to (``stop``, set by SIGTERM/Ctrl-C), when the issue is paused
-or cancelled by another command, or when more than ``delivery.pause_error_rate`` of the last
-``delivery.pause_window`` results were failures: then it pauses the issue itself and says so.
+The loop stops handing over messages when asked to (``stop``, set by SIGTERM/Ctrl-C), when the issue is
+paused or cancelled by another command (read after every write), or when more than
+``delivery.pause_error_rate`` of the last ``delivery.pause_window`` results were failures: then it pauses
+the issue itself and says so. The messages already handed over are finished and written first.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, exists, func, or_, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, exists, func, or_, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from newsletter import owners
 from newsletter.backends import Backend, OutgoingMessage, SendResult, SendStatus
+from newsletter.backends.base import Stream
 from newsletter.bounces import record_bounce
 from newsletter.config import Config
 from newsletter.db import Patience, database_fault, patiently, session
@@ -419,20 +422,34 @@ class Recipient:
 
 @dataclass
 class _Window:
-    """One window of claimed deliveries: what goes to the backend, and what is written in one transaction."""
+    """Outcomes of claimed deliveries written to the ledger together, in one transaction."""
 
-    claimed: Sequence[Recipient]
-    messages: list[OutgoingMessage] = field(default_factory=list)
+    claimed: list[Recipient] = field(default_factory=list)
     results: list[SendResult] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # delivery id -> reason
     bounce: set[int] = field(default_factory=set)  # delivery ids whose FAILED result is a hard bounce
     message_ids: dict[int, str] = field(default_factory=dict)
+    handed_over: int = 0  # how many of the results are for messages the backend was given
+
+    def __len__(self) -> int:
+        return len(self.claimed)
+
+
+# How long results wait for the ledger at most while places are left; half the places holding results
+# that wait for it makes the write happen at once.
+WRITE_EVERY = 0.005
 
 
 class _Loop:
-    """Claims batches and sends them window by window. While the backend sends one window (in a helper
-    thread), the next one is composed; it is handed over only once the previous one is recorded, so at
-    most one window is ever in flight."""
+    """Claims batches and streams them to the backend (:meth:`Backend.stream`), with at most ``places``
+    (``max_in_flight`` × ``delivery.in_flight_factor``) messages handed over whose results are not written.
+
+    The next messages are composed while the backend sends, and handed over as places come free; results
+    are written in one transaction every few milliseconds (:data:`WRITE_EVERY`), or at once when half the
+    places hold results that wait for the ledger, so a backend that takes messages one by one (SMTP) never
+    waits for the ledger. A backend that sends windows (the default stream) is given the next full window
+    once the last one is written. The issue's status is read after every write, and the lease extended.
+    """
 
     def __init__(self, engine: Engine, config: Config, backend: Backend, composer: Composer, report: SendReport,
                  clock: Callable[[], datetime], stop: threading.Event | None, owner: str, patience: Patience) -> None:
@@ -441,56 +458,113 @@ class _Loop:
         self.owner, self.patience = owner, patience
         self.database_failed = False  # the database stayed away longer than patience allows
         self.recent: deque[bool] = deque(maxlen=config.delivery.pause_window)  # True = an error
-        self.expires_at = clock()  # when the lease on the current batch runs out (set by each claim)
+        self.failures = 0  # how many of ``recent`` are errors
+        self.expires_at = clock()  # when the lease on the rows held runs out (set by each claim)
         self.held: set[int] | None = None  # the batch's rows still held, once the lease ran out (None: all)
         self._status = select(Issue.status).where(Issue.id == report.issue.id)
+        self.done = 0  # claimed rows finished: written, or left to a sender that took them over
 
     def run(self, batch_size: int, progress: Progress | None) -> None:
         issue_id, lease = self.report.issue.id, self.config.delivery.lease_time
         in_flight = self.backend.max_in_flight
-        size = in_flight * self.config.delivery.in_flight_factor if in_flight else batch_size
-        done = 0
-        out: tuple[_Window, Future[list[SendResult]]] | None = None  # the window the backend is sending
-
-        def record_out() -> None:
-            nonlocal out, done
-            assert out is not None
-            window, sending = out
-            out = None
-            done += self._record_window(window, sending)
-            if progress:
-                progress(self.report.issue.number, done, self.report.total)
-
-        with ThreadPoolExecutor(1, thread_name_prefix="newsletter-send") as sender:
-            while not self._should_stop() and (claimed := self._db(
-                    lambda: _claim(self.engine, issue_id, self.owner, batch_size, self.clock(), lease))):
-                self.expires_at, self.held = self.clock() + lease, None
+        places = in_flight * self.config.delivery.in_flight_factor if in_flight else batch_size
+        todo: deque[Recipient] = deque()  # claimed, not composed yet
+        composed: deque[tuple[Recipient, OutgoingMessage]] = deque()  # not handed over yet
+        out: dict[int, tuple[Recipient, str]] = {}  # handed over, no result yet: the row and its Message-ID
+        unfinished: dict[int, Recipient] = {}  # claimed, not written: given back at the end
+        self.waiting = _Window()  # outcomes for the next write
+        self.last_write = time.monotonic()
+        stopping = exhausted = False
+        stream = self.backend.stream()
+        try:
+            while True:
+                if not (todo or composed or stopping or exhausted):
+                    if self._should_stop():
+                        stopping = True
+                    elif claimed := self._db(
+                            lambda: _claim(self.engine, issue_id, self.owner, batch_size, self.clock(), lease)):
+                        self._claimed(claimed, lease, holding=bool(unfinished))
+                        todo.extend(claimed)
+                        unfinished.update((person.delivery_id, person) for person in claimed)
+                    else:
+                        exhausted = True
+                free = places - len(out) - self.waiting.handed_over
+                if composed and not stopping and free > 0 and (len(composed) >= free or not todo) and stream.ready():
+                    handing = [composed.popleft() for _ in range(min(free, len(composed)))]
+                    if self.held is not None:
+                        handing = self._leave_taken_over(handing, unfinished)
+                    out.update((person.delivery_id, (person, message.message_id)) for person, message in handing)
+                    stream.put([message for _, message in handing])
+                while todo and len(composed) < places and not stopping:  # composed ahead, in one go
+                    self._compose(todo.popleft(), composed)
+                if out:  # woken once half the places hold results, or when the next write is due
+                    wait = max(self.last_write + WRITE_EVERY - time.monotonic(), 0) if self.waiting else None
+                    self._arrived(stream.take(wait, max(1, places // 2 - self.waiting.handed_over)), out)
+                if self.waiting and (stopping or not out or 2 * self.waiting.handed_over >= places
+                                     or time.monotonic() - self.last_write >= WRITE_EVERY):
+                    status = self._write(unfinished, progress)
+                    stopping = stopping or self._should_stop(status)
+                    self._keep_lease()
+                if not (out or self.waiting) and (stopping or exhausted and not (todo or composed)):
+                    break
+        except BaseException as exc:
+            if out and not isinstance(exc, DeliveryError):
+                self._drain(stream, out)  # this thread failed with messages out: try to keep their results
+            if self.waiting:
                 try:
-                    for start in range(0, len(claimed), size):
-                        # composed while the backend sends the previous window, to keep its connections busy
-                        window = self._compose(claimed[start:start + size])
-                        if out is not None:
-                            record_out()
-                            if self._should_stop():
-                                break
-                            self._keep_lease()
-                        if self.held is not None:
-                            self._leave_taken_over(window, self.held)
-                        out = (window, sender.submit(self._send, window))
-                    if out is not None:
-                        record_out()
-                finally:
-                    if out is not None:  # this thread failed while a window was out: try to keep its results
-                        try:
-                            record_out()
-                        except NewsletterError as exc:  # the database is gone for good, or its disk is full
-                            log.error("could not record the results of the window in flight (%s); its messages "
-                                      "will be sent again", exc)
-                        except Exception:
-                            log.exception("could not record the results of the window in flight; its "
-                                          "messages will be sent again")
-                    # rows stopped early, or whose window failed, go back to the queue for the next run
-                    self._give_back(claimed)
+                    self._write(unfinished, progress)
+                except NewsletterError as exc:  # the database is gone for good, or its disk is full
+                    log.error("could not record the results of the messages in flight (%s); they will be sent "
+                              "again", exc)
+                except Exception:
+                    log.exception("could not record the results of the messages in flight; they will be sent again")
+            raise
+        finally:
+            stream.close()
+            # rows stopped early, or whose messages failed, go back to the queue for the next run
+            self._give_back(list(unfinished.values()))
+
+    def _claimed(self, claimed: Sequence[Recipient], lease: timedelta, *, holding: bool) -> None:
+        """A new batch: its lease runs out ``lease`` from now (or when an earlier batch's does, if rows of it
+        are still out), and all its rows are held."""
+        expires_at = self.clock() + lease
+        self.expires_at = min(self.expires_at, expires_at) if holding else expires_at
+        self.held = None
+
+    def _arrived(self, results: Sequence[SendResult], out: dict[int, tuple[Recipient, str]]) -> None:
+        for result in results:
+            person, message_id = out.pop(result.delivery_id)
+            self.waiting.claimed.append(person)
+            self.waiting.results.append(result)
+            self.waiting.message_ids[result.delivery_id] = message_id
+            self.waiting.handed_over += 1
+            if result.status is SendStatus.FAILED and result.bounce:
+                self.waiting.bounce.add(result.delivery_id)
+
+    def _drain(self, stream: Stream, out: dict[int, tuple[Recipient, str]]) -> None:
+        """Wait for the results of the messages out (the backend's own timeouts bound the wait)."""
+        try:
+            while out and (results := stream.take(None)):
+                self._arrived(results, out)
+        except Exception as exc:  # noqa: BLE001  the backend failed too: what is left goes back to the queue
+            log.error("could not wait for the messages in flight (%s)", exc)
+
+    def _write(self, unfinished: dict[int, Recipient], progress: Progress | None) -> IssueStatus:
+        """Write the outcomes waiting, in one transaction; the issue's status read in it."""
+        window, self.waiting = self.waiting, _Window()
+        try:
+            status: IssueStatus = self._db(lambda: self._record_once(window))
+        except BaseException:
+            self.waiting = window  # not written: the caller may try once more
+            raise
+        self.last_write = time.monotonic()
+        for person in window.claimed:
+            del unfinished[person.delivery_id]
+        self.done += len(window)
+        if progress:
+            progress(self.report.issue.number, self.done, self.report.total)
+        self._watch_errors(window.results)
+        return status
 
     def _db(self, call: Callable[[], Any]) -> Any:
         """``call()``, one unit of ledger work, tried again while the database is unavailable, as long as
@@ -519,20 +593,23 @@ class _Loop:
             log.error("could not give back the claimed deliveries either: the next sender on this machine takes "
                       "them over at once, others once their lease expires")
 
-    def _should_stop(self) -> bool:
+    def _should_stop(self, status: IssueStatus | None = None) -> bool:
+        """Whether to stop: asked to, paused by the error rate, or the issue paused or cancelled by another
+        command (``status``, read after the last write, or now)."""
         if self.report.stopped:
             return True
         if self.stop is not None and self.stop.is_set():
             self.report.stopped = "stopped on request; in-flight messages were recorded"
             return True
-        status = self._db(self._issue_status)
+        if status is None:
+            status = self._db(self._issue_status)
         if status not in SENDABLE:
             self.report.stopped = f"the issue was {status.value} by another command"
             return True
         return False
 
     def _issue_status(self) -> IssueStatus:
-        with self.engine.connect() as connection:  # once per window: a plain connection costs half a Session
+        with self.engine.connect() as connection:  # before a claim: a plain connection costs half a Session
             return connection.execute(self._status).scalar_one()
 
     def _keep_lease(self) -> None:
@@ -569,89 +646,67 @@ class _Loop:
             self.held = held
         self.expires_at = now + lease
 
-    def _leave_taken_over(self, window: _Window, held: set[int]) -> None:
-        """Drop from ``window`` the messages of rows another sender took over: they are its to send now
+    def _leave_taken_over(self, handing: list[tuple[Recipient, OutgoingMessage]],
+                          unfinished: dict[int, Recipient]) -> list[tuple[Recipient, OutgoingMessage]]:
+        """``handing`` without the messages of rows another sender took over: they are its to send now
         (what is recorded for them is ignored anyway, since :func:`_record` writes only to rows still held)."""
-        messages = [m for m in window.messages if m.delivery_id in held]
-        if len(messages) < len(window.messages):
+        assert self.held is not None
+        kept = [(person, message) for person, message in handing if person.delivery_id in self.held]
+        if len(kept) < len(handing):
             log.warning("issue #%d: %d deliveries were taken over by another sender while this one's lease had "
-                        "run out; leaving them to it", self.report.issue.number, len(window.messages) - len(messages))
-            window.messages = messages
+                        "run out; leaving them to it", self.report.issue.number, len(handing) - len(kept))
+            for person, _ in handing:
+                if person.delivery_id not in self.held:
+                    del unfinished[person.delivery_id]
+                    self.done += 1
+        return kept
 
-    def _compose(self, claimed: Sequence[Recipient]) -> _Window:
-        window = _Window(claimed)
-        for person in claimed:
-            if person.status is not SubscriberStatus.ACTIVE:
-                window.skipped[person.delivery_id] = f"subscriber is {person.status.value}"
-                continue
-            template = self.composer.template(person.topics)
-            if template is None:
-                window.skipped[person.delivery_id] = f"no items this issue for topics: {', '.join(person.topics)}"
-                continue
-            try:
-                message = self.composer.compose(person.delivery_id, person, template)
-            except Exception as exc:  # noqa: BLE001  a message that cannot be built fails alone, with its reason
-                if not isinstance(exc, ValueError):  # InvalidAddress is one; anything else is a bug to report
-                    log.exception("issue #%d: could not build the message for delivery %d",
-                                  self.report.issue.number, person.delivery_id)
-                window.results.append(SendResult(person.delivery_id, SendStatus.FAILED,
-                                                 f"the message could not be built: {exc}", bounce=False))
-                continue
-            window.messages.append(message)
-            window.message_ids[person.delivery_id] = message.message_id
-        return window
-
-    def _send(self, window: _Window) -> list[SendResult]:
-        """One result per message of the window; any failure of the backend itself is a DeliveryError.
-
-        A message the backend returned no result for is RETRY (so it counts as an attempt and is given up
-        after the retry schedule), rather than released and sent again at once, for ever.
-        """
-        if not window.messages:
-            return []
+    def _compose(self, person: Recipient, composed: deque[tuple[Recipient, OutgoingMessage]]) -> None:
+        """The message for one claimed row, added to ``composed``; or its outcome, waiting for the next write
+        (skipped, or failed when its address or values cannot make a message). Any other error is a bug
+        that would hit the next subscribers too: it stops the send (the messages out are still finished and
+        written, the rest go back to the queue) rather than failing subscribers for good."""
+        if person.status is not SubscriberStatus.ACTIVE:
+            self.waiting.claimed.append(person)
+            self.waiting.skipped[person.delivery_id] = f"subscriber is {person.status.value}"
+            return
+        template = self.composer.template(person.topics)
+        if template is None:
+            self.waiting.claimed.append(person)
+            self.waiting.skipped[person.delivery_id] = f"no items this issue for topics: {', '.join(person.topics)}"
+            return
         try:
-            results = self.backend.send(window.messages)
-        except NewsletterError:
-            raise
-        except Exception as exc:
-            raise DeliveryError(
-                f"the {self.backend.describe()} backend failed: {exc}; the batch will be sent again"
-            ) from exc
-        by_id = {r.delivery_id: r for r in results}
-        missing = [m.delivery_id for m in window.messages if m.delivery_id not in by_id]
-        if missing:
-            log.error("the %s backend returned no result for %d of %d messages (a bug in the backend); "
-                      "they will be retried", self.backend.describe(), len(missing), len(window.messages))
-        nothing = "the backend returned no result"
-        return [by_id.get(m.delivery_id) or SendResult(m.delivery_id, SendStatus.RETRY, nothing)
-                for m in window.messages]
+            message = self.composer.compose(person.delivery_id, person, template)
+        except ValueError as exc:  # InvalidAddress is one: this subscriber's message fails alone, with its reason
+            self.waiting.claimed.append(person)
+            self.waiting.results.append(SendResult(person.delivery_id, SendStatus.FAILED,
+                                                   f"the message could not be built: {exc}", bounce=False))
+            return
+        composed.append((person, message))
 
-    def _record_window(self, window: _Window, sending: Future[list[SendResult]]) -> int:
-        """Wait for the window's results and write them; returns how many deliveries it held."""
-        results = sending.result()
-        window.bounce = {r.delivery_id for r in results if r.status is SendStatus.FAILED and r.bounce}
-        window.results.extend(results)
-        self._db(lambda: self._record_once(window))
-        self._watch_errors(window.results)
-        return len(window.claimed)
-
-    def _record_once(self, window: _Window) -> None:
+    def _record_once(self, window: _Window) -> IssueStatus:
         """One try at :func:`_record`; the report's counts are put back when it fails, so a try again counts once."""
         before = copy.copy(self.report)
         try:
-            _record(self.engine, self.config, self.owner, window, self.report, self.clock())
+            return _record(self.engine, self.config, self.owner, window, self.report, self.clock())
         except BaseException:
             vars(self.report).update(vars(before))
             raise
 
     def _watch_errors(self, results: Sequence[SendResult]) -> None:
-        """Pause the issue when too many of the recent results were failures."""
-        self.recent.extend(r.status is not SendStatus.SENT for r in results)
+        """Pause the issue when more than ``delivery.pause_error_rate`` of the last ``delivery.pause_window``
+        results were failures, at any point in the stream of results (however they are grouped in writes)."""
         limit = self.config.delivery.pause_error_rate
-        if len(self.recent) < (self.recent.maxlen or 0):
-            return
-        rate = sum(self.recent) / len(self.recent)
-        if rate > limit:
+        rate = 0.0
+        for result in results:
+            if len(self.recent) == self.recent.maxlen:
+                self.failures -= self.recent[0]
+            self.recent.append(result.status is not SendStatus.SENT)
+            self.failures += self.recent[-1]
+            if len(self.recent) == self.recent.maxlen and self.failures / len(self.recent) > limit:
+                rate = self.failures / len(self.recent)
+                break
+        if rate and not self.report.stopped.startswith("paused: "):  # once per run
             reason = (
                 f"paused: {rate:.0%} of the last {len(self.recent)} messages failed (limit {limit:.0%}); "
                 f"check `newsletter digest status {self.report.issue.number}`, then "
@@ -665,28 +720,59 @@ class _Loop:
             self.report.stopped = reason
 
 
-def _record(engine: Engine, config: Config, owner: str, window: _Window, report: SendReport, now: datetime) -> None:
-    """Write the window's results in one transaction, only to rows this sender still holds."""
+_TABLE = Delivery.__table__  # type: ignore[attr-defined]
+_HELD = and_(_TABLE.c.claimed_by == bindparam("owner"), _TABLE.c.status == DeliveryStatus.SENDING)
+_AT_MOST = 200  # rows per UPDATE of sent rows: far below any database's limit on parameters
+
+
+@functools.lru_cache(maxsize=_AT_MOST)
+def _sent_update(rows: int) -> Any:
+    """One UPDATE for ``rows`` sent rows held by this sender, each with its Message-ID (a CASE over the ids).
+
+    One statement per write, built once per number of rows: an ORM UPDATE per row was most of the sender's
+    time, and an executemany of one value per row cost a round trip through the database driver, and a
+    turn at the interpreter's lock, per row.
+    """
+    ids = [bindparam(f"id{n}") for n in range(rows)]
+    message_ids = case(*((row, bindparam(f"mid{n}")) for n, row in enumerate(ids)), value=_TABLE.c.id)
+    return update(_TABLE).where(_TABLE.c.id.in_(ids), _HELD).values(
+        status=DeliveryStatus.SENT, attempts=_TABLE.c.attempts + 1, message_id=message_ids,
+        sent_at=bindparam("now"), updated_at=bindparam("now"), claimed_by=None, lease_expires_at=None,
+        last_error=None)
+
+
+def _write_sent(connection: Connection, owner: str, sent: Sequence[SendResult], message_ids: dict[int, str],
+                now: datetime) -> int:
+    """Mark ``sent`` rows this sender still holds as sent; how many it held."""
+    written = 0
+    for start in range(0, len(sent), _AT_MOST):
+        part = sent[start:start + _AT_MOST]
+        values: dict[str, Any] = {"owner": owner, "now": now}
+        for n, result in enumerate(part):
+            values[f"id{n}"] = result.delivery_id
+            values[f"mid{n}"] = message_ids.get(result.delivery_id)
+        written += connection.execute(_sent_update(len(part)), values).rowcount
+    return written
+
+
+def _record(engine: Engine, config: Config, owner: str, window: _Window, report: SendReport,
+            now: datetime) -> IssueStatus:
+    """Write the outcomes in one transaction, only to rows this sender still holds (a row whose lease ran
+    out may have been taken over: its ``attempts`` is then the other sender's to count); returns the issue's
+    status, read in the same transaction."""
+    status = select(Issue.status).where(Issue.id == report.issue.id)
+    sent = [r for r in window.results if r.status is SendStatus.SENT]
+    if len(sent) == len(window.claimed):  # the common case: a plain connection, one UPDATE
+        with engine.begin() as connection:
+            report.sent += _write_sent(connection, owner, sent, window.message_ids, now)
+            return connection.execute(status).scalar_one()
     attempts = {r.delivery_id: r.attempts for r in window.claimed}
     subscribers = {r.delivery_id: r.subscriber_id for r in window.claimed}
     done = {"claimed_by": None, "lease_expires_at": None, "updated_at": now}
     held = and_(Delivery.claimed_by == owner, Delivery.status == DeliveryStatus.SENDING)
     schedule = config.delivery.retry_delays
-    sent = [r for r in window.results if r.status is SendStatus.SENT]
     with session(engine) as db:
-        if sent:  # one executemany for the common case: an ORM UPDATE per row was most of the sender's time
-            table = Delivery.__table__
-            written = db.connection().execute(
-                update(table)
-                .where(table.c.id == bindparam("row"), table.c.claimed_by == owner,
-                       table.c.status == DeliveryStatus.SENDING)
-                .values(claimed_by=None, lease_expires_at=None, updated_at=now, attempts=bindparam("tried"),
-                        message_id=bindparam("mid"), status=DeliveryStatus.SENT, sent_at=now,
-                        last_error=None),
-                [{"row": r.delivery_id, "tried": attempts[r.delivery_id] + 1,
-                  "mid": window.message_ids.get(r.delivery_id)} for r in sent],
-            )
-            report.sent += written.rowcount
+        report.sent += _write_sent(db.connection(), owner, sent, window.message_ids, now)
         for result in window.results:
             if result.status is SendStatus.SENT:
                 continue
@@ -720,7 +806,9 @@ def _record(engine: Engine, config: Config, owner: str, window: _Window, report:
                 .values(**done, status=DeliveryStatus.SKIPPED, last_error=reason)
             )
             report.skipped += written.rowcount
+        issue_status = db.exec(status).one()
         db.commit()
+    return issue_status
 
 
 def _release(engine: Engine, ids: Sequence[int | None], owner: str) -> None:

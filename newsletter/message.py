@@ -35,9 +35,9 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.quoprimime import body_encode
 from email.utils import format_datetime, parseaddr
-from typing import Protocol
+from typing import Any, Protocol
 
-from newsletter.backends.base import OutgoingMessage
+from newsletter.backends.base import OutgoingMessage, dot_stuff
 from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import InvalidAddress
@@ -298,13 +298,21 @@ class MessageTemplate:
             extra + b"MIME-Version: 1.0\r\n"
             + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii")
         )
-        self._pieces: tuple[bytes | _Part, ...] = (
+        pieces: tuple[bytes | _Part, ...] = (
             f"--{boundary}\r\n{part.format('plain')}".encode("ascii"),
             self._split(body.text, is_html=False),
             f"\r\n--{boundary}\r\n{part.format('html')}".encode("ascii"),
             self._split(body.html, is_html=True),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         )
+        self._body = _segments(pieces)
+        self._line_starts = _line_starts(self._body)
+        self._wire_body = tuple(dot_stuff(segment, line_start) if isinstance(segment, bytes) else segment
+                                for segment, line_start in zip(self._body, self._line_starts, strict=True))
+        places = {segment for segment in self._body if isinstance(segment, tuple)}
+        self._text_fields = sorted(field for is_html, field in places if not is_html)
+        self._html_fields = sorted(field for is_html, field in places if is_html)
+        self._dates: tuple[int, bytes] = (-1, b"")  # the last Date header written, by the second it names
 
     def _split(self, body: str, *, is_html: bool) -> _Part:
         markers = self._markers
@@ -323,6 +331,12 @@ class MessageTemplate:
         Raises InvalidAddress for an unusable recipient address and ValueError for a malformed
         ``message_id`` or unsubscribe URL (both are the caller's bug, not the subscriber's).
         """
+        head, encoded = self._head_and_values(values, message_id=message_id, date=date)
+        return b"".join([head, *(segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body)])
+
+    def _head_and_values(self, values: RecipientValues, *, message_id: str,
+                         date: datetime | None) -> tuple[bytes, dict[tuple[bool, str], bytes]]:
+        """The headers (through the blank line) and the encoded values for the body's places."""
         if not _MESSAGE_ID.match(message_id):
             raise ValueError(f"message_id {message_id!r} must look like <local@domain>")
         url = values.unsubscribe_url
@@ -333,7 +347,7 @@ class MessageTemplate:
             self._from,
             _field("To", mailbox(name, values.email, used=len("To: "))),
             self._subject,
-            _field("Date", format_datetime(as_utc(date or datetime.now(UTC)))),
+            self._date(as_utc(date) if date else datetime.now(UTC)),
             _field("Message-ID", message_id),
         ]
         if self.list_headers:
@@ -341,30 +355,82 @@ class MessageTemplate:
             if url.lower().startswith("https://"):
                 out.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")  # RFC 8058 needs https
         out.append(self._mime)
-        values = dataclasses.replace(values, name=name)
         raw = {field: getattr(values, field) or "" for field in _FIELDS}
+        raw["name"] = name
         if self._links:
             links = values.links or self._direct
             if len(links) != len(self._links):
                 raise ValueError(f"{len(links)} link URLs for {len(self._links)} item links")
             raw.update((f"link{n}", url) for n, url in enumerate(links))
-        text_values = {field: qp_encode(value) for field, value in raw.items()}
-        html_values = {field: qp_encode(html_escaping.escape(value, quote=True)) for field, value in raw.items()}
-        for piece in self._pieces:
-            if isinstance(piece, bytes):
-                out.append(piece)
+        encoded = {(False, field): qp_encode(raw[field]) for field in self._text_fields}
+        encoded.update({(True, field): qp_encode(html_escaping.escape(raw[field], quote=True))
+                        for field in self._html_fields})
+        return b"".join(out), encoded
+
+    def personalise_for_smtp(self, values: RecipientValues, *, message_id: str,
+                             date: datetime | None = None) -> tuple[bytes, bytes]:
+        """:meth:`personalise`'s message, and the same message dot-stuffed for SMTP's DATA (RFC 5321
+        4.5.2: a line that starts with "." gets one more). The body's static pieces are stuffed once per
+        template, so per message only the spliced values are looked at, not the whole message."""
+        head, encoded = self._head_and_values(values, message_id=message_id, date=date)
+        data = b"".join([head, *(segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body)])
+        stuffed: dict[tuple[Any, bool], bytes] = {}
+        out = [head]  # no header line starts with "."; each place knows if its value starts a line
+        for segment, line_start in zip(self._wire_body, self._line_starts, strict=True):
+            if isinstance(segment, bytes):
+                out.append(segment)
                 continue
-            encoded = html_values if piece.is_html else text_values
-            for chunk, field, after in zip(piece.chunks, piece.fields, piece.chunks[1:], strict=False):
-                if chunk and not chunk.endswith(b"\r\n"):
-                    out += (chunk, _SOFT_BREAK)
-                else:
-                    out.append(chunk)
-                out.append(encoded[field])
-                if not after.startswith(b"\r\n"):
-                    out.append(_SOFT_BREAK)  # else the value ends its line itself (a soft break would be ambiguous)
-            out.append(piece.chunks[-1])
-        return b"".join(out)
+            key = (segment, line_start)
+            if key not in stuffed:
+                value = encoded[segment]
+                if value.endswith(b"\n"):  # the next line's start would not be where the template expects
+                    return data, dot_stuff(data)
+                stuffed[key] = dot_stuff(value, line_start)
+            out.append(stuffed[key])
+        return data, b"".join(out)
+
+    def _date(self, moment: datetime) -> bytes:
+        """The Date header for ``moment`` (UTC), written once per second of sending."""
+        second = int(moment.timestamp() // 1)
+        if self._dates[0] != second:
+            self._dates = (second, _field("Date", format_datetime(moment.replace(microsecond=0))))
+        return self._dates[1]
+
+
+def _line_starts(body: Sequence[Any]) -> tuple[bool, ...]:
+    """For each body segment, whether it starts a line: the body starts one, and a segment does after one
+    that ends with a line break. Values (quoted-printable of one line of text) never end with one."""
+    starts, line_start = [], True
+    for segment in body:
+        starts.append(line_start)
+        line_start = segment.endswith(b"\n") if isinstance(segment, bytes) and segment else \
+            (line_start if isinstance(segment, bytes) else False)
+    return tuple(starts)
+
+
+def _segments(pieces: Sequence[bytes | _Part]) -> tuple[Any, ...]:
+    """The body as a flat sequence of bytes that are the same in every message and ``(is_html, field)``
+    places for a subscriber's encoded values, with the soft line breaks around each value already decided:
+    a chunk that does not end its line gets one before the value, and the value gets one after it unless
+    the chunk after it begins with a line break (a soft break there would be ambiguous)."""
+    out: list[Any] = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            out.append(piece)
+            continue
+        for chunk, field, after in zip(piece.chunks, piece.fields, piece.chunks[1:], strict=False):
+            out.append(chunk + _SOFT_BREAK if chunk and not chunk.endswith(b"\r\n") else chunk)
+            out.append((piece.is_html, field))
+            if not after.startswith(b"\r\n"):
+                out.append(_SOFT_BREAK)
+        out.append(piece.chunks[-1])
+    merged: list[Any] = []  # neighbouring bytes joined once here rather than in every message
+    for segment in out:
+        if isinstance(segment, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += segment
+        elif segment != b"":
+            merged.append(segment)
+    return tuple(merged)
 
 
 def message_parts(data: bytes) -> tuple[str, str]:
@@ -464,6 +530,7 @@ class Composer:
                 date: datetime | None = None) -> OutgoingMessage:
         """The message for ``subscriber``; raises InvalidAddress (or ValueError) when none can be built."""
         message_id = make_message_id(self.config, self.issue.number, subscriber.token)
-        data = template.personalise(self.values(subscriber, template), message_id=message_id, date=date)
+        data, stuffed = template.personalise_for_smtp(self.values(subscriber, template), message_id=message_id,
+                                                      date=date)
         return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
-                               message_id, data)
+                               message_id, data, dot_stuffed=stuffed)

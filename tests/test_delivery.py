@@ -144,6 +144,29 @@ def test_an_address_no_message_can_be_built_for_fails_alone(config, engine):
     assert "jörg@example.org" in failed.last_error
 
 
+def test_a_bug_while_building_one_message_stops_the_send_and_fails_no_one(config, engine, monkeypatch):
+    """Only a bad address or value fails a subscriber's delivery; any other error building a message is a
+    bug that would hit the next subscribers too, so the send stops with it and every row not written goes
+    back to the queue, for the run after the fix."""
+    from newsletter.message import Composer
+
+    prepared(config, engine, "a@example.org", "b@example.org", "c@example.org")
+    real = Composer.compose
+
+    def compose(self, delivery_id, subscriber, template, **kwargs):  # type: ignore[no-untyped-def]
+        if subscriber.email == "b@example.org":
+            raise KeyError("link7")
+        return real(self, delivery_id, subscriber, template, **kwargs)
+
+    monkeypatch.setattr(Composer, "compose", compose)
+    with pytest.raises(KeyError, match="link7"):
+        send_issue(engine, config, create_backend(config), 1)
+    assert statuses(engine) == dict.fromkeys(["a@example.org", "b@example.org", "c@example.org"], "queued")
+    monkeypatch.setattr(Composer, "compose", real)
+    assert send_issue(engine, config, create_backend(config), 1).sent == 3
+    assert set(statuses(engine).values()) == {"sent"}
+
+
 def test_send_moves_on_to_a_newer_issue_while_an_older_one_waits_for_a_retry(config, engine, smtp_server):
     smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
                        "port": smtp_server.port, "security": "none"}})
@@ -303,7 +326,9 @@ def test_retries_follow_the_configured_schedule_and_give_up_at_its_end(config, e
 def test_sending_pauses_itself_when_the_error_rate_passes_the_threshold(config, engine, smtp_server):
     smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {"host": smtp_server.host,
                        "port": smtp_server.port, "security": "none", "connections": 1}},
-                       delivery={"pause_window": 4, "pause_error_rate": 0.5})
+                       # one message out at a time: the pause comes right after the fourth result (with more
+                       # places, the messages already handed over would still go out first)
+                       delivery={"pause_window": 4, "pause_error_rate": 0.5, "in_flight_factor": 1})
     people = [f"p{n}@example.org" for n in range(10)]
     for person in people[:3]:
         smtp_server.handler.reject[person] = "451 4.7.1 Rate limited"
@@ -674,3 +699,36 @@ def test_a_poisoned_subscriber_in_the_middle_of_a_window_fails_alone_and_everyon
     with pytest.raises(NewsletterError, match="it cannot be sent again"):
         send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW + timedelta(days=3))
     assert len(smtp_server.messages) == 6
+
+
+def test_the_connections_go_on_sending_while_results_are_written(config, engine, smtp_server, monkeypatch):
+    """The SMTP connection does not wait for the ledger: while the first results are being written (held
+    here until the server has received a message they do not include), it sends the messages already
+    handed over. The bound on messages in flight still holds: the server never has more than one window
+    (connections x in_flight_factor) of messages whose results are not written."""
+    import time
+
+    from newsletter import delivery
+
+    smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {
+        "host": smtp_server.host, "port": smtp_server.port, "security": "none", "connections": 1}},
+        delivery={"in_flight_factor": 4})
+    people = [f"p{n:02d}@example.org" for n in range(12)]
+    prepared(smtp, engine, *people)
+    record = delivery._record
+    ahead: list[int] = []  # per write: messages the server had beyond those written, this write's included
+
+    def held_record(engine, config, owner, window, report, now):  # type: ignore[no-untyped-def]
+        written = report.sent + len(window.results)
+        deadline = time.monotonic() + 60  # generous: the condition, not the time, ends the wait
+        while not ahead and len(smtp_server.messages) <= written and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ahead.append(len(smtp_server.messages) - written)
+        return record(engine, config, owner, window, report, now)
+
+    monkeypatch.setattr(delivery, "_record", held_record)
+    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    assert report.sent == len(people)
+    assert ahead[0] > 0  # sent while the first write was held
+    assert all(0 <= n <= 4 for n in ahead)  # never more than a window ahead of the ledger
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == people

@@ -411,6 +411,43 @@ def test_a_title_that_is_an_encoded_word_reads_the_same_in_the_subject_and_the_h
         assert summary.title in message.get_body(("html",)).get_content()  # type: ignore[union-attr]
 
 
+def smtplib_stuffed(data: bytes) -> bytes:
+    """What smtplib's ``SMTP.data()`` sends for ``data`` (its own rule, ``_quote_periods``)."""
+    return re.sub(rb"(?m)^\.", b"..", data)
+
+
+DOTTY = st.lists(st.one_of(st.text(max_size=20), st.sampled_from([".", "\n.", ".\n", "..", "\n..x", " .", "=2E"])),
+                 max_size=15).map("".join)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=DOTTY, html=DOTTY, name=st.one_of(DOTTY, NAMES), address=ADDRESSES, line=st.integers(60, 90))
+@example(text=".starts with a dot\n.\n..", html="." * 200, name=".Dot", address="a.b@example.org", line=76)
+def test_the_smtp_form_is_the_message_dot_stuffed_as_smtplib_would(
+    tmp_path_factory: pytest.TempPathFactory, text: str, html: str, name: str, address: str, line: int
+) -> None:
+    """The send loop hands the SMTP backend each message dot-stuffed by the template (its static pieces
+    once per issue, the values per message): exactly what smtplib makes of the whole message, wherever
+    the dots fall (at the start of a line of the text, of an encoded line, of a value), and the message
+    itself is the one personalise() builds."""
+    config = make_config(tmp_path_factory.getbasetemp())
+    markers = new_markers()
+    filler = "x" * line  # moves where quoted-printable breaks its lines
+    rendered = RenderedIssue(
+        subject="Weekly", preheader="", markers=markers,
+        text=f"{text}\n{markers.name}\n.{markers.email}{filler}{text}\n{markers.unsubscribe_url}\n.",
+        html=f"{html}{filler}{markers.name}.{filler}.{markers.preferences_url}{html}.{markers.unsubscribe_url}",
+    )
+    values = RecipientValues(address, name, UNSUBSCRIBE, PREFS)
+    template = MessageTemplate(config, rendered)
+    try:
+        data, stuffed = template.personalise_for_smtp(values, message_id=MESSAGE_ID, date=SENT_AT)
+    except InvalidAddress:
+        return
+    assert data == template.personalise(values, message_id=MESSAGE_ID, date=SENT_AT)
+    assert stuffed == smtplib_stuffed(data)
+
+
 # -- click links (tracking.clicks) -------------------------------------------------------------------------
 
 

@@ -93,7 +93,15 @@ def test_links_are_those_itsdangerous_makes_and_its_compressed_ones_still_verify
         reference = URLSafeSerializer(["the-key"], salt=purpose)
         for token in [new_token() for _ in range(200)]:
             assert signer.sign(purpose, token) == reference.dumps(token)
+            assert signer.verify(purpose, reference.dumps(token)) == token
         compressible = "a" * 40
         compressed = reference.dumps(compressible)
         assert compressed.startswith(".")  # itsdangerous compressed it
         assert signer.verify(purpose, compressed) == compressible
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "old-key, new-key")  # rotated: the newest key signs
+    rotated = LinkSigner(config)
+    for purpose in (UNSUBSCRIBE, PREFERENCES):
+        reference = URLSafeSerializer(["old-key", "new-key"], salt=purpose)
+        for token in [new_token() for _ in range(50)]:
+            assert rotated.sign(purpose, token) == reference.dumps(token)
+        assert rotated.verify(purpose, URLSafeSerializer(["old-key"], salt=purpose).dumps("t")) == "t"

@@ -614,10 +614,10 @@ class _Loop:
 
     def _keep_lease(self) -> None:
         """Once a tenth of the lease is used up, extend it on the rows of the batch this sender still holds
-        (between windows, so at most one UPDATE per tenth of the lease), so a batch that takes longer than
-        ``delivery.lease`` (a slow server, a rate limit) is not taken over, and sent a second time, by
-        another sender while this one is still working through it; only a window longer than nine tenths
-        of the lease can outlast it.
+        (after a write of results, so at most one UPDATE per tenth of the lease), so a batch that takes longer
+        than ``delivery.lease`` (a slow server, a rate limit) is not taken over, and sent a second time, by
+        another sender while this one is still working through it; only messages that stay on the wire
+        without a result for nine tenths of the lease can outlast it.
 
         If the lease had already run out, another sender may have taken over rows of the batch meanwhile:
         ``self.held`` then says which rows are still this sender's.

@@ -559,7 +559,7 @@ class SmtpLane:
                 raise
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(self._explain(exc)) from None
-        log.info("connected to %s (%s)", self.address, options.security)
+        log.debug("connected to %s (%s)", self.address, options.security)
         return smtp
 
     def _password(self) -> str:

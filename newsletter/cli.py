@@ -155,7 +155,9 @@ def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
 
 
 def _progress() -> Progress:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+    )
 
     class _RateColumn(ProgressColumn):
         def render(self, task: Task) -> Text:

@@ -56,8 +56,9 @@ def test_every_bundled_sample_reads_the_same_with_both_loaders() -> None:
 scalars = st.one_of(
     st.text(), st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(), st.dates(), st.datetimes(),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-                      max_leaves=8)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3), max_leaves=8
+)
 documents = st.dictionaries(st.text(min_size=1), values, max_size=6).map(
     lambda data: yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 )

@@ -288,7 +288,8 @@ def _rows_by_uid(db: Session, uids: list[str]) -> dict[str, Summary]:
     found: dict[str, Summary] = {}
     for start in range(0, len(uids), _UIDS_PER_QUERY):
         chunk = uids[start : start + _UIDS_PER_QUERY]
-        found.update((row.uid, row) for row in db.exec(select(Summary).where(Summary.uid.in_(chunk))))  # type: ignore[attr-defined]
+        rows = db.exec(select(Summary).where(Summary.uid.in_(chunk)))  # type: ignore[attr-defined]
+        found.update((row.uid, row) for row in rows)
     return found
 
 

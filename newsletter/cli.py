@@ -25,51 +25,21 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import click
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
-from newsletter import subscribers as subscriber_list
-from newsletter.backends import check_backend, create_backend
-from newsletter.bounces import process_bounces
-from newsletter.checks import check_issue
-from newsletter.config import DEFAULT_CONFIG_FILE, Config, load_config
-from newsletter.db import database_fault, open_database, session
-from newsletter.delivery import send_issue, send_unfinished, work
 from newsletter.errors import NewsletterError
-from newsletter.ingest import find_files, ingest_paths, review
-from newsletter.ingest.feeds import fetch_feed
-from newsletter.issues import (
-    SENDABLE,
-    cancel_issue,
-    issue_status,
-    pause_issue,
-    prepare_issue,
-    resume_issue,
-    retry_failed,
-    unfinished_issues,
-    write_preview,
-)
 from newsletter.logs import configure_logging
-from newsletter.models import IssueStatus, SubscriberStatus
-from newsletter.render import span_label
-from newsletter.schedule import run_if_due, run_scheduler
-from newsletter.status import collect_status, status_lines
+from newsletter.states import IssueStatus, SubscriberStatus
 
+# The stages (and through them sqlalchemy, sqlmodel, jinja2, mjml, ...) are imported inside the commands
+# that use them: `newsletter --help` and light commands start without them (tests/test_startup.py guards it).
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+    from sqlalchemy import Engine
+
     from newsletter.click_report import IssueClicks
+    from newsletter.config import Config
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -94,7 +64,12 @@ class _Group(TyperGroup):
         except NewsletterError as exc:
             errors.print(Text(f"error: {exc}"), soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except DBAPIError as exc:  # the database went away, or its disk is full: not a bug, no traceback
+        except Exception as exc:  # the database went away, or its disk is full: not a bug, no traceback
+            # sqlalchemy is only loaded by commands that opened a database: anything else is a bug as before
+            if not type(exc).__module__.startswith("sqlalchemy"):
+                raise
+            from newsletter.db import database_fault
+
             fault = database_fault(exc)
             if fault is None:
                 raise
@@ -166,6 +141,10 @@ def _chosen(config_path: Path | None) -> Path | None:
 
 @contextmanager
 def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
+    from newsletter.backends import check_backend
+    from newsletter.config import load_config
+    from newsletter.db import open_database
+
     config = load_config(_chosen(config_path))
     check_backend(config)  # a misspelt backend option fails at start, not at send time
     engine = open_database(config)
@@ -175,12 +154,15 @@ def _opened(config_path: Path | None) -> Iterator[tuple[Config, Engine]]:
         engine.dispose()
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.0f}/s" if task.speed else "–/s", style="progress.data.speed")
-
-
 def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+    )
+
+    class _RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(f"{task.speed:,.0f}/s" if task.speed else "–/s", style="progress.data.speed")
+
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -204,6 +186,9 @@ def ingest(
 
     Example: newsletter ingest summaries/ page.txt https://example.org/feed.xml
     """
+    from newsletter.ingest import find_files, ingest_paths
+    from newsletter.ingest.feeds import fetch_feed
+
     urls = [source for source in sources if source.lower().startswith(("http://", "https://"))]
     paths = [Path(source) for source in sources if source not in urls]
     with _opened(config) as (loaded, engine):
@@ -241,6 +226,10 @@ def summaries_list(
 
     Example: newsletter summaries list --new
     """
+    from rich.table import Table
+
+    from newsletter.ingest import review
+
     with _opened(config) as (_config, engine):
         rows = review.list_summaries(engine, new_only=new)
     table = Table("id", "title", "source", "date", "ingested", "state")
@@ -259,6 +248,8 @@ def summaries_show(summary_id: SummaryId, config: ConfigOption = None) -> None:
 
     Example: newsletter summaries show 12
     """
+    from newsletter.ingest import review
+
     with _opened(config) as (_config, engine):
         row = review.get_summary(engine, summary_id)
     console.print(Text(f"# id {row.id}, uid {row.uid}, from {row.origin}, excluded: {row.excluded}"))
@@ -271,6 +262,8 @@ def summaries_edit(summary_id: SummaryId, config: ConfigOption = None) -> None:
 
     Example: EDITOR=nano newsletter summaries edit 12
     """
+    from newsletter.ingest import review
+
     with _opened(config) as (_config, engine):
         before = review.to_yaml(review.get_summary(engine, summary_id))
         try:
@@ -301,6 +294,8 @@ def summaries_exclude(
 
     Example: newsletter summaries exclude 12
     """
+    from newsletter.ingest import review
+
     with _opened(config) as (_config, engine):
         review.set_excluded(engine, summary_id, not undo)
     console.print(f"summary {summary_id} {'will be in' if undo else 'is excluded from'} the next digest")
@@ -316,6 +311,8 @@ def subscribers_add(
 
     Example: newsletter subscribers add ada@example.org --name "Ada Lovelace"
     """
+    from newsletter import subscribers as subscriber_list
+
     with _opened(config) as (_config, engine):
         subscriber = subscriber_list.add_subscriber(engine, email, name)
     console.print(f"{subscriber.email} is {subscriber.status.value}")
@@ -330,6 +327,8 @@ def subscribers_import(
 
     Example: newsletter subscribers import subscribers/example.csv
     """
+    from newsletter import subscribers as subscriber_list
+
     with _opened(config) as (_config, engine), _progress() as bar:
         task = bar.add_task("importing", total=_data_lines(file))
         rows = 0
@@ -367,6 +366,10 @@ def subscribers_list(status: StatusOption = None, config: ConfigOption = None) -
 
     Example: newsletter subscribers list --status active
     """
+    from rich.table import Table
+
+    from newsletter import subscribers as subscriber_list
+
     with _opened(config) as (_config, engine):
         rows = subscriber_list.list_subscribers(engine, status)
     table = Table("email", "name", "status", "since")
@@ -385,6 +388,8 @@ def subscribers_remove(
 
     Example: newsletter subscribers remove ada@example.org
     """
+    from newsletter import subscribers as subscriber_list
+
     with _opened(config) as (_config, engine):
         subscriber = subscriber_list.remove_subscriber(engine, email)
     console.print(f"{subscriber.email} is {subscriber.status.value}")
@@ -404,6 +409,8 @@ def subscribers_export(
     Example: newsletter subscribers export --out list.csv
     Example: newsletter subscribers export ada@example.org --out ada.json
     """
+    from newsletter import subscribers as subscriber_list
+
     if email is not None and status is not None:
         raise NewsletterError("--status selects rows of the CSV list; leave it out when exporting one EMAIL")
     with _opened(config) as (_config, engine):
@@ -441,6 +448,8 @@ def subscribers_erase(
 
     Example: newsletter subscribers erase ada@example.org --yes
     """
+    from newsletter import subscribers as subscriber_list
+
     if not yes and not typer.confirm(f"Erase all data about {email}? This cannot be undone"):
         raise typer.Exit(1)
     with _opened(config) as (_config, engine):
@@ -460,6 +469,8 @@ def digest_prepare(config: ConfigOption = None) -> None:
 
     Example: newsletter digest prepare && newsletter digest send
     """
+    from newsletter.issues import prepare_issue
+
     with _opened(config) as (loaded, engine):
         result = prepare_issue(engine, loaded)
     console.print(result.message())
@@ -563,6 +574,7 @@ def digest_subject(
 
     Example: newsletter digest subject "Research Weekly #12: the sleep issue"
     """
+    from newsletter.db import session
     from newsletter.issues import draft, editorial
     from newsletter.render import SUBJECT_LIMIT
 
@@ -608,6 +620,8 @@ def digest_render(
 
     Example: newsletter digest render --out preview/
     """
+    from newsletter.issues import write_preview
+
     with _opened(config) as (loaded, engine):
         files = write_preview(engine, loaded, out, issue)
     console.print(f"{files.description}:\n  {files.html}\n  {files.text}\n  {files.eml}")
@@ -639,6 +653,10 @@ def digest_send(
 
     Example: newsletter digest send   (from cron: */10 * * * * newsletter digest send --if-due)
     """
+    from newsletter.backends import create_backend
+    from newsletter.delivery import send_issue, send_unfinished
+    from newsletter.schedule import run_if_due
+
     if if_due:
         if issue is not None:
             raise NewsletterError("--if-due decides which issue is due; leave out --issue")
@@ -698,6 +716,10 @@ IssueArgument = Annotated[
 
 def _check_before_sending(engine: Engine, config: Config, number: int | None, force: bool) -> None:
     """Run the pre-send checks on every issue about to be sent; raise NewsletterError on an error unless forced."""
+    from newsletter.checks import check_issue
+    from newsletter.db import session
+    from newsletter.issues import SENDABLE, unfinished_issues
+
     if number is None:
         with session(engine) as db:
             numbers = [unfinished.number for unfinished in unfinished_issues(db) if unfinished.status in SENDABLE]
@@ -720,6 +742,8 @@ def digest_check(issue: IssueOption = None, config: ConfigOption = None) -> None
 
     Example: newsletter digest check --issue 3
     """
+    from newsletter.checks import check_issue
+
     with _opened(config) as (loaded, engine):
         report = check_issue(engine, loaded, issue)
     for finding in report.findings:
@@ -737,7 +761,11 @@ def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> N
 
     Example: newsletter digest status 3
     """
+    from rich.table import Table
+
     from newsletter.click_report import issue_clicks
+    from newsletter.issues import issue_status
+    from newsletter.render import span_label
 
     with _opened(config) as (loaded, engine):
         found = issue_status(engine, issue)
@@ -764,6 +792,8 @@ def digest_status(issue: IssueArgument = None, config: ConfigOption = None) -> N
 
 def _print_clicks(report: IssueClicks) -> None:
     """An issue's clicks: the totals, then a row per item."""
+    from rich.table import Table
+
     console.print(report.summary_line())
     if report.counted or report.clicks:
         table = Table("item", "clicks", "likely human", "title")
@@ -814,6 +844,8 @@ def digest_pause(issue: IssueArgument = None, config: ConfigOption = None) -> No
 
     Example: newsletter digest pause 3
     """
+    from newsletter.issues import pause_issue
+
     with _opened(config) as (_config, engine):
         found = pause_issue(engine, issue)
     console.print(f"issue #{found.number} is paused; `newsletter digest resume {found.number}` goes on")
@@ -825,6 +857,8 @@ def digest_resume(issue: IssueArgument = None, config: ConfigOption = None) -> N
 
     Example: newsletter digest resume 3 && newsletter digest send
     """
+    from newsletter.issues import resume_issue
+
     with _opened(config) as (_config, engine):
         found = resume_issue(engine, issue)
     console.print(f"issue #{found.number} will be sent again by the next `newsletter digest send`")
@@ -836,6 +870,8 @@ def digest_retry_failed(issue: IssueArgument = None, config: ConfigOption = None
 
     Example: newsletter digest retry-failed 3 && newsletter digest send
     """
+    from newsletter.issues import retry_failed
+
     with _opened(config) as (_config, engine):
         found, count = retry_failed(engine, issue)
     console.print(f"issue #{found.number}: {count} failed deliveries queued again")
@@ -847,6 +883,8 @@ def digest_cancel(issue: IssueArgument = None, config: ConfigOption = None) -> N
 
     Example: newsletter digest cancel 3
     """
+    from newsletter.issues import cancel_issue
+
     with _opened(config) as (_config, engine):
         found, count = cancel_issue(engine, issue)
     console.print(f"issue #{found.number} cancelled; {count} deliveries skipped")
@@ -858,6 +896,8 @@ def bounces_process(config: ConfigOption = None) -> None:
 
     Example: newsletter bounces process --config config.yaml
     """
+    from newsletter.bounces import process_bounces
+
     with _opened(config) as (loaded, engine):
         result = process_bounces(engine, loaded)
     console.print(result.summary_line())
@@ -895,6 +935,8 @@ def run(config: ConfigOption = None) -> None:
 
     Example: newsletter run --config /etc/newsletter/config.yaml
     """
+    from newsletter.schedule import run_scheduler
+
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -931,6 +973,9 @@ def worker(
 
     Example: newsletter worker --config config.yaml   (start one per core or per host; --until-done for a batch job)
     """
+    from newsletter.backends import create_backend
+    from newsletter.delivery import work
+
     refused: set[int] = set()
 
     def ready(number: int) -> bool:
@@ -969,6 +1014,8 @@ def status(
 
     Example: newsletter status --json
     """
+    from newsletter.status import collect_status, status_lines
+
     with _opened(config) as (loaded, engine):
         report = collect_status(engine, loaded)
     if as_json:
@@ -994,6 +1041,7 @@ def preview(
     """
     import uvicorn  # only this command needs the server: other commands start faster without it
 
+    from newsletter.config import DEFAULT_CONFIG_FILE, load_config
     from newsletter.web.preview import LOOPBACK, create_preview_app
 
     path = Path(_chosen(config) or os.environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_FILE)
@@ -1021,6 +1069,7 @@ def demo(
 
     Example: newsletter demo --dir /tmp/newsletter-demo --config config.yaml
     """
+    from newsletter.config import load_config
     from newsletter.demo import run_demo
 
     config = _chosen(config)

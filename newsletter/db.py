@@ -15,6 +15,7 @@ weather: it becomes one :class:`~newsletter.errors.DatabaseFull` line at once.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -22,17 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from newsletter.config import Config
 from newsletter.errors import DatabaseFull, DatabaseUnavailable, NewsletterError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,48 @@ def make_engine(url: str) -> Engine:
 
 def alembic_config() -> AlembicConfig:
     """Alembic's settings for the migrations shipped in the package."""
+    from alembic.config import Config as AlembicConfig
+
     settings = AlembicConfig()
     settings.set_main_option("script_location", str(MIGRATIONS_DIR))
     return settings
 
 
+_REVISION = re.compile(r"""^(down_)?revision\b[^=]*=\s*(?:None|['"]([^'"]+)['"])""", re.MULTILINE)
+
+
+def shipped_head() -> str | None:
+    """The newest migration shipped in the package, read from the ``revision``/``down_revision`` lines of
+    its files (what Alembic reads, without loading Alembic); None unless there is exactly one head."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for down, revision in _REVISION.findall(script.read_text(encoding="utf-8")):
+            if revision:
+                (parents if down else revisions).add(revision)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(connection: Connection) -> bool:
+    """Whether the database's schema is already at the shipped head (the common case on every start)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return False
+    current = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    connection.rollback()
+    head = shipped_head()
+    return head is not None and current == [head]
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration, logging (INFO) the revisions it went from and to. Existing
     data is kept; safe to call on every start."""
+    with engine.connect() as connection:
+        if _at_head(connection):  # nothing to do: spare every command the time Alembic takes to load
+            return
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     settings = alembic_config()
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"

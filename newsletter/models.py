@@ -17,6 +17,8 @@ from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, func
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
+from newsletter.states import DeliveryStatus, EventKind, FiringOutcome, IssueStatus, SubscriberStatus
+
 
 def utcnow() -> datetime:
     """Now, in UTC: what every timestamp column holds."""
@@ -46,41 +48,6 @@ def new_tokens(count: int) -> list[str]:
     gives the same tokens at a fraction of the cost of one call per token."""
     encoded = base64.urlsafe_b64encode(secrets.token_bytes(18 * count)).decode("ascii")
     return [encoded[start : start + 24] for start in range(0, 24 * count, 24)]
-
-
-class SubscriberStatus(enum.StrEnum):
-    PENDING = "pending"
-    ACTIVE = "active"
-    UNSUBSCRIBED = "unsubscribed"
-    BOUNCED = "bounced"
-    COMPLAINED = "complained"
-
-
-class IssueStatus(enum.StrEnum):
-    PREPARED = "prepared"  # first: the default of a new row
-    SENDING = "sending"
-    SENT = "sent"
-    PAUSED = "paused"  # by `digest pause` or by the send loop when too many messages fail
-    CANCELLED = "cancelled"  # by `digest cancel`: what was not sent is skipped
-    DRAFT = "draft"  # the next issue with an editor's choices, not prepared yet (no deliveries)
-
-
-class DeliveryStatus(enum.StrEnum):
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    RETRY = "retry"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-class EventKind(enum.StrEnum):
-    SUBSCRIBED = "subscribed"
-    CONFIRMED = "confirmed"
-    UNSUBSCRIBED = "unsubscribed"
-    BOUNCE_HARD = "bounce_hard"
-    BOUNCE_SOFT = "bounce_soft"
-    COMPLAINT = "complaint"
 
 
 class Summary(SQLModel, table=True):
@@ -261,14 +228,6 @@ class Event(SQLModel, table=True):
     kind: EventKind = _status_column(EventKind)
     at: datetime = Field(default_factory=utcnow)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-
-
-class FiringOutcome(enum.StrEnum):
-    ISSUED = "issued"  # the firing prepared an issue from what was waiting
-    QUIET = "quiet"  # nothing was waiting; the quiet note went out as an issue
-    EMPTY = "empty"  # nothing was waiting; nothing was sent
-    NO_RECIPIENTS = "no_recipients"  # nobody was active; the summaries wait for the next issue
-    MISSED = "missed"  # the scheduler was not running within the grace period of it; nothing was sent
 
 
 class Firing(SQLModel, table=True):

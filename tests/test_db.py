@@ -3,6 +3,8 @@ and the uniqueness rules of DESIGN.md hold."""
 
 import json
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -314,3 +316,20 @@ def test_the_firings_migration_keeps_issues_maps_each_period_to_its_firing_and_a
     assert prepared.issue.number == 2  # numbering goes on
     assert prepared.issue.period_start.replace(tzinfo=None) == datetime(2026, 11, 22, 23)  # since issue #1
     upgraded.dispose()
+
+
+def test_the_head_read_from_the_migration_files_is_alembics_head():
+    from newsletter.db import shipped_head
+
+    assert [shipped_head()] == ScriptDirectory.from_config(_alembic_config()).get_heads()
+
+
+def test_a_database_already_at_the_newest_schema_opens_without_loading_alembic(config, engine):
+    # Alembic takes a tenth of a second to load: every command would pay it to learn there is nothing to do.
+    code = ("import sys; from newsletter.db import make_engine, upgrade; upgrade(make_engine(sys.argv[1])); "
+            "print(sorted(name for name in sys.modules if name.partition('.')[0] == 'alembic'))")
+    result = subprocess.run([sys.executable, "-c", code, config.database_url], capture_output=True, text=True,
+                            check=True, timeout=120)
+    assert result.stdout.strip() == "[]"
+    with engine.connect() as connection:
+        assert connection.execute(text("select version_num from alembic_version")).scalar_one() == head_revision()

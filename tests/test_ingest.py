@@ -320,6 +320,44 @@ def test_a_bad_file_is_rejected_whole_and_the_good_ones_go_in(engine: Engine, tm
     assert [row.title for row in all_rows(engine)] == ["Good JSON", "Sleep spindles predict recall"]
 
 
+def test_a_bad_file_in_the_middle_of_a_transaction_is_rejected_whole_and_the_rest_of_it_goes_in(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("newsletter.ingest.store.FILES_PER_TRANSACTION", 3)  # files 1-3, 4-6 and 7 together
+    folder = tmp_path / "in"
+    for number in (1, 2, 3, 4, 6, 7):
+        write(folder, f"{number}.jsonl", jsonl(item(f"Paper {number}", id=f"p{number}")))
+    # the fifth file, in the middle of the second transaction: a good first item, then a bad one
+    write(folder, "5.jsonl", jsonl(item("Paper 5", id="p5"), item("Paper 5b", id="p5b", url="example.org/5b")))
+    seen: list[str] = []
+
+    report = ingest_paths(engine, [folder], on_file=lambda path: seen.append(path.name))
+
+    assert report.summary_line() == "added 6, updated 0, unchanged 0, rejected 1"
+    assert report.rejected[0].path == folder / "5.jsonl" and "5.jsonl:2: field 'url'" in report.rejected[0].message
+    assert seen == [f"{number}.jsonl" for number in range(1, 8)]
+    stored = {row.uid: row for row in all_rows(engine)}
+    assert sorted(stored) == ["p1", "p2", "p3", "p4", "p6", "p7"]  # nothing of 5.jsonl, not even its good item
+    assert all(stored[f"p{number}"].origin == str(folder / f"{number}.jsonl") for number in (1, 2, 3, 4, 6, 7))
+    assert report.ids == [stored[uid].id for uid in ("p1", "p2", "p3", "p4", "p6", "p7")]
+
+
+def test_a_summary_in_two_files_of_one_transaction_is_added_then_updated_by_the_later(
+    engine: Engine, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    write(folder, "a.jsonl", jsonl(item("Draft", id="p1"), item("Other", id="p2")))
+    write(folder, "b.jsonl", jsonl(item("Final", id="p1")))
+    write(folder, "c.jsonl", jsonl(item("Other", id="p2")))
+
+    report = ingest_paths(engine, [folder])
+
+    assert report.summary_line() == "added 2, updated 1, unchanged 1, rejected 0"
+    rows = {row.uid: row for row in all_rows(engine)}
+    assert (rows["p1"].title, rows["p1"].origin) == ("Final", str(folder / "b.jsonl"))
+    assert (rows["p2"].title, rows["p2"].origin) == ("Other", str(folder / "a.jsonl"))  # unchanged: origin kept
+
+
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [

@@ -1,7 +1,9 @@
-"""Writing summaries: find the files, read each with its reader, upsert its items in one transaction.
+"""Writing summaries: find the files, read each with its reader, upsert the items of many files at a time.
 
 A file is all or nothing: one bad item rejects the whole file and nothing of it is written, while the
-other files of the run still go in. Summaries are matched by :func:`~newsletter.ingest.base.compute_uid`,
+other files of the run still go in. Every file is read and checked whole before anything of it is written;
+the good ones are then upserted :data:`FILES_PER_TRANSACTION` at a time (one transaction per file cost
+more than reading the file). Summaries are matched by :func:`~newsletter.ingest.base.compute_uid`,
 so ingesting the same file again updates rows instead of duplicating them.
 """
 
@@ -37,6 +39,17 @@ log = logging.getLogger(__name__)
 
 # The Summary columns an ingested item sets (uid is the key); ingested_at, issue_id ... are ours.
 CONTENT_FIELDS = set(SummaryIn.model_fields) - {"uid"}
+FILES_PER_TRANSACTION = 1000  # a crash loses at most this many files' work; a run of them commits in ~0.1 s
+_UIDS_PER_QUERY = 500  # well under every database's limit of bound parameters per statement
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The items of one file (or feed, or request), by uid, ready to upsert."""
+
+    origin: str
+    latest: dict[str, SummaryIn]
+    undated: datetime | None
 
 
 @dataclass(frozen=True)
@@ -100,8 +113,9 @@ def ingest_paths(
     on_file: Callable[[Path], None] | None = None,
     settings: IngestSection | None = None,
 ) -> IngestReport:
-    """Ingest files and folders of summaries, one transaction per file; ``on_file`` runs after each file.
-    ``settings`` (default: the defaults) gives the size limit and the extractive summary length.
+    """Ingest files and folders of summaries; ``on_file`` runs after each file is read and checked.
+    ``settings`` (default: the defaults) gives the size limit and the extractive summary length. The good
+    files are written :data:`FILES_PER_TRANSACTION` at a time, in order (a uid in two files: the later wins).
 
     Never raises for a bad, missing or unsupported file: it is reported in ``rejected``, its message
     starting with the path. Whatever a reader raises for a file (see :func:`read_file`) rejects that file
@@ -109,21 +123,25 @@ def ingest_paths(
 
     Raises IngestError if a registered reader plugin cannot be loaded. Everything else propagates and
     ends the run, the files before it committed: database errors and ``NewsletterError``s other than
-    IngestError (a ConfigError is never swallowed).
+    IngestError (a ConfigError is never swallowed); the files of earlier transactions stay written.
     """
     readers = readers_by_extension()
     report = IngestReport()
+    pending: list[_Source] = []
     for path in find_files(paths):
         try:
             items = read_file(path, readers, settings or IngestSection())
-            result = ingest_items(engine, items, origin=str(path), undated=undated_date(path, readers))
-            log.info("%s: %s", path, result.summary_line())
-            report.add(result)
+            pending.append(_source(items, str(path), undated_date(path, readers)))
         except IngestError as exc:
             log.info("rejected %s", exc)  # the caller reports rejections to the user
             report.rejected.append(Rejection(path, str(exc)))
+        if len(pending) >= FILES_PER_TRANSACTION:
+            report.add(_store(engine, pending))
+            pending = []
         if on_file is not None:
             on_file(path)
+    if pending:
+        report.add(_store(engine, pending))
     return report
 
 
@@ -181,45 +199,65 @@ def ingest_items(
     items with one uid, the last wins. ``undated``, if given, is the date of an item without one when it is
     first stored; later, such an item keeps the date it was stored with (a feed's undated items).
     """
-    latest = {compute_uid(item): item for item in items}
+    return _store(engine, [_source(items, origin, undated)])
+
+
+def _source(items: Sequence[SummaryIn], origin: str, undated: datetime | None) -> _Source:
+    return _Source(origin, {compute_uid(item): item for item in items}, undated)
+
+
+def _store(engine: Engine, sources: Sequence[_Source]) -> IngestReport:
+    """Upsert every source's items, in order, in one transaction (retried once after a concurrent insert)."""
     try:
-        return _upsert(engine, latest, origin, undated)
+        return _upsert(engine, sources)
     except IntegrityError:
         # Another process inserted one of these uids since we looked; now they exist, so update instead.
-        log.info("%s: concurrent insert of the same summaries; retrying once", origin)
-        return _upsert(engine, latest, origin, undated)
+        log.info("%s: concurrent insert of the same summaries; retrying once", sources[0].origin)
+        return _upsert(engine, sources)
 
 
-def _upsert(
-    engine: Engine, latest: dict[str, SummaryIn], origin: str, undated: datetime | None
-) -> IngestReport:
+def _upsert(engine: Engine, sources: Sequence[_Source]) -> IngestReport:
     report = IngestReport()
     now = utcnow()
     rows: list[Summary] = []
     with session(engine) as db, db.begin():
-        existing = _rows_by_uid(db, list(latest))
-        existing.update(_adopt_unscoped(db, latest, existing, origin))
-        for uid, item in latest.items():
-            values = item.model_dump(include=CONTENT_FIELDS)
-            row = existing.get(uid)
-            if undated is not None and values["published_at"] is None:
-                values["published_at"] = _as_utc(row.published_at) if row is not None else undated
-            if row is None:
-                row = Summary(uid=uid, origin=origin, ingested_at=now, updated_at=now, **values)
-                db.add(row)
-                report.added += 1
-            elif _same_content(row, values):
-                report.unchanged += 1
-            else:
-                for name, value in values.items():
-                    setattr(row, name, value)
-                row.origin = origin
-                row.updated_at = now
-                report.updated += 1
-            rows.append(row)
+        existing = _rows_by_uid(db, list({uid: None for source in sources for uid in source.latest}))
+        for source in sources:
+            counted = IngestReport()
+            existing.update(_adopt_unscoped(db, source.latest, existing, source.origin))
+            for uid, item in source.latest.items():
+                rows.append(_upsert_one(db, existing, uid, item, source, now, counted))
+            log.info("%s: %s", source.origin, counted.summary_line())
+            report.add(counted)
         db.flush()
         report.ids = [row.id for row in rows if row.id is not None]
     return report
+
+
+def _upsert_one(
+    db: Session, existing: dict[str, Summary], uid: str, item: SummaryIn, source: _Source, now: datetime,
+    report: IngestReport,
+) -> Summary:
+    """The row for ``uid``, added or updated from ``item`` (and counted in ``report``); a new row joins
+    ``existing``, so that a later source of the same transaction updates it."""
+    values = item.model_dump(include=CONTENT_FIELDS)
+    row = existing.get(uid)
+    if source.undated is not None and values["published_at"] is None:
+        values["published_at"] = _as_utc(row.published_at) if row is not None else source.undated
+    if row is None:
+        row = Summary(uid=uid, origin=source.origin, ingested_at=now, updated_at=now, **values)
+        db.add(row)
+        existing[uid] = row
+        report.added += 1
+    elif _same_content(row, values):
+        report.unchanged += 1
+    else:
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.origin = source.origin
+        row.updated_at = now
+        report.updated += 1
+    return row
 
 
 def _adopt_unscoped(
@@ -247,10 +285,12 @@ def _adopt_unscoped(
 
 
 def _rows_by_uid(db: Session, uids: list[str]) -> dict[str, Summary]:
-    if not uids:
-        return {}
-    rows = db.exec(select(Summary).where(Summary.uid.in_(uids)))  # type: ignore[attr-defined]
-    return {row.uid: row for row in rows}
+    found: dict[str, Summary] = {}
+    for start in range(0, len(uids), _UIDS_PER_QUERY):
+        chunk = uids[start : start + _UIDS_PER_QUERY]
+        rows = db.exec(select(Summary).where(Summary.uid.in_(chunk)))  # type: ignore[attr-defined]
+        found.update((row.uid, row) for row in rows)
+    return found
 
 
 def _same_content(row: Summary, values: dict[str, Any]) -> bool:

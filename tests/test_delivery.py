@@ -701,17 +701,37 @@ def test_a_poisoned_subscriber_in_the_middle_of_a_window_fails_alone_and_everyon
     assert len(smtp_server.messages) == 6
 
 
-def test_the_connections_go_on_sending_while_results_are_written(config, engine, smtp_server, monkeypatch):
+def test_the_connections_go_on_sending_while_results_are_written(config, engine, monkeypatch):
     """The SMTP connection does not wait for the ledger: while the first results are being written (held
     here until the server has received a message they do not include), it sends the messages already
     handed over. The bound on messages in flight still holds: the server never has more than one window
-    (connections x in_flight_factor) of messages whose results are not written."""
+    (connections x in_flight_factor) of messages whose results are not written.
+
+    The order is forced, not hoped for: the server accepts the first two messages at once (half the places:
+    what starts a write) and the others only once the first write has begun, so that write holds two
+    results and two messages are still out."""
+    import asyncio
     import time
 
-    from newsletter import delivery
+    from aiosmtpd.controller import Controller
 
+    from newsletter import delivery
+    from tests.conftest import RecordingHandler, _free_port
+
+    writing = threading.Event()
+
+    class AfterTheFirstWrite(RecordingHandler):
+        async def handle_DATA(self, server, session_, envelope):  # noqa: ANN001, ANN201
+            deadline = time.monotonic() + 60  # generous: the event, not the time, ends the wait
+            while len(self.messages) >= 2 and not writing.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return await super().handle_DATA(server, session_, envelope)
+
+    handler = AfterTheFirstWrite()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
     smtp = make_config(config.base_dir, backend={"name": "smtp", "options": {
-        "host": smtp_server.host, "port": smtp_server.port, "security": "none", "connections": 1}},
+        "host": "127.0.0.1", "port": controller.port, "security": "none", "connections": 1}},
         delivery={"in_flight_factor": 4})
     people = [f"p{n:02d}@example.org" for n in range(12)]
     prepared(smtp, engine, *people)
@@ -720,15 +740,20 @@ def test_the_connections_go_on_sending_while_results_are_written(config, engine,
 
     def held_record(engine, config, owner, window, report, now):  # type: ignore[no-untyped-def]
         written = report.sent + len(window.results)
-        deadline = time.monotonic() + 60  # generous: the condition, not the time, ends the wait
-        while not ahead and len(smtp_server.messages) <= written and time.monotonic() < deadline:
-            time.sleep(0.01)
-        ahead.append(len(smtp_server.messages) - written)
+        if not writing.is_set():
+            writing.set()  # the server takes the other messages now
+            deadline = time.monotonic() + 60
+            while len(handler.messages) <= written and time.monotonic() < deadline:
+                time.sleep(0.01)
+        ahead.append(len(handler.messages) - written)
         return record(engine, config, owner, window, report, now)
 
     monkeypatch.setattr(delivery, "_record", held_record)
-    report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    try:
+        report = send_issue(engine, smtp, create_backend(smtp), 1, clock=lambda: NOW)
+    finally:
+        controller.stop()
     assert report.sent == len(people)
     assert ahead[0] > 0  # sent while the first write was held
     assert all(0 <= n <= 4 for n in ahead)  # never more than a window ahead of the ledger
-    assert sorted(m.recipients[0] for m in smtp_server.messages) == people
+    assert sorted(m.recipients[0] for m in handler.messages) == people

@@ -181,3 +181,12 @@ def smtp_server() -> Iterator[SmtpServer]:
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
         controller.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium (tests/browser.py) for a module's tests."""
+    from tests.browser import chromium
+
+    with chromium() as launched:
+        yield launched

@@ -5,7 +5,6 @@ never overwrite each other. Each state is kept as a screenshot under test-artifa
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,10 @@ from tests.helpers import add_people, add_summaries
 from tests.outbox import html_part, text_part, wait_for_messages
 from tests.preview_support import Project, make_project, served_preview
 from tests.test_preview_browser import COLUMNS
-from tests.tools import missing
+from tests.browser import require_chromium
 
-CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-if not Path(CHROMIUM).exists():
-    missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)", module=True)
+require_chromium(module=True)
 
 ARTIFACTS = ROOT / "test-artifacts" / "desk"
 PAPER = re.compile(r"https://example\.org/papers/(\d+)")
@@ -71,14 +68,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
 def server(project: Project) -> Iterator[str]:
     with served_preview(project) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ the preview's Content-Security-Policy (which Chromium enforces); another site fr
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 from collections.abc import Iterator
@@ -18,13 +17,11 @@ from newsletter.delivery import send_unfinished
 from newsletter.issues import prepare_issue
 from tests.helpers import add_people, add_summaries
 from tests.preview_support import Project, make_project, served_preview
-from tests.tools import missing
+from tests.browser import require_chromium
 from tests.web_support import REFUSED, frame_from_another_site
 
-CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-if not Path(CHROMIUM).exists():
-    missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)", module=True)
+require_chromium(module=True)
 
 TITLES = [f"Paper number {n}" for n in range(3)]
 
@@ -74,14 +71,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
 def server(project: Project) -> Iterator[str]:
     with served_preview(project) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def png_width(path: Path) -> int:

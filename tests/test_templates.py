@@ -25,6 +25,7 @@ from newsletter.render import (
     template_environment,
 )
 from tests.conftest import ROOT
+from tests.browser import chromium, require_chromium
 from tests.helpers import make_issue, make_summaries
 from tests.tools import missing, require
 
@@ -197,37 +198,27 @@ def test_link_texts_say_where_they_go(compiled: tuple[str, str]) -> None:
         assert text.lower().rstrip(".") not in GENERIC_LINK_TEXTS, f"{name}: link text {text!r} says nothing"
 
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it)
-
-
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_buttons_keep_their_rounded_corners_in_both_colour_schemes(config: Config, scheme: str) -> None:
     """Chromium draws the digest in the reader's colour scheme; the first button's corner pixel shows the
     card behind it (a rounded corner), its edge the button's own colour."""
-    if not CHROMIUM.exists():
-        missing("Debian's chromium is not installed (apt-get install chromium)")
+    require_chromium()
     import base64
-
-    from playwright.sync_api import sync_playwright
 
     html, _text = render_issue(config, make_issue(), make_summaries()).personalise(READER)
     card, button = {"light": ((255, 255, 255), (15, 107, 102)), "dark": ((22, 27, 34), (126, 226, 217))}[scheme]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(color_scheme=scheme, viewport={"width": 700, "height": 900})
-            page.set_content(html, wait_until="load")
-            shot = page.locator("td.nl-button table").first.screenshot()
-            pixels = page.evaluate("""async (src) => {
-                const image = new Image(); image.src = src; await image.decode();
-                const canvas = document.createElement("canvas");
-                canvas.width = image.width; canvas.height = image.height;
-                const context = canvas.getContext("2d"); context.drawImage(image, 0, 0);
-                const at = (x, y) => Array.from(context.getImageData(x, y, 1, 1).data.slice(0, 3));
-                return {corner: at(1, 1), edge: at(3, Math.floor(image.height / 2))};
-            }""", "data:image/png;base64," + base64.b64encode(shot).decode())
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(color_scheme=scheme, viewport={"width": 700, "height": 900})
+        page.set_content(html, wait_until="load")
+        shot = page.locator("td.nl-button table").first.screenshot()
+        pixels = page.evaluate("""async (src) => {
+            const image = new Image(); image.src = src; await image.decode();
+            const canvas = document.createElement("canvas");
+            canvas.width = image.width; canvas.height = image.height;
+            const context = canvas.getContext("2d"); context.drawImage(image, 0, 0);
+            const at = (x, y) => Array.from(context.getImageData(x, y, 1, 1).data.slice(0, 3));
+            return {corner: at(1, 1), edge: at(3, Math.floor(image.height / 2))};
+        }""", "data:image/png;base64," + base64.b64encode(shot).decode())
 
     def near(rgb: list[int], expected: tuple[int, int, int]) -> bool:
         return all(abs(a - b) <= 3 for a, b in zip(rgb, expected, strict=True))

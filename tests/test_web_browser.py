@@ -21,14 +21,12 @@ from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.tokens import PREFERENCES, UNSUBSCRIBE, LinkSigner
 from newsletter.web.app import create_app
 from tests import outbox
+from tests.browser import chromium, require_chromium
 from tests.conftest import make_config
 from tests.helpers import add_people, add_summaries
-from tests.tools import missing
 from tests.web_support import REFUSED, frame_from_another_site
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); no Playwright browser download
-if not CHROMIUM.exists():
-    missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)", module=True)
+require_chromium(module=True)
 
 
 @pytest.fixture
@@ -59,43 +57,39 @@ def test_subscribe_confirm_choose_topics_and_unsubscribe_in_a_browser(server):
     base, engine, mail_folder = server
     add_summaries(engine, 1, category="Neuroscience")
     add_summaries(engine, 1, category="Climate")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            console: list[str] = []
-            page.on("console", lambda message: console.append(message.text))
-            page.goto(f"{base}/subscribe")
-            # styled by the stylesheet the policy allows: the honeypot hidden, the button in the accent colour
-            sync_api.expect(page.locator("#website")).not_to_be_in_viewport()
-            sync_api.expect(page.get_by_role("button", name="Subscribe")).to_have_css(
-                "background-color", "rgb(15, 107, 102)")
-            page.get_by_label("Email address").fill("ada@example.org")
-            page.get_by_label("Name").fill("Ada")
-            page.get_by_role("button", name="Subscribe").click()
-            sync_api.expect(page.get_by_role("heading")).to_have_text("Check your inbox")
+    with chromium() as browser:
+        page = browser.new_page()
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+        page.goto(f"{base}/subscribe")
+        # styled by the stylesheet the policy allows: the honeypot hidden, the button in the accent colour
+        sync_api.expect(page.locator("#website")).not_to_be_in_viewport()
+        sync_api.expect(page.get_by_role("button", name="Subscribe")).to_have_css(
+            "background-color", "rgb(15, 107, 102)")
+        page.get_by_label("Email address").fill("ada@example.org")
+        page.get_by_label("Name").fill("Ada")
+        page.get_by_role("button", name="Subscribe").click()
+        sync_api.expect(page.get_by_role("heading")).to_have_text("Check your inbox")
 
-            [confirmation] = outbox.wait_for_messages(mail_folder, 1)  # sent after the answer
-            page.goto(outbox.link(confirmation, "confirm"))
-            page.get_by_role("button", name="Confirm my subscription").click()
-            sync_api.expect(page.get_by_role("heading")).to_have_text("Your preferences")
-            sync_api.expect(page.get_by_role("status")).to_contain_text("Your subscription is confirmed")
-            assert outbox.wait_for_messages(mail_folder, 2)[-1]["Subject"] == "Welcome to Research Weekly"
+        [confirmation] = outbox.wait_for_messages(mail_folder, 1)  # sent after the answer
+        page.goto(outbox.link(confirmation, "confirm"))
+        page.get_by_role("button", name="Confirm my subscription").click()
+        sync_api.expect(page.get_by_role("heading")).to_have_text("Your preferences")
+        sync_api.expect(page.get_by_role("status")).to_contain_text("Your subscription is confirmed")
+        assert outbox.wait_for_messages(mail_folder, 2)[-1]["Subject"] == "Welcome to Research Weekly"
 
-            page.get_by_label("Climate").check()
-            page.get_by_label("Name").fill("Ada Lovelace")
-            page.get_by_role("button", name="Save preferences").click()
-            sync_api.expect(page.get_by_role("status")).to_contain_text("Your preferences are saved")
-            sync_api.expect(page.get_by_label("Climate")).to_be_checked()
-            sync_api.expect(page.get_by_label("Neuroscience")).not_to_be_checked()
+        page.get_by_label("Climate").check()
+        page.get_by_label("Name").fill("Ada Lovelace")
+        page.get_by_role("button", name="Save preferences").click()
+        sync_api.expect(page.get_by_role("status")).to_contain_text("Your preferences are saved")
+        sync_api.expect(page.get_by_label("Climate")).to_be_checked()
+        sync_api.expect(page.get_by_label("Neuroscience")).not_to_be_checked()
 
-            page.get_by_role("button", name="Unsubscribe").click()
-            sync_api.expect(page.get_by_role("heading")).to_have_text("You are unsubscribed")
-            page.goto(base)
-            sync_api.expect(page.get_by_role("heading", name="Subscribe")).to_be_visible()
-            assert [line for line in console if "Content Security Policy" in line] == []
-        finally:
-            browser.close()
+        page.get_by_role("button", name="Unsubscribe").click()
+        sync_api.expect(page.get_by_role("heading")).to_have_text("You are unsubscribed")
+        page.goto(base)
+        sync_api.expect(page.get_by_role("heading", name="Subscribe")).to_be_visible()
+        assert [line for line in console if "Content Security Policy" in line] == []
     with session(engine) as db:
         ada = db.exec(select(Subscriber)).one()
     assert (ada.status, ada.name, ada.topics) == (SubscriberStatus.UNSUBSCRIBED, "Ada Lovelace", ["Climate"])
@@ -111,9 +105,5 @@ def test_another_site_cannot_frame_the_pages(server):
     signer = LinkSigner(make_config(Path(".")))  # the server's key: NEWSLETTER_SECRET_KEY
     urls = [f"{base}/", f"{base}/unsubscribe/{signer.sign(UNSUBSCRIBE, token)}",
             f"{base}/preferences/{signer.sign(PREFERENCES, token)}"]
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            assert frame_from_another_site(browser, urls) == [REFUSED] * len(urls) + ["<other site>/own"]
-        finally:
-            browser.close()
+    with chromium() as browser:
+        assert frame_from_another_site(browser, urls) == [REFUSED] * len(urls) + ["<other site>/own"]

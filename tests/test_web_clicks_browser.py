@@ -6,7 +6,6 @@ counted as a click only."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 from playwright import sync_api
 from sqlmodel import select
@@ -18,15 +17,13 @@ from newsletter.issues import prepare_issue
 from newsletter.models import ClickCount, Summary
 from newsletter.web.app import create_app
 from tests import outbox
+from tests.browser import chromium, require_chromium
 from tests.click_support import delivered_ago
 from tests.conftest import make_config
 from tests.helpers import add_people
-from tests.tools import missing
 from tests.web_support import another_site, free_port, served_in_thread
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (.ci/run installs it); no Playwright browser download
-if not CHROMIUM.exists():
-    missing(f"no Chromium at {CHROMIUM} (apt-get install chromium)", module=True)
+require_chromium(module=True)
 
 SUMMARY_PAGE = "<!doctype html><title>Sleep spindles</title><h1 id=paper>The paper itself</h1>"
 
@@ -45,24 +42,20 @@ def test_a_reader_clicking_a_delivered_digest_lands_on_the_summary_and_is_counte
         send_unfinished(engine, site, create_backend(site))
         [delivered] = outbox.messages(tmp_path / "outbox")
         delivered_ago(engine, timedelta(hours=1))  # read an hour after it arrived
-        with served_in_thread(create_app(site, engine), port=port), sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-            try:
-                headless = browser.new_page()
-                person = browser.new_page(user_agent=headless.evaluate("navigator.userAgent").replace(
-                    "HeadlessChrome", "Chrome"))  # what the same Chromium sends with a window
-                for page in (person, headless):
-                    page.set_content(outbox.html_part(delivered))
-                    with page.expect_navigation():
-                        page.get_by_role("link", name="Sleep spindles predict recall").click()
-                    sync_api.expect(page.locator("#paper")).to_have_text("The paper itself")
-                    assert page.url == f"{journal}/"
-                person.set_content(outbox.html_part(delivered))
-                with person.expect_popup() as opened:  # the item's button opens a new tab
-                    person.get_by_role("link", name="Read the summary").click()
-                sync_api.expect(opened.value.locator("#paper")).to_have_text("The paper itself")
-            finally:
-                browser.close()
+        with served_in_thread(create_app(site, engine), port=port), chromium() as browser:
+            headless = browser.new_page()
+            person = browser.new_page(user_agent=headless.evaluate("navigator.userAgent").replace(
+                "HeadlessChrome", "Chrome"))  # what the same Chromium sends with a window
+            for page in (person, headless):
+                page.set_content(outbox.html_part(delivered))
+                with page.expect_navigation():
+                    page.get_by_role("link", name="Sleep spindles predict recall").click()
+                sync_api.expect(page.locator("#paper")).to_have_text("The paper itself")
+                assert page.url == f"{journal}/"
+            person.set_content(outbox.html_part(delivered))
+            with person.expect_popup() as opened:  # the item's button opens a new tab
+                person.get_by_role("link", name="Read the summary").click()
+            sync_api.expect(opened.value.locator("#paper")).to_have_text("The paper itself")
     # the app writes what it counted when it stops, at the latest
     with session(engine) as db:
         [count] = db.exec(select(ClickCount)).all()

@@ -181,7 +181,7 @@ def send_issue(
     patience = patience or Patience(config.database.outage_limit_time, stop)
     started = time.monotonic()
     issue, items, report = patiently(lambda: _start(engine, number, clock()), patience)
-    composer = Composer(config, issue, items, backend.extra_headers())
+    composer = Composer(config, issue, items, backend.extra_headers(), dot_stuffed=backend.wants_dot_stuffed)
     if not patiently(lambda: has_copy(engine, issue), patience):
         everything = composer.template([])  # the render the messages are built from: no extra MJML compile
         assert everything is not None  # an issue has at least one item

@@ -332,7 +332,7 @@ class MessageTemplate:
         ``message_id`` or unsubscribe URL (both are the caller's bug, not the subscriber's).
         """
         head, encoded = self._head_and_values(values, message_id=message_id, date=date)
-        return b"".join([head, *(segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body)])
+        return self._joined(head, encoded)
 
     def _head_and_values(self, values: RecipientValues, *, message_id: str,
                          date: datetime | None) -> tuple[bytes, dict[tuple[bool, str], bytes]]:
@@ -373,7 +373,7 @@ class MessageTemplate:
         4.5.2: a line that starts with "." gets one more). The body's static pieces are stuffed once per
         template, so per message only the spliced values are looked at, not the whole message."""
         head, encoded = self._head_and_values(values, message_id=message_id, date=date)
-        data = b"".join([head, *(segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body)])
+        data = self._joined(head, encoded)
         stuffed: dict[tuple[Any, bool], bytes] = {}
         out = [head]  # no header line starts with "."; each place knows if its value starts a line
         for segment, line_start in zip(self._wire_body, self._line_starts, strict=True):
@@ -388,6 +388,10 @@ class MessageTemplate:
                 stuffed[key] = dot_stuff(value, line_start)
             out.append(stuffed[key])
         return data, b"".join(out)
+
+    def _joined(self, head: bytes, encoded: dict[tuple[bool, str], bytes]) -> bytes:
+        """The message: ``head``, then the body with each value place filled from ``encoded``."""
+        return b"".join([head, *(segment if isinstance(segment, bytes) else encoded[segment] for segment in self._body)])
 
     def _date(self, moment: datetime) -> bytes:
         """The Date header for ``moment`` (UTC), written once per second of sending."""
@@ -484,12 +488,13 @@ class Composer:
     """
 
     def __init__(self, config: Config, issue: Issue, items: Sequence[Summary],
-                 extra_headers: dict[str, str] | None = None) -> None:
+                 extra_headers: dict[str, str] | None = None, *, dot_stuffed: bool = False) -> None:
         self.config = config
         self.issue = issue
         self.items = list(items)
         self.links = LinkSigner(config)
         self.extra_headers = extra_headers or {}
+        self.dot_stuffed = dot_stuffed  # also make each message's SMTP DATA form (Backend.wants_dot_stuffed)
         self._templates: dict[tuple[int | None, ...], MessageTemplate] = {}
         self._counted = config.tracking.clicks and issue.id is not None
         self._per_reader = self._counted and config.tracking.per_subscriber
@@ -530,7 +535,10 @@ class Composer:
                 date: datetime | None = None) -> OutgoingMessage:
         """The message for ``subscriber``; raises InvalidAddress (or ValueError) when none can be built."""
         message_id = make_message_id(self.config, self.issue.number, subscriber.token)
-        data, stuffed = template.personalise_for_smtp(self.values(subscriber, template), message_id=message_id,
-                                                      date=date)
+        values = self.values(subscriber, template)
+        if self.dot_stuffed:
+            data, stuffed = template.personalise_for_smtp(values, message_id=message_id, date=date)
+        else:
+            data, stuffed = template.personalise(values, message_id=message_id, date=date), None
         return OutgoingMessage(delivery_id, return_path(self.config, subscriber.token), subscriber.email,
                                message_id, data, dot_stuffed=stuffed)

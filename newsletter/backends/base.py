@@ -103,6 +103,10 @@ class Backend:
     # many can be sent twice. None = the whole batch, for backends where sending the same message again
     # replaces it (files) or does nothing.
     max_in_flight: int | None = 1
+    # Whether the backend sends messages as SMTP's DATA carries them: the send loop then gives each
+    # message its dot-stuffed form too (``OutgoingMessage.dot_stuffed``), made from pieces stuffed once per
+    # issue. Other backends are spared that second copy of every message.
+    wants_dot_stuffed: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel, *, config: Config) -> None:
         self.options = options

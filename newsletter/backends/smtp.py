@@ -150,6 +150,7 @@ class SmtpBackend(Backend):
 
     Options = SmtpOptions
     options: SmtpOptions
+    wants_dot_stuffed = True
 
     def __init__(self, options: BaseModel, *, config: Config) -> None:
         super().__init__(options, config=config)

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from newsletter.clicks import copy_links
 from newsletter.config import Config
 from newsletter.db import session
-from newsletter.issues.lookup import NOT_DRAFT, find_issue, issue_items
+from newsletter.issues.lookup import NOT_DRAFT, find_issue, shown_items
 from newsletter.models import ClickCount, Issue, IssueCopy, SubscriberClick
 from newsletter.render import as_utc, item_url
 from newsletter.tokens import url_hash
@@ -59,6 +59,16 @@ class IssueClicks:
     def human_clicks(self) -> int:
         return sum(item.human_clicks for item in self.items)
 
+    def by_item(self) -> dict[int, tuple[int, int]]:
+        """Summary id -> (clicks, likely human clicks) over all of that item's links (an item whose URL was
+        corrected after sending has two)."""
+        totals: dict[int, tuple[int, int]] = {}
+        for item in self.items:
+            if item.item_id is not None:
+                clicks, human = totals.get(item.item_id, (0, 0))
+                totals[item.item_id] = (clicks + item.clicks, human + item.human_clicks)
+        return totals
+
     def as_json(self) -> dict[str, Any]:
         """JSON-ready, as ``status --json`` shows it."""
         return {
@@ -75,9 +85,10 @@ class IssueClicks:
 
 
 def _named_links(db: Session, issue: Issue) -> dict[tuple[int, str], tuple[int | None, str, str]]:
-    """(item id, URL hash) -> (position, title, URL) for the issue's items (with a link) as they are now."""
+    """(item id, URL hash) -> (position in the digest, title, URL) for the issue's items (with a link) as they
+    are now."""
     named: dict[tuple[int, str], tuple[int | None, str, str]] = {}
-    for position, summary in enumerate(issue_items(db, issue), start=1):
+    for position, summary in enumerate(shown_items(db, issue), start=1):
         url = item_url(summary)
         if url and summary.id is not None:
             named[(summary.id, url_hash(url))] = (position, " ".join(summary.title.split()), url)

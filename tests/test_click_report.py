@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -13,13 +14,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, update
 from sqlmodel import col, select
 
+from newsletter.backends import create_backend
 from newsletter.config import load_config
 from newsletter.db import open_database, session
+from newsletter.delivery import send_unfinished
+from newsletter.issues import prepare_issue
 from newsletter.models import ClickCount, Subscriber, SubscriberClick, Summary
+from newsletter.tokens import url_hash
 from newsletter.web.app import create_app
 from newsletter.web.preview import create_preview_app
+from tests import outbox
 from tests.click_support import BROWSER, SCANNER_AGENT, click_links, delivered_ago, path, send_issue
-from tests.helpers import add_summaries
+from tests.helpers import add_people, add_summaries
 from tests.test_cli import config_file, invoke
 
 COUNTED = {"clicks: false": "clicks: true"}
@@ -138,6 +144,21 @@ def test_the_preview_shows_each_items_clicks_for_a_past_issue(tmp_path):
         assert 'id="clicks"' not in client.get("/", params={"issue": "next"}).text
 
 
+def test_the_desk_adds_up_an_items_clicks_on_its_old_and_its_new_link(tmp_path):
+    """The first item's URL was corrected after the issue went out: its clicks are counted under the old
+    link (3) and the new one (2), and the desk's row shows the item's total, not one link's."""
+    config_path, _config, engine = clicked_issue(tmp_path)
+    with session(engine) as db:
+        db.execute(update(Summary).where(col(Summary.id) == 1).values(url="https://example.org/papers/0-corrected"))
+        db.add(ClickCount(issue_id=1, item_id=1, url_hash=url_hash("https://example.org/papers/0-corrected"),
+                          clicks=2, human_clicks=2))
+        db.commit()
+    with TestClient(create_preview_app(config_path, engine), base_url="http://127.0.0.1:8025") as client:
+        page = client.get("/", params={"issue": "1"}).text
+    row = page[page.index('<span class="title">Paper number 0</span>'):][:300]
+    assert ">5 clicks, 5 likely human</span>" in row
+
+
 def test_per_subscriber_the_export_lists_ones_clicks_and_erasing_deletes_them_but_not_the_counts(tmp_path):
     config_path, _config, engine = clicked_issue(tmp_path, PER_SUBSCRIBER)
     exported = json.loads(invoke("subscribers", "export", "ada@example.org", "--config", config_path).output)
@@ -168,3 +189,27 @@ def test_the_editors_draft_is_not_reported_as_an_issue(tmp_path):
     assert status.exit_code == 0, status.output
     assert status.output.strip() == ("issue #2 is the next issue, not prepared yet (the editor's draft): "
                                      "`newsletter digest render` shows it, `newsletter digest prepare` prepares it")
+
+
+def test_items_are_numbered_as_the_email_shows_them_after_the_editor_reordered(tmp_path):
+    """The editor moved the second paper first and made it the lead: the report's item numbers, and the
+    front page's list of titles, follow the email's order, not the order the summaries arrived in."""
+    from newsletter.issues import editorial
+
+    config_path = config_file(tmp_path, **COUNTED)
+    config = load_config(config_path)
+    engine = open_database(config)
+    add_summaries(engine, 2)
+    add_people(engine, "ada@example.org")
+    editorial.set_lead(engine, 2)
+    prepare_issue(engine, config)
+    send_unfinished(engine, config, create_backend(config))
+    [message] = outbox.messages(config.resolve("outbox"))
+    emailed = re.findall(r"Paper number \d", outbox.text_part(message))
+    assert list(dict.fromkeys(emailed)) == ["Paper number 1", "Paper number 0"]
+    report = invoke("digest", "clicks", "1", "--csv", "--config", config_path)
+    rows = list(csv.DictReader(io.StringIO(report.stdout)))
+    assert [(row["item"], row["title"]) for row in rows] == [("1", "Paper number 1"), ("2", "Paper number 0")]
+    with TestClient(create_app(config, engine)) as client:
+        front = client.get("/").text
+    assert front.index("Paper number 1") < front.index("Paper number 0")

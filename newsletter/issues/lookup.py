@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from newsletter.db import session
 from newsletter.errors import NewsletterError
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Summary
+from newsletter.render import display_order
 
 
 def waiting_summaries(db: Session, before: datetime | None = None) -> list[Summary]:
@@ -36,6 +37,11 @@ def issue_items(db: Session, issue: Issue) -> list[Summary]:
     :func:`newsletter.render.display_order`)."""
     query = select(Summary).where(Summary.issue_id == issue.id).order_by(col(Summary.ingested_at), col(Summary.id))
     return list(db.exec(query))
+
+
+def shown_items(db: Session, issue: Issue) -> list[Summary]:
+    """The summaries of ``issue`` in the order its digest shows them (its editor's order and lead)."""
+    return display_order(issue_items(db, issue), issue.item_order, issue.lead_id)
 
 
 NOT_DRAFT = Issue.status != IssueStatus.DRAFT

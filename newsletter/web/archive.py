@@ -24,7 +24,8 @@ from newsletter.dates import format_day
 from newsletter.db import session
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
-from newsletter.issues import archived_copy, issue_items
+from newsletter.issues import archived_copy
+from newsletter.issues.lookup import shown_items
 from newsletter.issues.archived import ArchivedCopy
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueCopy, IssueStatus, utcnow
 from newsletter.render import as_utc
@@ -83,7 +84,7 @@ def front_page(request: Request) -> HTMLResponse:
         if issue is not None:
             latest = {"number": issue.number, "subject": issue.subject,
                       "date": format_day(_published(issue).date(), web_state(request).config.newsletter.locale),
-                      "titles": [item.title for item in issue_items(db, issue)]}
+                      "titles": [item.title for item in shown_items(db, issue)]}
     return page(request, "subscribe.html", title="Subscribe", email="", name="", error=None, indexable=True,
                 latest=latest, feed_url=f"{site_root(request)}/archive/feed.atom")
 

@@ -153,7 +153,7 @@ def page(
                 context["rows"] = _rows(sample.items, sample.issue.item_order, sample.issue.lead_id, editable=False)
                 clicks = issue_clicks(state.engine, state.config, sample.issue.number)
                 context["clicks"] = clicks
-                context["clicks_by_item"] = {item.item_id: item for item in clicks.items if item.item_id is not None}
+                context["clicks_by_item"] = clicks.by_item()
     context["send"] = _send_panel(state, context)
     status = 400 if bad_ref else 200
     return HTMLResponse(_PAGES.get_template("desk.html").render(context), status_code=status,

@@ -42,7 +42,7 @@ from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import InvalidAddress
 from newsletter.models import Issue, Summary
-from newsletter.render import DEFAULT_SECTION, ItemLink, RecipientValues, RenderedIssue, as_utc, render_issue
+from newsletter.render import ItemLink, RecipientValues, RenderedIssue, as_utc, render_issue, section_key
 from newsletter.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
@@ -473,10 +473,6 @@ def recipient_values(config: Config, subscriber: Reader, links: LinkSigner | Non
     )
 
 
-def _section_key(summary: Summary) -> str:
-    return (" ".join((summary.category or "").split()) or DEFAULT_SECTION).casefold()
-
-
 class Composer:
     """An issue's messages, one subscriber at a time: what the send loop sends and what the checks,
     ``digest render`` and the preview look at. Renders once per distinct topic selection (cached).
@@ -521,7 +517,7 @@ class Composer:
     def template(self, topics: Sequence[str]) -> MessageTemplate | None:
         """The encoded issue for a topic selection (empty = everything); None when it has no item."""
         wanted = {" ".join(t.split()).casefold() for t in topics if t and t.strip()}
-        chosen = [s for s in self.items if not wanted or _section_key(s) in wanted]
+        chosen = [s for s in self.items if not wanted or section_key(s) in wanted]
         if not chosen:
             return None
         key = tuple(s.id for s in chosen)

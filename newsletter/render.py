@@ -274,9 +274,14 @@ def issue_context(config: Config, issue: Issue, items: Sequence[Summary], recipi
     }
 
 
+def section_title(summary: Summary) -> str:
+    """The section a summary is shown under: its category, whitespace collapsed, or :data:`DEFAULT_SECTION`."""
+    return " ".join((summary.category or "").split()) or DEFAULT_SECTION
+
+
 def section_key(summary: Summary) -> str:
     """The section a summary is shown under, compared case-insensitively."""
-    return (" ".join((summary.category or "").split()) or DEFAULT_SECTION).casefold()
+    return section_title(summary).casefold()
 
 
 def display_order(summaries: Sequence[Summary], order: Sequence[int] = (), lead: int | None = None) -> list[Summary]:
@@ -296,8 +301,7 @@ def display_order(summaries: Sequence[Summary], order: Sequence[int] = (), lead:
     rank = {summary_id: n for n, summary_id in enumerate(order)}
     placed = sorted((s for s in default if s.id in rank), key=lambda s: rank[s.id or 0])
     ordered = placed + [s for s in default if s.id not in rank]
-    first = [s for s in ordered if lead is not None and s.id == lead]
-    return first + [s for s in ordered if s not in first]
+    return ordered if lead is None else sorted(ordered, key=lambda s: s.id != lead)  # stable: the lead first
 
 
 def item_links(config: Config, items: Sequence[Summary]) -> tuple[ItemLink | None, ...]:
@@ -351,7 +355,7 @@ def _item(summary: Summary, config: Config) -> Item:
         title=" ".join(summary.title.split()),
         url=_web_url(summary.url),
         source=(summary.source or "").strip() or None,
-        category=" ".join((summary.category or "").split()) or DEFAULT_SECTION,
+        category=section_title(summary),
         published=published,
         published_label=format_day(published, config.newsletter.locale) if published else "",
         summary=summary.summary.strip(),

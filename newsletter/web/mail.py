@@ -21,7 +21,7 @@ from newsletter.backends import OutgoingMessage, SendStatus, create_backend
 from newsletter.bounces import return_path
 from newsletter.config import Config
 from newsletter.errors import DeliveryError
-from newsletter.message import MessageTemplate
+from newsletter.message import MessageTemplate, recipient_values
 from newsletter.models import Subscriber
 from newsletter.render import (
     NewsletterInfo,
@@ -50,11 +50,6 @@ def _confirmation_recipient(subscriber: Subscriber) -> RecipientValues:
     return RecipientValues(subscriber.email, "", "", "")
 
 
-def _welcome_recipient(signer: LinkSigner, subscriber: Subscriber) -> RecipientValues:
-    return RecipientValues(subscriber.email, subscriber.name or "", signer.unsubscribe_url(subscriber.token),
-                           signer.preferences_url(subscriber.token))
-
-
 def render_transactional(config: Config, kind: str, context: dict[str, Any]) -> Rendered:
     """``<kind>.subject.txt.j2``, ``<kind>.mjml.j2`` (compiled) and ``<kind>.txt.j2`` with ``context`` plus
     ``newsletter``. Raises TemplateError naming the file and line."""
@@ -77,7 +72,7 @@ def confirmation_email(config: Config, signer: LinkSigner, subscriber: Subscribe
 
 def welcome_email(config: Config, signer: LinkSigner, subscriber: Subscriber) -> Rendered:
     return render_transactional(config, "welcome", {
-        "recipient": _welcome_recipient(signer, subscriber), "archive_url": f"{config.newsletter.site_url}/archive",
+        "recipient": recipient_values(config, subscriber, signer), "archive_url": f"{config.newsletter.site_url}/archive",
     })
 
 
@@ -111,7 +106,7 @@ def send_confirmation(config: Config, signer: LinkSigner, subscriber: Subscriber
 def send_welcome(config: Config, signer: LinkSigner, subscriber: Subscriber) -> None:
     """Send the welcome email to a subscriber who just confirmed. Raises DeliveryError."""
     message_id = f"<welcome.{secrets.token_hex(12)}@{config.newsletter.sender_domain}>"
-    data = build_transactional(config, _welcome_recipient(signer, subscriber),
+    data = build_transactional(config, recipient_values(config, subscriber, signer),
                                welcome_email(config, signer, subscriber), message_id)
     send_one(config, subscriber, data, message_id)
     log.info("sent a welcome email")

@@ -213,8 +213,8 @@ def ingest(
         raise typer.Exit(1)
 
 
-MAX_SUMMARY_ID = 2**31 - 1
-SummaryId = Annotated[int, typer.Argument(min=1, max=MAX_SUMMARY_ID, help="The summary's id (see 'summaries list').")]
+MAX_NUMBER = 2**31 - 1  # what every database stores in an INTEGER column (ids, issue numbers)
+SummaryId = Annotated[int, typer.Argument(min=1, max=MAX_NUMBER, help="The summary's id (see 'summaries list').")]
 
 
 @summaries_app.command("list")
@@ -480,18 +480,18 @@ def digest_prepare(config: ConfigOption = None) -> None:
 def digest_order(
     first: Annotated[
         list[int] | None,
-        typer.Argument(min=1, max=MAX_SUMMARY_ID, show_default=False, metavar="ID",
+        typer.Argument(min=1, max=MAX_NUMBER, show_default=False, metavar="ID",
                        help="Summary ids to show first, in this order (after the lead); the others keep their order."),
     ] = None,
     lead: Annotated[int | None, typer.Option(
-        "--lead", min=1, max=MAX_SUMMARY_ID, help="Make this item the lead: first, and named by the default subject.",
+        "--lead", min=1, max=MAX_NUMBER, help="Make this item the lead: first, and named by the default subject.",
     )] = None,
     no_lead: Annotated[bool, typer.Option("--no-lead", help="Unpin the lead item.")] = False,
     leave_out: Annotated[list[int] | None, typer.Option(
-        "--leave-out", min=1, max=MAX_SUMMARY_ID, show_default=False, help="Leave this item out (repeatable).",
+        "--leave-out", min=1, max=MAX_NUMBER, show_default=False, help="Leave this item out (repeatable).",
     )] = None,
     bring_back: Annotated[list[int] | None, typer.Option(
-        "--bring-back", min=1, max=MAX_SUMMARY_ID, show_default=False, help="Bring a left-out item back (repeatable).",
+        "--bring-back", min=1, max=MAX_NUMBER, show_default=False, help="Bring a left-out item back (repeatable).",
     )] = None,
     undo: Annotated[bool, typer.Option("--undo", help="Take back the last change to the next issue (its order, "
                                                       "lead, items, note or subject).")] = False,
@@ -603,7 +603,6 @@ def _read_text(file: Path) -> str:
                               f"text file") from None
 
 
-MAX_NUMBER = 2**31 - 1  # what every database stores in an INTEGER column
 IssueOption = Annotated[
     int | None, typer.Option("--issue", "-i", min=1, max=MAX_NUMBER, help="Only this issue number.")
 ]

@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, col, select
 
 from newsletter.config import Config
-from newsletter.db import session
+from newsletter.db import describe, session
 from newsletter.issues.lookup import issue_items
 from newsletter.models import ClickCount, Delivery, Issue, IssueCopy, Subscriber, SubscriberClick
 from newsletter.render import item_url
@@ -252,7 +252,7 @@ class ClickRecorder:
                 with self._lock:
                     self._pending[:0] = pending
                 log.warning("could not read the deliveries to classify clicks (%s); trying again in %g s",
-                            " ".join(str(exc.orig).split())[:200], FLUSH_SECONDS)
+                            describe(exc), FLUSH_SECONDS)
                 return 0
             except BaseException:  # kept for the next flush whatever went wrong
                 with self._lock:
@@ -364,7 +364,7 @@ class ClickRecorder:
                     raise
             except DBAPIError as exc:
                 log.warning("could not write %d clicks (%s); trying again in %g s", written,
-                            " ".join(str(exc.orig).split())[:200], FLUSH_SECONDS)
+                            describe(exc), FLUSH_SECONDS)
                 return 0
         self._counts, self._people = {}, []
         return written

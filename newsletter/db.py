@@ -163,7 +163,7 @@ def open_database(config: Config) -> Engine:
     try:
         upgrade(engine)
     except DBAPIError as exc:  # unreachable server, a file that is not a database, no permission, ...
-        reason = " ".join(str(exc.orig).split())  # PostgreSQL's hints come on lines of their own
+        reason = describe(exc)
         shown = engine.url.render_as_string(hide_password=True)
         if _disk_full(engine):  # SQLite says "disk I/O error" when it cannot even create its -shm file
             raise DatabaseFull(f"cannot open the database {shown!r} ({reason}): the disk holding it is full; free "

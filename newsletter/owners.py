@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ _NONCE = re.compile(r"^[0-9a-f]{12}$")
 STALE_AFTER = 7 * 86400  # seconds: unlocked lock files older than this are swept away
 
 
+@functools.cache  # a process does not outlive its kernel's boot
 def boot_id() -> str | None:
     """This kernel's boot id (Linux), or None where there is none: then nothing is ever proven dead."""
     try:

@@ -342,7 +342,6 @@ class SmtpLane:
         if smtp is not None:
             smtp.close()
 
-    _drop = drop
 
     def work(self, wire: Wire) -> Work:
         return carry(self.send_one, wire)
@@ -361,11 +360,11 @@ class SmtpLane:
             return (yield from self._attempt(message, take_following))
         except OSError as exc:  # SMTPServerDisconnected, resets, timeouts; refusals are results already
             log.warning("lost the connection to %s (%s); reconnecting", self.address, exc)
-            self._drop()
+            self.drop()
         try:
             return (yield from self._attempt(message, take_following))
         except OSError as exc:
-            self._drop()
+            self.drop()
             raise DeliveryError(
                 f"lost the connection to {self.address} again right after reconnecting ({exc})"
             ) from None
@@ -378,7 +377,7 @@ class SmtpLane:
         except OSError:
             raise
         except Exception:
-            self._drop()
+            self.drop()
             raise
 
     def _transaction(self, message: OutgoingMessage, take_following: Callable[[], OutgoingMessage | None]) -> Steps:
@@ -389,7 +388,7 @@ class SmtpLane:
             smtp, envelope = self._smtp, ahead
         else:
             if ahead is not None:  # cannot happen with carry(); never let replies get out of step
-                self._drop()
+                self.drop()
             smtp = yield from self.session()
             prepared = yield from self._prepare(smtp, message)
             if isinstance(prepared, SendResult):
@@ -496,13 +495,13 @@ class SmtpLane:
         the recipient, and must not count as a bounce.
         """
         if code == 421:  # the server is closing the connection; the next message reconnects
-            self._drop()
+            self.drop()
         elif reset:
             try:
                 yield Send((b"RSET\r\n",))
                 yield REPLY
             except (smtplib.SMTPException, OSError):
-                self._drop()
+                self.drop()
         status = SendStatus.FAILED if 500 <= code < 600 and not sender else SendStatus.RETRY
         detail = _reply_text(code, reply)
         if sender:
@@ -530,13 +529,10 @@ class SmtpLane:
             yield REPLY
         except (smtplib.SMTPException, OSError):
             pass
-        self._drop()
+        self.drop()
 
     def connect(self) -> smtplib.SMTP:
         """A new connection: connected, greeted, secured and logged in as configured (blocking)."""
-        return self._connect()
-
-    def _connect(self) -> smtplib.SMTP:
         options = self.options
         password = self._password() if options.username else ""
         context = self.backend._context() if options.security != "none" else None

@@ -430,9 +430,6 @@ class WireStream(Stream):
         self._failure: DeliveryError | None = None
         self._out = 0  # messages put whose results were not taken
 
-    def ready(self) -> bool:
-        return True
-
     def put(self, messages: Sequence[OutgoingMessage]) -> None:
         self._out += len(messages)
         self._wire.put([(message.delivery_id, message) for message in messages])

@@ -80,8 +80,7 @@ def web_state(request: Request) -> WebState:
 def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """Render one of the site's page templates (autoescaped) with the newsletter's details."""
     config = web_state(request).config
-    site_root = urlsplit(config.newsletter.site_url).path.rstrip("/")
-    defaults = {"newsletter": config.newsletter, "site_root": site_root, "feed_url": None, "indexable": False,
+    defaults = {"newsletter": config.newsletter, "site_root": site_root(request), "feed_url": None, "indexable": False,
                 "latest": None, "every": EVERY[config.schedule.cadence],
                 "tracking": tracking_notice(config.tracking.clicks, config.tracking.per_subscriber)}
     html = PAGES.get_template(template).render({**defaults, **context})
@@ -110,6 +109,7 @@ def _unknown(request: Request) -> HTMLResponse:
 
 
 def site_root(request: Request) -> str:
+    """The path part of ``newsletter.site_url``, without a trailing slash ("" at a domain's root)."""
     return urlsplit(web_state(request).config.newsletter.site_url).path.rstrip("/")
 
 

@@ -330,7 +330,7 @@ def subscribers_import(
     from newsletter import subscribers as subscriber_list
 
     with _opened(config) as (_config, engine), _progress() as bar:
-        task = bar.add_task("importing", total=_data_lines(file))
+        task = bar.add_task("importing", total=None)  # the total once import_csv has counted the rows
         rows = 0
 
         def tick() -> None:  # the bar is redrawn a few times a second anyway; advancing it per row cost 5 µs
@@ -339,22 +339,14 @@ def subscribers_import(
             if rows % 1000 == 0:
                 bar.update(task, completed=rows)
 
-        report = subscriber_list.import_csv(engine, file, on_row=tick)
+        report = subscriber_list.import_csv(engine, file, on_start=lambda total: bar.update(task, total=total),
+                                            on_row=tick)
         bar.update(task, completed=rows)
     for line, problem in sorted(report.bad_rows + report.notes()):
         errors.print(Text(f"{file}:{line}: {problem}"), soft_wrap=True)
     console.print(report.summary_line())
     if report.bad_rows:
         raise typer.Exit(1)
-
-
-def _data_lines(file: Path) -> int | None:
-    """Lines after the header, as a progress total (None when the file cannot be read: import says why)."""
-    try:
-        with file.open("rb") as handle:
-            return max(sum(1 for _ in handle) - 1, 0)
-    except OSError:
-        return None
 
 
 StatusOption = Annotated[SubscriberStatus | None, typer.Option("--status", help="Only subscribers in this state.")]

@@ -188,13 +188,14 @@ _STAGING = table("import_staging", column("email"), column("name"), column("toke
 
 
 def import_csv(
-    engine: Engine, path: Path, *, source: str | None = None, on_row: Callable[[], None] | None = None
+    engine: Engine, path: Path, *, source: str | None = None, on_start: Callable[[int], None] | None = None,
+    on_row: Callable[[], None] | None = None,
 ) -> ImportReport:
     """Upsert the subscribers of a CSV file with an ``email`` column (and optionally ``name``).
 
     The file is read twice, as a stream: once to make sure it parses to the end (a file that is not UTF-8
-    CSV is refused before anything is written), then row by row, validating each (``on_row`` is called
-    after each, for a progress bar) and writing them in transactions of :data:`IMPORT_CHUNK` rows, so
+    CSV is refused before anything is written; ``on_start`` then gets the number of rows), then row by row,
+    validating each (``on_row`` is called after each, for a progress bar) and writing them in transactions of :data:`IMPORT_CHUNK` rows, so
     memory stays flat and other writers (a one-click unsubscribe) wait milliseconds, not the whole import.
     In a file of more than two chunks the addresses are validated in helper processes, ahead of the chunk
     being written (email-validator's checks are over half of the work).
@@ -206,6 +207,8 @@ def import_csv(
     """
     report = ImportReport()
     rows = sum(1 for _ in _records(path, report))
+    if on_start:
+        on_start(rows)
     first_line: dict[str, int] = {}  # lowercase address -> line of its first row (the one that counts)
     chunk: list[_Row] = []
     writer = _ChunkWriter(engine, source or f"import:{path.name}", path.name, report)

@@ -36,7 +36,7 @@ from markupsafe import Markup
 from sqlalchemy import func
 from sqlmodel import select
 
-from newsletter.checks import Finding, Severity, check_issue, check_sample
+from newsletter.checks import Finding, Severity, check_issue
 from newsletter.click_report import issue_clicks
 from newsletter.dates import format_moment
 from newsletter.db import session
@@ -145,7 +145,7 @@ def page(
             context["excerpt"] = _excerpt(exc)
         else:
             context["sample"] = sample
-            findings = check_sample(state.config, sample)
+            findings = state.findings(sample)
             context["findings"] = [(f, _finding_link(f, sample.items, issue, width)) for f in findings]
             context["errors"] = sum(f.severity is Severity.ERROR for f in findings)
             context["html"], context["text"], context["source"], context["headers"] = sample_parts(sample)

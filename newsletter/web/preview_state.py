@@ -24,6 +24,7 @@ from sqlalchemy import Engine, Integer, cast, func
 from sqlmodel import col, select
 
 from newsletter.backends import create_backend
+from newsletter.checks import Finding, check_sample
 from newsletter.config import Config, load_config
 from newsletter.db import open_database, session
 from newsletter.delivery import send_issue
@@ -59,6 +60,7 @@ class PreviewState:
         self.watching = threading.Event()  # set once the first watch is in place
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], IssueSample | NewsletterError] = {}
+        self._findings: dict[int, tuple[IssueSample, list[Finding]]] = {}  # id(sample) -> its pre-send checks
         self._config_stamp = self._stamp()
         self.backoff = Backoff()  # wrong tokens per client; ``clock`` replaceable in tests
         self.seen_fingerprint: tuple[Any, ...] | None = None  # the database as the version last reflected it
@@ -76,6 +78,7 @@ class PreviewState:
         with self._lock:
             self.version += 1
             self._cache.clear()
+            self._findings.clear()
         log.info("preview: %s changed, version %d", why, self.version)
 
     def database_changed(self, why: str) -> None:
@@ -146,6 +149,14 @@ class PreviewState:
         if isinstance(cached, NewsletterError):
             raise cached
         return cached
+
+    def findings(self, sample: IssueSample) -> list[Finding]:
+        """The pre-send checks of ``sample`` (from :meth:`sample`), worked out once per sample: every open
+        tab asks again after each change."""
+        cached = self._findings.get(id(sample))
+        if cached is None or cached[0] is not sample:
+            cached = self._findings[id(sample)] = (sample, check_sample(self.config, sample))
+        return cached[1]
 
     def watch(self) -> None:
         """Bump the version on every change until ``stop`` is set (the body of the watcher thread)."""

@@ -71,12 +71,17 @@ def normalise_address(raw: str) -> str:
         raise InvalidAddress(f"{raw.strip()!r} is not a valid email address: {exc}") from None
 
 
-def clean_name(raw: str | None) -> str | None:
-    """A display name with control characters (CR/LF included) removed, or None when empty."""
+def clean_text(raw: str | None, limit: int) -> str | None:
+    """``raw`` as one line of at most ``limit`` characters, or None when empty: control characters (CR, LF
+    and NUL, which PostgreSQL cannot store, included) become spaces and runs of whitespace one space."""
     if raw is None:
         return None
-    name = _CONTROL_CHARACTERS.sub(" ", raw).strip()
-    return name[:200] or None
+    return " ".join(_CONTROL_CHARACTERS.sub(" ", raw).split())[:limit] or None
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A display name as :func:`clean_text` makes it, at most 200 characters."""
+    return clean_text(raw, 200)
 
 
 def find_subscriber(db: Session, address: str) -> Subscriber | None:

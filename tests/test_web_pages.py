@@ -119,6 +119,16 @@ def test_subscribe_records_consent_and_sends_a_confirmation_email(site):
     assert "Research Weekly, 1 Example Street" in outbox.text_part(mail)
 
 
+def test_control_characters_in_the_form_are_dropped_not_stored(site, caplog):
+    """A NUL byte is text to a form but cannot be stored by PostgreSQL: the sign-up must still be kept."""
+    response = subscribe(site, "ada@example.org", name="Ada\x00 Lovelace", source="partner\x00site\r\nX: y")
+    assert response.status_code == 200
+    ada = site.subscriber("ada@example.org")
+    assert ada is not None, caplog.text
+    assert (ada.name, ada.consent_source) == ("Ada Lovelace", "partner site X: y")
+    assert len(site.mails()) == 1
+
+
 def test_the_confirmation_link_activates_only_when_the_button_is_pressed(site):
     subscribe(site, "ada@example.org", name="Ada")
     confirm_path = site.path(outbox.link(site.mails()[0], "confirm"))

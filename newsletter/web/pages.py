@@ -34,7 +34,7 @@ from newsletter.errors import (
 )
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.render import tracking_notice
-from newsletter.subscribers import normalise_address
+from newsletter.subscribers import clean_text, normalise_address
 from newsletter.subscriptions import (
     Confirmation,
     Consent,
@@ -116,7 +116,7 @@ def site_root(request: Request) -> str:
 def _client(request: Request) -> tuple[str | None, str | None]:
     """The client's IP (as uvicorn saw it, after trusted proxy headers) and user agent (shortened)."""
     ip = request.client.host if request.client else None
-    return ip, (request.headers.get("user-agent") or "")[:500] or None
+    return ip, clean_text(request.headers.get("user-agent"), 500)
 
 
 # -- subscribe ------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def subscribe(
     except InvalidAddress:
         return page(request, "subscribe.html", 400, title="Subscribe", email=email[:400], name=name[:200],
                     error="That does not look like an email address. Please check it and try again.")
-    consent = Consent(source=" ".join(source.split())[:100] or "web form", ip=ip, user_agent=user_agent)
+    consent = Consent(source=clean_text(source, 100) or "web form", ip=ip, user_agent=user_agent)
     background.add_task(_subscribe_after_answering, state, address, name, consent, state.clock())
     return check_inbox
 

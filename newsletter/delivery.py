@@ -62,7 +62,7 @@ from newsletter.issues import (
     waiting_summaries,
 )
 from newsletter.issues.prepare import counted
-from newsletter.message import Composer
+from newsletter.message import Composer, single_line
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -777,6 +777,7 @@ def _record(engine: Engine, config: Config, owner: str, window: _Window, report:
             if result.status is SendStatus.SENT:
                 continue
             tried = attempts[result.delivery_id] + 1
+            reply = single_line(result.detail)  # outside text: no NUL (PostgreSQL cannot store it), one line
             values: dict[str, Any] = {
                 **done, "attempts": tried, "message_id": window.message_ids.get(result.delivery_id)
             }
@@ -784,11 +785,11 @@ def _record(engine: Engine, config: Config, owner: str, window: _Window, report:
                 values |= {
                     "status": DeliveryStatus.RETRY,
                     "next_attempt_at": now + schedule[tried - 1],
-                    "last_error": result.detail,
+                    "last_error": reply,
                 }
             else:
                 gave_up = result.status is SendStatus.RETRY
-                detail = f"gave up after {tried} attempts: {result.detail}" if gave_up else result.detail
+                detail = f"gave up after {tried} attempts: {reply}" if gave_up else reply
                 values |= {"status": DeliveryStatus.FAILED, "last_error": detail}
             written = db.execute(update(Delivery).where(col(Delivery.id) == result.delivery_id, held).values(**values))
             if not written.rowcount:
@@ -797,7 +798,7 @@ def _record(engine: Engine, config: Config, owner: str, window: _Window, report:
             if result.delivery_id in window.bounce:
                 subscriber = db.get(Subscriber, subscribers[result.delivery_id])
                 assert subscriber is not None
-                detail = {"reason": result.detail, "issue": str(report.issue.number), "source": "smtp"}
+                detail = {"reason": reply, "issue": str(report.issue.number), "source": "smtp"}
                 report.bounced += record_bounce(db, config, subscriber, hard=True, detail=detail, now=now)
         for delivery_id, reason in window.skipped.items():
             written = db.execute(

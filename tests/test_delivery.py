@@ -558,6 +558,24 @@ def test_a_message_the_backend_returned_no_result_for_is_retried_later_not_resen
     assert (row.attempts, row.last_error) == (1, "the backend returned no result")
 
 
+def test_a_backend_reply_with_control_characters_is_recorded_without_them(config, engine):
+    """A plugin's or a server's reply is outside text: a NUL in it (which PostgreSQL cannot store) must
+    not stop the ledger from recording the result."""
+    prepared(config, engine, "a@example.org", "b@example.org")
+
+    class Garbled(FileBackend):
+        def send(self, batch):
+            first, second = batch
+            return [SendResult(first.delivery_id, SendStatus.RETRY, "451 busy\x00\r\nnow"),
+                    SendResult(second.delivery_id, SendStatus.FAILED, "550 no\x00 such user", bounce=False)]
+
+    report = send_issue(engine, config, Garbled(FileOptions(), config=config), 1)
+    assert (report.retry, report.failed) == (1, 1)
+    with session(engine) as db:
+        errors = sorted(db.exec(select(Delivery.last_error)).all())
+    assert errors == ["451 busy now", "550 no such user"]
+
+
 def test_a_sender_whose_window_outlasted_the_lease_leaves_rows_taken_over_meanwhile_alone(config, engine):
     """One message takes 11 minutes against a 10-minute lease; meanwhile another sender takes over the rest
     of the batch. The slow sender must not send those rows too."""

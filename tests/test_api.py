@@ -128,6 +128,34 @@ def test_markdown_and_html_fields_are_rendered_and_sanitised(client, engine) -> 
     assert (html.summary, html.body) == ("First sentence here. Second one.", "First sentence here. Second one.")
 
 
+TEXT_FIELDS = ("title", "summary", "url", "source", "category", "body", "image_url", "image_alt", "subtitle",
+               "article_type", "uid")
+
+
+@pytest.mark.parametrize("field", TEXT_FIELDS)
+def test_a_nul_in_any_field_is_cleaned_or_refused_never_a_server_error(client, engine, field) -> None:
+    """PostgreSQL cannot store a NUL: every text field drops it or refuses the item with a 400 naming the field."""
+    value = {"url": "https://example.org/a\x00b", "image_url": "https://example.org/a\x00.png"}.get(field, "a\x00b")
+    response = client.post("/api/summaries", json={**ITEM, field: value}, headers=AUTH)
+    if response.status_code == 400:
+        [error] = response.json()["errors"]
+        assert field in error["error"] and "control character" in error["error"], error
+        assert rows(engine) == []
+    else:
+        assert response.status_code == 201, response.text
+        [row] = rows(engine)
+        texts = [v for value in row.model_dump().values() for v in (value if isinstance(value, list) else [value])]
+        assert not [text for text in texts if isinstance(text, str) and "\x00" in text]
+
+
+def test_an_id_with_a_control_character_is_refused_with_its_name(client, engine) -> None:
+    response = client.post("/api/summaries", json={**ITEM, "uid": "paper-42\x01"}, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"index": 0, "error": "field 'uid': holds the control character U+0001; an id must be printable text"}]
+    assert rows(engine) == []
+
+
 def test_a_missing_summary_is_cut_from_the_cleaned_body_not_the_markup(client, engine) -> None:
     link = "https://example.org/" + "a-very-long-path/" * 25
     body = (f'<p>Short first sentence with <a href="{link}">a link</a> in it. A second sentence follows.</p>'

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
 from importlib.metadata import entry_points
@@ -131,6 +132,15 @@ class SummaryIn(BaseModel):
     @classmethod
     def _one_line_is_safe(cls, value: str | None) -> str | None:
         return (normalise_title(value) or None) if value is not None else None
+
+    @field_validator("uid")
+    @classmethod
+    def _printable_id(cls, value: str | None) -> str | None:
+        # An id is not text to clean: dropping a character could make it another item's id.
+        control = next((char for char in value or "" if unicodedata.category(char) in ("Cc", "Cs")), None)
+        if control is not None:
+            raise ValueError(f"holds the control character U+{ord(control):04X}; an id must be printable text")
+        return value
 
     @field_validator("tags", "key_points")
     @classmethod

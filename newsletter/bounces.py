@@ -201,19 +201,20 @@ def _apply(db: Session, config: Config, finding: _Finding, report: BounceReport)
 
 
 def _match(db: Session, finding: _Finding) -> Subscriber | None:
-    """VERP token first, then the returned Message-ID, then the address the report names."""
+    """VERP token first, then the returned Message-ID, then the address the report names. A value with
+    a control character (anyone can mail the bounce address; PostgreSQL cannot compare a NUL) is no one's."""
     if finding.token:
         found = db.exec(select(Subscriber).where(Subscriber.token == finding.token)).first()
         if found:
             return found
-    if finding.message_id:
+    if finding.message_id and finding.message_id.isprintable():
         found = db.exec(
             select(Subscriber).join(Delivery, col(Delivery.subscriber_id) == Subscriber.id)
             .where(Delivery.message_id == finding.message_id)
         ).first()
         if found:
             return found
-    if finding.address:
+    if finding.address and finding.address.isprintable():
         return db.exec(select(Subscriber).where(func.lower(Subscriber.email) == finding.address.lower())).first()
     return None
 

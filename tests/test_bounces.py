@@ -155,6 +155,23 @@ def test_the_returned_message_id_matches_when_the_recipient_is_unknown(tmp_path,
     assert status_of(engine, "gone@example.net") is SubscriberStatus.BOUNCED
 
 
+def test_nul_bytes_in_a_report_find_nobody_and_stop_nothing(tmp_path, engine, people):
+    """Anyone can mail the bounce address. A NUL (which PostgreSQL cannot compare or store) in the
+    recipient, the returned Message-ID or an unsubscribe request's sender must not stop the run."""
+    config = maildir_config(tmp_path)
+    box = mailbox.Maildir(tmp_path / "bounces.maildir", create=True)
+    box.add(dsn("gone\x00@example.net", message_id="<issue-1.\x00@example.org>"))
+    box.add(plain("fine@example.net", "unsubscribe@example.org").replace(b"fine@", b"fine\x00@"))
+    box.add(dsn("full@example.net"))
+    box.flush()
+
+    report = process_bounces(engine, config)
+
+    assert (report.messages, report.hard, report.unsubscribed) == (3, 1, 0)
+    assert status_of(engine, "full@example.net") is SubscriberStatus.BOUNCED
+    assert status_of(engine, "gone@example.net") is status_of(engine, "fine@example.net") is SubscriberStatus.ACTIVE
+
+
 def test_without_a_configured_mailbox_or_with_a_missing_one_the_error_says_what_to_set(tmp_path, engine):
     with pytest.raises(BounceError, match="bounces.mailbox is not set"):
         process_bounces(engine, make_config(tmp_path))

@@ -55,7 +55,7 @@ _FINAL_REASONS = {
 }
 
 EXPORT_COLUMNS = ["email", "name", "status", "topics", "created_at", "confirmed_at", "unsubscribed_at"]
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]+")  # and lone surrogates (no UTF-8)
 
 
 def normalise_address(raw: str) -> str:
@@ -73,7 +73,8 @@ def normalise_address(raw: str) -> str:
 
 def clean_text(raw: str | None, limit: int) -> str | None:
     """``raw`` as one line of at most ``limit`` characters, or None when empty: control characters (CR, LF
-    and NUL, which PostgreSQL cannot store, included) become spaces and runs of whitespace one space."""
+    and NUL, which PostgreSQL cannot store, included) and lone surrogates (which no database can encode)
+    become spaces, and runs of whitespace one space."""
     if raw is None:
         return None
     return " ".join(_CONTROL_CHARACTERS.sub(" ", raw).split())[:limit] or None

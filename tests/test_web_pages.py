@@ -129,6 +129,30 @@ def test_control_characters_in_the_form_are_dropped_not_stored(site, caplog):
     assert len(site.mails()) == 1
 
 
+def post_multipart(site: Site, path: str, fields: dict[str, bytes], charset: str):
+    """A multipart form in the ``charset`` the client names (Starlette decodes the fields with it)."""
+    parts = b"".join(b'--B\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (name.encode(), value)
+                     for name, value in fields.items())
+    return site.client.post(path, content=parts + b"--B--\r\n",
+                            headers={"Content-Type": f"multipart/form-data; charset={charset}; boundary=B"})
+
+
+def test_lone_surrogates_in_the_form_are_dropped_not_a_lost_sign_up_or_a_500(site, caplog):
+    """A client that names the charset raw_unicode_escape can send a lone surrogate, which no database
+    (and no page) can encode."""
+    fields = {"email": b"ada@example.org", "name": b"Ada \\ud800Lovelace", "source": b"partner\\udfff"}
+    assert post_multipart(site, "/subscribe", fields, "raw_unicode_escape").status_code == 200
+    ada = site.subscriber("ada@example.org")
+    assert ada is not None, caplog.text
+    assert (ada.name, ada.consent_source) == ("Ada Lovelace", "partner")
+    refused = post_multipart(site, "/subscribe", {**fields, "email": b"nope"}, "raw_unicode_escape")
+    assert refused.status_code == 400 and 'value="Ada Lovelace"' in refused.text
+    preferences = f"/preferences/{site.signed(PREFERENCES, 'ada@example.org')}"
+    saved = post_multipart(site, preferences, {"name": b"Ada \\udc80King"}, "raw_unicode_escape")
+    assert saved.status_code == 303
+    assert site.subscriber("ada@example.org").name == "Ada King"
+
+
 def test_the_confirmation_link_activates_only_when_the_button_is_pressed(site):
     subscribe(site, "ada@example.org", name="Ada")
     confirm_path = site.path(outbox.link(site.mails()[0], "confirm"))

@@ -158,7 +158,8 @@ def subscribe(
     try:
         address = normalise_address(email[:400])
     except InvalidAddress:
-        return page(request, "subscribe.html", 400, title="Subscribe", email=email[:400], name=name[:200],
+        return page(request, "subscribe.html", 400, title="Subscribe", email=clean_text(email, 400) or "",
+                    name=clean_text(name, 200) or "",
                     error="That does not look like an email address. Please check it and try again.")
     consent = Consent(source=clean_text(source, 100) or "web form", ip=ip, user_agent=user_agent)
     background.add_task(_subscribe_after_answering, state, address, name, consent, state.clock())

@@ -156,6 +156,22 @@ def test_an_id_with_a_control_character_is_refused_with_its_name(client, engine)
     assert rows(engine) == []
 
 
+@pytest.mark.parametrize("item", [
+    {**ITEM, "format": "markdown", "summary": "a \ud800 b"},
+    {**ITEM, "format": "markdown", "key_points": ["a \udfff b"]},
+    {"title": "T", "body": "<p>First one here. a \ud800 b</p>"},
+    {**ITEM, "\ud800": "an unknown key"},
+], ids=["markdown summary", "markdown key point", "body", "key"])
+def test_a_lone_surrogate_escape_is_a_400_not_a_500(client, engine, item) -> None:
+    """JSON can escape half of a surrogate pair; that is no text, and it must not reach the Markdown
+    renderer, the sanitiser or the database."""
+    body = json.dumps(item)  # ensure_ascii: "\\ud800", as a client's JSON library writes it
+    response = client.post("/api/summaries", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["error"].startswith("the body holds a \\ud800-\\udfff escape without its pair")
+    assert rows(engine) == []
+
+
 def test_a_missing_summary_is_cut_from_the_cleaned_body_not_the_markup(client, engine) -> None:
     link = "https://example.org/" + "a-very-long-path/" * 25
     body = (f'<p>Short first sentence with <a href="{link}">a link</a> in it. A second sentence follows.</p>'

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -34,6 +35,7 @@ from newsletter.web.limits import Backoff
 router = APIRouter()
 FORMATS = ("text", "markdown", "html")
 MAX_DEPTH = 32  # a list of summaries with lists inside is 3 deep
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_DIGITS = 20  # a 64-bit number; Python refuses over 4,300 digits with a ValueError of its own
 
 
@@ -81,12 +83,12 @@ async def post_summaries(request: Request) -> JSONResponse:
             return _too_large(limit)
     try:
         data = json.loads(body.decode("utf-8"), parse_int=_integer, parse_constant=_no_constant)
-        _check_depth(data)
+        _check_body(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return _bad_body(f"the body is not UTF-8 JSON ({exc})")
-    except RecursionError:  # json's C parser gives up near 1,000 levels, before _check_depth could
+    except RecursionError:  # json's C parser gives up near 1,000 levels, before _check_body could
         return _bad_body(f"the body is nested more than {MAX_DEPTH} levels deep; send flat summary objects")
-    except ValueError as exc:  # from _integer, _no_constant, _check_depth
+    except ValueError as exc:  # from _integer, _no_constant, _check_body
         return _bad_body(str(exc))
     entries = data if isinstance(data, list) else [data]
     items: list[SummaryIn] = []
@@ -129,17 +131,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"the body has {name}, which is not JSON; send a number or a string")
 
 
-def _check_depth(data: Any) -> None:
-    """ValueError when ``data`` is nested deeper than MAX_DEPTH (walked without recursion)."""
+def _check_body(data: Any) -> None:
+    """ValueError when ``data`` is nested deeper than MAX_DEPTH, or a string in it (a key too) holds a lone
+    surrogate: JSON can escape one (``"\\ud800"``), but it is no text that can be stored or sent on."""
     pending = [(data, 1)]
     while pending:
         value, depth = pending.pop()
         if depth > MAX_DEPTH:
             raise ValueError(f"the body is nested more than {MAX_DEPTH} levels deep; send flat summary objects")
         if isinstance(value, dict):
+            pending.extend((key, depth) for key in value)
             pending.extend((item, depth + 1) for item in value.values())
         elif isinstance(value, list):
             pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and not value.isascii() and _LONE_SURROGATE.search(value):
+            raise ValueError("the body holds a \\ud800-\\udfff escape without its pair, which is not text; "
+                             "send the character itself")
 
 
 def _too_large(limit: int) -> JSONResponse:

@@ -48,6 +48,22 @@ def test_good_files_go_to_processed_and_bad_ones_to_rejected_with_the_reason(eng
     assert titles(engine) == ["Retinal scans spot early cognitive decline a decade ahead"]
 
 
+def test_file_names_that_are_not_utf8_are_processed_and_rejected_like_any_other(engine, tmp_path) -> None:
+    """A Latin-1 name (``café.txt`` copied from an old machine) reaches Python as lone surrogates, which no
+    database can store: the origin keeps the name with U+FFFD, and the run goes on."""
+    config = make_config(tmp_path, ingest={"inbox": "inbox"})
+    inbox = tmp_path / "inbox"
+    drop(inbox, os.fsdecode(b"caf\xe9.txt"), (PAGES / "03-retina-no-labels.txt").read_bytes())
+    drop(inbox, os.fsdecode(b"na\xefve.json"), b'{"title": "No summary"}')
+    result = process_inbox(engine, config, now=WRITTEN + timedelta(minutes=1))
+    assert [os.fsencode(p.name) for p in result.processed] == [b"caf\xe9.txt"]
+    assert [os.fsencode(p.name) for p in result.rejected] == [b"na\xefve.json"]
+    with session(engine) as db:
+        assert db.exec(select(Summary.origin)).all() == ["inbox:caf\ufffd.txt"]
+    reason = (inbox / "rejected" / os.fsdecode(b"na\xefve.json.error.txt")).read_text(encoding="utf-8")
+    assert "field 'summary' is required" in reason
+
+
 def test_a_file_still_being_written_is_not_picked_up_until_it_settles(engine, tmp_path) -> None:
     config = make_config(tmp_path, ingest={"inbox": "inbox", "inbox_settle_seconds": 30})
     inbox = tmp_path / "inbox"

@@ -80,7 +80,7 @@ def process_inbox(engine: Engine, config: Config, *, now: datetime | None = None
         except IngestError as exc:
             log.warning("inbox: rejected %s", exc)
             target = _move(path, folder / REJECTED)
-            target.with_name(target.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8")
+            target.with_name(target.name + ".error.txt").write_text(f"{exc}\n", encoding="utf-8", errors="replace")
             result.rejected.append(target)
             continue
         result.processed.append(_move(path, folder / PROCESSED))

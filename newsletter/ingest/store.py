@@ -203,7 +203,9 @@ def ingest_items(
 
 
 def _source(items: Sequence[SummaryIn], origin: str, undated: datetime | None) -> _Source:
-    return _Source(origin, {compute_uid(item): item for item in items}, undated)
+    # A file name's bytes that are not UTF-8 come as lone surrogates, which no database can store: U+FFFD.
+    storable = "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in origin)
+    return _Source(storable, {compute_uid(item): item for item in items}, undated)
 
 
 def _store(engine: Engine, sources: Sequence[_Source]) -> IngestReport:

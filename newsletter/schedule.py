@@ -50,6 +50,7 @@ from newsletter.firings import digest_trigger, fire_if_due, next_run_time
 from newsletter.ingest.feeds import poll_feeds
 from newsletter.ingest.inbox import process_inbox
 from newsletter.issues import SENDABLE, unfinished_issues
+from newsletter.message import single_line
 from newsletter.models import FiringOutcome, Issue, IssueStatus, JobFailure, SchedulerLease, utcnow
 from newsletter.render import as_utc
 
@@ -198,8 +199,10 @@ def job_outcome(result: object) -> str:
 
 
 def record_failure(engine: Engine, job_id: str, exc: BaseException) -> None:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    trace = "".join(traceback.format_exception(exc))
+    """Store ``exc`` as the job's last failure. Its text can quote a server's reply: a NUL or a lone
+    surrogate, which the database cannot store, is dropped from the line and escaped in the traceback."""
+    text = single_line(str(exc)) or type(exc).__name__
+    trace = "".join(traceback.format_exception(exc)).encode("utf-8", "backslashreplace").decode().replace("\0", "\\x00")
     try:
         with session(engine) as db:
             db.add(JobFailure(job=job_id, error=f"{type(exc).__name__}: {text}", traceback=trace))

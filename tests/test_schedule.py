@@ -482,6 +482,20 @@ def test_a_job_that_raises_is_logged_with_its_traceback_recorded_and_not_raised(
     assert (failure.job, failure.error) == ("feeds", "RuntimeError: feed server returned nonsense")
 
 
+def test_a_failure_whose_text_is_not_storable_is_still_recorded(config, engine, caplog):
+    """A server's reply quoted in an exception can hold a NUL or a lone surrogate, which PostgreSQL
+    cannot store: the failure is recorded all the same."""
+    def broken(_engine, _config):
+        raise RuntimeError("550 no\x00 thanks \ud800")
+
+    run_job(engine, config, Job("send", digest_trigger(config), broken))
+    with session(engine) as db:
+        (failure,) = db.exec(select(JobFailure)).all()
+    assert failure.error == "RuntimeError: 550 no thanks"
+    assert "550 no\\x00 thanks \\ud800" in failure.traceback
+    assert "could not record" not in caplog.text
+
+
 def test_the_retry_job_sends_what_became_due_and_is_quiet_otherwise(config, engine, caplog):
     assert send_due(engine, config) == []  # nothing prepared yet: no error
     assert "failed" not in caplog.text
